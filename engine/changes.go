@@ -1,0 +1,241 @@
+package engine
+
+import (
+	"slices"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2"
+
+	"github.com/cohortd/cohortd/index"
+)
+
+// ApplyResult reports what a change batch did (SPEC §2 rule 6).
+type ApplyResult struct {
+	Matched            int
+	Unmatched          int
+	Unknown            int // unmatched: no user holds the identifier
+	DeviceIdentified   int // unmatched: a device id held by an identified user
+	Added              int
+	Removed            int
+	DroppedBeforeFloor int
+	DataPoints         int
+}
+
+// ChangeSet stages a batch of membership changes for one cohort while the
+// request body streams in: identifiers are resolved as they arrive and only
+// the compact resolved ids are kept. Nothing is applied until
+// Workspace.ApplyChanges, so a body that fails half-way changes nothing.
+//
+// A ChangeSet is used by one goroutine and must not be reused after apply.
+type ChangeSet struct {
+	w *Workspace
+	// ops holds uid<<32 | seq<<1 | remove. Sorting them groups the changes
+	// of each user in arrival order, so the last one wins (rule 4).
+	ops []uint64
+	ids []index.UserID
+	res ApplyResult
+}
+
+// NewChangeSet starts a change batch.
+func (w *Workspace) NewChangeSet() *ChangeSet { return &ChangeSet{w: w} }
+
+// AddMany resolves identifiers of one kind and stages them as adds (or
+// removes). Keys are not retained. Device ids match anonymous users only
+// (rule 3); unknown identifiers are counted, never created (rule 1).
+func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
+	if len(keys) == 0 {
+		return
+	}
+	cs.ids = cs.w.users.ResolveMany(kind, keys, cs.ids[:0])
+	var rm uint64
+	if remove {
+		rm = 1
+	}
+	for _, id := range cs.ids {
+		switch {
+		case id == index.NoUser:
+			cs.res.Unknown++
+		case kind == index.KindDevice && !cs.w.users.Anonymous(id):
+			cs.res.DeviceIdentified++
+		default:
+			seq := uint64(len(cs.ops)) & (1<<31 - 1)
+			cs.ops = append(cs.ops, uint64(id)<<32|seq<<1|rm)
+			cs.res.Matched++
+		}
+	}
+}
+
+// Drop counts n identifiers dropped by the retention floor (rule 8).
+func (cs *ChangeSet) Drop(n int) { cs.res.DroppedBeforeFloor += n }
+
+// Len is the number of matched changes staged so far.
+func (cs *ChangeSet) Len() int { return len(cs.ops) }
+
+// finalSets returns the sorted users whose last change is an add and those
+// whose last change is a remove.
+func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
+	if !slices.IsSorted(cs.ops) {
+		slices.Sort(cs.ops)
+	}
+	for i, op := range cs.ops {
+		uid := uint32(op >> 32)
+		if i+1 < len(cs.ops) && uint32(cs.ops[i+1]>>32) == uid {
+			continue // a later change of the same user wins
+		}
+		if op&1 == 1 {
+			removes = append(removes, uid)
+		} else {
+			adds = append(adds, uid)
+		}
+	}
+	return adds, removes
+}
+
+// ApplyChanges applies a staged batch to cohort (partner, id), creating the
+// cohort (name = id) when unknown, all or nothing. Data points are the
+// effective changes only, so a retried batch is free (rule 7).
+func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (ApplyResult, error) {
+	res := cs.res
+	res.Unmatched = res.Unknown + res.DeviceIdentified
+	adds, removes := cs.finalSets()
+	addBM := roaring.New()
+	addBM.AddMany(adds)
+	remBM := roaring.New()
+	remBM.AddMany(removes)
+
+	w.mu.Lock()
+	c, lsn0, err := w.ensureCohortLocked(partnerSlug, cohortID)
+	if err != nil {
+		w.mu.Unlock()
+		return ApplyResult{}, err
+	}
+	// A user deleted between resolve and apply is not added back.
+	addBM.And(w.users.Live())
+	effAdd := roaring.AndNot(addBM, c.master)
+	effRem := roaring.And(remBM, c.master)
+	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
+	w.mu.Unlock()
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	res.Added = int(effAdd.GetCardinality())
+	res.Removed = int(effRem.GetCardinality())
+	res.DataPoints = res.Added + res.Removed
+	w.e.countApply(&res)
+	return res, w.e.waitDurable(max(lsn, lsn0))
+}
+
+// commitMembersLocked logs and applies an effective membership change. No
+// record is written when nothing changes.
+func (w *Workspace) commitMembersLocked(c *Cohort, effAdd, effRem *roaring.Bitmap) (uint64, error) {
+	if effAdd.IsEmpty() && effRem.IsEmpty() {
+		return 0, nil
+	}
+	now := w.e.now().UTC()
+	w.enc.reset()
+	w.enc.str(w.id)
+	w.enc.str(c.partner)
+	w.enc.str(c.id)
+	w.enc.varint(now.UnixNano())
+	w.enc.bitmap(effAdd)
+	w.enc.bitmap(effRem)
+	return w.commitLocked(recMembers, func(uint64) { w.applyMembers(c, effAdd, effRem, now) })
+}
+
+// applyMembers applies an effective change (live path and replay alike).
+func (w *Workspace) applyMembers(c *Cohort, effAdd, effRem *roaring.Bitmap, now time.Time) {
+	c.master.Or(effAdd)
+	c.master.AndNot(effRem)
+	c.publish()
+	m := *c.meta.Load()
+	m.updatedAt = now
+	c.meta.Store(&m)
+	w.addUsage(c.partner, dayNumber(now), effAdd.GetCardinality()+effRem.GetCardinality())
+}
+
+func (e *Engine) countApply(res *ApplyResult) {
+	e.Stats.IdentifiersReceived.Add(uint64(res.Matched + res.Unmatched + res.DroppedBeforeFloor))
+	e.Stats.IdentifiersMatched.Add(uint64(res.Matched))
+	e.Stats.IdentifiersUnknown.Add(uint64(res.Unknown))
+	e.Stats.IdentifiedDevice.Add(uint64(res.DeviceIdentified))
+	e.Stats.DroppedBeforeFloor.Add(uint64(res.DroppedBeforeFloor))
+	e.Stats.DataPoints.Add(uint64(res.DataPoints))
+}
+
+// ReplaceResult reports a snapshot sync (PUT …/members).
+type ReplaceResult struct {
+	Added      int
+	Removed    int
+	Unchanged  int
+	Unmatched  int
+	DataPoints int
+}
+
+// MemberSet stages the full membership of a snapshot sync as resolved ids.
+type MemberSet struct {
+	w         *Workspace
+	ids       []uint32
+	scratch   []index.UserID
+	unmatched int
+}
+
+// NewMemberSet starts a snapshot sync.
+func (w *Workspace) NewMemberSet() *MemberSet { return &MemberSet{w: w} }
+
+// AddMany resolves identifiers of one kind into the set under the matching
+// rules of §2 (device ids: anonymous users only). Keys are not retained.
+func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
+	ms.scratch = ms.w.users.ResolveMany(kind, keys, ms.scratch[:0])
+	for _, id := range ms.scratch {
+		if id == index.NoUser || (kind == index.KindDevice && !ms.w.users.Anonymous(id)) {
+			ms.unmatched++
+			continue
+		}
+		ms.ids = append(ms.ids, uint32(id))
+	}
+}
+
+// Bitmap returns the staged members as a bitmap (for webhook staging).
+func (ms *MemberSet) Bitmap() *roaring.Bitmap {
+	slices.Sort(ms.ids)
+	bm := roaring.New()
+	bm.AddMany(ms.ids)
+	return bm
+}
+
+// Unmatched is the number of identifiers that matched nobody.
+func (ms *MemberSet) Unmatched() int { return ms.unmatched }
+
+// ReplaceMembers makes the cohort exactly the staged set, atomically,
+// creating it when unknown. The diff both ways is the report and the data
+// points.
+func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
+	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap())
+	res.Unmatched = ms.unmatched
+	return res, err
+}
+
+// replaceBitmap replaces a cohort's members with target.
+func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap) (ReplaceResult, error) {
+	w.mu.Lock()
+	c, lsn0, err := w.ensureCohortLocked(partnerSlug, cohortID)
+	if err != nil {
+		w.mu.Unlock()
+		return ReplaceResult{}, err
+	}
+	target.And(w.users.Live())
+	effAdd := roaring.AndNot(target, c.master)
+	effRem := roaring.AndNot(c.master, target)
+	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
+	w.mu.Unlock()
+	if err != nil {
+		return ReplaceResult{}, err
+	}
+	var res ReplaceResult
+	res.Added = int(effAdd.GetCardinality())
+	res.Removed = int(effRem.GetCardinality())
+	res.Unchanged = int(target.GetCardinality()) - res.Added
+	res.DataPoints = res.Added + res.Removed
+	w.e.Stats.DataPoints.Add(uint64(res.DataPoints))
+	return res, w.e.waitDurable(max(lsn, lsn0))
+}

@@ -1,0 +1,401 @@
+package engine
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cohortd/cohortd/engine/wal"
+)
+
+// Errors returned by the engine. The server maps them to HTTP statuses.
+var (
+	ErrClosed          = errors.New("engine: closed")
+	ErrExists          = errors.New("engine: already exists")
+	ErrNotFound        = errors.New("engine: not found")
+	ErrBadPartnerKey   = errors.New("engine: invalid partner API key")
+	ErrBadClientSecret = errors.New("engine: invalid client secret")
+)
+
+// InvalidError is a request the engine refuses as malformed; Message is
+// meant for the client (the server answers 400 with it).
+type InvalidError struct{ Message string }
+
+func (e *InvalidError) Error() string { return e.Message }
+
+func invalidf(format string, args ...any) error {
+	return &InvalidError{Message: fmt.Sprintf(format, args...)}
+}
+
+// PartnerNotEnabledError is returned by AuthPartner when the client secret is
+// valid but belongs to another partner. Prefix holds the first four
+// characters of the secret, as the wire contract's message shows them.
+type PartnerNotEnabledError struct{ Prefix string }
+
+func (e *PartnerNotEnabledError) Error() string {
+	return "engine: partner not enabled for client with client secret: " + e.Prefix + "..."
+}
+
+// DefaultRetentionFloor is the default retention floor of SPEC §2 rule 8.
+var DefaultRetentionFloor = time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Options configure an Engine.
+type Options struct {
+	// Dir is the data directory. Empty means a purely in-memory engine
+	// without WAL or snapshots (tests and benchmarks).
+	Dir string
+	// Sync is the WAL durability mode.
+	Sync wal.SyncMode
+	// RetentionFloor drops change records stamped before it. Zero means
+	// DefaultRetentionFloor.
+	RetentionFloor time.Time
+	// SnapshotEvery and SnapshotWALBytes trigger a snapshot after that much
+	// time or WAL growth (zero disables the trigger); see Engine.RunSnapshots.
+	SnapshotEvery    time.Duration
+	SnapshotWALBytes int64
+	// WebhookSessionTTL drops an incomplete webhook snapshot session after
+	// this long without a page. Zero means one hour.
+	WebhookSessionTTL time.Duration
+	// Logger receives the engine's logs. Nil means slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time. Nil means time.Now; tests inject a clock.
+	Now func() time.Time
+	// WALSegmentSize overrides the WAL segment size (tests use small ones).
+	WALSegmentSize int64
+	// OnFatal is called when durable storage fails (an fsync error): the
+	// process must stop. Nil panics.
+	OnFatal func(error)
+}
+
+// Engine holds every workspace of one cohortd process.
+//
+// # Concurrency
+//
+// Engine-level state (workspaces, partners) is guarded by mu. Each workspace
+// has one writer lock: every state change of a workspace — user upserts,
+// imports, snapshot replaces, key changes — takes it for the short time it
+// needs to append its WAL record and apply the change to memory, and then
+// waits for durability after releasing it, so concurrent requests share one
+// fsync (group commit). Readers never take a writer lock: cohort members are
+// immutable bitmaps published through atomic pointers, and the identity
+// tables are safe for concurrent lookups.
+//
+// # Durability
+//
+// With a data directory every change is a WAL record appended before the
+// change is applied, and the caller's reply waits for the record to be as
+// durable as Options.Sync promises. Snapshots bound the replay work; see
+// snapshot.go.
+type Engine struct {
+	opts   Options
+	log    *slog.Logger
+	wal    *wal.Log
+	now    func() time.Time
+	floor  time.Time
+	cursor cursorCodec
+
+	mu struct {
+		sync.RWMutex
+		workspaces map[string]*Workspace
+		partners   map[string]*partner
+		// lsn is the last engine-level record applied (workspaces, partners).
+		lsn uint64
+	}
+
+	// snapMu serializes snapshots.
+	snapMu sync.Mutex
+
+	ready    atomic.Bool
+	closed   atomic.Bool
+	recovery time.Duration
+
+	// Counters read by the server's /metrics.
+	Stats Stats
+}
+
+// Stats are cumulative counters of the engine, exported as metrics.
+type Stats struct {
+	IdentifiersReceived atomic.Uint64
+	IdentifiersMatched  atomic.Uint64
+	IdentifiersUnknown  atomic.Uint64
+	IdentifiedDevice    atomic.Uint64
+	DataPoints          atomic.Uint64
+	DroppedBeforeFloor  atomic.Uint64
+	Snapshots           atomic.Uint64
+}
+
+type partner struct {
+	slug   string
+	digest [32]byte
+}
+
+var (
+	workspaceIDRe = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
+	partnerSlugRe = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+)
+
+// ValidPartnerSlug reports whether s is a partner slug ([a-z0-9_-]{1,64}).
+func ValidPartnerSlug(s string) bool { return partnerSlugRe.MatchString(s) }
+
+// ValidWorkspaceID reports whether s is a workspace id ([a-zA-Z0-9_-]{1,64}).
+func ValidWorkspaceID(s string) bool { return workspaceIDRe.MatchString(s) }
+
+// Open creates the engine and, with a data directory, recovers its state
+// from the newest snapshot and the WAL. Open returns once recovery is done;
+// callers that want to answer /livez during recovery call it in a goroutine
+// and use Ready.
+func Open(opts Options) (*Engine, error) {
+	e := &Engine{opts: opts, log: opts.Logger, now: opts.Now, floor: opts.RetentionFloor}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.floor.IsZero() {
+		e.floor = DefaultRetentionFloor
+	}
+	if e.opts.WebhookSessionTTL <= 0 {
+		e.opts.WebhookSessionTTL = time.Hour
+	}
+	e.mu.workspaces = make(map[string]*Workspace)
+	e.mu.partners = make(map[string]*partner)
+	if opts.Dir == "" {
+		e.cursor = newCursorCodec(randomBytes(32))
+		e.ready.Store(true)
+		return e, nil
+	}
+	start := time.Now()
+	if err := e.recover(); err != nil {
+		return nil, err
+	}
+	e.recovery = time.Since(start)
+	e.log.Info("recovery done", "dir", opts.Dir, "duration", e.recovery.String(), "workspaces", len(e.mu.workspaces))
+	e.ready.Store(true)
+	return e, nil
+}
+
+// Ready reports whether recovery has finished.
+func (e *Engine) Ready() bool { return e.ready.Load() }
+
+// RecoveryDuration is how long the last recovery took.
+func (e *Engine) RecoveryDuration() time.Duration { return e.recovery }
+
+// RetentionFloor is the configured retention floor.
+func (e *Engine) RetentionFloor() time.Time { return e.floor }
+
+// Close takes a final snapshot (with a data directory) and closes the WAL.
+func (e *Engine) Close() error {
+	if e.closed.Swap(true) {
+		return nil
+	}
+	if e.wal == nil {
+		return nil
+	}
+	var errs []error
+	if err := e.snapshotLocked(true); err != nil {
+		errs = append(errs, fmt.Errorf("final snapshot: %w", err))
+	}
+	errs = append(errs, e.wal.Close())
+	return errors.Join(errs...)
+}
+
+// appendRecord appends a record to the WAL (if any) and returns its LSN,
+// 0 without a WAL. The caller holds the writer lock of the state the
+// record changes and applies the change after a successful append.
+func (e *Engine) appendRecord(typ uint8, payload []byte) (uint64, error) {
+	if e.closed.Load() {
+		return 0, ErrClosed
+	}
+	if e.wal == nil {
+		return 0, nil
+	}
+	lsn, err := e.wal.Append(typ, payload)
+	if err != nil {
+		return 0, fmt.Errorf("engine: wal append: %w", err)
+	}
+	return lsn, nil
+}
+
+// waitDurable waits until the record at lsn is durable per the sync mode.
+func (e *Engine) waitDurable(lsn uint64) error {
+	if e.wal == nil || lsn == 0 {
+		return nil
+	}
+	if err := e.wal.Wait(lsn); err != nil {
+		return fmt.Errorf("engine: wal sync: %w", err)
+	}
+	return nil
+}
+
+// digestOf returns the SHA-256 digest under which a secret is stored.
+func digestOf(secret []byte) [32]byte { return sha256.Sum256(secret) }
+
+// newSecret returns a random secret with a readable prefix.
+func newSecret(prefix string) string { return prefix + hex.EncodeToString(randomBytes(24)) }
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("BUG: crypto/rand failed: %v", err))
+	}
+	return b
+}
+
+// CreateWorkspace creates a workspace and returns its API key (shown once).
+func (e *Engine) CreateWorkspace(id string) (string, error) {
+	if !ValidWorkspaceID(id) {
+		return "", invalidf("workspace id must match [a-zA-Z0-9_-]{1,64}")
+	}
+	key := newSecret("cwk_")
+	d := digestOf([]byte(key))
+	var enc recordEncoder
+	enc.str(id)
+	enc.digest(d)
+	e.mu.Lock()
+	if _, ok := e.mu.workspaces[id]; ok {
+		e.mu.Unlock()
+		return "", fmt.Errorf("%w: workspace %q", ErrExists, id)
+	}
+	lsn, err := e.appendRecord(recWorkspace, enc.b)
+	if err != nil {
+		e.mu.Unlock()
+		return "", err
+	}
+	e.applyWorkspaceLocked(id, d, lsn)
+	e.mu.Unlock()
+	return key, e.waitDurable(lsn)
+}
+
+func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, lsn uint64) *Workspace {
+	w := newWorkspace(e, id, d)
+	e.mu.workspaces[id] = w
+	e.mu.lsn = max(e.mu.lsn, lsn)
+	return w
+}
+
+// CreatePartner registers a partner slug and returns its partner_api_key.
+func (e *Engine) CreatePartner(slug string) (string, error) {
+	if !ValidPartnerSlug(slug) {
+		return "", invalidf("partner slug must match [a-z0-9_-]{1,64}")
+	}
+	key := newSecret("cpk_")
+	d := digestOf([]byte(key))
+	var enc recordEncoder
+	enc.str(slug)
+	enc.digest(d)
+	e.mu.Lock()
+	if _, ok := e.mu.partners[slug]; ok {
+		e.mu.Unlock()
+		return "", fmt.Errorf("%w: partner %q", ErrExists, slug)
+	}
+	lsn, err := e.appendRecord(recPartner, enc.b)
+	if err != nil {
+		e.mu.Unlock()
+		return "", err
+	}
+	e.mu.partners[slug] = &partner{slug: slug, digest: d}
+	e.mu.lsn = max(e.mu.lsn, lsn)
+	e.mu.Unlock()
+	return key, e.waitDurable(lsn)
+}
+
+// PartnerExists reports whether slug is a registered partner.
+func (e *Engine) PartnerExists(slug string) bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	_, ok := e.mu.partners[slug]
+	return ok
+}
+
+// Workspace returns the workspace with the given id, or nil.
+func (e *Engine) Workspace(id string) *Workspace {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.mu.workspaces[id]
+}
+
+// Workspaces returns every workspace, sorted by id.
+func (e *Engine) Workspaces() []*Workspace {
+	e.mu.RLock()
+	out := make([]*Workspace, 0, len(e.mu.workspaces))
+	for _, w := range e.mu.workspaces {
+		out = append(out, w)
+	}
+	e.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// WorkspaceByAPIKey returns the workspace whose API key is key, or nil.
+// Keys are compared as SHA-256 digests in constant time.
+func (e *Engine) WorkspaceByAPIKey(key []byte) *Workspace {
+	if len(key) == 0 {
+		return nil
+	}
+	d := digestOf(key)
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var found *Workspace
+	// Every workspace is compared so the time taken does not depend on
+	// which one (if any) matches. Workspaces are few per process.
+	for _, w := range e.mu.workspaces {
+		if subtle.ConstantTimeCompare(w.keyDigest[:], d[:]) == 1 {
+			found = w
+		}
+	}
+	return found
+}
+
+// AuthPartner checks the credentials of a partner request: the partner's
+// partner_api_key and a client secret (a data import key), which selects the
+// workspace. It returns ErrBadPartnerKey (also for an unknown partner),
+// ErrBadClientSecret (unknown or revoked secret) or *PartnerNotEnabledError
+// (a secret of another partner). A successful call records the key's use.
+func (e *Engine) AuthPartner(slug string, partnerKey, secret []byte) (*Workspace, error) {
+	pd := digestOf(partnerKey)
+	e.mu.RLock()
+	p := e.mu.partners[slug]
+	e.mu.RUnlock()
+	if p == nil || subtle.ConstantTimeCompare(p.digest[:], pd[:]) != 1 {
+		return nil, ErrBadPartnerKey
+	}
+	return e.AuthImportKey(slug, secret)
+}
+
+// AuthImportKey finds the workspace of a data import key issued for partner
+// slug (the Mixpanel webhook authenticates with the key alone).
+func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
+	if len(secret) == 0 {
+		return nil, ErrBadClientSecret
+	}
+	d := digestOf(secret)
+	for _, w := range e.Workspaces() {
+		k := w.importKeyByDigest(d)
+		if k == nil {
+			continue
+		}
+		if k.revoked.Load() {
+			return nil, ErrBadClientSecret
+		}
+		if k.partner != slug {
+			prefix := string(secret)
+			if len(prefix) > 4 {
+				prefix = prefix[:4]
+			}
+			return nil, &PartnerNotEnabledError{Prefix: prefix}
+		}
+		k.lastUsed.Store(e.now().UnixNano())
+		return w, nil
+	}
+	return nil, ErrBadClientSecret
+}

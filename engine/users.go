@@ -1,0 +1,424 @@
+package engine
+
+import (
+	"bytes"
+
+	"github.com/RoaringBitmap/roaring/v2"
+
+	"github.com/cohortd/cohortd/index"
+)
+
+// UserBatch stages user records of a POST /v1/users body. Add copies the
+// bytes, so the decoder may reuse its buffers.
+type UserBatch struct {
+	buf  []byte
+	recs []userRec
+}
+
+type span struct{ off, n int }
+
+type userRec struct {
+	ext, dev span // n == -1: absent
+	aliases  []span
+}
+
+func (b *UserBatch) put(v []byte) span {
+	if v == nil {
+		return span{n: -1}
+	}
+	s := span{off: len(b.buf), n: len(v)}
+	b.buf = append(b.buf, v...)
+	return s
+}
+
+func (b *UserBatch) get(s span) []byte {
+	if s.n < 0 {
+		return nil
+	}
+	return b.buf[s.off : s.off+s.n]
+}
+
+// Add stages one record. externalID and deviceID are nil when absent;
+// aliases are alias keys (index.AliasKey).
+func (b *UserBatch) Add(externalID, deviceID []byte, aliases [][]byte) {
+	r := userRec{ext: b.put(externalID), dev: b.put(deviceID)}
+	for _, a := range aliases {
+		r.aliases = append(r.aliases, b.put(a))
+	}
+	b.recs = append(b.recs, r)
+}
+
+// Len is the number of staged records.
+func (b *UserBatch) Len() int { return len(b.recs) }
+
+// UpsertResult counts what a user upsert did, one outcome per record.
+type UpsertResult struct {
+	Created    int
+	Identified int
+	Merged     int
+	Updated    int
+	Unchanged  int
+}
+
+// userOps encodes user operations into a recUsers record while they are
+// applied, and collects the membership work they imply.
+type userOps struct {
+	w       *Workspace
+	enc     *recordEncoder
+	merges  [][2]uint32 // (from, into)
+	deleted []uint32
+}
+
+func (o *userOps) create() index.UserID {
+	id := o.w.users.Create()
+	o.enc.u8(opCreate)
+	o.enc.uvarint(uint64(id))
+	return id
+}
+
+func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
+	if err := o.w.users.Attach(id, kind, key); err != nil {
+		panic("BUG: attach after checks failed: " + err.Error())
+	}
+	o.enc.u8(opAttach)
+	o.enc.uvarint(uint64(id))
+	o.enc.u8(uint8(kind))
+	o.enc.bytes(key)
+}
+
+func (o *userOps) detach(kind index.Kind, key []byte) {
+	o.w.users.Detach(kind, key)
+	o.enc.u8(opDetach)
+	o.enc.u8(uint8(kind))
+	o.enc.bytes(key)
+}
+
+// move gives key to id, taking it from its current holder (if any).
+func (o *userOps) move(id index.UserID, kind index.Kind, key []byte) bool {
+	cur := o.w.users.Resolve(kind, key)
+	if cur == id {
+		return false
+	}
+	if cur != index.NoUser {
+		o.detach(kind, key)
+	}
+	o.attach(id, kind, key)
+	return true
+}
+
+// merge moves every device id of the anonymous user from to into, then
+// records that from's memberships are OR-ed into into and from deleted.
+func (o *userOps) merge(from, into index.UserID) {
+	var devs [][]byte
+	o.w.users.Identifiers(from, func(kind index.Kind, key []byte) {
+		if kind == index.KindDevice {
+			devs = append(devs, bytes.Clone(key))
+		}
+	})
+	for _, d := range devs {
+		o.detach(index.KindDevice, d)
+		o.attach(into, index.KindDevice, d)
+	}
+	o.w.users.Delete(from)
+	o.enc.u8(opMerge)
+	o.enc.uvarint(uint64(from))
+	o.enc.uvarint(uint64(into))
+	o.merges = append(o.merges, [2]uint32{uint32(from), uint32(into)})
+}
+
+func (o *userOps) delete(id index.UserID) {
+	o.w.users.Delete(id)
+	o.enc.u8(opDelete)
+	o.enc.uvarint(uint64(id))
+	o.deleted = append(o.deleted, uint32(id))
+}
+
+// finishLocked applies the membership side of merges and deletes to every
+// cohort and publishes the new states. Shared by the live path and replay.
+func (w *Workspace) finishUserOpsLocked(merges [][2]uint32, deleted []uint32) {
+	if len(merges) == 0 && len(deleted) == 0 {
+		w.users.Publish()
+		return
+	}
+	gone := roaring.New()
+	gone.AddMany(deleted)
+	for _, m := range merges {
+		gone.Add(m[0])
+	}
+	for _, c := range w.Cohorts() {
+		changed := false
+		for _, m := range merges {
+			if c.master.Contains(m[0]) {
+				c.master.Add(m[1])
+				changed = true
+			}
+		}
+		if c.master.Intersects(gone) {
+			c.master.AndNot(gone)
+			changed = true
+		}
+		if changed {
+			c.publish()
+		}
+	}
+	w.users.Publish()
+}
+
+// UpsertUsers applies user records in order (SPEC §4 "Users"): creates
+// users, attaches and moves identifiers, identifies anonymous users and
+// merges an anonymous user into an existing identified one (memberships
+// OR-ed, the anonymous user removed).
+//
+// Identity lookups see each user as soon as it is created; cohort members
+// and the live-users set are published once, after the whole batch.
+func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
+	var res UpsertResult
+	if w.e.closed.Load() {
+		return res, ErrClosed
+	}
+	w.mu.Lock()
+	w.enc.reset()
+	w.enc.str(w.id)
+	ops := userOps{w: w, enc: &w.enc}
+	for i := range b.recs {
+		switch w.upsertOne(&ops, b, &b.recs[i]) {
+		case outCreated:
+			res.Created++
+		case outIdentified:
+			res.Identified++
+		case outMerged:
+			res.Merged++
+		case outUpdated:
+			res.Updated++
+		default:
+			res.Unchanged++
+		}
+	}
+	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
+	w.mu.Unlock()
+	if err != nil {
+		return UpsertResult{}, err
+	}
+	return res, w.e.waitDurable(lsn)
+}
+
+type upsertOutcome int
+
+const (
+	outUnchanged upsertOutcome = iota
+	outUpdated
+	outCreated
+	outIdentified
+	outMerged
+)
+
+func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcome {
+	u := w.users
+	ext, dev := b.get(r.ext), b.get(r.dev)
+	aliases := make([][]byte, len(r.aliases))
+	for i, s := range r.aliases {
+		aliases[i] = b.get(s)
+	}
+	if ext == nil && len(aliases) == 0 {
+		if dev == nil {
+			return outUnchanged
+		}
+		if u.Resolve(index.KindDevice, dev) != index.NoUser {
+			return outUnchanged
+		}
+		o.attach(o.create(), index.KindDevice, dev)
+		return outCreated
+	}
+
+	// The identified user this record names: by external id, else by the
+	// first alias someone holds.
+	target := index.NoUser
+	if ext != nil {
+		target = u.Resolve(index.KindExternal, ext)
+	} else {
+		for _, a := range aliases {
+			if t := u.Resolve(index.KindAlias, a); t != index.NoUser {
+				target = t
+				break
+			}
+		}
+	}
+	devUser := index.NoUser
+	if dev != nil {
+		devUser = u.Resolve(index.KindDevice, dev)
+	}
+
+	out := outUnchanged
+	switch {
+	case target == index.NoUser && devUser != index.NoUser && u.Anonymous(devUser):
+		// The anonymous device user is identified: it keeps its cohorts.
+		target = devUser
+		out = outIdentified
+	case target == index.NoUser:
+		target = o.create()
+		out = outCreated
+	case devUser != index.NoUser && devUser != target && u.Anonymous(devUser):
+		o.merge(devUser, target)
+		out = outMerged
+	}
+	changed := false
+	if ext != nil && u.Resolve(index.KindExternal, ext) != target {
+		o.attach(target, index.KindExternal, ext)
+		changed = true
+	}
+	for _, a := range aliases {
+		if o.move(target, index.KindAlias, a) {
+			changed = true
+		}
+	}
+	if dev != nil && o.move(target, index.KindDevice, dev) {
+		changed = true
+	}
+	if out == outUnchanged && changed {
+		out = outUpdated
+	}
+	return out
+}
+
+// DeleteResult counts a user deletion.
+type DeleteResult struct {
+	Deleted   int
+	Unmatched int
+}
+
+// IdentifierSet groups identifiers by kind (aliases as index.AliasKey).
+type IdentifierSet struct {
+	ExternalIDs [][]byte
+	DeviceIDs   [][]byte
+	Aliases     [][]byte
+}
+
+// DeleteUsers removes the users named (a device id names whoever holds it)
+// with every membership they had, and frees their identifiers.
+func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
+	var res DeleteResult
+	if w.e.closed.Load() {
+		return res, ErrClosed
+	}
+	w.mu.Lock()
+	w.enc.reset()
+	w.enc.str(w.id)
+	ops := userOps{w: w, enc: &w.enc}
+	for _, g := range []struct {
+		kind index.Kind
+		keys [][]byte
+	}{{index.KindExternal, set.ExternalIDs}, {index.KindDevice, set.DeviceIDs}, {index.KindAlias, set.Aliases}} {
+		for _, k := range g.keys {
+			id := w.users.Resolve(g.kind, k)
+			if id == index.NoUser {
+				res.Unmatched++
+				continue
+			}
+			ops.delete(id)
+			res.Deleted++
+		}
+	}
+	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
+	w.mu.Unlock()
+	if err != nil {
+		return DeleteResult{}, err
+	}
+	return res, w.e.waitDurable(lsn)
+}
+
+// replayUsers re-executes a recUsers record.
+func (w *Workspace) replayUsers(d *recordDecoder) error {
+	var merges [][2]uint32
+	var deleted []uint32
+	for d.err == nil && len(d.b) > 0 {
+		switch op := d.u8(); op {
+		case opCreate:
+			want := index.UserID(d.u32())
+			if d.err != nil {
+				break
+			}
+			if got := w.users.Create(); got != want {
+				d.fail(invalidf("replay: created user %d, record says %d", got, want))
+			}
+		case opAttach:
+			id := index.UserID(d.u32())
+			kind := index.Kind(d.u8())
+			key := d.bytes()
+			if d.err == nil {
+				if err := w.users.Attach(id, kind, key); err != nil {
+					d.fail(err)
+				}
+			}
+		case opDetach:
+			kind := index.Kind(d.u8())
+			key := d.bytes()
+			if d.err == nil {
+				w.users.Detach(kind, key)
+			}
+		case opMerge:
+			from, into := d.u32(), d.u32()
+			if d.err == nil {
+				w.users.Delete(index.UserID(from))
+				merges = append(merges, [2]uint32{from, into})
+			}
+		case opDelete:
+			id := d.u32()
+			if d.err == nil {
+				w.users.Delete(index.UserID(id))
+				deleted = append(deleted, id)
+			}
+		default:
+			d.fail(invalidf("replay: unknown user op %d", op))
+		}
+	}
+	w.finishUserOpsLocked(merges, deleted)
+	return d.err
+}
+
+// ---- lookups ----
+
+// Alias is an (alias_name, alias_label) pair.
+type Alias struct{ Name, Label string }
+
+// UserInfo is a user's identifiers as the API shows them.
+type UserInfo struct {
+	ExternalID string // "" if none
+	Aliases    []Alias
+	DeviceIDs  []string
+	Anonymous  bool
+}
+
+// Resolve finds the user holding an identifier (any user: the
+// anonymous-only rule is for import), or index.NoUser.
+func (w *Workspace) Resolve(kind index.Kind, key []byte) index.UserID {
+	return w.users.Resolve(kind, key)
+}
+
+// UserInfo returns the identifiers of a user.
+func (w *Workspace) UserInfo(id index.UserID) UserInfo {
+	info := UserInfo{Anonymous: w.users.Anonymous(id)}
+	w.users.Identifiers(id, func(kind index.Kind, key []byte) {
+		switch kind {
+		case index.KindExternal:
+			info.ExternalID = string(key)
+		case index.KindAlias:
+			n, l := index.SplitAlias(key)
+			info.Aliases = append(info.Aliases, Alias{Name: string(n), Label: string(l)})
+		case index.KindDevice:
+			info.DeviceIDs = append(info.DeviceIDs, string(key))
+		}
+	})
+	return info
+}
+
+// UserCohorts lists the cohorts the user is a member of.
+func (w *Workspace) UserCohorts(id index.UserID) []CohortInfo {
+	var out []CohortInfo
+	for _, c := range w.Cohorts() {
+		if c.Members().Contains(uint32(id)) {
+			m := c.meta.Load()
+			out = append(out, CohortInfo{Partner: c.partner, CohortID: c.id, Name: m.name, CreatedAt: m.createdAt, UpdatedAt: m.updatedAt})
+		}
+	}
+	return out
+}

@@ -1,0 +1,5 @@
+package wal
+
+import "runtime"
+
+func runtimeGosched() { runtime.Gosched() }

@@ -1,0 +1,409 @@
+package engine
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2"
+
+	"github.com/cohortd/cohortd/index"
+)
+
+// Workspace is one tenant: its users, cohorts, data import keys and usage.
+// Nothing in a workspace refers to another workspace.
+type Workspace struct {
+	e         *Engine
+	id        string
+	keyDigest [32]byte
+
+	// mu is the writer lock: held while a change is appended to the WAL and
+	// applied. Fields documented "under mu" are touched only with it held.
+	mu sync.Mutex
+	// lsn is the last WAL record applied to this workspace (under mu).
+	lsn uint64
+
+	users *index.Users
+
+	cohorts struct {
+		sync.RWMutex
+		m map[cohortKey]*Cohort
+	}
+
+	keys struct {
+		sync.RWMutex
+		byDigest map[[32]byte]*importKey
+		byID     map[string]*importKey // "partner/keyID"
+	}
+
+	usage struct {
+		sync.Mutex
+		m map[string]map[int32]uint64 // partner → UTC day number → data points
+	}
+
+	// scratch buffers reused under mu.
+	enc recordEncoder
+}
+
+type cohortKey struct{ partner, id string }
+
+func newWorkspace(e *Engine, id string, d [32]byte) *Workspace {
+	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{})}
+	w.cohorts.m = make(map[cohortKey]*Cohort)
+	w.keys.byDigest = make(map[[32]byte]*importKey)
+	w.keys.byID = make(map[string]*importKey)
+	w.usage.m = make(map[string]map[int32]uint64)
+	return w
+}
+
+// ID returns the workspace id.
+func (w *Workspace) ID() string { return w.id }
+
+// Users returns the workspace's identity and user tables (read-only use).
+func (w *Workspace) Users() *index.Users { return w.users }
+
+// commit appends the record in w.enc under w.mu, runs apply, and records
+// the LSN. The caller holds w.mu and waits for durability after unlocking.
+func (w *Workspace) commitLocked(typ uint8, apply func(lsn uint64)) (uint64, error) {
+	lsn, err := w.e.appendRecord(typ, w.enc.b)
+	if err != nil {
+		return 0, err
+	}
+	apply(lsn)
+	if lsn > w.lsn {
+		w.lsn = lsn
+	}
+	return lsn, nil
+}
+
+// ---- data import keys ----
+
+type importKey struct {
+	id        string
+	partner   string
+	digest    [32]byte
+	createdAt time.Time
+	lastUsed  atomic.Int64 // unix nanoseconds, 0 = never
+	revoked   atomic.Bool
+}
+
+// KeyInfo describes a data import key without its secret.
+type KeyInfo struct {
+	KeyID      string
+	CreatedAt  time.Time
+	LastUsedAt time.Time // zero if never used
+	Revoked    bool
+}
+
+func (w *Workspace) importKeyByDigest(d [32]byte) *importKey {
+	w.keys.RLock()
+	defer w.keys.RUnlock()
+	return w.keys.byDigest[d]
+}
+
+// CreateImportKey issues a data import key (client_secret) for partner and
+// returns its id and secret (shown once). The partner must be registered.
+func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, err error) {
+	if !w.e.PartnerExists(partnerSlug) {
+		return "", "", fmt.Errorf("%w: partner %q", ErrNotFound, partnerSlug)
+	}
+	keyID = "key_" + fmt.Sprintf("%x", randomBytes(8))
+	secret = newSecret("")
+	d := digestOf([]byte(secret))
+	now := w.e.now().UTC().Truncate(time.Second)
+	w.mu.Lock()
+	w.enc.reset()
+	w.enc.str(w.id)
+	w.enc.str(partnerSlug)
+	w.enc.str(keyID)
+	w.enc.digest(d)
+	w.enc.varint(now.Unix())
+	lsn, err := w.commitLocked(recImportKey, func(uint64) { w.applyImportKey(partnerSlug, keyID, d, now, false, 0) })
+	w.mu.Unlock()
+	if err != nil {
+		return "", "", err
+	}
+	return keyID, secret, w.e.waitDurable(lsn)
+}
+
+func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, created time.Time, revoked bool, lastUsed int64) {
+	k := &importKey{id: keyID, partner: partnerSlug, digest: d, createdAt: created}
+	k.revoked.Store(revoked)
+	k.lastUsed.Store(lastUsed)
+	w.keys.Lock()
+	w.keys.byDigest[d] = k
+	w.keys.byID[partnerSlug+"/"+keyID] = k
+	w.keys.Unlock()
+}
+
+// ImportKeys lists the data import keys of partner, oldest first.
+func (w *Workspace) ImportKeys(partnerSlug string) []KeyInfo {
+	w.keys.RLock()
+	var out []KeyInfo
+	for _, k := range w.keys.byID {
+		if k.partner != partnerSlug {
+			continue
+		}
+		ki := KeyInfo{KeyID: k.id, CreatedAt: k.createdAt, Revoked: k.revoked.Load()}
+		if lu := k.lastUsed.Load(); lu != 0 {
+			ki.LastUsedAt = time.Unix(0, lu).UTC()
+		}
+		out = append(out, ki)
+	}
+	w.keys.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].KeyID < out[j].KeyID
+	})
+	return out
+}
+
+// RevokeImportKey invalidates a data import key; the very next request with
+// it is refused.
+func (w *Workspace) RevokeImportKey(partnerSlug, keyID string) error {
+	w.mu.Lock()
+	w.keys.RLock()
+	k := w.keys.byID[partnerSlug+"/"+keyID]
+	w.keys.RUnlock()
+	if k == nil {
+		w.mu.Unlock()
+		return fmt.Errorf("%w: key %q of partner %q", ErrNotFound, keyID, partnerSlug)
+	}
+	w.enc.reset()
+	w.enc.str(w.id)
+	w.enc.str(partnerSlug)
+	w.enc.str(keyID)
+	lsn, err := w.commitLocked(recRevokeKey, func(uint64) { k.revoked.Store(true) })
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.e.waitDurable(lsn)
+}
+
+// ---- usage ----
+
+// dayNumber is the UTC day of t as days since the Unix epoch.
+func dayNumber(t time.Time) int32 { return int32(t.Unix() / 86400) }
+
+func (w *Workspace) addUsage(partnerSlug string, day int32, n uint64) {
+	if n == 0 {
+		return
+	}
+	w.usage.Lock()
+	m := w.usage.m[partnerSlug]
+	if m == nil {
+		m = make(map[int32]uint64)
+		w.usage.m[partnerSlug] = m
+	}
+	m[day] += n
+	w.usage.Unlock()
+}
+
+// Usage is the data points metered for a workspace.
+type Usage struct {
+	Total    uint64
+	Partners map[string]PartnerUsage
+}
+
+// PartnerUsage is one partner's data points, in total and per UTC day
+// ("2006-01-02").
+type PartnerUsage struct {
+	Total uint64
+	Days  map[string]uint64
+}
+
+// Usage returns the workspace's data points per partner and UTC day.
+func (w *Workspace) Usage() Usage {
+	u := Usage{Partners: make(map[string]PartnerUsage)}
+	w.usage.Lock()
+	defer w.usage.Unlock()
+	for p, days := range w.usage.m {
+		pu := PartnerUsage{Days: make(map[string]uint64, len(days))}
+		for d, n := range days {
+			pu.Days[time.Unix(int64(d)*86400, 0).UTC().Format("2006-01-02")] = n
+			pu.Total += n
+		}
+		u.Partners[p] = pu
+		u.Total += pu.Total
+	}
+	return u
+}
+
+// ---- cohorts ----
+
+// Cohort is one (partner, cohort_id) of a workspace.
+//
+// Readers load the member set with Members: an immutable bitmap that must
+// never be mutated or cloned (Clone marks shared containers and so writes).
+// The writer keeps a private copy-on-write master and publishes a cheap
+// clone of it after every change, so a change costs the containers it
+// touches, not a copy of the whole set.
+type Cohort struct {
+	partner, id string
+	meta        atomic.Pointer[cohortMeta]
+	master      *roaring.Bitmap // under Workspace.mu
+	members     atomic.Pointer[roaring.Bitmap]
+}
+
+type cohortMeta struct {
+	name      string
+	createdAt time.Time
+	updatedAt time.Time
+}
+
+func newCohort(partnerSlug, id string) *Cohort {
+	c := &Cohort{partner: partnerSlug, id: id, master: roaring.New()}
+	c.master.SetCopyOnWrite(true)
+	c.publish()
+	return c
+}
+
+// publish makes the master's current state visible to readers.
+func (c *Cohort) publish() {
+	c.members.Store(c.master.Clone())
+}
+
+// Members returns the published member set. Never mutate or Clone it.
+func (c *Cohort) Members() *roaring.Bitmap { return c.members.Load() }
+
+// CohortInfo describes a cohort.
+type CohortInfo struct {
+	Partner   string
+	CohortID  string
+	Name      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	Size      uint64
+}
+
+// Info returns the cohort's description and current size.
+func (c *Cohort) Info() CohortInfo {
+	m := c.meta.Load()
+	return CohortInfo{Partner: c.partner, CohortID: c.id, Name: m.name, CreatedAt: m.createdAt, UpdatedAt: m.updatedAt, Size: c.Members().GetCardinality()}
+}
+
+// Cohort returns the cohort (partner, id), or nil.
+func (w *Workspace) Cohort(partnerSlug, id string) *Cohort {
+	w.cohorts.RLock()
+	defer w.cohorts.RUnlock()
+	return w.cohorts.m[cohortKey{partnerSlug, id}]
+}
+
+// Cohorts lists every cohort sorted by partner and id.
+func (w *Workspace) Cohorts() []*Cohort {
+	w.cohorts.RLock()
+	out := make([]*Cohort, 0, len(w.cohorts.m))
+	for _, c := range w.cohorts.m {
+		out = append(out, c)
+	}
+	w.cohorts.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].partner != out[j].partner {
+			return out[i].partner < out[j].partner
+		}
+		return out[i].id < out[j].id
+	})
+	return out
+}
+
+// UpsertCohort creates the cohort or renames it. The first createdAt is
+// kept. It is cheap when nothing changes (no WAL record is written), since
+// partners call it before every batch.
+func (w *Workspace) UpsertCohort(partnerSlug, id, name string, createdAt time.Time) error {
+	if id == "" || name == "" {
+		return invalidf("cohort id and name must be non-empty")
+	}
+	if c := w.Cohort(partnerSlug, id); c != nil && c.meta.Load().name == name {
+		return nil // fast path: nothing to change
+	}
+	w.mu.Lock()
+	lsn, err := w.upsertCohortLocked(partnerSlug, id, name, createdAt)
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.e.waitDurable(lsn)
+}
+
+// upsertCohortLocked writes and applies a cohort upsert unless nothing
+// would change. It returns the record's LSN (0 if none was written).
+func (w *Workspace) upsertCohortLocked(partnerSlug, id, name string, createdAt time.Time) (uint64, error) {
+	now := w.e.now().UTC()
+	c := w.Cohort(partnerSlug, id)
+	if c != nil {
+		m := c.meta.Load()
+		if m.name == name {
+			return 0, nil
+		}
+		createdAt = m.createdAt
+	}
+	w.enc.reset()
+	w.enc.str(w.id)
+	w.enc.str(partnerSlug)
+	w.enc.str(id)
+	w.enc.str(name)
+	w.enc.varint(createdAt.UnixNano())
+	w.enc.varint(now.UnixNano())
+	return w.commitLocked(recCohortUpsert, func(uint64) { w.applyCohortUpsert(partnerSlug, id, name, createdAt, now) })
+}
+
+func (w *Workspace) applyCohortUpsert(partnerSlug, id, name string, createdAt, now time.Time) *Cohort {
+	c := w.Cohort(partnerSlug, id)
+	if c == nil {
+		c = newCohort(partnerSlug, id)
+		c.meta.Store(&cohortMeta{name: name, createdAt: createdAt.UTC(), updatedAt: now})
+		w.cohorts.Lock()
+		w.cohorts.m[cohortKey{partnerSlug, id}] = c
+		w.cohorts.Unlock()
+		return c
+	}
+	m := *c.meta.Load()
+	m.name = name
+	m.updatedAt = now
+	c.meta.Store(&m)
+	return c
+}
+
+// DeleteCohort removes a cohort and its members.
+func (w *Workspace) DeleteCohort(partnerSlug, id string) error {
+	w.mu.Lock()
+	if w.Cohort(partnerSlug, id) == nil {
+		w.mu.Unlock()
+		return fmt.Errorf("%w: cohort %s/%s", ErrNotFound, partnerSlug, id)
+	}
+	w.enc.reset()
+	w.enc.str(w.id)
+	w.enc.str(partnerSlug)
+	w.enc.str(id)
+	lsn, err := w.commitLocked(recCohortDelete, func(uint64) { w.applyCohortDelete(partnerSlug, id) })
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.e.waitDurable(lsn)
+}
+
+func (w *Workspace) applyCohortDelete(partnerSlug, id string) {
+	w.cohorts.Lock()
+	delete(w.cohorts.m, cohortKey{partnerSlug, id})
+	w.cohorts.Unlock()
+}
+
+// ensureCohortLocked returns the cohort, creating it (name = id) with a WAL
+// record when unknown. It returns the LSN of that record or 0.
+func (w *Workspace) ensureCohortLocked(partnerSlug, id string) (*Cohort, uint64, error) {
+	if c := w.Cohort(partnerSlug, id); c != nil {
+		return c, 0, nil
+	}
+	now := w.e.now().UTC()
+	lsn, err := w.upsertCohortLocked(partnerSlug, id, id, now)
+	if err != nil {
+		return nil, 0, err
+	}
+	return w.Cohort(partnerSlug, id), lsn, nil
+}
