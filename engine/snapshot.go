@@ -331,6 +331,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		caps[i] = cap{c, c.meta.Load(), c.Members()}
 	}
 	sessions := w.captureSessionsLocked()
+	done := w.captureDoneLocked()
 	w.mu.Unlock()
 
 	sw.uvarint(uint64(len(caps)))
@@ -342,7 +343,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		sw.varint(c.m.updatedAt.UnixNano())
 		sw.bitmap(c.bm)
 	}
-	writeSessions(sw, sessions)
+	writeSessions(sw, sessions, done)
 	return lsn
 }
 

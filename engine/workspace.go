@@ -43,6 +43,8 @@ type Workspace struct {
 		m map[string]map[int32]uint64 // partner → UTC day number → data points
 	}
 
+	sessions sessionTable // webhook snapshot sessions (under mu)
+
 	// scratch buffers reused under mu.
 	enc recordEncoder
 }
@@ -392,6 +394,12 @@ func (w *Workspace) applyCohortDelete(partnerSlug, id string) {
 	w.cohorts.Lock()
 	delete(w.cohorts.m, cohortKey{partnerSlug, id})
 	w.cohorts.Unlock()
+	// Sessions of a deleted cohort die with it (replay does the same).
+	for k := range w.sessions.m {
+		if k.partner == partnerSlug && k.cohort == id {
+			delete(w.sessions.m, k)
+		}
+	}
 }
 
 // ensureCohortLocked returns the cohort, creating it (name = id) with a WAL

@@ -527,7 +527,7 @@ func recordOffsets(t testing.TB, p string) []int {
 
 func TestTornTail(t *testing.T) {
 	src := t.TempDir()
-	opts := Options{Dir: src, SegmentSize: 4 << 10}
+	opts := Options{Dir: src, Sync: SyncOff, SegmentSize: 4 << 10}
 	r := rand.New(rand.NewPCG(4, 4))
 	_, l, err := replayAll(t, opts, 1)
 	if err != nil {
