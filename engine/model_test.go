@@ -326,7 +326,9 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 	m := newModel()
 	ext := func() string { return fmt.Sprintf("user-%d", r.IntN(300)) }
 	dev := func() string { return fmt.Sprintf("dev-%d", r.IntN(200)) }
-	alias := func() string { return string(index.AliasKey(nil, []byte("email"), fmt.Appendf(nil, "%d@x", r.IntN(80)))) }
+	alias := func() string {
+		return string(index.AliasKey(nil, []byte("email"), fmt.Appendf(nil, "%d@x", r.IntN(80))))
+	}
 	randKey := func() mChange {
 		switch r.IntN(3) {
 		case 0:

@@ -319,7 +319,9 @@ func (w *Workspace) captureDoneLocked() []doneCapture {
 	for k, at := range w.sessions.done {
 		out = append(out, doneCapture{k, at})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].at < out[j].at || (out[i].at == out[j].at && out[i].key.id < out[j].key.id) })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].at < out[j].at || (out[i].at == out[j].at && out[i].key.id < out[j].key.id)
+	})
 	return out
 }
 

@@ -3,6 +3,7 @@ package index
 import (
 	"bytes"
 	"math/bits"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -77,6 +78,13 @@ type table struct {
 func bucketsFor(n int) int {
 	nb := int(float64(n)/rehashLoad/bucketSlots) + 1
 	return max(nb, minBuckets)
+}
+
+// newBuckets allocates an empty table of n buckets, on huge pages where possible.
+func newBuckets(n int) []bucket {
+	b := make([]bucket, n)
+	adviseHugePages(unsafe.Pointer(unsafe.SliceData(b)), n*int(unsafe.Sizeof(bucket{})))
+	return b
 }
 
 func (t *table) setBuckets(b []bucket) {
@@ -232,20 +240,24 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 			home[j] = int32(i)
 			first[j] = b[i].hash[0]
 		}
-		// Pass 2: first hash match, and the id word of its arena entry.
+		// Pass 2: first hash match, and the id word of its arena entry. The match
+		// within the home bucket is computed without branches (conditional moves),
+		// since which slot holds a key is random and would mispredict.
 		for j := range g {
 			h := hs[j]
 			i := int(home[j])
 			r := refEmpty
-			if first[j] == h && b[i].ref[0] > refTomb {
-				r = b[i].ref[0]
-			} else {
-				r = probeHash(b, i, h)
+			if m := matchMask(&b[i], h); m != 0 {
+				r = b[i].ref[bits.TrailingZeros8(m)]
+			}
+			if r <= refTomb {
+				r = probeHash(b, i, h) // in a later bucket, absent, or h matched a free slot
 			}
 			refs[j] = r
 			if r > refTomb {
 				ids[j] = entryID(chunks, r)
 			}
+			first[j] = 0
 		}
 		// Pass 3: confirm against the arena.
 		for j, k := range g {
@@ -263,6 +275,27 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 			o[j] = id
 		}
 	}
+}
+
+// matchMask returns a bit per slot of bk whose hash is h.
+func matchMask(bk *bucket, h uint64) uint8 {
+	var m0, m1, m2, m3, m4 uint8
+	if bk.hash[0] == h {
+		m0 = 1
+	}
+	if bk.hash[1] == h {
+		m1 = 2
+	}
+	if bk.hash[2] == h {
+		m2 = 4
+	}
+	if bk.hash[3] == h {
+		m3 = 8
+	}
+	if bk.hash[4] == h {
+		m4 = 16
+	}
+	return m0 | m1 | m2 | m3 | m4
 }
 
 // probeHash returns the ref of the first live slot whose hash is h on the probe sequence

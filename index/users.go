@@ -154,7 +154,7 @@ func NewUsers(opts Options) *Users {
 	u.master.SetCopyOnWrite(true)
 	u.mu.over = make(map[UserID]uint32)
 	if opts.Capacity > 0 {
-		u.mu.tab.setBuckets(make([]bucket, bucketsFor(opts.Capacity)))
+		u.mu.tab.setBuckets(newBuckets(bucketsFor(opts.Capacity)))
 	}
 	u.Publish()
 	return u
@@ -350,7 +350,7 @@ func (u *Users) reserveSlot() {
 	if t.live+t.tombs+1 <= t.maxUsed {
 		return
 	}
-	nb := make([]bucket, bucketsFor(t.live+1))
+	nb := newBuckets(bucketsFor(t.live + 1))
 	for i := range t.buckets {
 		bk := &t.buckets[i]
 		for s := range bucketSlots {
