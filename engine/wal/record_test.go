@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -28,6 +29,11 @@ func TestRecordLayout(t *testing.T) {
 	crc := crc32.Checksum(append([]byte("abc"), b[:recordHeaderSize]...), castagnoli)
 	if got := binary.LittleEndian.Uint32(b[len(want):]); got != crc {
 		t.Fatalf("crc %08x, want %08x", got, crc)
+	}
+	// The example in docs/FORMATS.md.
+	doc := encode(7, 1, []byte("abc"))
+	if got := fmt.Sprintf("% x", doc); got != "03 00 00 00 07 01 00 00 00 00 00 00 00 61 62 63 86 d9 72 9f" {
+		t.Fatalf("FORMATS.md example encodes as %s", got)
 	}
 	if len(b) != recordOverhead+3 {
 		t.Fatalf("len %d", len(b))

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -388,7 +389,7 @@ func TestSyncIntervalSyncs(t *testing.T) {
 			break
 		}
 		// The background goroutine syncs every millisecond.
-		runtimeGosched()
+		runtime.Gosched()
 	}
 	mustClose(t, l)
 }

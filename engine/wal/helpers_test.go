@@ -1,5 +1,0 @@
-package wal
-
-import "runtime"
-
-func runtimeGosched() { runtime.Gosched() }
