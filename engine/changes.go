@@ -239,3 +239,37 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 	w.e.Stats.DataPoints.Add(uint64(res.DataPoints))
 	return res, w.e.waitDurable(max(lsn, lsn0))
 }
+
+// AddIDs stages users the caller resolved itself (the Mixpanel webhook
+// resolves an external id and falls back to an alias). index.NoUser entries
+// are counted as unknown identifiers.
+func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
+	var rm uint64
+	if remove {
+		rm = 1
+	}
+	for _, id := range ids {
+		if id == index.NoUser {
+			cs.res.Unknown++
+			continue
+		}
+		seq := uint64(len(cs.ops)) & (1<<31 - 1)
+		cs.ops = append(cs.ops, uint64(id)<<32|seq<<1|rm)
+		cs.res.Matched++
+	}
+}
+
+// AddIDs adds users the caller resolved itself; index.NoUser entries are
+// counted as unmatched.
+func (ms *MemberSet) AddIDs(ids []index.UserID) {
+	for _, id := range ids {
+		if id == index.NoUser {
+			ms.unmatched++
+			continue
+		}
+		ms.ids = append(ms.ids, uint32(id))
+	}
+}
+
+// Len is the number of users staged so far (duplicates included).
+func (ms *MemberSet) Len() int { return len(ms.ids) }

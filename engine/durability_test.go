@@ -96,6 +96,7 @@ func TestRecoverAfterCrashAndClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := dumpState(e)
+			crash(e)
 			// Crash: a second engine opens the same directory without the
 			// first one closing (nothing flushed at exit).
 			e2, err := Open(opts)
@@ -111,6 +112,7 @@ func TestRecoverAfterCrashAndClose(t *testing.T) {
 			if err := e2.Close(); err != nil {
 				t.Fatal(err)
 			}
+			crash(e)
 			e3, err := Open(opts)
 			if err != nil {
 				t.Fatalf("reopen after close: %v", err)
@@ -228,4 +230,28 @@ func FuzzReplayRecord(f *testing.F) {
 		// start then), but nothing may be left inconsistent or panic.
 		_ = e.Check()
 	})
+}
+
+// crash abandons an engine as kill -9 would: nothing is flushed or closed,
+// only the data directory lock is dropped (the kernel does that for a dead
+// process) so that the test can open the directory again.
+func crash(e *Engine) { e.unlock() }
+
+func TestDataDirLock(t *testing.T) {
+	dir := t.TempDir()
+	e, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open of a locked dir: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e2, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	e2.Close()
 }

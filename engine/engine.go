@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"regexp"
 	"sort"
 	"sync"
@@ -111,6 +112,8 @@ type Engine struct {
 		lsn uint64
 	}
 
+	lock *os.File // flock on <dir>/LOCK
+
 	// snapMu serializes snapshots.
 	snapMu sync.Mutex
 
@@ -205,7 +208,7 @@ func (e *Engine) Close() error {
 	if err := e.snapshotLocked(true); err != nil {
 		errs = append(errs, fmt.Errorf("final snapshot: %w", err))
 	}
-	errs = append(errs, e.wal.Close())
+	errs = append(errs, e.wal.Close(), e.unlock())
 	return errors.Join(errs...)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cohortd/cohortd/engine/wal"
@@ -20,14 +21,26 @@ func (e *Engine) recover() error {
 	if err := os.MkdirAll(e.opts.Dir, 0o755); err != nil {
 		return fmt.Errorf("engine: data dir: %w", err)
 	}
+	// One process per data directory: two writers would interleave WAL
+	// records. flock is released by the kernel when the process dies, so a
+	// kill -9 never leaves a stale lock.
+	lock, err := os.OpenFile(filepath.Join(e.opts.Dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("engine: lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return fmt.Errorf("engine: data dir %s is in use by another cohortd process: %w", e.opts.Dir, err)
+	}
+	e.lock = lock
 	secret, err := loadOrCreateCursorSecret(e.opts.Dir)
 	if err != nil {
-		return err
+		return errors.Join(err, e.unlock())
 	}
 	e.cursor = newCursorCodec(secret)
 	snaps, err := listSnapshots(e.opts.Dir)
 	if err != nil {
-		return fmt.Errorf("engine: list snapshots: %w", err)
+		return errors.Join(fmt.Errorf("engine: list snapshots: %w", err), e.unlock())
 	}
 	from := uint64(1)
 	if len(snaps) > 0 {
@@ -35,7 +48,7 @@ func (e *Engine) recover() error {
 		p := filepath.Join(e.opts.Dir, snaps[0].name)
 		t := time.Now()
 		if err := e.loadSnapshot(p); err != nil {
-			return err
+			return errors.Join(err, e.unlock())
 		}
 		e.log.Info("snapshot loaded", "file", snaps[0].name, "duration", time.Since(t).String())
 	}
@@ -47,7 +60,7 @@ func (e *Engine) recover() error {
 		OnFatal:     e.opts.OnFatal,
 	})
 	if err != nil {
-		return fmt.Errorf("engine: open wal: %w", err)
+		return errors.Join(fmt.Errorf("engine: open wal: %w", err), e.unlock())
 	}
 	n := 0
 	err = l.Replay(from, func(typ uint8, lsn uint64, payload []byte) error {
@@ -58,11 +71,21 @@ func (e *Engine) recover() error {
 		return nil
 	})
 	if err != nil {
-		return errors.Join(err, l.Close())
+		return errors.Join(err, l.Close(), e.unlock())
 	}
 	e.wal = l
 	e.log.Info("wal replayed", "records", n, "last_lsn", l.LastLSN())
 	return nil
+}
+
+// unlock releases the data directory lock.
+func (e *Engine) unlock() error {
+	if e.lock == nil {
+		return nil
+	}
+	err := e.lock.Close()
+	e.lock = nil
+	return err
 }
 
 // loadOrCreateCursorSecret keeps the key of member-page cursors stable

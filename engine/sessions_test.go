@@ -112,12 +112,13 @@ func TestSessionOutOfOrderWithDuplicates(t *testing.T) {
 func TestSessionSurvivesCrash(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Dir: dir, Sync: wal.SyncAlways}
-	_, w := sessionFixture(t, opts)
+	e1, w := sessionFixture(t, opts)
 	page(t, w, "old", 1, 1, 0, 10)
 	for p := 1; p <= 6; p++ {
 		page(t, w, "s", p, 10, 100*p, 100*p+10)
 	}
 	// Crash: reopen without closing.
+	crash(e1)
 	e2, w2 := sessionFixture(t, opts)
 	if size(w2) != 10 || w2.OpenSessions() != 1 {
 		t.Fatalf("after crash: size %d, sessions %d", size(w2), w2.OpenSessions())
@@ -125,6 +126,7 @@ func TestSessionSurvivesCrash(t *testing.T) {
 	if err := e2.Snapshot(); err != nil { // the session must also survive a snapshot
 		t.Fatal(err)
 	}
+	crash(e2)
 	e3, w3 := sessionFixture(t, opts)
 	for p := 7; p <= 10; p++ {
 		if p < 10 && size(w3) != 10 {

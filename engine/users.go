@@ -422,3 +422,9 @@ func (w *Workspace) UserCohorts(id index.UserID) []CohortInfo {
 	}
 	return out
 }
+
+// ResolveMany resolves identifiers of one kind (any user holding them) and
+// appends one id per key to dst, index.NoUser for unknown keys.
+func (w *Workspace) ResolveMany(kind index.Kind, keys [][]byte, dst []index.UserID) []index.UserID {
+	return w.users.ResolveMany(kind, keys, dst)
+}

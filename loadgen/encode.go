@@ -1,0 +1,263 @@
+package loadgen
+
+import (
+	"bytes"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Request body encoders. They append to dst and return it, so a worker can
+// reuse one buffer for every request it builds.
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(dst []byte, s []byte) []byte {
+	const hexDigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+func appendJSONStr(dst []byte, s string) []byte { return appendJSONString(dst, []byte(s)) }
+
+// appendChange appends one cohort change object. All three arrays are
+// present even when empty, as real senders do.
+func (u Universe) appendChange(dst []byte, refs []Ref, remove bool) []byte {
+	var tmp [64]byte
+	dst = append(dst, `{"user_ids":[`...)
+	first := true
+	for _, r := range refs {
+		if r.Kind == IDExternal || r.Kind == IDUnknown {
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+		}
+	}
+	dst = append(dst, `],"device_ids":[`...)
+	first = true
+	for _, r := range refs {
+		if r.Kind == IDDevice {
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+		}
+	}
+	dst = append(dst, `],"aliases":[`...)
+	first = true
+	for _, r := range refs {
+		if r.Kind == IDAlias {
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
+			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+			dst = append(dst, '}')
+		}
+	}
+	if remove {
+		return append(dst, `],"should_remove":true}`...)
+	}
+	return append(dst, `],"should_remove":false}`...)
+}
+
+// Credentials are what the partner endpoints take in their bodies and the
+// /v1 endpoints in the Authorization header.
+type Credentials struct {
+	// Workspace is the workspace id (informational once APIKey is known).
+	Workspace string `json:"workspace"`
+	// APIKey is the workspace API key for /v1.
+	APIKey string `json:"api_key"`
+	// Partner is the partner slug.
+	Partner string `json:"partner"`
+	// PartnerAPIKey is the partner's key, sent in partner bodies.
+	PartnerAPIKey string `json:"partner_api_key"`
+	// ClientSecret is the data import key of (workspace, partner).
+	ClientSecret string `json:"client_secret"`
+}
+
+func appendPartnerAuth(dst []byte, c *Credentials) []byte {
+	dst = append(dst, `{"partner_api_key":`...)
+	dst = appendJSONStr(dst, c.PartnerAPIKey)
+	dst = append(dst, `,"client_secret":`...)
+	return appendJSONStr(dst, c.ClientSecret)
+}
+
+// appendCohortUpsert appends the body of POST /partners/{p}/cohorts.
+func appendCohortUpsert(dst []byte, c *Credentials, cohortID string, created time.Time) []byte {
+	dst = appendPartnerAuth(dst, c)
+	dst = append(dst, `,"cohort_id":`...)
+	dst = appendJSONStr(dst, cohortID)
+	dst = append(dst, `,"name":`...)
+	dst = appendJSONStr(dst, "loadgen "+cohortID)
+	dst = append(dst, `,"created_at":`...)
+	dst = appendJSONStr(dst, created.UTC().Format(time.RFC3339))
+	return append(dst, '}')
+}
+
+// appendPartnerChanges appends the body of POST /partners/{p}/cohorts/users:
+// one change object for the adds, then one for the removes.
+func (u Universe) appendPartnerChanges(dst []byte, c *Credentials, cohortID string, adds, removes []Ref) []byte {
+	dst = appendPartnerAuth(dst, c)
+	dst = append(dst, `,"cohort_id":`...)
+	dst = appendJSONStr(dst, cohortID)
+	dst = append(dst, `,"cohort_changes":[`...)
+	if len(adds) > 0 {
+		dst = u.appendChange(dst, adds, false)
+	}
+	if len(removes) > 0 {
+		if len(adds) > 0 {
+			dst = append(dst, ',')
+		}
+		dst = u.appendChange(dst, removes, true)
+	}
+	return append(dst, "]}"...)
+}
+
+// appendBulkChanges appends an NDJSON body for POST /v1/cohorts/{p}/{id}/changes:
+// one change object of at most perLine identifiers a line, adds first.
+func (u Universe) appendBulkChanges(dst []byte, adds, removes []Ref, perLine int) []byte {
+	for _, part := range []struct {
+		refs   []Ref
+		remove bool
+	}{{adds, false}, {removes, true}} {
+		for refs := part.refs; len(refs) > 0; {
+			n := min(perLine, len(refs))
+			dst = u.appendChange(dst, refs[:n], part.remove)
+			dst = append(dst, '\n')
+			refs = refs[n:]
+		}
+	}
+	return dst
+}
+
+// appendUserRecords appends the first seeding pass for users from…to-1 as
+// NDJSON: each user with the identifiers of its kind.
+func (u Universe) appendUserRecords(dst []byte, from, to int) []byte {
+	var tmp [64]byte
+	for n := from; n < to; n++ {
+		switch u.Kind(n) {
+		case KindExternal:
+			dst = append(dst, `{"external_id":"`...)
+			dst = appendExternalID(dst, n)
+			dst = append(dst, "\"}\n"...)
+		case KindAlias:
+			dst = append(dst, `{"aliases":[{"alias_name":"`+aliasName+`","alias_label":`...)
+			dst = appendJSONString(dst, appendAliasLabel(tmp[:0], n))
+			dst = append(dst, "}]}\n"...)
+		default:
+			dst = append(dst, `{"device_id":"`...)
+			dst = u.appendDeviceID(dst, n)
+			dst = append(dst, "\"}\n"...)
+		}
+	}
+	return dst
+}
+
+// appendIdentifyRecords appends the second seeding pass for users
+// from…to-1: identified-later users get their external id with their device
+// id. It returns the body and the number of records.
+func (u Universe) appendIdentifyRecords(dst []byte, from, to int) ([]byte, int) {
+	records := 0
+	for n := from; n < to; n++ {
+		if u.Kind(n) != KindIdentifiedLater {
+			continue
+		}
+		dst = append(dst, `{"external_id":"`...)
+		dst = appendExternalID(dst, n)
+		dst = append(dst, `","device_id":"`...)
+		dst = u.appendDeviceID(dst, n)
+		dst = append(dst, "\"}\n"...)
+		records++
+	}
+	return dst, records
+}
+
+// Encoding is a Content-Encoding for request bodies.
+type Encoding string
+
+// The encodings loadgen sends.
+const (
+	EncodingNone Encoding = ""
+	EncodingGzip Encoding = "gzip"
+	EncodingZstd Encoding = "zstd"
+)
+
+// codecs pools compressors. Encoders are costly to create (zstd keeps
+// megabytes of tables), so they are reused across requests; a pooled
+// encoder is owned by one goroutine between Get and Put.
+type codecs struct {
+	gzip sync.Pool // *gzip.Writer
+	zstd sync.Pool // *zstd.Encoder
+}
+
+// compress appends src compressed with enc to dst.
+func (c *codecs) compress(dst, src []byte, enc Encoding) []byte {
+	switch enc {
+	case EncodingGzip:
+		buf := bytes.NewBuffer(dst)
+		w, _ := c.gzip.Get().(*gzip.Writer)
+		if w == nil {
+			// BestSpeed keeps the load generator from becoming the
+			// bottleneck; the server decodes any level at the same cost.
+			w, _ = gzip.NewWriterLevel(buf, gzip.BestSpeed)
+		} else {
+			w.Reset(buf)
+		}
+		_, _ = w.Write(src) // writes to a bytes.Buffer cannot fail
+		_ = w.Close()
+		c.gzip.Put(w)
+		return buf.Bytes()
+	case EncodingZstd:
+		e, _ := c.zstd.Get().(*zstd.Encoder)
+		if e == nil {
+			var err error
+			e, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+			if err != nil {
+				panic("BUG: zstd options: " + err.Error())
+			}
+		}
+		dst = e.EncodeAll(src, dst)
+		c.zstd.Put(e)
+		return dst
+	default:
+		return append(dst, src...)
+	}
+}

@@ -1,0 +1,228 @@
+package loadgen
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Shape is how an exporter sends cohort changes.
+type Shape string
+
+// The two sync shapes of WORKLOADS.md.
+const (
+	// ShapePartner sends gzip JSON to the partner endpoint, at most 1,000
+	// identifiers a request, with a cohort upsert before every batch.
+	ShapePartner Shape = "partner"
+	// ShapeBulk sends zstd NDJSON to /v1/cohorts/{p}/{id}/changes, 100 lines
+	// of 1,000 identifiers a request.
+	ShapeBulk Shape = "bulk"
+)
+
+// Options configures a run. The zero value of a field means its default
+// (see withDefaults); every load loop is bounded by Duration and/or a count.
+type Options struct {
+	// Addr is the server's base URL, default "http://127.0.0.1:8080".
+	Addr string
+	// AdminToken authorises the admin API, used to create whatever
+	// Credentials lacks.
+	AdminToken string
+	// Credentials are pre-existing keys; empty fields are created through the
+	// admin API when AdminToken is set.
+	Credentials Credentials
+
+	// Users is the number of seeded users (Seed creates them; the other
+	// commands assume they exist). Default 100,000.
+	Users int
+	// Seed makes every generated thing deterministic. Default 1.
+	Seed uint64
+	// Cohorts is the number of cohorts exported. Default 3.
+	Cohorts int
+	// Flavour is the cohort membership shape. Default clustered.
+	Flavour Flavour
+	// Shape is the sync shape. Default partner.
+	Shape Shape
+
+	// Duration bounds the timed phase (change sets, queries). Zero means
+	// only counts bound the run; Query and Mixed then default to 10s.
+	Duration time.Duration
+	// Rate is the offered rate in requests a second of the main stream
+	// (export requests in Export, queries in Query and Mixed); 0 is a closed
+	// loop at maximum speed.
+	Rate float64
+	// ExportRate is the offered rate of export requests in Mixed; 0 is a
+	// closed loop.
+	ExportRate float64
+	// Concurrency is the number of concurrent export senders (and of seed
+	// body encoders). Default 4.
+	Concurrency int
+	// QueryConcurrency is the number of concurrent query workers. Default 4.
+	QueryConcurrency int
+
+	// Interval is the time-compressed cadence of change sets (a 15-minute
+	// cadence replayed). Default 1s.
+	Interval time.Duration
+	// ChangeSets bounds the number of change sets per cohort; 0 means until
+	// Duration ends (with Duration 0 too: the first load only).
+	ChangeSets int
+	// ChurnLeave is the share of members that leave per change set.
+	// Default 0.01.
+	ChurnLeave float64
+	// ChurnJoin is the share of non-members that join per change set.
+	// Default 0.01.
+	ChurnJoin float64
+
+	// Mix is the query mix. Default DefaultMix.
+	Mix Mix
+	// Requests bounds the number of queries; 0 means until Duration ends.
+	Requests int
+	// SkipSeed makes Mixed assume the users already exist.
+	SkipSeed bool
+
+	// UsersPerBody is the number of user records per seeding body.
+	// Default 100,000.
+	UsersPerBody int
+	// PartnerMaxIDs is the identifier cap of a partner request. Default 1,000.
+	PartnerMaxIDs int
+	// BulkIDs is the number of identifiers per bulk request. Default 100,000.
+	BulkIDs int
+	// BulkLineIDs is the number of identifiers per bulk NDJSON line.
+	// Default 1,000.
+	BulkLineIDs int
+
+	// MaxRetries bounds the retries of one request. Default 8.
+	MaxRetries int
+	// BackoffBase is the first retry delay before jitter. Default 50ms.
+	BackoffBase time.Duration
+	// BackoffMax caps a retry delay. Default 5s.
+	BackoffMax time.Duration
+	// RequestTimeout bounds one attempt. Default 60s.
+	RequestTimeout time.Duration
+
+	// Progress receives progress output; nil means none.
+	Progress io.Writer
+	// ProgressBar draws a bar on Progress (for a terminal) instead of
+	// periodic lines.
+	ProgressBar bool
+	// ReportEvery is the period of progress lines. Default 5s.
+	ReportEvery time.Duration
+
+	// Dial, when set, replaces TCP dialing (tests use an in-memory
+	// listener).
+	Dial func(addr string) (net.Conn, error)
+}
+
+func (o Options) withDefaults() Options {
+	setDefault(&o.Addr, "http://127.0.0.1:8080")
+	o.Addr = strings.TrimRight(o.Addr, "/")
+	if !strings.Contains(o.Addr, "://") {
+		o.Addr = "http://" + o.Addr
+	}
+	setDefault(&o.Users, 100_000)
+	setDefault(&o.Seed, 1)
+	setDefault(&o.Cohorts, 3)
+	setDefault(&o.Flavour, FlavourClustered)
+	setDefault(&o.Shape, ShapePartner)
+	setDefault(&o.Concurrency, 4)
+	setDefault(&o.QueryConcurrency, 4)
+	setDefault(&o.Interval, time.Second)
+	setDefault(&o.ChurnLeave, 0.01)
+	setDefault(&o.ChurnJoin, 0.01)
+	if o.Mix.total() == 0 {
+		o.Mix = DefaultMix
+	}
+	setDefault(&o.UsersPerBody, 100_000)
+	setDefault(&o.PartnerMaxIDs, 1_000)
+	setDefault(&o.BulkIDs, 100_000)
+	setDefault(&o.BulkLineIDs, 1_000)
+	setDefault(&o.MaxRetries, 8)
+	setDefault(&o.BackoffBase, 50*time.Millisecond)
+	setDefault(&o.BackoffMax, 5*time.Second)
+	setDefault(&o.RequestTimeout, 60*time.Second)
+	setDefault(&o.ReportEvery, 5*time.Second)
+	return o
+}
+
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+func (o Options) validate() error {
+	switch o.Flavour {
+	case FlavourClustered, FlavourUniform:
+	default:
+		return fmt.Errorf("loadgen: unknown flavour %q (clustered or uniform)", o.Flavour)
+	}
+	switch o.Shape {
+	case ShapePartner, ShapeBulk:
+	default:
+		return fmt.Errorf("loadgen: unknown shape %q (partner or bulk)", o.Shape)
+	}
+	if o.Users < 1 || o.Cohorts < 1 || o.Concurrency < 1 || o.QueryConcurrency < 1 {
+		return fmt.Errorf("loadgen: users, cohorts and concurrency must be positive")
+	}
+	if o.Rate < 0 || o.ExportRate < 0 || o.ChurnLeave < 0 || o.ChurnLeave > 1 || o.ChurnJoin < 0 || o.ChurnJoin > 1 {
+		return fmt.Errorf("loadgen: rates and churn shares must be non-negative (churn at most 1)")
+	}
+	if o.PartnerMaxIDs < 1 || o.BulkIDs < 1 || o.BulkLineIDs < 1 || o.UsersPerBody < 1 {
+		return fmt.Errorf("loadgen: batch sizes must be positive")
+	}
+	return nil
+}
+
+// Mix is the query mix in relative weights.
+type Mix struct {
+	Contains int // single contains of one user
+	Batch    int // contains of 1,000 users
+	Count    int // count of an expression
+	Page     int // one page of 1,000 members
+}
+
+// DefaultMix is the segment-evaluator mix of WORKLOADS.md.
+var DefaultMix = Mix{Contains: 70, Batch: 20, Count: 9, Page: 1}
+
+func (m Mix) total() int { return m.Contains + m.Batch + m.Count + m.Page }
+
+// String formats the mix as ParseMix reads it.
+func (m Mix) String() string {
+	return fmt.Sprintf("contains=%d,batch=%d,count=%d,page=%d", m.Contains, m.Batch, m.Count, m.Page)
+}
+
+// ParseMix reads a mix like "contains=70,batch=20,count=9,page=1". Kinds
+// left out get weight 0.
+func ParseMix(s string) (Mix, error) {
+	var m Mix
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if !ok || err != nil || n < 0 {
+			return Mix{}, fmt.Errorf("loadgen: bad mix entry %q (want kind=weight)", part)
+		}
+		switch strings.TrimSpace(k) {
+		case "contains":
+			m.Contains = n
+		case "batch":
+			m.Batch = n
+		case "count":
+			m.Count = n
+		case "page":
+			m.Page = n
+		default:
+			return Mix{}, fmt.Errorf("loadgen: unknown query kind %q (contains, batch, count, page)", k)
+		}
+	}
+	if m.total() == 0 {
+		return Mix{}, fmt.Errorf("loadgen: mix %q has no weight", s)
+	}
+	return m, nil
+}

@@ -1,0 +1,109 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// run is the state of one call of Seed, Export, Query or Mixed.
+type run struct {
+	o       Options
+	u       Universe
+	cl      *client
+	rec     *recorder
+	prog    *progress
+	log     io.Writer
+	creds   Credentials
+	started time.Time
+	seed    *SeedCounts
+	notes   []string
+}
+
+func newRun(o Options, log io.Writer) (*run, error) {
+	o = o.withDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = io.Discard
+	}
+	rec := newRecorder()
+	return &run{
+		o:       o,
+		u:       Universe{Users: o.Users, Seed: o.Seed},
+		cl:      newClient(o),
+		rec:     rec,
+		prog:    newProgress(o, rec),
+		log:     log,
+		creds:   o.Credentials,
+		started: time.Now(),
+	}, nil
+}
+
+// report builds the run's report. A fatal error err is counted as an error
+// too, and the returned error is non-nil whenever the run failed.
+func (r *run) report(command string, err error) (*Report, error) {
+	o := r.o
+	rep := &Report{
+		Command: command,
+		Workload: Workload{
+			Workspace:   r.creds.Workspace,
+			Partner:     r.creds.Partner,
+			Users:       o.Users,
+			Seed:        o.Seed,
+			Rate:        o.Rate,
+			Concurrency: o.Concurrency,
+			DurationNs:  int64(o.Duration),
+		},
+		Env:       currentEnv(),
+		Started:   r.started.UTC(),
+		ElapsedNs: int64(time.Since(r.started)),
+		Ops:       r.rec.opReports(),
+		Seed:      r.seed,
+		Notes:     r.notes,
+	}
+	if command != "seed" {
+		rep.Workload.Cohorts, rep.Workload.Flavour = o.Cohorts, o.Flavour
+	}
+	if command == "export" || command == "mixed" {
+		rep.Workload.Shape = o.Shape
+		rep.Workload.IntervalNs = int64(o.Interval)
+		rep.Workload.ChangeSets = o.ChangeSets
+		rep.Workload.ChurnLeave, rep.Workload.ChurnJoin = o.ChurnLeave, o.ChurnJoin
+	}
+	if command == "query" || command == "mixed" {
+		rep.Workload.Mix = o.Mix.String()
+		rep.Workload.QueryConcurrency = o.QueryConcurrency
+	}
+	if command == "mixed" {
+		rep.Workload.ExportRate = o.ExportRate
+	}
+	if err != nil {
+		r.rec.fail(err)
+	}
+	r.rec.mu.Lock()
+	rep.Errors = r.rec.mu.errors
+	rep.ErrorSamples = append([]string(nil), r.rec.mu.samples...)
+	rep.Verification = Verification{
+		Checks:     r.rec.mu.checked,
+		Failures:   r.rec.mu.failed,
+		Mismatches: append([]string(nil), r.rec.mu.mismatch...),
+	}
+	r.rec.mu.Unlock()
+	return rep, errors.Join(err, rep.Err())
+}
+
+// timed returns a context that ends after Options.Duration (or def when
+// Duration is 0; def 0 means no time bound).
+func (r *run) timed(ctx context.Context, def time.Duration) (context.Context, context.CancelFunc) {
+	d := r.o.Duration
+	if d == 0 {
+		d = def
+	}
+	if d == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}

@@ -1,0 +1,125 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strconv"
+	"time"
+)
+
+// ErrNoAdminToken is returned when credentials are missing and there is no
+// admin token to create them with.
+var ErrNoAdminToken = errors.New("loadgen: credentials missing and no admin token to create them")
+
+// ensureCredentials fills what creds lacks through the admin API: a
+// workspace (and its API key) when needWorkspace, a partner and a data
+// import key when needPartner. It reports what it created on log.
+func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Credentials, needWorkspace, needPartner bool, log io.Writer) error {
+	if needWorkspace && creds.APIKey == "" {
+		if admin == "" {
+			return fmt.Errorf("%w: workspace API key", ErrNoAdminToken)
+		}
+		id := creds.Workspace
+		if id == "" {
+			id = "loadgen-" + strconv.FormatInt(time.Now().Unix(), 10)
+		}
+		var out struct {
+			ID     string `json:"id"`
+			APIKey string `json:"api_key"`
+		}
+		err := cl.doJSON(ctx, "POST", "/v1/workspaces", admin, map[string]string{"id": id}, &out)
+		if isStatus(err, http.StatusConflict) && creds.Workspace == "" {
+			// A run in the same second took the name; stay independent.
+			id = fmt.Sprintf("loadgen-%d-%s", time.Now().Unix(), randomSuffix())
+			err = cl.doJSON(ctx, "POST", "/v1/workspaces", admin, map[string]string{"id": id}, &out)
+		}
+		if err != nil {
+			return fmt.Errorf("create workspace %q: %w", id, err)
+		}
+		if out.APIKey == "" {
+			return fmt.Errorf("create workspace %q: reply without api_key", id)
+		}
+		creds.Workspace, creds.APIKey = id, out.APIKey
+		fmt.Fprintf(log, "loadgen: created workspace %s (api key %s)\n", id, out.APIKey)
+	}
+	if creds.Partner == "" {
+		// /v1 paths take any slug, so bulk runs and queries need no
+		// registered partner.
+		creds.Partner = "loadgen"
+	}
+	if !needPartner {
+		return nil
+	}
+	if creds.PartnerAPIKey == "" {
+		if admin == "" {
+			return fmt.Errorf("%w: partner API key", ErrNoAdminToken)
+		}
+		var out struct {
+			Slug          string `json:"slug"`
+			PartnerAPIKey string `json:"partner_api_key"`
+		}
+		slug := creds.Partner
+		err := cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": slug}, &out)
+		if isStatus(err, http.StatusConflict) {
+			// The partner exists and its key is shown only once: use a fresh
+			// slug so that each run is independent.
+			slug = "lg-" + randomSuffix()
+			err = cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": slug}, &out)
+		}
+		if err != nil {
+			return fmt.Errorf("create partner %q: %w", slug, err)
+		}
+		if out.PartnerAPIKey == "" {
+			return fmt.Errorf("create partner %q: reply without partner_api_key", slug)
+		}
+		creds.Partner, creds.PartnerAPIKey = slug, out.PartnerAPIKey
+		fmt.Fprintf(log, "loadgen: created partner %s (partner api key %s)\n", slug, out.PartnerAPIKey)
+	}
+	if creds.ClientSecret == "" {
+		if admin == "" {
+			return fmt.Errorf("%w: client secret", ErrNoAdminToken)
+		}
+		if creds.Workspace == "" {
+			return errors.New("loadgen: a client secret can only be created for a named workspace")
+		}
+		var out struct {
+			KeyID        string `json:"key_id"`
+			ClientSecret string `json:"client_secret"`
+		}
+		path := "/v1/workspaces/" + url.PathEscape(creds.Workspace) + "/partners/" + url.PathEscape(creds.Partner) + "/keys"
+		if err := cl.doJSON(ctx, "POST", path, admin, struct{}{}, &out); err != nil {
+			return fmt.Errorf("create data import key: %w", err)
+		}
+		if out.ClientSecret == "" {
+			return errors.New("create data import key: reply without client_secret")
+		}
+		creds.ClientSecret = out.ClientSecret
+		fmt.Fprintf(log, "loadgen: created data import key %s (client secret %s)\n", out.KeyID, out.ClientSecret)
+	}
+	return nil
+}
+
+func isStatus(err error, status int) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Status == status
+}
+
+func randomSuffix() string {
+	return strconv.FormatUint(rand.Uint64()&0xffffffffff, 36)
+}
+
+func currentEnv() Env {
+	return Env{
+		GoVersion:  runtime.Version(),
+		OS:         runtime.GOOS,
+		Arch:       runtime.GOARCH,
+		NumCPU:     runtime.NumCPU(),
+		GOMAXPROCS: runtime.GOMAXPROCS(0),
+	}
+}
