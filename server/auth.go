@@ -1,0 +1,165 @@
+package server
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/cohortd/cohortd/engine"
+)
+
+// run is the middleware chain of a matched, ready route: Content-Type
+// check, auth, rate limit, Idempotency-Key, handler.
+func (s *Server) run(r *request) error {
+	rt := r.rt
+	if rt.body != bodyNone {
+		if err := checkContentType(r.ctx, rt.body); err != nil {
+			return err
+		}
+	}
+	switch rt.auth {
+	case authAdmin:
+		if err := s.authAdmin(r); err != nil {
+			return err
+		}
+		if err := s.limits.allow(r.ctx, "admin"); err != nil {
+			return err
+		}
+		if rt.write {
+			return s.withIdempotency(r, "admin")
+		}
+	case authWorkspace:
+		if err := s.authWorkspace(r); err != nil {
+			return err
+		}
+		if err := s.limits.allow(r.ctx, "ws:"+r.ws.ID()); err != nil {
+			return err
+		}
+		if rt.write {
+			return s.withIdempotency(r, "ws:"+r.ws.ID())
+		}
+	}
+	// authNone, and authPartner: the handler authenticates from the body
+	// and calls partnerIdempotency itself.
+	return s.invoke(r)
+}
+
+// checkContentType refuses a body media type the route does not read.
+// Parameters (charset) are ignored; no Content-Type is JSON.
+func checkContentType(ctx *fasthttp.RequestCtx, kind bodyKind) error {
+	mt := mediaType(ctx)
+	switch {
+	case len(mt) == 0, string(mt) == "application/json":
+		return nil
+	case kind == bodyBulk && string(mt) == "application/x-ndjson":
+		return nil
+	}
+	return errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType())
+}
+
+// mediaType is the lower-cased media type of the request's Content-Type,
+// without parameters.
+func mediaType(ctx *fasthttp.RequestCtx) []byte {
+	ct := ctx.Request.Header.ContentType()
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return bytes.ToLower(bytes.TrimSpace(ct))
+}
+
+// isNDJSON reports whether the request body is NDJSON.
+func isNDJSON(ctx *fasthttp.RequestCtx) bool {
+	return string(mediaType(ctx)) == "application/x-ndjson"
+}
+
+// bearer returns the token of an "Authorization: Bearer <token>" header,
+// or nil.
+func bearer(ctx *fasthttp.RequestCtx) []byte {
+	h := bytes.TrimSpace(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization))
+	const scheme = "bearer "
+	if len(h) <= len(scheme) || !bytes.EqualFold(h[:len(scheme)], []byte(scheme)) {
+		return nil
+	}
+	return bytes.TrimSpace(h[len(scheme):])
+}
+
+func digest(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// isAdmin compares tok with the admin token in constant time (as digests,
+// so the time does not depend on the length either).
+func (s *Server) isAdmin(tok []byte) bool {
+	if len(tok) == 0 || s.opts.AdminToken == "" {
+		return false
+	}
+	d := digest(tok)
+	return subtle.ConstantTimeCompare(d[:], s.adminD[:]) == 1
+}
+
+var (
+	errNoToken = errorf(fasthttp.StatusUnauthorized, "missing or malformed Authorization header: want Bearer <token>")
+)
+
+// authAdmin admits the admin token only: a workspace key is valid but has
+// no right here (403); anything else is 401.
+func (s *Server) authAdmin(r *request) error {
+	tok := bearer(r.ctx)
+	if tok == nil {
+		return errNoToken
+	}
+	if s.isAdmin(tok) {
+		return nil
+	}
+	if r.e != nil && r.e.WorkspaceByAPIKey(tok) != nil {
+		return errorf(fasthttp.StatusForbidden, "admin token required: a workspace API key cannot use admin endpoints")
+	}
+	return errorf(fasthttp.StatusUnauthorized, "invalid token")
+}
+
+// authWorkspace admits a workspace API key, which selects the workspace.
+// The admin token is valid but has no right on workspace data (403): it
+// selects no workspace, and nothing in a path or body may choose one.
+func (s *Server) authWorkspace(r *request) error {
+	tok := bearer(r.ctx)
+	if tok == nil {
+		return errNoToken
+	}
+	if w := r.e.WorkspaceByAPIKey(tok); w != nil {
+		r.ws = w
+		return nil
+	}
+	if s.isAdmin(tok) {
+		return errorf(fasthttp.StatusForbidden, "workspace API key required: the admin token cannot use workspace endpoints")
+	}
+	return errorf(fasthttp.StatusUnauthorized, "invalid API key")
+}
+
+// mapError turns engine errors into API errors (SPEC §5). Other errors
+// pass through unchanged (an apiError, or a 500 for fail to log).
+func mapError(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return err
+	}
+	var inv *engine.InvalidError
+	var pne *engine.PartnerNotEnabledError
+	switch {
+	case errors.As(err, &inv):
+		return errorf(fasthttp.StatusBadRequest, "%s", inv.Message)
+	case errors.As(err, &pne):
+		return errorf(fasthttp.StatusUnauthorized, "Partner not enabled for client with client secret: %s...", pne.Prefix)
+	case errors.Is(err, engine.ErrBadPartnerKey):
+		return errorf(fasthttp.StatusUnauthorized, "Invalid Partner API key")
+	case errors.Is(err, engine.ErrBadClientSecret):
+		return errorf(fasthttp.StatusUnauthorized, "Invalid client secret")
+	case errors.Is(err, engine.ErrNotFound):
+		return errorf(fasthttp.StatusNotFound, "not found")
+	case errors.Is(err, engine.ErrExists):
+		return errorf(fasthttp.StatusConflict, "already exists")
+	case errors.Is(err, engine.ErrClosed):
+		return errorf(fasthttp.StatusServiceUnavailable, "shutting down")
+	}
+	return err
+}

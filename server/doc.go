@@ -1,0 +1,40 @@
+// Package server is cohortd's HTTP front end: the partner cohort import
+// endpoints (SPEC §3), the native /v1 API (SPEC §4) and the operational
+// endpoints (/livez, /readyz, /metrics, /debug/pprof/), served by fasthttp
+// over an engine.Engine.
+//
+// # Files
+//
+//   - server.go: Options, Server, the request life cycle (readiness gate,
+//     graceful shutdown, panic recovery, logging, metrics).
+//   - routes.go: the route table, built in New, and path matching.
+//   - auth.go: bearer tokens (admin token, workspace API keys) and the
+//     mapping of engine errors to replies.
+//   - handlers_partner.go, handlers_v1.go, handlers_admin.go: the endpoints.
+//   - idempotency.go: the Idempotency-Key store.
+//   - ratelimit.go: token buckets per credential.
+//   - metrics.go: /metrics and the per-route counters and histograms.
+//   - errors.go, body.go, decode*.go: error replies, bounded decompression
+//     and the request body decoders.
+//
+// # Concurrency
+//
+// A Server is safe for concurrent use; fasthttp calls Handler from many
+// goroutines. The engine is installed once with SetEngine (an atomic
+// pointer), and every piece of shared state (idempotency store, rate
+// limiters, metric caches) has its own lock. Handlers never keep a
+// *fasthttp.RequestCtx past their return, except streamed replies, which
+// only keep immutable bitmaps and the workspace they read from.
+//
+// # Caveats
+//
+//   - Bodies are read through the request body stream (fasthttp's
+//     StreamRequestBody): partner and small /v1 bodies are buffered once
+//     (bounded by their decoded-size caps), bulk /v1 bodies are decoded as
+//     they stream and never buffered whole.
+//   - Only successful (2xx) replies are remembered for an Idempotency-Key:
+//     a request that failed applied nothing, so its retry is evaluated
+//     afresh.
+//   - The admin token is valid but powerless on workspace endpoints: it
+//     gets 403 there, just as a workspace key gets 403 on admin endpoints.
+package server

@@ -1,0 +1,63 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/valyala/fasthttp"
+)
+
+// apiError is an HTTP error reply: JSON {"message": message, "errors": errors}
+// sent with status. Handlers return it (possibly wrapped) and writeError
+// turns it into the reply; any other error becomes a 500.
+type apiError struct {
+	status  int
+	message string
+	errors  []string
+}
+
+// Error returns the message, followed by the details when there are any.
+func (e *apiError) Error() string {
+	if len(e.errors) == 0 {
+		return e.message
+	}
+	return fmt.Sprintf("%s %q", e.message, e.errors)
+}
+
+// errorf returns an apiError with status and a formatted message.
+func errorf(status int, format string, args ...any) *apiError {
+	return &apiError{status: status, message: fmt.Sprintf(format, args...)}
+}
+
+// errorReply is the wire shape of an error; encoding/json is fine here because
+// errors are off the hot path, and it turns invalid UTF-8 that a message may
+// quote from the request into U+FFFD instead of emitting invalid JSON.
+type errorReply struct {
+	Message string   `json:"message"`
+	Errors  []string `json:"errors"`
+}
+
+// writeError writes err as the reply of ctx. An *apiError anywhere in err's
+// chain (errors.As) is sent as is; anything else is logged and answered with
+// 500 {"message":"internal error"} so that no internal detail leaks.
+func writeError(ctx *fasthttp.RequestCtx, err error) {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		slog.Error("internal error", "method", string(ctx.Method()), "path", string(ctx.Path()), "err", err)
+		ae = &apiError{status: fasthttp.StatusInternalServerError, message: "internal error"}
+	}
+	reply := errorReply{Message: ae.message, Errors: ae.errors}
+	if reply.Errors == nil {
+		reply.Errors = []string{} // the contract says [] when empty, never null
+	}
+	b, mErr := json.Marshal(reply)
+	if mErr != nil {
+		// Cannot happen for two strings; keep the reply well-formed anyway.
+		b = []byte(`{"message":"internal error","errors":[]}`)
+	}
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(ae.status)
+	ctx.SetBody(b)
+}

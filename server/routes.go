@@ -1,0 +1,202 @@
+package server
+
+import (
+	"bytes"
+	"net/url"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// authKind is how a route authenticates.
+type authKind uint8
+
+const (
+	authNone      authKind = iota
+	authAdmin              // Authorization: Bearer <admin token>
+	authWorkspace          // Authorization: Bearer <workspace API key>
+	authPartner            // credentials in the JSON body (the handler checks them)
+)
+
+// bodyKind is what Content-Type a route accepts on its body.
+type bodyKind uint8
+
+const (
+	bodyNone bodyKind = iota // no check (GET, operational routes)
+	bodyJSON                 // application/json or none
+	bodyBulk                 // application/json, application/x-ndjson or none
+)
+
+// route is one entry of the route table. A pattern is a path whose
+// segments are literals or {name} parameters; parameters match one
+// percent-encoded segment and reach the handler decoded, in order.
+type route struct {
+	method  string
+	pattern string
+	segs    []string
+	auth    authKind
+	body    bodyKind
+	write   bool // a write: the Idempotency-Key protocol applies
+	ungated bool // answers before SetEngine and during shutdown
+	prefix  bool // matches any path under pattern (pprof)
+	h       func(r *request) error
+}
+
+// buildRoutes returns the route table (SPEC §3–§5).
+func (s *Server) buildRoutes() []*route {
+	var rs []*route
+	add := func(method, pattern string, auth authKind, body bodyKind, h func(r *request) error) *route {
+		rt := &route{method: method, pattern: pattern, auth: auth, body: body, h: h,
+			segs:  strings.Split(pattern, "/"),
+			write: method == "POST" || method == "PUT" || method == "DELETE"}
+		if n := strings.Count(pattern, "{"); n > len(request{}.params) {
+			panic("BUG: route " + pattern + " has more parameters than request.params holds")
+		}
+		rs = append(rs, rt)
+		return rt
+	}
+	add("GET", "/livez", authNone, bodyNone, s.handleLivez).ungated = true
+	add("GET", "/readyz", authNone, bodyNone, s.handleReadyz).ungated = true
+	add("GET", "/metrics", authNone, bodyNone, s.handleMetrics).ungated = true
+	pp := add("GET", "/debug/pprof/", authAdmin, bodyNone, s.handlePprof)
+	pp.prefix, pp.write = true, false
+	pp = add("POST", "/debug/pprof/", authAdmin, bodyNone, s.handlePprof) // pprof symbol lookups
+	pp.prefix, pp.write = true, false
+
+	// Partner endpoints (SPEC §3).
+	add("POST", "/partners/{partner}/cohorts", authPartner, bodyJSON, s.handlePartnerCohort)
+	add("POST", "/partners/{partner}/cohorts/users", authPartner, bodyJSON, s.handlePartnerUsers)
+
+	// Admin (SPEC §4).
+	add("POST", "/v1/workspaces", authAdmin, bodyJSON, s.handleCreateWorkspace)
+	add("POST", "/v1/partners", authAdmin, bodyJSON, s.handleCreatePartner)
+	add("POST", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyJSON, s.handleCreateKey)
+	add("GET", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyNone, s.handleListKeys)
+	add("DELETE", "/v1/workspaces/{ws}/partners/{partner}/keys/{key_id}", authAdmin, bodyJSON, s.handleRevokeKey)
+
+	// Users.
+	add("POST", "/v1/users", authWorkspace, bodyBulk, s.handleUpsertUsers)
+	add("POST", "/v1/users/delete", authWorkspace, bodyJSON, s.handleDeleteUsers)
+	add("GET", "/v1/users/lookup", authWorkspace, bodyNone, s.handleLookupUser)
+
+	// Cohorts.
+	add("GET", "/v1/cohorts", authWorkspace, bodyNone, s.handleListCohorts)
+	add("GET", "/v1/cohorts/{partner}/{cohort_id}", authWorkspace, bodyNone, s.handleGetCohort)
+	add("DELETE", "/v1/cohorts/{partner}/{cohort_id}", authWorkspace, bodyJSON, s.handleDeleteCohort)
+	add("POST", "/v1/cohorts/{partner}/{cohort_id}/changes", authWorkspace, bodyBulk, s.handleCohortChanges)
+	add("PUT", "/v1/cohorts/{partner}/{cohort_id}/members", authWorkspace, bodyBulk, s.handleReplaceMembers)
+	add("GET", "/v1/cohorts/{partner}/{cohort_id}/members", authWorkspace, bodyNone, s.handleListMembers)
+
+	// Segments: POST, but queries, not writes.
+	add("POST", "/v1/segments/count", authWorkspace, bodyJSON, s.handleSegmentCount).write = false
+	add("POST", "/v1/segments/contains", authWorkspace, bodyJSON, s.handleSegmentContains).write = false
+	add("POST", "/v1/segments/members", authWorkspace, bodyJSON, s.handleSegmentMembers).write = false
+
+	add("GET", "/v1/usage", authWorkspace, bodyNone, s.handleUsage)
+	return rs
+}
+
+// match finds the route of ctx. With no route for the method but some for
+// the path, allowed lists their methods (for 405 + Allow). A parameter
+// that is not valid percent-encoding is a 400.
+func (s *Server) match(ctx *fasthttp.RequestCtx) (rt *route, params [3]string, allowed string, err error) {
+	path := ctx.Request.URI().PathOriginal()
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	// Senders configured with a trailing slash post to //partners/….
+	if bytes.HasPrefix(path, []byte("//partners/")) {
+		path = path[1:]
+	}
+	method := ctx.Method()
+	var raw [8][]byte
+	segs := splitPath(path, raw[:0])
+	var methods []string
+	for _, cand := range s.routes {
+		if !cand.matches(segs) {
+			continue
+		}
+		if string(method) == cand.method || (cand.method == "GET" && string(method) == "HEAD") {
+			if rt == nil {
+				rt = cand
+			}
+			continue
+		}
+		if !contains(methods, cand.method) {
+			methods = append(methods, cand.method)
+		}
+	}
+	if rt == nil {
+		return nil, params, strings.Join(methods, ", "), nil
+	}
+	n := 0
+	for i, seg := range rt.segs {
+		if !isParam(seg) {
+			continue
+		}
+		v, uerr := url.PathUnescape(string(segs[i]))
+		if uerr != nil {
+			return nil, params, "", errorf(fasthttp.StatusBadRequest, "malformed percent-encoding in path parameter %s", seg)
+		}
+		params[n] = v
+		n++
+	}
+	return rt, params, "", nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func isParam(seg string) bool { return strings.HasPrefix(seg, "{") }
+
+// splitPath splits path on '/' into dst (the slices alias path).
+func splitPath(path []byte, dst [][]byte) [][]byte {
+	for {
+		i := bytes.IndexByte(path, '/')
+		if i < 0 {
+			return append(dst, path)
+		}
+		dst = append(dst, path[:i])
+		path = path[i+1:]
+	}
+}
+
+// matches reports whether the split path fits the pattern: same number of
+// segments, equal literals, non-empty parameters.
+func (rt *route) matches(segs [][]byte) bool {
+	if rt.prefix {
+		// "/debug/pprof/" splits to ["", "debug", "pprof", ""]: the last
+		// pattern segment matches any remainder.
+		n := len(rt.segs) - 1
+		if len(segs) < len(rt.segs) {
+			return false
+		}
+		for i := 0; i < n; i++ {
+			if string(segs[i]) != rt.segs[i] {
+				return false
+			}
+		}
+		return true
+	}
+	if len(segs) != len(rt.segs) {
+		return false
+	}
+	for i, p := range rt.segs {
+		if isParam(p) {
+			if len(segs[i]) == 0 {
+				return false
+			}
+			continue
+		}
+		if string(segs[i]) != p {
+			return false
+		}
+	}
+	return true
+}
