@@ -402,3 +402,6 @@ func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
 	}
 	return nil, ErrBadClientSecret
 }
+
+// Now is the engine's clock (Options.Now).
+func (e *Engine) Now() time.Time { return e.now() }

@@ -56,6 +56,10 @@ func (s *Server) buildRoutes() []*route {
 		return rt
 	}
 	add("GET", "/livez", authNone, bodyNone, s.handleLivez).ungated = true
+	// Mixpanel's webhook authenticates with Basic auth and answers its own
+	// reply shape, also for not-ready and shutdown (handlers_webhook.go).
+	wh := add("POST", "/webhooks/mixpanel", authNone, bodyNone, s.handleMixpanel)
+	wh.ungated, wh.write = true, false
 	add("GET", "/readyz", authNone, bodyNone, s.handleReadyz).ungated = true
 	add("GET", "/metrics", authNone, bodyNone, s.handleMetrics).ungated = true
 	pp := add("GET", "/debug/pprof/", authAdmin, bodyNone, s.handlePprof)
