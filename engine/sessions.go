@@ -373,3 +373,15 @@ func (w *Workspace) readSessions(s *snapReader) {
 		w.sessions.put(&session{key: k, total: int(total), pages: pages, members: members, seq: seq, lastPage: last})
 	}
 }
+
+// stagingBytes is the memory held by open sessions' staged ids and page
+// sets (for benchmarks and metrics).
+func (w *Workspace) stagingBytes() float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var n uint64
+	for _, s := range w.sessions.m {
+		n += s.members.GetSizeInBytes() + s.pages.GetSizeInBytes()
+	}
+	return float64(n)
+}
