@@ -44,5 +44,8 @@ fmt:
 vet:
 	$(GO) vet $(PKGS)
 
+crashtest: ## kill -9 crash test with the real binary, 200 kills (make test runs 20)
+	COHORTD_CRASH_KILLS=$(or $(KILLS),200) $(GO) test -count=1 -run TestCrashKill9 -timeout 60m -v ./cmd/cohortd/
+
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,249 @@
+// Command cohortd runs the cohort membership engine behind its HTTP API.
+//
+// main only turns flags and COHORTD_* environment variables into options
+// (config.go) and hands them to run, which owns the process lifecycle:
+// listen at once, recover in the foreground while /livez answers, serve,
+// and shut down gracefully on SIGTERM or SIGINT.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.LookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cohortd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		// After the first signal, restore the default handling: a second
+		// Ctrl-C kills at once instead of waiting for a slow drain.
+		<-ctx.Done()
+		stop()
+	}()
+	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "cohortd:", err)
+		os.Exit(1)
+	}
+}
+
+// adminTokenFile is the name, inside the data directory, of the generated
+// admin token.
+const adminTokenFile = "admin.token"
+
+// run starts cohortd with cfg and returns when ctx ends (a signal) and the
+// shutdown has finished, or when start-up fails. Secrets the operator must
+// see (a generated admin token, the demo keys) go to stdout; logs go to
+// logOut.
+func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.logLevel}))
+	slog.SetDefault(log)
+
+	token, tokenPath, err := adminToken(cfg, stdout)
+	if err != nil {
+		return err
+	}
+	srv := server.New(server.Options{
+		AdminToken:     token,
+		MaxBody:        int64(cfg.maxBody),
+		PartnerMaxBody: int64(cfg.partnerMaxBody),
+		PartnerMaxIDs:  cfg.partnerMaxIDs,
+		RateLimit:      cfg.rateLimit,
+		RateBurst:      cfg.rateBurst,
+		IdempotencyTTL: 24 * time.Hour,
+		Logger:         log,
+		Metrics:        metrics.NewSet(),
+	})
+
+	// Listen before recovery so that orchestrators see /livez 200 and
+	// /readyz 503 while a large WAL replays, instead of connection refused.
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
+	}
+	addr := ln.Addr().String()
+	log.Info("listening", "addr", addr, "data_dir", cfg.dataDir, "fsync", cfg.fsyncName)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	type opened struct {
+		e   *engine.Engine
+		err error
+	}
+	openc := make(chan opened, 1)
+	go func() {
+		e, err := engine.Open(engine.Options{
+			Dir:               cfg.dataDir,
+			Sync:              cfg.fsync,
+			RetentionFloor:    cfg.retentionFloor,
+			WebhookSessionTTL: cfg.webhookSessionTTL,
+			SnapshotEvery:     cfg.snapshotInterval,
+			SnapshotWALBytes:  int64(cfg.snapshotWALBytes),
+			Logger:            log,
+			OnFatal: func(err error) {
+				// Durable storage failed: acknowledging more writes would
+				// be a lie, and recovery on restart is the safe path.
+				log.Error("fatal storage error, exiting", "err", err)
+				os.Exit(1)
+			},
+		})
+		openc <- opened{e, err}
+	}()
+
+	var e *engine.Engine
+	select {
+	case o := <-openc:
+		if o.err != nil {
+			_ = srv.Shutdown(context.Background())
+			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
+		}
+		e = o.e
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+		// A signal during recovery: stop answering, then let recovery
+		// finish so that Close leaves a consistent data dir.
+		log.Info("signal during recovery, shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		o := <-openc
+		if o.err != nil {
+			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
+		}
+		return o.e.Close()
+	}
+	srv.SetEngine(e)
+
+	bg, cancelBG := context.WithCancel(ctx)
+	defer cancelBG()
+	snapDone := make(chan struct{})
+	go func() {
+		defer close(snapDone)
+		e.RunSnapshots(bg)
+	}()
+	if cfg.demo {
+		go func() {
+			if err := runDemo(bg, demoParams{
+				addr: addr, adminToken: token, tokenPath: tokenPath,
+				fresh: e.Workspace(demoWorkspace) == nil,
+				out:   stdout, log: log,
+			}); err != nil && bg.Err() == nil {
+				log.Error("demo failed", "err", err)
+			}
+		}()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		cancelBG()
+		<-snapDone
+		return errors.Join(fmt.Errorf("serve: %w", err), e.Close())
+	}
+
+	log.Info("shutting down", "timeout", cfg.shutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		// In-flight requests outlived the timeout; they were cut off, and
+		// nothing they did is acknowledged, so the flush below is still safe.
+		log.Warn("shutdown timeout exceeded", "err", err)
+	}
+	cancelBG()
+	<-snapDone
+	if err := e.Close(); err != nil {
+		return fmt.Errorf("close engine: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// adminToken returns the admin token and the file it lives in ("" when it
+// came from the flag or the environment). Without an explicit token it reads
+// <data-dir>/admin.token, or else generates one, saves it there (mode 0600)
+// and prints it to stdout: the only time it is ever shown.
+func adminToken(cfg config, stdout io.Writer) (token, path string, err error) {
+	if cfg.adminToken != "" {
+		return cfg.adminToken, "", nil
+	}
+	path = filepath.Join(cfg.dataDir, adminTokenFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return "", "", fmt.Errorf("admin token file %s is empty", path)
+		}
+		return token, path, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", "", fmt.Errorf("read admin token: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", fmt.Errorf("generate admin token: %w", err)
+	}
+	token = "adm_" + hex.EncodeToString(raw)
+	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
+		return "", "", fmt.Errorf("create data dir: %w", err)
+	}
+	if err := writeFileSync(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("save admin token: %w", err)
+	}
+	fmt.Fprintf(stdout, "admin token: %s\n(saved in %s; it is not printed again)\n", token, path)
+	return token, path, nil
+}
+
+// writeFileSync writes data to path atomically: a crash leaves either no
+// file or the whole token, never an empty one that would lock the operator out.
+func writeFileSync(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}
