@@ -75,14 +75,14 @@ func entrySize(n int) int {
 func (a *arena) appendEntry(id UserID, kind Kind, key []byte) (keyRef, error) {
 	need := entrySize(len(key))
 	if len(a.chunks) == 0 {
-		a.chunks = append(a.chunks, make([]byte, arenaChunkSize))
+		a.chunks = append(a.chunks, newArenaChunk())
 		a.tail = 4 // offsets 0..3 would encode refs 0 and 1
 	}
 	if a.tail+need > arenaChunkSize {
 		if len(a.chunks) >= arenaMaxChunks {
 			return 0, errArenaFull
 		}
-		a.chunks = append(a.chunks, make([]byte, arenaChunkSize))
+		a.chunks = append(a.chunks, newArenaChunk())
 		a.tail = 0
 	}
 	last := len(a.chunks) - 1
@@ -100,6 +100,12 @@ func (a *arena) appendEntry(id UserID, kind Kind, key []byte) (keyRef, error) {
 	copy(c[p:], key)
 	a.tail += need
 	return keyRef((last<<arenaChunkShift + off) / arenaUnit), nil
+}
+
+// newArenaChunk allocates a chunk. (Huge pages were tried for chunks of 4 MiB and
+// made no measurable difference, unlike for the table.)
+func newArenaChunk() []byte {
+	return make([]byte, arenaChunkSize)
 }
 
 // entry decodes the entry at ref. The returned key aliases the arena.

@@ -197,7 +197,7 @@ func (u *Users) hashKey(kind Kind, key []byte) uint64 {
 
 // resolveGroup is how many keys ResolveMany has in flight: enough independent cache
 // misses to keep a core's miss buffers busy, few enough to stay in registers and L1.
-const resolveGroup = 32
+const resolveGroup = 64
 
 // resolveLockSpan is how many keys ResolveMany resolves per read-lock hold, so that a
 // writer never waits behind a huge batch.
@@ -206,12 +206,16 @@ const resolveLockSpan = 512
 // resolveManyLocked resolves keys (at most resolveLockSpan of them) into out, which has
 // the same length. The read lock is held.
 //
-// Fast path, in three passes over a group so that no iteration waits on the previous
-// one's cache miss: (1) hash every key and load the first word of its home bucket,
-// bringing the line in; (2) find the first slot whose hash matches and load the id from
-// its arena entry, bringing that line in; (3) compare kind and bytes. Slow path: a key
-// whose first hash match is not its own (a 64-bit collision, or a weak test hash) goes
-// through find, which probes on with confirmation.
+// Fast path, in passes over a group of keys so that no iteration waits on another's
+// cache miss and each loop that issues misses is tiny (so the CPU's reorder window holds
+// many of them at once, and no mispredicted branch flushes them): (1) hash every key;
+// (2) load the first word of every home bucket, bringing the lines in; (3) find the
+// first slot whose hash matches, without branches; (4) load the id word of every
+// candidate's arena entry, bringing those lines in; (5) compare kind and bytes.
+//
+// Slow path: a key not in its home bucket is probed on in pass 3, and a key whose first
+// hash match is not its own (a 64-bit collision, or a weak test hash) goes through find,
+// which probes on with confirmation.
 func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 	b := u.mu.tab.buckets
 	chunks := u.mu.arena.chunks
@@ -228,38 +232,50 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 		first [resolveGroup]uint64
 		refs  [resolveGroup]keyRef
 		ids   [resolveGroup]UserID
+		pend  [resolveGroup]uint8
 	)
 	for base := 0; base < len(keys); base += resolveGroup {
 		g := keys[base:min(base+resolveGroup, len(keys))]
 		o := out[base : base+len(g)]
-		// Pass 1: hashes and home buckets; each load is independent of the others.
+		hg := hs[:len(g)]
 		for j, k := range g {
-			h := u.hashKey(kind, k)
-			hs[j] = h
+			hg[j] = u.hashKey(kind, k)
+		}
+		for j, h := range hg {
 			i := homeBucket(h, nb)
 			home[j] = int32(i)
 			first[j] = b[i].hash[0]
 		}
-		// Pass 2: first hash match, and the id word of its arena entry. The match
-		// within the home bucket is computed without branches (conditional moves),
-		// since which slot holds a key is random and would mispredict.
-		for j := range g {
-			h := hs[j]
-			i := int(home[j])
+		np := 0
+		for j, h := range hg {
+			bk := &b[home[j]]
 			r := refEmpty
-			if m := matchMask(&b[i], h); m != 0 {
-				r = b[i].ref[bits.TrailingZeros8(m)]
-			}
-			if r <= refTomb {
-				r = probeHash(b, i, h) // in a later bucket, absent, or h matched a free slot
+			if m := matchMask(bk, h); m != 0 {
+				r = bk.ref[bits.TrailingZeros8(m)]
 			}
 			refs[j] = r
-			if r > refTomb {
+			if r == refEmpty && !hasEmpty(bk) {
+				pend[np] = uint8(j) // displaced to a later bucket
+				np++
+			}
+		}
+		// About one key in eight sits past its home bucket at our load: touch the next
+		// buckets of all of them first, so their misses overlap too.
+		for _, j := range pend[:np] {
+			i := int(home[j]) + 1
+			if i == nb {
+				i = 0
+			}
+			first[j] = b[i].hash[0]
+		}
+		for _, j := range pend[:np] {
+			refs[j] = probeHash(b, int(home[j]), hg[j])
+		}
+		for j := range hg {
+			if r := refs[j]; r > refTomb {
 				ids[j] = entryID(chunks, r)
 			}
-			first[j] = 0
 		}
-		// Pass 3: confirm against the arena.
 		for j, k := range g {
 			r := refs[j]
 			if r <= refTomb {
@@ -274,28 +290,35 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 			_, _, _, id, _ := find(b, chunks, hs[j], kind, k)
 			o[j] = id
 		}
+		_ = first
 	}
 }
 
-// matchMask returns a bit per slot of bk whose hash is h.
+// matchMask returns a bit per live slot of bk whose hash is h, with arithmetic rather
+// than branches (the compiler does not turn the comparisons into conditional moves).
+// Free slots never match, whatever their stale hash.
 func matchMask(bk *bucket, h uint64) uint8 {
-	var m0, m1, m2, m3, m4 uint8
-	if bk.hash[0] == h {
-		m0 = 1
-	}
-	if bk.hash[1] == h {
-		m1 = 2
-	}
-	if bk.hash[2] == h {
-		m2 = 4
-	}
-	if bk.hash[3] == h {
-		m3 = 8
-	}
-	if bk.hash[4] == h {
-		m4 = 16
-	}
-	return m0 | m1 | m2 | m3 | m4
+	m := eq64(bk.hash[0], h) | eq64(bk.hash[1], h)<<1 | eq64(bk.hash[2], h)<<2 |
+		eq64(bk.hash[3], h)<<3 | eq64(bk.hash[4], h)<<4
+	l := isLive(bk.ref[0]) | isLive(bk.ref[1])<<1 | isLive(bk.ref[2])<<2 |
+		isLive(bk.ref[3])<<3 | isLive(bk.ref[4])<<4
+	return m & l
+}
+
+// isLive returns 1 if r names an arena entry (not refEmpty or refTomb), else 0.
+func isLive(r keyRef) uint8 {
+	return uint8((uint64(r) + (1<<32 - 2)) >> 32)
+}
+
+// hasEmpty reports whether bk has a never-used slot, which ends a probe sequence.
+func hasEmpty(bk *bucket) bool {
+	return min(bk.ref[0], bk.ref[1], bk.ref[2], bk.ref[3], bk.ref[4]) == refEmpty
+}
+
+// eq64 returns 1 if a == b, else 0, without a branch.
+func eq64(a, b uint64) uint8 {
+	v := a ^ b
+	return uint8((v|-v)>>63) ^ 1
 }
 
 // probeHash returns the ref of the first live slot whose hash is h on the probe sequence
