@@ -194,7 +194,7 @@ func FuzzReadSnapshot(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, _ := Open(Options{})
-		if err := e.readSnapshot(bytes.NewReader(data), "fuzz.snap"); err == nil {
+		if err := e.readSnapshot(bytes.NewReader(data), int64(len(data)), "fuzz.snap"); err == nil {
 			if err := e.Check(); err != nil {
 				t.Fatalf("accepted snapshot fails Check: %v", err)
 			}

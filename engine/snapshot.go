@@ -349,6 +349,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 
 // snapReader reads a snapshot written by snapWriter, checking bounds.
 type snapReader struct {
+	size int64 // bytes in the file (bounds allocation hints)
 	r    *bufio.Reader
 	crc  hash.Hash32
 	name string
@@ -467,11 +468,15 @@ func (e *Engine) loadSnapshot(path string) error {
 		return fmt.Errorf("engine: open snapshot: %w", err)
 	}
 	defer f.Close()
-	return e.readSnapshot(f, filepath.Base(path))
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("engine: stat snapshot: %w", err)
+	}
+	return e.readSnapshot(f, fi.Size(), filepath.Base(path))
 }
 
-func (e *Engine) readSnapshot(f io.Reader, name string) error {
-	s := &snapReader{r: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(castagnoli), name: name}
+func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
+	s := &snapReader{size: size, r: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(castagnoli), name: name}
 	if string(s.full(uint64(len(snapMagic)))) != snapMagic {
 		s.err = nil
 		s.fail("bad magic")
@@ -547,6 +552,11 @@ func (e *Engine) readWorkspace(s *snapReader) {
 		s.fail("user count too large")
 		return
 	}
+	// Size the identity table once for every user instead of growing it
+	// through a dozen rehashes (most users hold one key). Every user takes
+	// at least two bytes of the file, so a corrupt count cannot reserve
+	// more than the file could describe.
+	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(s.size/2)))})
 	for id := uint64(0); id < next && s.err == nil; id++ {
 		nkeys := s.uvarint()
 		deleted := s.uvarint() == 1
