@@ -39,6 +39,17 @@ func (d *decoded) add(prefix string, id []byte) {
 	d.items = append(d.items, prefix+string(id))
 }
 
+// check flags id the way add does, for identifiers that a later duplicate
+// key overrides: the scanner validates every occurrence as it streams.
+func (d *decoded) check(id []byte) {
+	if bytes.Contains(id, []byte("\uFFFD")) {
+		d.fffd = true
+	}
+	if !validID(id) {
+		d.broken = true
+	}
+}
+
 func (d *decoded) String() string { return strings.Join(d.items, "\n") }
 
 func (d *decoded) addChange(c *changeObject) {
@@ -93,12 +104,45 @@ func refString(raw json.RawMessage) ([]byte, error) {
 	return []byte(s), nil
 }
 
-func refObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
+// refID is refString for an identifier: every occurrence is checked.
+func refID(d *decoded, raw json.RawMessage) ([]byte, error) {
+	b, err := refString(raw)
+	if err == nil {
+		d.check(b)
+	}
+	return b, err
+}
+
+type refPair struct {
+	key string
+	raw json.RawMessage
+}
+
+// refObject returns the members of an object in order, duplicates included.
+func refObject(raw json.RawMessage) ([]refPair, error) {
 	if !rawIs(raw, '{') {
 		return nil, errRef
 	}
-	var m map[string]json.RawMessage
-	return m, json.Unmarshal(raw, &m)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil {
+		return nil, err
+	}
+	var pairs []refPair
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, refPair{t.(string), v})
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, err
+	}
+	return pairs, nil
 }
 
 func refArray(raw json.RawMessage) ([]json.RawMessage, error) {
@@ -109,14 +153,14 @@ func refArray(raw json.RawMessage) ([]json.RawMessage, error) {
 	return a, json.Unmarshal(raw, &a)
 }
 
-func refStrings(raw json.RawMessage) ([][]byte, error) {
+func refStrings(d *decoded, raw json.RawMessage) ([][]byte, error) {
 	a, err := refArray(raw)
 	if err != nil {
 		return nil, err
 	}
 	out := make([][]byte, 0, len(a))
 	for _, e := range a {
-		s, err := refString(e)
+		s, err := refID(d, e)
 		if err != nil {
 			return nil, err
 		}
@@ -125,35 +169,38 @@ func refStrings(raw json.RawMessage) ([][]byte, error) {
 	return out, nil
 }
 
-func refAlias(raw json.RawMessage) ([]byte, error) {
-	m, err := refObject(raw)
+func refAlias(d *decoded, raw json.RawMessage) ([]byte, error) {
+	pairs, err := refObject(raw)
 	if err != nil {
 		return nil, err
 	}
-	n, ok1 := m["alias_name"]
-	l, ok2 := m["alias_label"]
-	if !ok1 || !ok2 {
+	var name, label []byte
+	for _, p := range pairs {
+		switch p.key {
+		case "alias_name":
+			if name, err = refID(d, p.raw); err != nil {
+				return nil, err
+			}
+		case "alias_label":
+			if label, err = refID(d, p.raw); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if name == nil || label == nil {
 		return nil, errRef
-	}
-	name, err := refString(n)
-	if err != nil {
-		return nil, err
-	}
-	label, err := refString(l)
-	if err != nil {
-		return nil, err
 	}
 	return index.AliasKey(nil, name, label), nil
 }
 
-func refAliases(raw json.RawMessage) ([][]byte, error) {
+func refAliases(d *decoded, raw json.RawMessage) ([][]byte, error) {
 	a, err := refArray(raw)
 	if err != nil {
 		return nil, err
 	}
 	out := make([][]byte, 0, len(a))
 	for _, e := range a {
-		k, err := refAlias(e)
+		k, err := refAlias(d, e)
 		if err != nil {
 			return nil, err
 		}
@@ -162,68 +209,62 @@ func refAliases(raw json.RawMessage) ([][]byte, error) {
 	return out, nil
 }
 
-func refChange(raw json.RawMessage) (*changeObject, error) {
-	m, err := refObject(raw)
+func refChange(d *decoded, raw json.RawMessage) (*changeObject, error) {
+	pairs, err := refObject(raw)
 	if err != nil {
 		return nil, err
 	}
 	c := new(changeObject)
-	if v, ok := m["user_ids"]; ok {
-		if c.UserIDs, err = refStrings(v); err != nil {
-			return nil, err
+	for _, p := range pairs {
+		switch p.key {
+		case "user_ids":
+			c.UserIDs, err = refStrings(d, p.raw)
+		case "device_ids":
+			c.DeviceIDs, err = refStrings(d, p.raw)
+		case "aliases":
+			c.Aliases, err = refAliases(d, p.raw)
+		case "should_remove":
+			switch string(bytes.TrimSpace(p.raw)) {
+			case "true":
+				c.Remove = true
+			case "false":
+				c.Remove = false
+			default:
+				err = errRef
+			}
+		case "timestamp":
+			var s []byte
+			if s, err = refString(p.raw); err == nil {
+				t, ok := parseTime(s)
+				if !ok {
+					err = errRef
+				}
+				c.HasTime, c.Time = true, t
+			}
 		}
-	}
-	if v, ok := m["device_ids"]; ok {
-		if c.DeviceIDs, err = refStrings(v); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := m["aliases"]; ok {
-		if c.Aliases, err = refAliases(v); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := m["should_remove"]; ok {
-		switch string(bytes.TrimSpace(v)) {
-		case "true":
-			c.Remove = true
-		case "false":
-		default:
-			return nil, errRef
-		}
-	}
-	if v, ok := m["timestamp"]; ok {
-		s, err := refString(v)
 		if err != nil {
 			return nil, err
 		}
-		t, ok := parseTime(s)
-		if !ok {
-			return nil, errRef
-		}
-		c.HasTime, c.Time = true, t
 	}
 	return c, nil
 }
 
-func refUser(raw json.RawMessage) (*userRecord, error) {
-	m, err := refObject(raw)
+func refUser(d *decoded, raw json.RawMessage) (*userRecord, error) {
+	pairs, err := refObject(raw)
 	if err != nil {
 		return nil, err
 	}
 	r := new(userRecord)
-	if v, ok := m["external_id"]; ok {
-		if r.ExternalID, err = refString(v); err != nil {
-			return nil, err
+	for _, p := range pairs {
+		switch p.key {
+		case "external_id":
+			r.ExternalID, err = refID(d, p.raw)
+		case "device_id":
+			r.DeviceID, err = refID(d, p.raw)
+		case "aliases":
+			r.Aliases, err = refAliases(d, p.raw)
 		}
-	}
-	if v, ok := m["device_id"]; ok {
-		if r.DeviceID, err = refString(v); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := m["aliases"]; ok {
-		if r.Aliases, err = refAliases(v); err != nil {
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -297,7 +338,7 @@ func refChangesJSON(body []byte) (*decoded, error) {
 			return err
 		}
 		for _, e := range a {
-			c, err := refChange(e)
+			c, err := refChange(&d, e)
 			if err != nil {
 				return err
 			}
@@ -314,7 +355,7 @@ func refChangesJSON(body []byte) (*decoded, error) {
 func refChangesNDJSON(body []byte) (*decoded, error) {
 	var d decoded
 	err := refLines(body, func(raw json.RawMessage) error {
-		c, err := refChange(raw)
+		c, err := refChange(&d, raw)
 		if err != nil {
 			return err
 		}
@@ -333,13 +374,13 @@ func refMembersJSON(body []byte) (*decoded, error) {
 		switch key {
 		case "user_ids":
 			k = index.KindExternal
-			ids, err = refStrings(raw)
+			ids, err = refStrings(&d, raw)
 		case "device_ids":
 			k = index.KindDevice
-			ids, err = refStrings(raw)
+			ids, err = refStrings(&d, raw)
 		case "aliases":
 			k = index.KindAlias
-			ids, err = refAliases(raw)
+			ids, err = refAliases(&d, raw)
 		default:
 			return nil
 		}
@@ -354,34 +395,34 @@ func refMembersJSON(body []byte) (*decoded, error) {
 func refMembersNDJSON(body []byte) (*decoded, error) {
 	var d decoded
 	err := refLines(body, func(raw json.RawMessage) error {
-		m, err := refObject(raw)
+		pairs, err := refObject(raw)
 		if err != nil {
 			return err
 		}
-		ext, hasExt := m["external_id"]
-		dev, hasDev := m["device_id"]
-		_, hasName := m["alias_name"]
-		_, hasLabel := m["alias_label"]
-		alias := hasName || hasLabel
+		var ext, dev, name, label []byte
+		for _, p := range pairs {
+			switch p.key {
+			case "external_id":
+				ext, err = refID(&d, p.raw)
+			case "device_id":
+				dev, err = refID(&d, p.raw)
+			case "alias_name":
+				name, err = refID(&d, p.raw)
+			case "alias_label":
+				label, err = refID(&d, p.raw)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		alias := name != nil || label != nil
 		switch {
-		case hasExt && !hasDev && !alias:
-			s, err := refString(ext)
-			if err != nil {
-				return err
-			}
-			d.addMember(index.KindExternal, s)
-		case hasDev && !hasExt && !alias:
-			s, err := refString(dev)
-			if err != nil {
-				return err
-			}
-			d.addMember(index.KindDevice, s)
-		case hasName && hasLabel && !hasExt && !hasDev:
-			k, err := refAlias(raw)
-			if err != nil {
-				return err
-			}
-			d.addMember(index.KindAlias, k)
+		case ext != nil && dev == nil && !alias:
+			d.addMember(index.KindExternal, ext)
+		case dev != nil && ext == nil && !alias:
+			d.addMember(index.KindDevice, dev)
+		case name != nil && label != nil && ext == nil && dev == nil:
+			d.addMember(index.KindAlias, index.AliasKey(nil, name, label))
 		default:
 			return errRef
 		}
@@ -403,7 +444,7 @@ func refUsersJSON(body []byte) (*decoded, error) {
 			return err
 		}
 		for _, e := range a {
-			r, err := refUser(e)
+			r, err := refUser(&d, e)
 			if err != nil {
 				return err
 			}
@@ -420,7 +461,7 @@ func refUsersJSON(body []byte) (*decoded, error) {
 func refUsersNDJSON(body []byte) (*decoded, error) {
 	var d decoded
 	err := refLines(body, func(raw json.RawMessage) error {
-		r, err := refUser(raw)
+		r, err := refUser(&d, raw)
 		if err != nil {
 			return err
 		}

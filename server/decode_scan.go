@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/bits"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -197,21 +198,26 @@ const (
 
 // plainRun returns the length n of the longest prefix of b made of bytes
 // that need no attention inside a JSON string (not '"', '\\' or a control
-// character), and the OR of those bytes' high bits (>= 0x80 if any byte of
-// the prefix is non-ASCII).
+// character), and 0x80 if any byte of that prefix is non-ASCII, else 0.
 //
-// Fast path: eight bytes at a time (SWAR). A word with any special byte
-// drops to the byte loop, which finds the exact position; the word test
-// may also fire on a byte >= 0x80 next to a special one, never miss one.
+// Fast path: eight bytes at a time (SWAR). For each of the three tests the
+// lowest flagged byte of a word is exact (a borrow only runs upwards), so
+// the first special byte is found without a byte loop. Only the last few
+// bytes of b, fewer than eight, are looked at one by one.
 func plainRun(b []byte) (n int, hi byte) {
 	var acc uint64
 	for ; n+8 <= len(b); n += 8 {
 		w := binary.LittleEndian.Uint64(b[n:])
 		q := w ^ ('"' * swarOnes)
 		bs := w ^ ('\\' * swarOnes)
-		special := ((q - swarOnes) &^ q) | ((bs - swarOnes) &^ bs) | ((w - 0x20*swarOnes) &^ w)
-		if special&swarHighs != 0 {
-			break
+		special := (((q - swarOnes) &^ q) | ((bs - swarOnes) &^ bs) | ((w - 0x20*swarOnes) &^ w)) & swarHighs
+		if special != 0 {
+			k := bits.TrailingZeros64(special) / 8
+			acc |= w & (1<<(8*k) - 1)
+			if acc&swarHighs != 0 {
+				hi = 0x80
+			}
+			return n + k, hi
 		}
 		acc |= w
 	}

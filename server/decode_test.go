@@ -5,6 +5,7 @@ import (
 	"errors"
 	"github.com/cohortd/cohortd/index"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -663,6 +664,26 @@ func TestPlainRun(t *testing.T) {
 					t.Fatalf("fill %#x special %#x at %d: n=%d hi=%#x", fill, special, pos, n, hi)
 				}
 			}
+		}
+	}
+	// Against the byte loop, on random mixes of plain, special and high bytes.
+	r := rand.New(rand.NewPCG(7, 8))
+	alphabet := []byte{'a', 'z', ' ', '!', '#', '[', ']', 0x7f, 0x80, 0xc3, 0xff, '"', '\\', 0, 0x1f, '\n'}
+	for range 20000 {
+		b := make([]byte, r.IntN(40))
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+			if r.IntN(3) != 0 {
+				b[i] = alphabet[r.IntN(11)] // mostly plain
+			}
+		}
+		wantN, wantHi := 0, byte(0)
+		for wantN < len(b) && strPlain[b[wantN]] {
+			wantHi |= b[wantN] & 0x80
+			wantN++
+		}
+		if n, hi := plainRun(b); n != wantN || hi != wantHi {
+			t.Fatalf("plainRun(%q) = %d, %#x; want %d, %#x", b, n, hi, wantN, wantHi)
 		}
 	}
 }
