@@ -29,12 +29,14 @@ func (e *StatusError) Error() string {
 // call is one HTTP request. body is sent as is (already compressed with
 // encoding) and must not change until do returns.
 type call struct {
-	method      string
-	path        string
-	bearer      string
-	contentType string
-	encoding    Encoding
-	body        []byte
+	method        string
+	path          string
+	bearer        string
+	authorization string // a whole Authorization header; wins over bearer
+	contentType   string
+	encoding      Encoding
+	body          []byte
+	maxRetries    int // 0 means the client's budget
 }
 
 // client sends requests to one server with retries. It is safe for
@@ -111,7 +113,7 @@ func parseRetryAfter(v []byte, now time.Time) time.Duration {
 func retryable(status int) bool { return status == fasthttp.StatusTooManyRequests || status >= 500 }
 
 // do sends c, retrying on 429, 5xx and connection errors until the retry
-// budget or ctx runs out, and decodes a 2xx JSON answer into out when out is
+// budget (c.maxRetries, else the client's) or ctx runs out, and decodes a 2xx JSON answer into out when out is
 // not nil. It returns the number of retries made.
 func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	req := fasthttp.AcquireRequest()
@@ -120,8 +122,15 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(cl.base + c.path)
 	req.Header.SetMethod(c.method)
-	if c.bearer != "" {
+	switch {
+	case c.authorization != "":
+		req.Header.Set("Authorization", c.authorization)
+	case c.bearer != "":
 		req.Header.Set("Authorization", "Bearer "+c.bearer)
+	}
+	budget := cl.retries
+	if c.maxRetries > 0 {
+		budget = c.maxRetries
 	}
 	if c.contentType != "" {
 		req.Header.SetContentType(c.contentType)
@@ -158,7 +167,7 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 		} else {
 			err = fmt.Errorf("%s %s: %w", c.method, c.path, err)
 		}
-		if attempt >= cl.retries {
+		if attempt >= budget {
 			return attempt, err
 		}
 		if r == nil {

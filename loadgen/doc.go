@@ -1,6 +1,8 @@
 // Package loadgen drives a cohortd server over HTTP with the standard
 // workloads of WORKLOADS.md: seeding users, exporter-like cohort sync streams
-// (partner and bulk shapes), segment-evaluator queries, and both at once.
+// (partner and bulk shapes, and Mixpanel's native cohort webhook with
+// injected session abandonment, see webhook.go), segment-evaluator queries,
+// and both at once.
 //
 // # Workloads
 //
@@ -31,7 +33,8 @@
 //
 // Seed, Export, Query and Mixed are safe to call from several goroutines with
 // different Options; each call owns its HTTP client and state. loadgen talks to
-// Options.Addr only and never imports the server. The cohort model costs four
+// Options.Addr only and never imports the server (its tests do, to run
+// against the real one in-process). The cohort model costs four
 // bytes per member, so a capacity run of 1,000 cohorts of up to 10M members
 // needs gigabytes of memory on the load-generating machine.
 package loadgen

@@ -16,7 +16,8 @@ import (
 // were sent, in Options.Shape, with Options.Concurrency senders. It then
 // compares the server's cohort sizes with its own model. Users must have been
 // seeded with the same Users and Seed. Missing credentials are created when
-// Options.AdminToken is set.
+// Options.AdminToken is set. With ShapeMixpanelWebhook it behaves like
+// Mixpanel's cohort sync instead (see webhook.go).
 //
 // The report is never nil; the error is non-nil when the run failed.
 func Export(ctx context.Context, o Options, log io.Writer) (*Report, error) {
@@ -24,7 +25,7 @@ func Export(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, r.o.Shape == ShapePartner, r.log)
+	err = r.ensureExportCredentials(ctx)
 	if err == nil {
 		e := r.newExporter(r.o.Rate)
 		e.start(ctx)
@@ -50,7 +51,8 @@ type cohortState struct {
 	members   []uint32 // sorted user numbers the server should hold
 	unmatched *unmatchedSource
 	created   time.Time
-	late      int // change sets that started after their tick had passed
+	late      int    // change sets that started after their tick had passed
+	stopped   string // why the webhook sender gave the cohort up; "" while it runs
 }
 
 // exportJob is one request's worth of changes.
@@ -60,6 +62,7 @@ type exportJob struct {
 	removes []Ref
 	ready   time.Time
 	wg      *sync.WaitGroup
+	hook    *webhookJob // a Mixpanel webhook call instead of adds and removes
 }
 
 // exporter sends cohort changes through a pool of senders.
@@ -71,6 +74,11 @@ type exporter struct {
 	wg      sync.WaitGroup
 	sentIDs atomic.Int64
 	sets    atomic.Int64
+
+	// The webhook sender's state (ShapeMixpanelWebhook only).
+	hook      webhookStats
+	hookNonce string // prefix of this run's session ids
+	hookAuth  string // the Authorization header of every call
 }
 
 func (r *run) newExporter(rate float64) *exporter {
@@ -79,10 +87,14 @@ func (r *run) newExporter(rate float64) *exporter {
 	for i := range r.o.Cohorts {
 		e.cohorts = append(e.cohorts, &cohortState{
 			index:     i,
-			id:        CohortID(r.o.Flavour, i),
+			id:        r.cohortID(i),
 			unmatched: r.u.newUnmatchedSource(i, r.o.Flavour),
 			created:   now,
 		})
+	}
+	if r.o.Shape == ShapeMixpanelWebhook {
+		e.hookNonce = newWebhookNonce()
+		e.hookAuth = basicAuth("loadgen", r.creds.ClientSecret)
 	}
 	return e
 }
@@ -95,6 +107,11 @@ func (e *exporter) start(ctx context.Context) {
 			defer e.wg.Done()
 			var raw, body []byte
 			for j := range e.jobs {
+				if j.hook != nil {
+					raw, body = e.sendWebhook(ctx, j, raw[:0], body[:0])
+					j.wg.Done()
+					continue
+				}
 				raw, body = e.send(ctx, j, raw[:0], body[:0])
 				j.wg.Done()
 			}
@@ -142,7 +159,14 @@ func (e *exporter) firstLoad(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		c.members = e.r.u.CohortMembers(c.index, e.r.u.CohortSize(c.index, o.Flavour), o.Flavour)
+		members := e.r.u.CohortMembers(c.index, e.r.u.CohortSize(c.index, o.Flavour), o.Flavour)
+		if o.Shape == ShapeMixpanelWebhook {
+			named, skipped := e.r.u.nameable(members)
+			e.hook.anonymous.Add(int64(skipped))
+			e.syncWebhook(ctx, c, 0, c.unmatched.withUnmatched(named), nil, named, time.Now())
+			continue
+		}
+		c.members = members
 		e.submit(c, c.unmatched.withUnmatched(c.members), nil, time.Now())
 	}
 	return ctx.Err()
@@ -177,12 +201,21 @@ func (e *exporter) churn(ctx, tctx context.Context) {
 				if sleepUntil(tctx, tick) != nil || ctx.Err() != nil {
 					return
 				}
+				if c.stopped != "" {
+					return
+				}
 				if time.Since(tick) > o.Interval/10 {
 					c.late++
 				}
 				cs := e.r.u.Churn(c.index, set, c.members, o.ChurnLeave, o.ChurnJoin)
-				e.submit(c, c.unmatched.withUnmatched(cs.Join), e.r.u.refsOf(cs.Leave), tick)
-				c.members = cs.Apply(c.members)
+				if o.Shape == ShapeMixpanelWebhook {
+					// Members are nameable already; joiners may not be.
+					cs.Join, _ = e.r.u.nameable(cs.Join)
+					e.syncWebhook(ctx, c, set, c.unmatched.withUnmatched(cs.Join), e.r.u.refsOf(cs.Leave), cs.Apply(c.members), tick)
+				} else {
+					e.submit(c, c.unmatched.withUnmatched(cs.Join), e.r.u.refsOf(cs.Leave), tick)
+					c.members = cs.Apply(c.members)
+				}
 				e.sets.Add(1)
 			}
 		}()
@@ -296,7 +329,13 @@ func (e *exporter) checkCounts(j *exportJob, reply *changesReply) {
 func (e *exporter) verify(ctx context.Context) error {
 	r := e.r
 	stats := r.rec.op("verify")
+	if r.o.Shape == ShapeMixpanelWebhook {
+		e.webhookNotes()
+	}
 	for _, c := range e.cohorts {
+		if c.stopped != "" {
+			continue // its errors fail the run already
+		}
 		var reply struct {
 			Size *int64 `json:"size"`
 		}

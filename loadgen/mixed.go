@@ -9,7 +9,8 @@ import (
 
 // Mixed runs an exporter and segment evaluators at once against one
 // workspace. On a fresh server it needs only Options.AdminToken: it creates
-// a workspace, a partner and a data import key, seeds Options.Users users
+// a workspace, a partner and a data import key (partner mixpanel for
+// ShapeMixpanelWebhook), seeds Options.Users users
 // (unless Options.SkipSeed), sends every cohort's first load, then runs
 // change sets (at Options.ExportRate) and queries (at Options.Rate, in
 // Options.Mix) together for Options.Duration (default 10s), and finally
@@ -30,7 +31,7 @@ func (r *run) mixed(ctx context.Context) error {
 	if r.o.Duration == 0 && r.o.ChangeSets == 0 {
 		r.o.Duration = 10 * time.Second
 	}
-	if err := ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, r.o.Shape == ShapePartner, r.log); err != nil {
+	if err := r.ensureExportCredentials(ctx); err != nil {
 		return err
 	}
 	if !r.o.SkipSeed {

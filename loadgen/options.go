@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// Shape is how an exporter sends cohort changes.
+// Shape is how an exporter sends cohort changes (the -sender flag).
 type Shape string
 
-// The two sync shapes of WORKLOADS.md.
+// The sync shapes: the two of WORKLOADS.md and Mixpanel's webhook.
 const (
 	// ShapePartner sends gzip JSON to the partner endpoint, at most 1,000
 	// identifiers a request, with a cohort upsert before every batch.
@@ -20,6 +20,10 @@ const (
 	// ShapeBulk sends zstd NDJSON to /v1/cohorts/{p}/{id}/changes, 100 lines
 	// of 1,000 identifiers a request.
 	ShapeBulk Shape = "bulk"
+	// ShapeMixpanelWebhook replays Mixpanel's native cohort webhook (SPEC
+	// §3b) against POST /webhooks/mixpanel: a paged "members" snapshot, then
+	// add_members/remove_members diffs, with Basic auth. See webhook.go.
+	ShapeMixpanelWebhook Shape = "mixpanel-webhook"
 )
 
 // Options configures a run. The zero value of a field means its default
@@ -43,7 +47,7 @@ type Options struct {
 	Cohorts int
 	// Flavour is the cohort membership shape. Default clustered.
 	Flavour Flavour
-	// Shape is the sync shape. Default partner.
+	// Shape is the sync shape (the sender). Default partner.
 	Shape Shape
 
 	// Duration bounds the timed phase (change sets, queries). Zero means
@@ -63,7 +67,7 @@ type Options struct {
 	QueryConcurrency int
 
 	// Interval is the time-compressed cadence of change sets (a 15-minute
-	// cadence replayed). Default 1s.
+	// cadence replayed; Mixpanel's 30 minutes for the webhook). Default 1s.
 	Interval time.Duration
 	// ChangeSets bounds the number of change sets per cohort; 0 means until
 	// Duration ends (with Duration 0 too: the first load only).
@@ -93,7 +97,20 @@ type Options struct {
 	// Default 1,000.
 	BulkLineIDs int
 
-	// MaxRetries bounds the retries of one request. Default 8.
+	// WebhookPageSize is the number of members per Mixpanel webhook call.
+	// Default 1,000, as Mixpanel sends.
+	WebhookPageSize int
+	// WebhookGzip sends webhook bodies gzip-compressed (Mixpanel sends
+	// plain JSON; the server accepts both).
+	WebhookGzip bool
+	// InjectFailureRate is the share of webhook syncs the sender abandons
+	// on purpose part-way (deterministically from Seed) before re-sending
+	// the whole cohort with a new session id, as Mixpanel does after a
+	// failure. 0 (the default) injects nothing; it must be below 1.
+	InjectFailureRate float64
+
+	// MaxRetries bounds the retries of one request. Default 8. Webhook
+	// calls always get Mixpanel's 5.
 	MaxRetries int
 	// BackoffBase is the first retry delay before jitter. Default 50ms.
 	BackoffBase time.Duration
@@ -126,6 +143,11 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.Cohorts, 3)
 	setDefault(&o.Flavour, FlavourClustered)
 	setDefault(&o.Shape, ShapePartner)
+	if o.Shape == ShapeMixpanelWebhook {
+		// The server files webhook cohorts under partner mixpanel, so
+		// queries must name them so too.
+		setDefault(&o.Credentials.Partner, webhookPartner)
+	}
 	setDefault(&o.Concurrency, 4)
 	setDefault(&o.QueryConcurrency, 4)
 	setDefault(&o.Interval, time.Second)
@@ -138,6 +160,7 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.PartnerMaxIDs, 1_000)
 	setDefault(&o.BulkIDs, 100_000)
 	setDefault(&o.BulkLineIDs, 1_000)
+	setDefault(&o.WebhookPageSize, 1_000)
 	setDefault(&o.MaxRetries, 8)
 	setDefault(&o.BackoffBase, 50*time.Millisecond)
 	setDefault(&o.BackoffMax, 5*time.Second)
@@ -161,8 +184,18 @@ func (o Options) validate() error {
 	}
 	switch o.Shape {
 	case ShapePartner, ShapeBulk:
+		if o.InjectFailureRate != 0 {
+			return fmt.Errorf("loadgen: failure injection is only for sender %s", ShapeMixpanelWebhook)
+		}
+	case ShapeMixpanelWebhook:
+		if p := o.Credentials.Partner; p != "" && p != webhookPartner {
+			return fmt.Errorf("loadgen: sender %s needs partner %q, not %q", o.Shape, webhookPartner, p)
+		}
 	default:
-		return fmt.Errorf("loadgen: unknown shape %q (partner or bulk)", o.Shape)
+		return fmt.Errorf("loadgen: unknown sender %q (partner, bulk or %s)", o.Shape, ShapeMixpanelWebhook)
+	}
+	if o.InjectFailureRate < 0 || o.InjectFailureRate >= 1 {
+		return fmt.Errorf("loadgen: inject failure rate must be in [0, 1)")
 	}
 	if o.Users < 1 || o.Cohorts < 1 || o.Concurrency < 1 || o.QueryConcurrency < 1 {
 		return fmt.Errorf("loadgen: users, cohorts and concurrency must be positive")
@@ -170,7 +203,7 @@ func (o Options) validate() error {
 	if o.Rate < 0 || o.ExportRate < 0 || o.ChurnLeave < 0 || o.ChurnLeave > 1 || o.ChurnJoin < 0 || o.ChurnJoin > 1 {
 		return fmt.Errorf("loadgen: rates and churn shares must be non-negative (churn at most 1)")
 	}
-	if o.PartnerMaxIDs < 1 || o.BulkIDs < 1 || o.BulkLineIDs < 1 || o.UsersPerBody < 1 {
+	if o.PartnerMaxIDs < 1 || o.BulkIDs < 1 || o.BulkLineIDs < 1 || o.UsersPerBody < 1 || o.WebhookPageSize < 1 {
 		return fmt.Errorf("loadgen: batch sizes must be positive")
 	}
 	return nil

@@ -13,7 +13,7 @@ import (
 // Query runs segment evaluators in the Options.Mix for Options.Duration
 // (default 10s) or Options.Requests queries, on Options.QueryConcurrency
 // workers at Options.Rate (0: closed loop). Expressions name the cohorts an
-// Export with the same Cohorts, Flavour and Credentials.Partner creates;
+// Export with the same Cohorts, Flavour, Shape and Credentials.Partner creates;
 // users are drawn from the seeded universe.
 //
 // The report is never nil; the error is non-nil when the run failed.
@@ -58,7 +58,7 @@ type querier struct {
 func (r *run) newQuerier(rate float64) *querier {
 	q := &querier{r: r, pacer: newPacer(rate)}
 	for i := range r.o.Cohorts {
-		q.refs = append(q.refs, r.creds.Partner+"/"+CohortID(r.o.Flavour, i))
+		q.refs = append(q.refs, r.creds.Partner+"/"+r.cohortID(i))
 	}
 	return q
 }

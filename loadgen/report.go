@@ -59,7 +59,9 @@ type Workload struct {
 	ChangeSets       int     `json:"change_sets,omitempty"`
 	ChurnLeave       float64 `json:"churn_leave,omitempty"`
 	ChurnJoin        float64 `json:"churn_join,omitempty"`
-	Mix              string  `json:"mix,omitempty"`
+	// InjectFailureRate is the share of webhook syncs abandoned on purpose.
+	InjectFailureRate float64 `json:"inject_failure_rate,omitempty"`
+	Mix               string  `json:"mix,omitempty"`
 }
 
 // Env describes where loadgen ran.
@@ -185,8 +187,15 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		if wl.ChangeSets > 0 {
 			sets = fmt.Sprintf("%d change sets per cohort", wl.ChangeSets)
 		}
-		fmt.Fprintf(&b, "- sync: a change set every %s (15 min replayed), %s, %.2g%% of members leave, %.2g%% of non-members join\n",
-			time.Duration(wl.IntervalNs), sets, wl.ChurnLeave*100, wl.ChurnJoin*100)
+		cadence := "15 min"
+		if wl.Shape == ShapeMixpanelWebhook {
+			cadence = "Mixpanel's 30 min"
+		}
+		fmt.Fprintf(&b, "- sync: a change set every %s (%s replayed), %s, %.2g%% of members leave, %.2g%% of non-members join\n",
+			time.Duration(wl.IntervalNs), cadence, sets, wl.ChurnLeave*100, wl.ChurnJoin*100)
+		if wl.InjectFailureRate > 0 {
+			fmt.Fprintf(&b, "- injected failures: %.2g%% of syncs abandoned part-way, then re-sent whole\n", wl.InjectFailureRate*100)
+		}
 	}
 	if wl.Mix != "" {
 		fmt.Fprintf(&b, "- query mix: %s\n", wl.Mix)

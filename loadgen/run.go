@@ -72,6 +72,7 @@ func (r *run) report(command string, err error) (*Report, error) {
 		rep.Workload.IntervalNs = int64(o.Interval)
 		rep.Workload.ChangeSets = o.ChangeSets
 		rep.Workload.ChurnLeave, rep.Workload.ChurnJoin = o.ChurnLeave, o.ChurnJoin
+		rep.Workload.InjectFailureRate = o.InjectFailureRate
 	}
 	if command == "query" || command == "mixed" {
 		rep.Workload.Mix = o.Mix.String()

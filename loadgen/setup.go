@@ -85,23 +85,30 @@ func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Cre
 		if admin == "" {
 			return fmt.Errorf("%w: client secret", ErrNoAdminToken)
 		}
-		if creds.Workspace == "" {
-			return errors.New("loadgen: a client secret can only be created for a named workspace")
-		}
-		var out struct {
-			KeyID        string `json:"key_id"`
-			ClientSecret string `json:"client_secret"`
-		}
-		path := "/v1/workspaces/" + url.PathEscape(creds.Workspace) + "/partners/" + url.PathEscape(creds.Partner) + "/keys"
-		if err := cl.doJSON(ctx, "POST", path, admin, struct{}{}, &out); err != nil {
-			return fmt.Errorf("create data import key: %w", err)
-		}
-		if out.ClientSecret == "" {
-			return errors.New("create data import key: reply without client_secret")
-		}
-		creds.ClientSecret = out.ClientSecret
-		fmt.Fprintf(log, "loadgen: created data import key %s (client secret %s)\n", out.KeyID, out.ClientSecret)
+		return createImportKey(ctx, cl, admin, creds, log)
 	}
+	return nil
+}
+
+// createImportKey issues a data import key of (creds.Workspace,
+// creds.Partner) with the admin token.
+func createImportKey(ctx context.Context, cl *client, admin string, creds *Credentials, log io.Writer) error {
+	if creds.Workspace == "" {
+		return errors.New("loadgen: a client secret can only be created for a named workspace")
+	}
+	var out struct {
+		KeyID        string `json:"key_id"`
+		ClientSecret string `json:"client_secret"`
+	}
+	path := "/v1/workspaces/" + url.PathEscape(creds.Workspace) + "/partners/" + url.PathEscape(creds.Partner) + "/keys"
+	if err := cl.doJSON(ctx, "POST", path, admin, struct{}{}, &out); err != nil {
+		return fmt.Errorf("create data import key: %w", err)
+	}
+	if out.ClientSecret == "" {
+		return errors.New("create data import key: reply without client_secret")
+	}
+	creds.ClientSecret = out.ClientSecret
+	fmt.Fprintf(log, "loadgen: created data import key %s (client secret %s)\n", out.KeyID, out.ClientSecret)
 	return nil
 }
 

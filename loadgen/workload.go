@@ -75,6 +75,7 @@ const (
 	streamChurn
 	streamUnmatched
 	streamQuery
+	streamInject
 )
 
 // newRand returns a deterministic generator for (seed, stream, key).

@@ -36,7 +36,9 @@ func usage(w io.Writer) {
 
   seed    create -users users (zstd NDJSON bodies, then the identification pass)
   export  first load of -cohorts cohorts, then change sets every -interval; verifies sizes
-  query   segment evaluators in the -mix for -duration or -requests
+          (-sender partner, bulk, or mixpanel-webhook: Mixpanel's native cohort webhook)
+  query   segment evaluators in the -mix for -duration or -requests (with -sender
+          mixpanel-webhook they name the webhook's cohorts, mixpanel/<number>)
   mixed   setup + seed + export + queries at once; needs only -admin-token on a fresh server
 
 run "loadgen <command> -h" for flags`)
@@ -64,20 +66,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.AdminToken, "admin-token", "", "admin token (default $COHORTD_ADMIN_TOKEN), used to create missing credentials")
 	fs.StringVar(&o.Credentials.Workspace, "workspace", "", "workspace id (default loadgen-<unix time> when created)")
 	fs.StringVar(&o.Credentials.APIKey, "api-key", "", "workspace API key (default $COHORTD_API_KEY; created when empty)")
-	fs.StringVar(&o.Credentials.Partner, "partner", "", "partner slug (default loadgen; lg-<random> when that exists)")
+	fs.StringVar(&o.Credentials.Partner, "partner", "", "partner slug (default loadgen; lg-<random> when that exists; always mixpanel for -sender mixpanel-webhook)")
 	fs.StringVar(&o.Credentials.PartnerAPIKey, "partner-api-key", "", "partner API key (created when empty)")
 	fs.StringVar(&o.Credentials.ClientSecret, "client-secret", "", "data import key (created when empty)")
 	fs.IntVar(&o.Users, "users", 100_000, "seeded users")
 	fs.Uint64Var(&o.Seed, "seed", 1, "workload seed")
 	fs.IntVar(&o.Cohorts, "cohorts", 3, "cohorts")
 	flavour := fs.String("flavour", "clustered", "cohort membership: clustered or uniform")
-	shape := fs.String("shape", "partner", "sync shape: partner (gzip JSON, 1,000 ids) or bulk (zstd NDJSON, 100k ids)")
+	sender := "partner"
+	senderHelp := "export sender: partner (gzip JSON, 1,000 ids), bulk (zstd NDJSON, 100k ids) or mixpanel-webhook\n" +
+		"(Mixpanel's cohort webhook: paged members snapshot, then add/remove diffs, Basic auth with a data import key of\n" +
+		"partner mixpanel; anonymous users cannot be named and are left out)"
+	fs.StringVar(&sender, "sender", sender, senderHelp)
+	fs.StringVar(&sender, "shape", sender, "alias of -sender")
 	fs.DurationVar(&o.Duration, "duration", 0, "timed phase (query and mixed default 10s; export default: first load only unless -changesets)")
 	fs.Float64Var(&o.Rate, "rate", 0, "offered requests/s of the main stream (export: export requests; query, mixed: queries); 0 = closed loop")
 	fs.Float64Var(&o.ExportRate, "export-rate", 0, "mixed: offered export requests/s; 0 = closed loop")
 	fs.IntVar(&o.Concurrency, "concurrency", 4, "concurrent export senders (and seed encoders)")
 	fs.IntVar(&o.QueryConcurrency, "query-concurrency", 4, "concurrent query workers")
-	fs.DurationVar(&o.Interval, "interval", time.Second, "change-set cadence (15 minutes replayed)")
+	fs.DurationVar(&o.Interval, "interval", time.Second, "change-set cadence (15 minutes replayed; Mixpanel's 30 for mixpanel-webhook)")
 	fs.IntVar(&o.ChangeSets, "changesets", 0, "change sets per cohort (0 = until -duration)")
 	fs.Float64Var(&o.ChurnLeave, "churn-leave", 0.01, "share of members leaving per change set")
 	fs.Float64Var(&o.ChurnJoin, "churn-join", 0.01, "share of non-members joining per change set")
@@ -87,7 +94,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.UsersPerBody, "users-per-body", 100_000, "user records per seeding body")
 	fs.IntVar(&o.PartnerMaxIDs, "partner-max-ids", 1_000, "identifiers per partner request")
 	fs.IntVar(&o.BulkIDs, "bulk-ids", 100_000, "identifiers per bulk request")
-	fs.IntVar(&o.MaxRetries, "max-retries", 8, "retries per request on 429, 5xx and connection errors")
+	fs.IntVar(&o.WebhookPageSize, "webhook-page-size", 1_000, "mixpanel-webhook: members per call")
+	fs.BoolVar(&o.WebhookGzip, "webhook-gzip", false, "mixpanel-webhook: gzip bodies (Mixpanel sends plain JSON)")
+	fs.Float64Var(&o.InjectFailureRate, "inject-failure-rate", 0, "mixpanel-webhook: share of syncs abandoned part-way and then re-sent whole\nwith a new session id, as Mixpanel does after failures (deterministic for -seed)")
+	fs.IntVar(&o.MaxRetries, "max-retries", 8, "retries per request on 429, 5xx and connection errors (mixpanel-webhook: always 5, as Mixpanel)")
 	fs.DurationVar(&o.RequestTimeout, "timeout", time.Minute, "timeout of one attempt")
 	fs.DurationVar(&o.ReportEvery, "report-every", 5*time.Second, "period of progress lines when stderr is not a terminal")
 	jsonOut := fs.String("json-out", "", "write the JSON report to this file")
@@ -112,7 +122,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.Credentials.APIKey == "" {
 		o.Credentials.APIKey = os.Getenv("COHORTD_API_KEY")
 	}
-	o.Flavour, o.Shape = loadgen.Flavour(*flavour), loadgen.Shape(*shape)
+	o.Flavour, o.Shape = loadgen.Flavour(*flavour), loadgen.Shape(sender)
 	var err error
 	if o.Mix, err = loadgen.ParseMix(*mix); err != nil {
 		fmt.Fprintln(stderr, err)
