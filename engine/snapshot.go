@@ -184,11 +184,6 @@ func (s *snapWriter) varint(v int64) {
 	s.write(s.buf)
 }
 
-func (s *snapWriter) bytes(p []byte) {
-	s.uvarint(uint64(len(p)))
-	s.write(p)
-}
-
 func (s *snapWriter) str(v string) {
 	s.uvarint(uint64(len(v)))
 	if s.err == nil {

@@ -6,7 +6,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cohortd/cohortd/index"
 	"github.com/valyala/fasthttp"
 )
 
@@ -50,11 +49,6 @@ import (
 //   - null is not an empty array: a field that is present must have its
 //     type. (Lenient senders that write null for an empty list get a 400
 //     naming the field; changing that is one switch case per decoder.)
-
-// kind is a transitional alias: callers written before package index
-// existed (handlers_v1.go) name the kind type kind. Use index.Kind; delete
-// this once no caller says kind.
-type kind = index.Kind
 
 // maxIDLen is the longest identifier or alias field, in bytes (SPEC §2.6).
 const maxIDLen = 512
