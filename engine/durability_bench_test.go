@@ -175,3 +175,83 @@ func buildColdStartDir(b *testing.B, dir string, users int) {
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// BenchmarkSnapshotStall takes a snapshot of a workspace of N users while
+// a writer applies 1,000-id change batches, and reports the snapshot's
+// duration and the slowest import during it next to the slowest import of
+// the same loop without a snapshot: imports must not wait for the user
+// table to be written.
+func BenchmarkSnapshotStall(b *testing.B) {
+	users := 1_000_000
+	if large() {
+		users = 10_000_000
+	}
+	for _, mode := range []wal.SyncMode{wal.SyncAlways, wal.SyncOff} {
+		benchSnapshotStall(b, users, mode)
+	}
+}
+
+func benchSnapshotStall(b *testing.B, users int, mode wal.SyncMode) {
+	b.Run(fmt.Sprintf("users_%d/fsync_%s", users, mode), func(b *testing.B) {
+		dir := b.TempDir()
+		e, err := Open(Options{Dir: dir, Sync: mode, Logger: quietLogger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer e.Close()
+		e.CreateWorkspace("stall")
+		w := e.Workspace("stall")
+		for start := 1; start <= users; start += 100_000 {
+			var ub UserBatch
+			for i := start; i < start+100_000 && i <= users; i++ {
+				ub.Add(extID(i), nil, nil)
+			}
+			if _, err := w.UpsertUsers(&ub); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r := rand.New(rand.NewPCG(9, 9))
+		batch := func() time.Duration {
+			var keys [][]byte
+			for k := 0; k < 1000; k++ {
+				keys = append(keys, extID(1+r.IntN(users)))
+			}
+			cs := w.NewChangeSet()
+			cs.AddMany(index.KindExternal, keys, r.IntN(2) == 0)
+			t0 := time.Now()
+			if _, err := w.ApplyChanges("p", "c", cs); err != nil {
+				b.Fatal(err)
+			}
+			return time.Since(t0)
+		}
+		var snapTime, worstDuring, worstQuiet time.Duration
+		for b.Loop() {
+			done := make(chan time.Duration)
+			go func() {
+				t0 := time.Now()
+				if err := e.Snapshot(); err != nil {
+					b.Error(err)
+				}
+				done <- time.Since(t0)
+			}()
+			n := 0
+		loop:
+			for {
+				select {
+				case d := <-done:
+					snapTime = max(snapTime, d)
+					break loop
+				default:
+					worstDuring = max(worstDuring, batch())
+					n++
+				}
+			}
+			for i := 0; i < max(n, 50); i++ {
+				worstQuiet = max(worstQuiet, batch())
+			}
+		}
+		b.ReportMetric(snapTime.Seconds(), "snapshot-s")
+		b.ReportMetric(float64(worstDuring.Microseconds())/1000, "worst-import-ms-during")
+		b.ReportMetric(float64(worstQuiet.Microseconds())/1000, "worst-import-ms-quiet")
+	})
+}

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -71,6 +72,7 @@ func (e *Engine) snapshotLocked(final bool) error {
 	if _, err := e.wal.Cut(); err != nil {
 		return fmt.Errorf("engine: snapshot: cut wal: %w", err)
 	}
+
 	tmp, err := os.CreateTemp(e.opts.Dir, "snapshot-*.tmp")
 	if err != nil {
 		return fmt.Errorf("engine: snapshot: %w", err)
@@ -250,22 +252,51 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 	return minLSN, sw.err
 }
 
-// writeSnapshot writes the workspace under its writer lock. Imports and
-// upserts of this workspace wait for the copy; the bitmaps are immutable
-// and are written after the lock is released.
+// writeSnapshot writes one workspace. Its state is captured at one WAL
+// position: under the writer lock only the cheap parts are copied (the LSN,
+// keys, usage, cohort metadata and the immutable published bitmaps, open
+// webhook sessions); the user table is then serialized under usersMu
+// alone, which holds user upserts and deletes — the only changes to the
+// table — at that position while imports carry on (they change cohorts,
+// whose state was already captured). Imports wait for a pointer copy per
+// cohort, not for the user table.
 func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
+	w.usersMu.Lock()
 	w.mu.Lock()
 	lsn := w.e.wal.LastLSN()
-	sw.str(w.id)
-	sw.write(w.keyDigest[:])
-	sw.uvarint(lsn)
-	// keys
+	type cohortCap struct {
+		c  *Cohort
+		m  *cohortMeta
+		bm *roaring.Bitmap
+	}
+	cohorts := w.Cohorts()
+	caps := make([]cohortCap, len(cohorts))
+	for i, c := range cohorts {
+		caps[i] = cohortCap{c, c.meta.Load(), c.Members()}
+	}
+	sessions := w.captureSessionsLocked()
+	done := w.captureDoneLocked()
 	w.keys.RLock()
 	keys := make([]*importKey, 0, len(w.keys.byID))
 	for _, k := range w.keys.byID {
 		keys = append(keys, k)
 	}
 	w.keys.RUnlock()
+	type usageCap struct {
+		partner string
+		days    map[int32]uint64
+	}
+	w.usage.Lock()
+	usage := make([]usageCap, 0, len(w.usage.m))
+	for p, days := range w.usage.m {
+		usage = append(usage, usageCap{p, maps.Clone(days)})
+	}
+	w.usage.Unlock()
+	w.mu.Unlock()
+
+	sw.str(w.id)
+	sw.write(w.keyDigest[:])
+	sw.uvarint(lsn)
 	sort.Slice(keys, func(i, j int) bool { return keys[i].partner+"/"+keys[i].id < keys[j].partner+"/"+keys[j].id })
 	sw.uvarint(uint64(len(keys)))
 	for _, k := range keys {
@@ -280,26 +311,24 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 			sw.uvarint(0)
 		}
 	}
-	// usage
-	w.usage.Lock()
-	sw.uvarint(uint64(len(w.usage.m)))
-	for p, days := range w.usage.m {
-		sw.str(p)
-		sw.uvarint(uint64(len(days)))
-		for d, n := range days {
+	sort.Slice(usage, func(i, j int) bool { return usage[i].partner < usage[j].partner })
+	sw.uvarint(uint64(len(usage)))
+	for _, u := range usage {
+		sw.str(u.partner)
+		sw.uvarint(uint64(len(u.days)))
+		for d, n := range u.days {
 			sw.varint(int64(d))
 			sw.uvarint(n)
 		}
 	}
-	w.usage.Unlock()
 	// users: every dense id in order, so that ids survive a restart.
 	next := w.users.NextID()
 	sw.uvarint(uint64(next))
 	var ukeys []byte
 	for id := index.UserID(0); id < next; id++ {
 		if w.users.Deleted(id) {
-			sw.uvarint(0) // 0 keys and deleted: marked by the flag below
-			sw.uvarint(1)
+			sw.uvarint(0) // no keys
+			sw.uvarint(1) // deleted
 			continue
 		}
 		ukeys = ukeys[:0]
@@ -314,20 +343,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		sw.uvarint(0)
 		sw.write(ukeys)
 	}
-	// cohorts: capture published bitmaps (immutable) and metadata.
-	type cap struct {
-		c  *Cohort
-		m  *cohortMeta
-		bm *roaring.Bitmap
-	}
-	cohorts := w.Cohorts()
-	caps := make([]cap, len(cohorts))
-	for i, c := range cohorts {
-		caps[i] = cap{c, c.meta.Load(), c.Members()}
-	}
-	sessions := w.captureSessionsLocked()
-	done := w.captureDoneLocked()
-	w.mu.Unlock()
+	w.usersMu.Unlock()
 
 	sw.uvarint(uint64(len(caps)))
 	for _, c := range caps {

@@ -176,6 +176,8 @@ func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
 	if w.e.closed.Load() {
 		return res, ErrClosed
 	}
+	w.usersMu.Lock()
+	defer w.usersMu.Unlock()
 	w.mu.Lock()
 	w.enc.reset()
 	w.enc.str(w.id)
@@ -300,6 +302,8 @@ func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
 	if w.e.closed.Load() {
 		return res, ErrClosed
 	}
+	w.usersMu.Lock()
+	defer w.usersMu.Unlock()
 	w.mu.Lock()
 	w.enc.reset()
 	w.enc.str(w.id)

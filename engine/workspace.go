@@ -19,6 +19,11 @@ type Workspace struct {
 	id        string
 	keyDigest [32]byte
 
+	// usersMu serializes changes of the user table (upserts, deletes) with
+	// snapshots, which copy the table without holding mu: imports go on
+	// while a snapshot writes users; only user changes wait. Taken before
+	// mu, never after.
+	usersMu sync.Mutex
 	// mu is the writer lock: held while a change is appended to the WAL and
 	// applied. Fields documented "under mu" are touched only with it held.
 	mu sync.Mutex
