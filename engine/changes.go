@@ -111,8 +111,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 	}
 	// A user deleted between resolve and apply is not added back.
 	addBM.And(w.users.Live())
-	effAdd := roaring.AndNot(addBM, c.master)
-	effRem := roaring.And(remBM, c.master)
+	effAdd, effRem := c.members.Diff(addBM, remBM)
 	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
 	w.mu.Unlock()
 	if err != nil {
@@ -144,9 +143,7 @@ func (w *Workspace) commitMembersLocked(c *Cohort, effAdd, effRem *roaring.Bitma
 
 // applyMembers applies an effective change (live path and replay alike).
 func (w *Workspace) applyMembers(c *Cohort, effAdd, effRem *roaring.Bitmap, now time.Time) {
-	c.master.Or(effAdd)
-	c.master.AndNot(effRem)
-	c.publish()
+	c.members.Apply(effAdd, effRem)
 	m := *c.meta.Load()
 	m.updatedAt = now
 	c.meta.Store(&m)
@@ -224,8 +221,7 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 		return ReplaceResult{}, err
 	}
 	target.And(w.users.Live())
-	effAdd := roaring.AndNot(target, c.master)
-	effRem := roaring.AndNot(c.master, target)
+	effAdd, effRem := c.members.DiffTo(target)
 	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
 	w.mu.Unlock()
 	if err != nil {

@@ -116,9 +116,7 @@ func BenchmarkReplace(b *testing.B) {
 			w := syntheticWorkspace(universe)
 			cur := cohortBitmap(flavour, members, universe, 1)
 			c := w.applyCohortUpsert("p", "r", "r", time.Now(), time.Now())
-			c.master = cur.Clone()
-			c.master.SetCopyOnWrite(true)
-			c.publish()
+			c.members.Reset(cur.Clone())
 			next := churn(cur, universe, 0.01, 2)
 			targets := []*roaring.Bitmap{next, cur}
 			b.ReportAllocs()
@@ -201,9 +199,7 @@ func BenchmarkSegmentCount(b *testing.B) {
 		w := syntheticWorkspace(universe)
 		for i, name := range []string{"A", "B", "C"} {
 			c := w.applyCohortUpsert("p", name, name, time.Now(), time.Now())
-			c.master = cohortBitmap(flavour, members, universe, uint64(10+i))
-			c.master.SetCopyOnWrite(true)
-			c.publish()
+			c.members.Reset(cohortBitmap(flavour, members, universe, uint64(10+i)))
 		}
 		for _, q := range []struct{ name, expr string }{
 			{"and_and_not", `{"and":[{"cohort":"p/A"},{"cohort":"p/B"},{"not":{"cohort":"p/C"}}]}`},

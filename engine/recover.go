@@ -219,7 +219,7 @@ func (w *Workspace) Check() error {
 	live := w.users.Live()
 	for _, c := range w.Cohorts() {
 		pub := c.Members()
-		if !pub.Equals(c.master) {
+		if !c.members.Consistent() {
 			errs = append(errs, fmt.Errorf("cohort %s/%s: published members differ from the master", c.partner, c.id))
 		}
 		if extra := pub.GetCardinality() - pub.AndCardinality(live); extra != 0 {

@@ -162,18 +162,12 @@ func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*se
 
 // BoundSegment is a segment evaluated against one workspace: every cohort
 // bitmap and the live-users set are loaded once, so a query sees each
-// cohort at one version.
+// cohort at one version. The algebra is index.Expr's.
 type BoundSegment struct {
 	w        *Workspace
-	root     *boundNode
+	expr     *index.Expr
 	live     *roaring.Bitmap
 	Warnings []string // "unknown cohort <partner>/<cohort_id>", in first-seen order
-}
-
-type boundNode struct {
-	op   segOp
-	bm   *roaring.Bitmap // segCohort: published members (never mutated)
-	kids []*boundNode
 }
 
 var emptyBitmap = roaring.New()
@@ -183,30 +177,31 @@ var emptyBitmap = roaring.New()
 func (w *Workspace) Bind(s *Segment) *BoundSegment {
 	b := &BoundSegment{w: w, live: w.users.Live()}
 	seen := map[string]bool{}
-	b.root = b.bind(s.root, seen)
+	b.expr = b.bind(s.root, seen)
 	return b
 }
 
-func (b *BoundSegment) bind(n *segNode, seen map[string]bool) *boundNode {
-	bn := &boundNode{op: n.op}
-	switch n.op {
-	case segCohort:
+var segOps = [...]index.Op{segCohort: index.OpSet, segNot: index.OpNot, segAnd: index.OpAnd, segOr: index.OpOr, segAll: index.OpAll}
+
+func (b *BoundSegment) bind(n *segNode, seen map[string]bool) *index.Expr {
+	x := &index.Expr{Op: segOps[n.op]}
+	if n.op == segCohort {
 		if c := b.w.Cohort(n.partner, n.id); c != nil {
-			bn.bm = c.Members()
+			x.Set = c.Members()
 		} else {
-			bn.bm = emptyBitmap
+			x.Set = emptyBitmap
 			name := n.partner + "/" + n.id
 			if !seen[name] {
 				seen[name] = true
 				b.Warnings = append(b.Warnings, "unknown cohort "+name)
 			}
 		}
-	default:
-		for _, k := range n.kids {
-			bn.kids = append(bn.kids, b.bind(k, seen))
-		}
+		return x
 	}
-	return bn
+	for _, k := range n.kids {
+		x.Kids = append(x.Kids, b.bind(k, seen))
+	}
+	return x
 }
 
 // Contains reports whether user id is in the segment, without
@@ -215,126 +210,14 @@ func (b *BoundSegment) Contains(id index.UserID) bool {
 	if id == index.NoUser || !b.live.Contains(uint32(id)) {
 		return false
 	}
-	return b.root.contains(uint32(id))
+	return b.expr.Contains(uint32(id))
 }
 
-func (n *boundNode) contains(x uint32) bool {
-	switch n.op {
-	case segCohort:
-		return n.bm.Contains(x)
-	case segNot:
-		return !n.kids[0].contains(x)
-	case segAnd:
-		for _, k := range n.kids {
-			if !k.contains(x) {
-				return false
-			}
-		}
-		return true
-	case segOr:
-		for _, k := range n.kids {
-			if k.contains(x) {
-				return true
-			}
-		}
-		return false
-	default: // segAll
-		return true
-	}
-}
-
-// Count returns the number of live users in the segment. Plain
-// intersections and unions of two cohorts are counted without building the
-// result.
-func (b *BoundSegment) Count() uint64 {
-	r := b.root
-	if (r.op == segAnd || r.op == segOr) && len(r.kids) == 2 && r.kids[0].op == segCohort && r.kids[1].op == segCohort {
-		if r.op == segAnd {
-			return r.kids[0].bm.AndCardinality(r.kids[1].bm)
-		}
-		return r.kids[0].bm.OrCardinality(r.kids[1].bm)
-	}
-	if r.op == segCohort {
-		return r.bm.GetCardinality()
-	}
-	if r.op == segAll {
-		return b.live.GetCardinality()
-	}
-	return b.Bitmap().GetCardinality()
-}
+// Count returns the number of live users in the segment.
+func (b *BoundSegment) Count() uint64 { return b.expr.Count(b.live) }
 
 // Bitmap materialises the segment as a new bitmap owned by the caller.
-func (b *BoundSegment) Bitmap() *roaring.Bitmap {
-	pos, neg := b.eval(b.root)
-	if neg {
-		return roaring.AndNot(b.live, pos)
-	}
-	return pos
-}
-
-// eval returns a set S and a flag: when neg is false the result is S, when
-// true it is live \ S. Keeping negations symbolic lets "A and not B" be one
-// AndNot instead of a complement over every live user. The returned bitmap
-// may be a published one (not to be mutated) when borrowed is true inside;
-// callers below always copy before mutating.
-func (b *BoundSegment) eval(n *boundNode) (set *roaring.Bitmap, neg bool) {
-	switch n.op {
-	case segCohort:
-		return roaring.Or(n.bm, emptyBitmap), false // a private copy sharing containers copy-on-write
-	case segAll:
-		return roaring.New(), true
-	case segNot:
-		s, ng := b.eval(n.kids[0])
-		return s, !ng
-	case segAnd:
-		// Intersect the positive operands (smallest first), then remove the
-		// negative ones. With no positive operand: live \ union(negatives).
-		var pos, negs []*roaring.Bitmap
-		for _, k := range n.kids {
-			s, ng := b.eval(k)
-			if ng {
-				negs = append(negs, s)
-			} else {
-				pos = append(pos, s)
-			}
-		}
-		if len(pos) == 0 {
-			return roaring.FastOr(negs...), true
-		}
-		acc := pos[0]
-		for _, p := range pos[1:] {
-			if p.GetCardinality() < acc.GetCardinality() {
-				acc, p = p, acc
-			}
-			acc.And(p)
-		}
-		for _, s := range negs {
-			acc.AndNot(s)
-		}
-		return acc, false
-	default: // segOr: union of positives; with negatives, live \ (∩neg \ ∪pos)
-		var pos, negs []*roaring.Bitmap
-		for _, k := range n.kids {
-			s, ng := b.eval(k)
-			if ng {
-				negs = append(negs, s)
-			} else {
-				pos = append(pos, s)
-			}
-		}
-		if len(negs) == 0 {
-			return roaring.FastOr(pos...), false
-		}
-		acc := negs[0]
-		for _, s := range negs[1:] {
-			acc.And(s)
-		}
-		for _, p := range pos {
-			acc.AndNot(p)
-		}
-		return acc, true
-	}
-}
+func (b *BoundSegment) Bitmap() *roaring.Bitmap { return b.expr.Bitmap(b.live) }
 
 // ---- member cursors ----
 

@@ -129,8 +129,7 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 	if res.PagesReceived == total {
 		target := s.members
 		target.And(w.users.Live())
-		effAdd := roaring.AndNot(target, c.master)
-		effRem := roaring.AndNot(c.master, target)
+		effAdd, effRem := c.members.DiffTo(target)
 		lsn, err = w.commitMembersLocked(c, effAdd, effRem)
 		if err != nil {
 			w.mu.Unlock()

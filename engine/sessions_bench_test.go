@@ -29,9 +29,7 @@ func BenchmarkWebhookSession(b *testing.B) {
 			target := cohortBitmap(flavour, members, universe, 21)
 			prev := churn(target, universe, 0.01, 22)
 			c := w.applyCohortUpsert("mixpanel", "777", "777", time.Now(), time.Now())
-			c.master = prev
-			c.master.SetCopyOnWrite(true)
-			c.publish()
+			c.members.Reset(prev)
 			// Pages in Mixpanel's order: arbitrary, here shuffled.
 			ids := target.ToArray()
 			rand.New(rand.NewPCG(3, 4)).Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })

@@ -606,9 +606,7 @@ func (e *Engine) readWorkspace(s *snapReader) {
 			return
 		}
 		c := w.applyCohortUpsert(p, cid, name, created, updated)
-		c.master = bm
-		c.master.SetCopyOnWrite(true)
-		c.publish()
+		c.members.Reset(bm)
 	}
 	w.readSessions(s)
 }

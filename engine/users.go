@@ -146,20 +146,7 @@ func (w *Workspace) finishUserOpsLocked(merges [][2]uint32, deleted []uint32) {
 		gone.Add(m[0])
 	}
 	for _, c := range w.Cohorts() {
-		changed := false
-		for _, m := range merges {
-			if c.master.Contains(m[0]) {
-				c.master.Add(m[1])
-				changed = true
-			}
-		}
-		if c.master.Intersects(gone) {
-			c.master.AndNot(gone)
-			changed = true
-		}
-		if changed {
-			c.publish()
-		}
+		c.members.MergeAndRemove(merges, gone)
 	}
 	w.users.Publish()
 }

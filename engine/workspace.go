@@ -246,15 +246,12 @@ func (w *Workspace) Usage() Usage {
 // Cohort is one (partner, cohort_id) of a workspace.
 //
 // Readers load the member set with Members: an immutable bitmap that must
-// never be mutated or cloned (Clone marks shared containers and so writes).
-// The writer keeps a private copy-on-write master and publishes a cheap
-// clone of it after every change, so a change costs the containers it
-// touches, not a copy of the whole set.
+// never be mutated or cloned (see index.Members); the writer changes it
+// under Workspace.mu.
 type Cohort struct {
 	partner, id string
 	meta        atomic.Pointer[cohortMeta]
-	master      *roaring.Bitmap // under Workspace.mu
-	members     atomic.Pointer[roaring.Bitmap]
+	members     *index.Members
 }
 
 type cohortMeta struct {
@@ -264,15 +261,7 @@ type cohortMeta struct {
 }
 
 func newCohort(partnerSlug, id string) *Cohort {
-	c := &Cohort{partner: partnerSlug, id: id, master: roaring.New()}
-	c.master.SetCopyOnWrite(true)
-	c.publish()
-	return c
-}
-
-// publish makes the master's current state visible to readers.
-func (c *Cohort) publish() {
-	c.members.Store(c.master.Clone())
+	return &Cohort{partner: partnerSlug, id: id, members: index.NewMembers()}
 }
 
 // Members returns the published member set. Never mutate or Clone it.
