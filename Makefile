@@ -8,7 +8,7 @@ PKGS      := ./...
 FUZZTIME  ?= 30s
 COUNT     ?= 6
 
-.PHONY: help build run test test-race bench bench-compare bench-report fuzz lint fmt vet crashtest clean
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full fuzz lint fmt vet crashtest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ fmt:
 
 vet:
 	$(GO) vet $(PKGS)
+
+bench-report: ## short benchmark suite (1M users, ~10 min): regenerates BENCHMARKS.md and bench/plots
+	bash bench/run.sh short
+
+bench-report-full: ## full suite (10M and 100M users; an hour or more, ~20 GiB)
+	bash bench/run.sh full
 
 crashtest: ## kill -9 crash test with the real binary, 200 kills (make test runs 20)
 	COHORTD_CRASH_KILLS=$(or $(KILLS),200) $(GO) test -count=1 -run TestCrashKill9 -timeout 60m -v ./cmd/cohortd/
