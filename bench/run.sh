@@ -14,7 +14,8 @@
 #   BENCH_USERS      universe sizes, space separated (short: 1000000;
 #                    full: "10000000 100000000"); one go test process each
 #   BENCH_CPU        GOMAXPROCS for go test -cpu (default 1: per-core figures)
-#   BENCH_COUNT      -count (default 1; use 10 for benchstat-grade figures)
+#   BENCH_COUNT      -count of the macro benchmarks (default 1; 10 for benchstat)
+#   MICRO_COUNT      -count of the engine and index micro benchmarks (default 6)
 #   BENCH_TIME       -benchtime (default 1s)
 #   BENCH_FSYNC_PASS 1 (default) adds a pass of the cohortd/engine import
 #                    benchmarks with a WAL and -fsync=always, the headline
@@ -90,10 +91,13 @@ for n in $sizes; do
 		-cpu "$cpu" -count "$count" -benchtime "$benchtime" -timeout 0 ./bench/
 done
 micro_users=$(echo "$sizes" | tr ' ' ',')
-bench "$out" micro-engine.txt COHORTD_BENCH_LARGE="$large" "${pin[@]}" "$GO" test -run '^$' -bench 'BenchmarkBytesPerMember' \
-	-cpu "$cpu" -count "$count" -timeout 0 ./engine/
-bench "$out" micro-index.txt COHORTD_BENCH_USERS="$micro_users" "${pin[@]}" "$GO" test -run '^$' -bench 'BenchmarkUsersMemory' \
-	-cpu "$cpu" -count "$count" -timeout 0 ./index/
+# The engine and index micro benchmarks run at MICRO_COUNT (default 6) so
+# that benchstat can compare them across runs; GOMAXPROCS as above.
+mcount=${MICRO_COUNT:-6}
+bench "$out" micro-engine.txt COHORTD_BENCH_LARGE="$large" "${pin[@]}" "$GO" test -run '^$' -bench . \
+	-cpu "$cpu" -count "$mcount" -timeout 0 ./engine/
+bench "$out" micro-index.txt COHORTD_BENCH_USERS="$micro_users" "${pin[@]}" "$GO" test -run '^$' -bench 'BenchmarkResolveMany|BenchmarkUsersMemory' \
+	-cpu "$cpu" -count "$mcount" -timeout 0 ./index/
 
 if [ "${BENCH_FSYNC_PASS:-1}" = 1 ]; then
 	dout=bench/results/$variant-fsync-always

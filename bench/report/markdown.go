@@ -95,7 +95,72 @@ func writeVariant(w io.Writer, v *Variant) {
 	latencyTable(w, ms)
 	memoryTable(w, ms)
 	microTable(w, v.Set)
+	microAll(w, v.Set)
 	coldStart(w, v.Set)
+}
+
+// microAll writes every engine and index micro benchmark with its own
+// metrics (medians over the runs), so the figures of the engine's hot
+// operations — resolve against the Go map, apply, replace, segment
+// counts, fsync modes, cold start, snapshot stalls, webhook staging — come
+// from the same raw files as the rest of the report.
+func microAll(w io.Writer, s *Set) {
+	var lines []string
+	resolve := map[string]map[string]float64{} // users_N → impl → Mids/s
+	for _, r := range s.Results {
+		if !strings.HasSuffix(r.Pkg, "/engine") && !strings.HasSuffix(r.Pkg, "/index") {
+			continue
+		}
+		var units []string
+		for u := range r.Units {
+			switch u {
+			case "ns/op", "B/op", "allocs/op", "MB/s":
+				continue
+			}
+			units = append(units, u)
+		}
+		slices.Sort(units)
+		var cells []string
+		for _, u := range units {
+			if v, ok := r.Median(u); ok {
+				cells = append(cells, fmt.Sprintf("%s %s", trim(v), u))
+			}
+		}
+		if len(cells) == 0 {
+			if v, ok := r.Median("ns/op"); ok {
+				cells = append(cells, fmt.Sprintf("%s ns/op", trim(v)))
+			}
+		}
+		pkg := r.Pkg[strings.LastIndex(r.Pkg, "/")+1:]
+		lines = append(lines, fmt.Sprintf("| `%s` | `%s` | %d | %s |", pkg, r.Name, r.Runs(), strings.Join(cells, "; ")))
+		if rest, ok := strings.CutPrefix(r.Name, "ResolveMany/"); ok {
+			size, impl, _ := strings.Cut(rest, "/impl=")
+			if v, ok := r.Median("Mids/s"); ok {
+				if resolve[size] == nil {
+					resolve[size] = map[string]float64{}
+				}
+				resolve[size][impl] = v
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "### Engine and index micro benchmarks\n\nMedians of `go test -bench` runs (in-process, no HTTP).\n\n| package | benchmark | runs | metrics |\n|---|---|---:|---|\n%s\n\n", strings.Join(lines, "\n"))
+	var sizes []string
+	for k := range resolve {
+		sizes = append(sizes, k)
+	}
+	slices.Sort(sizes)
+	if len(sizes) > 0 {
+		fmt.Fprintf(w, "Resolve, flat identity table against a Go `map[uint64]uint32` (same run, batches of 1,000 random existing external ids):\n\n| users | flat M ids/s | Go map M ids/s | flat / map |\n|---|---:|---:|---:|\n")
+		for _, k := range sizes {
+			f, fok := resolve[k]["flat"]
+			g, gok := resolve[k]["gomap"]
+			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", strings.TrimPrefix(k, "users_"), trim(f), trim(g), ratio(f, fok, g, gok))
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // usersList lists the universe sizes of the macro results.
