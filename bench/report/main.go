@@ -60,6 +60,15 @@ func run(resultsDir, out, plotDir string) error {
 	}
 	var buf bytes.Buffer
 	WriteMarkdown(&buf, vs, filepath.ToSlash(resultsDir), filepath.ToSlash(rel), plots)
+	// The analysis — targets, how close each figure came and what limits
+	// it — is written by people in ANALYSIS.md beside the results and
+	// appended as is; the tables above it are generated.
+	if notes, err := os.ReadFile(filepath.Join(resultsDir, "ANALYSIS.md")); err == nil {
+		buf.WriteString("\n")
+		buf.Write(notes)
+	} else if !os.IsNotExist(err) {
+		return err
+	}
 	return os.WriteFile(out, buf.Bytes(), 0o644)
 }
 
