@@ -57,7 +57,8 @@ func (e *Expr) Contains(x uint32) bool {
 
 // Count returns the number of live users in the expression. A single set,
 // all users, and two-set intersections and unions are counted without
-// building the result (roaring's AndCardinality / OrCardinality).
+// building the result (roaring's AndCardinality / OrCardinality); a
+// negated result is counted as |live| − |live ∩ S| instead of being built.
 func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 	switch {
 	case e.Op == OpSet:
@@ -70,80 +71,115 @@ func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 		}
 		return e.Kids[0].Set.OrCardinality(e.Kids[1].Set)
 	}
-	return e.Bitmap(live).GetCardinality()
+	set, neg, _ := e.eval()
+	if neg {
+		return live.GetCardinality() - live.AndCardinality(set)
+	}
+	return set.GetCardinality()
 }
 
 // Bitmap materialises the expression as a new bitmap owned by the caller.
 // Member sets hold live users only, so live is needed just for negations.
 func (e *Expr) Bitmap(live *roaring.Bitmap) *roaring.Bitmap {
-	set, neg := e.eval()
-	if neg {
+	set, neg, owned := e.eval()
+	switch {
+	case neg:
 		return roaring.AndNot(live, set)
+	case !owned:
+		// A private bitmap sharing the published containers copy-on-write:
+		// Or only reads its operands (never Clone a published bitmap).
+		return roaring.Or(set, emptySet)
 	}
 	return set
 }
 
-// eval returns a private set S and a flag: when neg is false the result is
-// S, when true it is live \ S. Keeping negations symbolic turns "A and not
-// B" into one AndNot instead of a complement over every live user.
-func (e *Expr) eval() (set *roaring.Bitmap, neg bool) {
+// eval returns a set S and a flag: when neg is false the result is S, when
+// true it is live \ S. Keeping negations symbolic turns "A and not B" into
+// one AndNot instead of a complement over every live user. owned tells
+// whether S is a new bitmap eval may mutate; otherwise it is a published
+// operand, which is only ever read: the first operation on operands is a
+// non-in-place one (roaring.And, AndNot, FastOr), which builds its result
+// containers directly — an in-place And on a copy-on-write copy would
+// first clone every 8 KiB bitmap container it touches.
+func (e *Expr) eval() (set *roaring.Bitmap, neg, owned bool) {
 	switch e.Op {
 	case OpSet:
-		// A private copy that shares the containers copy-on-write: Or only
-		// reads its operands (their shared flags are already set).
-		return roaring.Or(e.Set, emptySet), false
+		return e.Set, false, false
 	case OpAll:
-		return roaring.New(), true
+		return emptySet, true, false
 	case OpNot:
-		s, ng := e.Kids[0].eval()
-		return s, !ng
+		s, ng, own := e.Kids[0].eval()
+		return s, !ng, own
 	}
 	var pos, negs []*roaring.Bitmap
+	var posOwned, negOwned []bool
 	for _, k := range e.Kids {
-		s, ng := k.eval()
+		s, ng, own := k.eval()
 		if ng {
-			negs = append(negs, s)
+			negs, negOwned = append(negs, s), append(negOwned, own)
 		} else {
-			pos = append(pos, s)
+			pos, posOwned = append(pos, s), append(posOwned, own)
 		}
 	}
 	if e.Op == OpAnd {
 		// ∩pos \ ∪negs; with no positive operand: live \ ∪negs.
 		if len(pos) == 0 {
-			return roaring.FastOr(negs...), true
+			u, own := union(negs, negOwned)
+			return u, true, own
 		}
-		acc := smallestFirst(pos)
-		for _, p := range pos[1:] {
-			acc.And(p)
-		}
-		for _, s := range negs {
-			acc.AndNot(s)
-		}
-		return acc, false
+		smallestFirst(pos, posOwned)
+		return intersectMinus(pos, posOwned, negs), false, true
 	}
 	// OpOr: ∪pos; with negatives, live \ (∩negs \ ∪pos).
 	if len(negs) == 0 {
-		return roaring.FastOr(pos...), false
+		u, own := union(pos, posOwned)
+		return u, false, own
 	}
-	acc := negs[0]
-	for _, s := range negs[1:] {
-		acc.And(s)
-	}
-	for _, p := range pos {
-		acc.AndNot(p)
-	}
-	return acc, true
+	smallestFirst(negs, negOwned)
+	return intersectMinus(negs, negOwned, pos), true, true
 }
 
-// smallestFirst moves the smallest set to the front (intersections shrink
-// fastest from it) and returns it.
-func smallestFirst(sets []*roaring.Bitmap) *roaring.Bitmap {
-	min := 0
+// intersectMinus returns a new bitmap ∩ins \ ∪outs (len(ins) ≥ 1). ins[0]
+// should be the smallest: every later operation shrinks from it.
+func intersectMinus(ins []*roaring.Bitmap, insOwned []bool, outs []*roaring.Bitmap) *roaring.Bitmap {
+	var acc *roaring.Bitmap
+	switch {
+	case insOwned[0]:
+		acc, ins = ins[0], ins[1:]
+	case len(ins) >= 2:
+		acc, ins = roaring.And(ins[0], ins[1]), ins[2:]
+	case len(outs) >= 1:
+		acc, outs = roaring.AndNot(ins[0], outs[0]), outs[1:]
+	default:
+		return roaring.Or(ins[0], emptySet)
+	}
+	for _, s := range ins {
+		acc.And(s)
+	}
+	for _, s := range outs {
+		acc.AndNot(s)
+	}
+	return acc
+}
+
+// union returns ∪sets and whether the result is a new bitmap: one set is
+// passed through as is (FastOr of a single bitmap would Clone it).
+func union(sets []*roaring.Bitmap, owned []bool) (*roaring.Bitmap, bool) {
+	if len(sets) == 1 {
+		return sets[0], owned[0]
+	}
+	return roaring.FastOr(sets...), true
+}
+
+// smallestFirst moves the smallest set (and its ownership flag) to the
+// front: intersections shrink fastest from it.
+func smallestFirst(sets []*roaring.Bitmap, owned []bool) {
+	m := 0
 	for i, s := range sets {
-		if s.GetCardinality() < sets[min].GetCardinality() {
-			min = i
+		if s.GetCardinality() < sets[m].GetCardinality() {
+			m = i
 		}
 	}
-	sets[0], sets[min] = sets[min], sets[0]
-	return sets[0]
+	sets[0], sets[m] = sets[m], sets[0]
+	owned[0], owned[m] = owned[m], owned[0]
 }

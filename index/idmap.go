@@ -227,11 +227,11 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 	}
 	nb := len(b)
 	var (
-		hs    [resolveGroup]uint64
-		home  [resolveGroup]int32
-		refs  [resolveGroup]keyRef
-		ids   [resolveGroup]UserID
-		pend  [resolveGroup]uint8
+		hs   [resolveGroup]uint64
+		home [resolveGroup]int32
+		refs [resolveGroup]keyRef
+		ids  [resolveGroup]UserID
+		pend [resolveGroup]uint8
 	)
 	for base := 0; base < len(keys); base += resolveGroup {
 		g := keys[base:min(base+resolveGroup, len(keys))]
