@@ -364,6 +364,9 @@ func coldStart(w io.Writer, s *Set) {
 			continue
 		}
 		start, sok := r.Median("ms/start")
+		if s, ok := r.Median("s/start"); !sok && ok { // the engine's ColdStart reports seconds
+			start, sok = s*1000, true
+		}
 		rec, rok := r.Median("recovery-ms")
 		fmt.Fprintf(w, "| `%s` | %s | %s |\n", r.Name, millis(start, sok), millis(rec, rok))
 		found = true
