@@ -114,6 +114,15 @@ type Engine struct {
 
 	lock *os.File // flock on <dir>/LOCK
 
+	// keys indexes every secret by its SHA-256 digest, so that a request's
+	// credentials are found with one map lookup whatever the number of
+	// workspaces (the digest leaks nothing about the secret).
+	keys struct {
+		sync.RWMutex
+		api     map[[32]byte]*Workspace
+		imports map[[32]byte]*importKey
+	}
+
 	// snapMu serializes snapshots.
 	snapMu sync.Mutex
 
@@ -172,6 +181,8 @@ func Open(opts Options) (*Engine, error) {
 	}
 	e.mu.workspaces = make(map[string]*Workspace)
 	e.mu.partners = make(map[string]*partner)
+	e.keys.api = make(map[[32]byte]*Workspace)
+	e.keys.imports = make(map[[32]byte]*importKey)
 	if opts.Dir == "" {
 		e.cursor = newCursorCodec(randomBytes(32))
 		e.ready.Store(true)
@@ -282,6 +293,9 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, lsn uint64) *Workspace {
 	w := newWorkspace(e, id, d)
 	e.mu.workspaces[id] = w
+	e.keys.Lock()
+	e.keys.api[d] = w
+	e.keys.Unlock()
 	e.mu.lsn = max(e.mu.lsn, lsn)
 	return w
 }
@@ -346,17 +360,13 @@ func (e *Engine) WorkspaceByAPIKey(key []byte) *Workspace {
 		return nil
 	}
 	d := digestOf(key)
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	var found *Workspace
-	// Every workspace is compared so the time taken does not depend on
-	// which one (if any) matches. Workspaces are few per process.
-	for _, w := range e.mu.workspaces {
-		if subtle.ConstantTimeCompare(w.keyDigest[:], d[:]) == 1 {
-			found = w
-		}
+	e.keys.RLock()
+	w := e.keys.api[d]
+	e.keys.RUnlock()
+	if w == nil || subtle.ConstantTimeCompare(w.keyDigest[:], d[:]) != 1 {
+		return nil
 	}
-	return found
+	return w
 }
 
 // AuthPartner checks the credentials of a partner request: the partner's
@@ -382,25 +392,21 @@ func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
 		return nil, ErrBadClientSecret
 	}
 	d := digestOf(secret)
-	for _, w := range e.Workspaces() {
-		k := w.importKeyByDigest(d)
-		if k == nil {
-			continue
-		}
-		if k.revoked.Load() {
-			return nil, ErrBadClientSecret
-		}
-		if k.partner != slug {
-			prefix := string(secret)
-			if len(prefix) > 4 {
-				prefix = prefix[:4]
-			}
-			return nil, &PartnerNotEnabledError{Prefix: prefix}
-		}
-		k.lastUsed.Store(e.now().UnixNano())
-		return w, nil
+	e.keys.RLock()
+	k := e.keys.imports[d]
+	e.keys.RUnlock()
+	if k == nil || k.revoked.Load() {
+		return nil, ErrBadClientSecret
 	}
-	return nil, ErrBadClientSecret
+	if k.partner != slug {
+		prefix := string(secret)
+		if len(prefix) > 4 {
+			prefix = prefix[:4]
+		}
+		return nil, &PartnerNotEnabledError{Prefix: prefix}
+	}
+	k.lastUsed.Store(e.now().UnixNano())
+	return k.ws, nil
 }
 
 // Now is the engine's clock (Options.Now).

@@ -37,10 +37,11 @@ type Workspace struct {
 		m map[cohortKey]*Cohort
 	}
 
+	// keys lists the workspace's data import keys for listing and
+	// revocation; lookups by secret go through Engine.keys.
 	keys struct {
 		sync.RWMutex
-		byDigest map[[32]byte]*importKey
-		byID     map[string]*importKey // "partner/keyID"
+		byID map[string]*importKey // "partner/keyID"
 	}
 
 	usage struct {
@@ -59,7 +60,6 @@ type cohortKey struct{ partner, id string }
 func newWorkspace(e *Engine, id string, d [32]byte) *Workspace {
 	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{})}
 	w.cohorts.m = make(map[cohortKey]*Cohort)
-	w.keys.byDigest = make(map[[32]byte]*importKey)
 	w.keys.byID = make(map[string]*importKey)
 	w.usage.m = make(map[string]map[int32]uint64)
 	return w
@@ -88,6 +88,7 @@ func (w *Workspace) commitLocked(typ uint8, apply func(lsn uint64)) (uint64, err
 // ---- data import keys ----
 
 type importKey struct {
+	ws        *Workspace
 	id        string
 	partner   string
 	digest    [32]byte
@@ -102,12 +103,6 @@ type KeyInfo struct {
 	CreatedAt  time.Time
 	LastUsedAt time.Time // zero if never used
 	Revoked    bool
-}
-
-func (w *Workspace) importKeyByDigest(d [32]byte) *importKey {
-	w.keys.RLock()
-	defer w.keys.RUnlock()
-	return w.keys.byDigest[d]
 }
 
 // CreateImportKey issues a data import key (client_secret) for partner and
@@ -136,13 +131,15 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 }
 
 func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, created time.Time, revoked bool, lastUsed int64) {
-	k := &importKey{id: keyID, partner: partnerSlug, digest: d, createdAt: created}
+	k := &importKey{ws: w, id: keyID, partner: partnerSlug, digest: d, createdAt: created}
 	k.revoked.Store(revoked)
 	k.lastUsed.Store(lastUsed)
 	w.keys.Lock()
-	w.keys.byDigest[d] = k
 	w.keys.byID[partnerSlug+"/"+keyID] = k
 	w.keys.Unlock()
+	w.e.keys.Lock()
+	w.e.keys.imports[d] = k
+	w.e.keys.Unlock()
 }
 
 // ImportKeys lists the data import keys of partner, oldest first.
