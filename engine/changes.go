@@ -47,22 +47,26 @@ func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
 		return
 	}
 	cs.ids = cs.w.users.ResolveMany(kind, keys, cs.ids[:0])
-	var rm uint64
-	if remove {
-		rm = 1
+	ids := cs.ids
+	if kind == index.KindDevice {
+		var identified int
+		ids, identified = anonymousOnly(cs.w.users, ids)
+		cs.res.DeviceIdentified += identified
 	}
-	for _, id := range cs.ids {
-		switch {
-		case id == index.NoUser:
-			cs.res.Unknown++
-		case kind == index.KindDevice && !cs.w.users.Anonymous(id):
-			cs.res.DeviceIdentified++
-		default:
-			seq := uint64(len(cs.ops)) & (1<<31 - 1)
-			cs.ops = append(cs.ops, uint64(id)<<32|seq<<1|rm)
-			cs.res.Matched++
+	cs.AddIDs(ids, remove)
+}
+
+// anonymousOnly applies rule 3 to resolved device ids: it drops the ids of
+// identified users from ids (in place, order kept; unknown ones stay, to be
+// counted as such) and returns the shorter slice and how many it dropped.
+func anonymousOnly(users *index.Users, ids []index.UserID) ([]index.UserID, int) {
+	kept := ids[:0]
+	for _, id := range ids {
+		if id == index.NoUser || users.Anonymous(id) {
+			kept = append(kept, id)
 		}
 	}
+	return kept, len(ids) - len(kept)
 }
 
 // Drop counts n identifiers dropped by the retention floor (rule 8).
@@ -183,13 +187,13 @@ func (w *Workspace) NewMemberSet() *MemberSet { return &MemberSet{w: w} }
 // rules of §2 (device ids: anonymous users only). Keys are not retained.
 func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
 	ms.scratch = ms.w.users.ResolveMany(kind, keys, ms.scratch[:0])
-	for _, id := range ms.scratch {
-		if id == index.NoUser || (kind == index.KindDevice && !ms.w.users.Anonymous(id)) {
-			ms.unmatched++
-			continue
-		}
-		ms.ids = append(ms.ids, uint32(id))
+	ids := ms.scratch
+	if kind == index.KindDevice {
+		var identified int
+		ids, identified = anonymousOnly(ms.w.users, ids)
+		ms.unmatched += identified
 	}
+	ms.AddIDs(ids)
 }
 
 // Bitmap returns the staged members as a bitmap (for webhook staging).
@@ -220,12 +224,23 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 		w.mu.Unlock()
 		return ReplaceResult{}, err
 	}
-	target.And(w.users.Live())
-	effAdd, effRem := c.members.DiffTo(target)
-	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
+	res, lsn, err := w.replaceLocked(c, target)
 	w.mu.Unlock()
 	if err != nil {
 		return ReplaceResult{}, err
+	}
+	return res, w.e.waitDurable(max(lsn, lsn0))
+}
+
+// replaceLocked makes c's members exactly target (restricted to live
+// users; target is consumed), logging the diff both ways as one record.
+// Snapshot syncs and webhook commits share it.
+func (w *Workspace) replaceLocked(c *Cohort, target *roaring.Bitmap) (ReplaceResult, uint64, error) {
+	target.And(w.users.Live())
+	effAdd, effRem := c.members.DiffTo(target)
+	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
+	if err != nil {
+		return ReplaceResult{}, 0, err
 	}
 	var res ReplaceResult
 	res.Added = int(effAdd.GetCardinality())
@@ -233,7 +248,7 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 	res.Unchanged = int(target.GetCardinality()) - res.Added
 	res.DataPoints = res.Added + res.Removed
 	w.e.Stats.DataPoints.Add(uint64(res.DataPoints))
-	return res, w.e.waitDurable(max(lsn, lsn0))
+	return res, lsn, nil
 }
 
 // AddIDs stages users the caller resolved itself (the Mixpanel webhook

@@ -127,10 +127,7 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 	lsns = append(lsns, lsn)
 	res := StageResult{Staged: int(ids.GetCardinality()), Unmatched: ms.unmatched, PagesReceived: int(s.pages.GetCardinality())}
 	if res.PagesReceived == total {
-		target := s.members
-		target.And(w.users.Live())
-		effAdd, effRem := c.members.DiffTo(target)
-		lsn, err = w.commitMembersLocked(c, effAdd, effRem)
+		res.Replace, lsn, err = w.replaceLocked(c, s.members)
 		if err != nil {
 			w.mu.Unlock()
 			return StageResult{}, err
@@ -146,13 +143,6 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 		}
 		lsns = append(lsns, lsn)
 		res.Committed = true
-		res.Replace = ReplaceResult{
-			Added:     int(effAdd.GetCardinality()),
-			Removed:   int(effRem.GetCardinality()),
-			Unchanged: int(target.GetCardinality() - effAdd.GetCardinality()),
-		}
-		res.Replace.DataPoints = res.Replace.Added + res.Replace.Removed
-		w.e.Stats.DataPoints.Add(uint64(res.Replace.DataPoints))
 	}
 	w.mu.Unlock()
 	return res, w.e.waitDurable(maxOf(lsns))
