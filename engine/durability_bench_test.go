@@ -31,15 +31,7 @@ func BenchmarkImportDurable(b *testing.B) {
 			defer e.Close()
 			e.CreateWorkspace("bench")
 			w := e.Workspace("bench")
-			for start := 1; start <= users; start += 100_000 {
-				var ub UserBatch
-				for i := start; i < start+100_000; i++ {
-					ub.Add(extID(i), nil, nil)
-				}
-				if _, err := w.UpsertUsers(&ub); err != nil {
-					b.Fatal(err)
-				}
-			}
+			seedUsers(b, w, users)
 			batches := make([][][]byte, 64)
 			r := rand.New(rand.NewPCG(5, 6))
 			for i := range batches {
@@ -133,15 +125,7 @@ func buildColdStartDir(b *testing.B, dir string, users int) {
 	}
 	e.CreateWorkspace("cold")
 	w := e.Workspace("cold")
-	for start := 1; start <= users; start += 100_000 {
-		var ub UserBatch
-		for i := start; i < start+100_000 && i <= users; i++ {
-			ub.Add(extID(i), nil, nil)
-		}
-		if _, err := w.UpsertUsers(&ub); err != nil {
-			b.Fatal(err)
-		}
-	}
+	seedUsers(b, w, users)
 	// 100 cohorts, sizes log-uniform from 1,000 to 10% of the users, half
 	// clustered and half uniform.
 	r := rand.New(rand.NewPCG(7, 8))
@@ -201,15 +185,7 @@ func benchSnapshotStall(b *testing.B, users int, mode wal.SyncMode) {
 		defer e.Close()
 		e.CreateWorkspace("stall")
 		w := e.Workspace("stall")
-		for start := 1; start <= users; start += 100_000 {
-			var ub UserBatch
-			for i := start; i < start+100_000 && i <= users; i++ {
-				ub.Add(extID(i), nil, nil)
-			}
-			if _, err := w.UpsertUsers(&ub); err != nil {
-				b.Fatal(err)
-			}
-		}
+		seedUsers(b, w, users)
 		r := rand.New(rand.NewPCG(9, 9))
 		batch := func() time.Duration {
 			var keys [][]byte

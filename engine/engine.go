@@ -270,24 +270,9 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 	if !ValidWorkspaceID(id) {
 		return "", invalidf("workspace id must match [a-zA-Z0-9_-]{1,64}")
 	}
-	key := newSecret("cwk_")
-	d := digestOf([]byte(key))
-	var enc recordEncoder
-	enc.str(id)
-	enc.digest(d)
-	e.mu.Lock()
-	if _, ok := e.mu.workspaces[id]; ok {
-		e.mu.Unlock()
-		return "", fmt.Errorf("%w: workspace %q", ErrExists, id)
-	}
-	lsn, err := e.appendRecord(recWorkspace, enc.b)
-	if err != nil {
-		e.mu.Unlock()
-		return "", err
-	}
-	e.applyWorkspaceLocked(id, d, lsn)
-	e.mu.Unlock()
-	return key, e.waitDurable(lsn)
+	return e.createKeyed(recWorkspace, "workspace", id, "cwk_",
+		func() bool { _, ok := e.mu.workspaces[id]; return ok },
+		func(d [32]byte, lsn uint64) { e.applyWorkspaceLocked(id, d, lsn) })
 }
 
 func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, lsn uint64) *Workspace {
@@ -305,23 +290,35 @@ func (e *Engine) CreatePartner(slug string) (string, error) {
 	if !ValidPartnerSlug(slug) {
 		return "", invalidf("partner slug must match [a-z0-9_-]{1,64}")
 	}
-	key := newSecret("cpk_")
+	return e.createKeyed(recPartner, "partner", slug, "cpk_",
+		func() bool { _, ok := e.mu.partners[slug]; return ok },
+		func(d [32]byte, lsn uint64) {
+			e.mu.partners[slug] = &partner{slug: slug, digest: d}
+			e.mu.lsn = max(e.mu.lsn, lsn)
+		})
+}
+
+// createKeyed creates an engine-level object that owns a secret (a
+// workspace and its API key, a partner and its partner_api_key): a
+// `name str | digest` record under e.mu, then apply. exists and apply run
+// with e.mu held. It returns the secret, shown once.
+func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func() bool, apply func(d [32]byte, lsn uint64)) (string, error) {
+	key := newSecret(prefix)
 	d := digestOf([]byte(key))
 	var enc recordEncoder
-	enc.str(slug)
+	enc.str(name)
 	enc.digest(d)
 	e.mu.Lock()
-	if _, ok := e.mu.partners[slug]; ok {
+	if exists() {
 		e.mu.Unlock()
-		return "", fmt.Errorf("%w: partner %q", ErrExists, slug)
+		return "", fmt.Errorf("%w: %s %q", ErrExists, what, name)
 	}
-	lsn, err := e.appendRecord(recPartner, enc.b)
+	lsn, err := e.appendRecord(typ, enc.b)
 	if err != nil {
 		e.mu.Unlock()
 		return "", err
 	}
-	e.mu.partners[slug] = &partner{slug: slug, digest: d}
-	e.mu.lsn = max(e.mu.lsn, lsn)
+	apply(d, lsn)
 	e.mu.Unlock()
 	return key, e.waitDurable(lsn)
 }

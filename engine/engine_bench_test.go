@@ -27,6 +27,21 @@ var benchWS struct {
 	m map[int]*Workspace
 }
 
+// seedUsers creates users 1…n with the workload's external ids, 100k
+// records an upsert, as loadgen seed does.
+func seedUsers(b *testing.B, w *Workspace, n int) {
+	b.Helper()
+	for start := 1; start <= n; start += 100_000 {
+		var ub UserBatch
+		for i := start; i < start+100_000 && i <= n; i++ {
+			ub.Add(extID(i), nil, nil)
+		}
+		if _, err := w.UpsertUsers(&ub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // benchWorkspace returns a workspace of n external-id users (cached per n).
 func benchWorkspace(b *testing.B, n int) *Workspace {
 	benchWS.Lock()
@@ -37,15 +52,7 @@ func benchWorkspace(b *testing.B, n int) *Workspace {
 	e, _ := Open(Options{})
 	e.CreateWorkspace("bench")
 	w := e.Workspace("bench")
-	for start := 1; start <= n; start += 100_000 {
-		var ub UserBatch
-		for i := start; i < start+100_000 && i <= n; i++ {
-			ub.Add(extID(i), nil, nil)
-		}
-		if _, err := w.UpsertUsers(&ub); err != nil {
-			b.Fatal(err)
-		}
-	}
+	seedUsers(b, w, n)
 	if benchWS.m == nil {
 		benchWS.m = map[int]*Workspace{}
 	}

@@ -24,18 +24,8 @@ type Segment struct {
 	root *segNode
 }
 
-type segOp uint8
-
-const (
-	segCohort segOp = iota
-	segNot
-	segAnd
-	segOr
-	segAll
-)
-
 type segNode struct {
-	op      segOp
+	op      index.Op // OpSet names a cohort by partner and id
 	partner string
 	id      string
 	kids    []*segNode
@@ -112,14 +102,14 @@ func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*se
 				ferr = invalidf("%s must be \"<partner>/<cohort_id>\" with a partner slug [a-z0-9_-]{1,64} and a non-empty cohort id", sub)
 				return
 			}
-			n = &segNode{op: segCohort, partner: p, id: id}
+			n = &segNode{op: index.OpSet, partner: p, id: id}
 		case "not":
 			kid, err := parseSegNode(fv, depth+1, operands, sub)
 			if err != nil {
 				ferr = err
 				return
 			}
-			n = &segNode{op: segNot, kids: []*segNode{kid}}
+			n = &segNode{op: index.OpNot, kids: []*segNode{kid}}
 		case "and", "or":
 			arr, err := fv.Array()
 			if err != nil {
@@ -130,9 +120,9 @@ func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*se
 				ferr = invalidf("%s needs at least one operand", sub)
 				return
 			}
-			op := segAnd
+			op := index.OpAnd
 			if key == "or" {
-				op = segOr
+				op = index.OpOr
 			}
 			n = &segNode{op: op, kids: make([]*segNode, 0, len(arr))}
 			for i, e := range arr {
@@ -148,7 +138,7 @@ func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*se
 				ferr = invalidf("%s must be true", sub)
 				return
 			}
-			n = &segNode{op: segAll}
+			n = &segNode{op: index.OpAll}
 		}
 	})
 	if ferr != nil {
@@ -181,11 +171,9 @@ func (w *Workspace) Bind(s *Segment) *BoundSegment {
 	return b
 }
 
-var segOps = [...]index.Op{segCohort: index.OpSet, segNot: index.OpNot, segAnd: index.OpAnd, segOr: index.OpOr, segAll: index.OpAll}
-
 func (b *BoundSegment) bind(n *segNode, seen map[string]bool) *index.Expr {
-	x := &index.Expr{Op: segOps[n.op]}
-	if n.op == segCohort {
+	x := &index.Expr{Op: n.op}
+	if n.op == index.OpSet {
 		if c := b.w.Cohort(n.partner, n.id); c != nil {
 			x.Set = c.Members()
 		} else {
