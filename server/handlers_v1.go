@@ -592,8 +592,11 @@ func (s *Server) handleSegmentContains(r *request) error {
 		return badRequest("users must be an array of user references", "users: expected an array of objects")
 	}
 	users, _ := uv.Array()
-	out := make([]byte, 0, 16+6*len(users))
-	out = append(out, `{"results":[`...)
+	// Every reference is validated first; then each kind is resolved in one
+	// batch (index.ResolveMany overlaps the lookups' cache misses) and the
+	// answers are given in the order sent.
+	var keys [4][][]byte // by index.Kind
+	var pos [4][]int
 	for i, v := range users {
 		k, key, err := parseUserRef(v)
 		if err != nil {
@@ -602,10 +605,24 @@ func (s *Server) handleSegmentContains(r *request) error {
 			}
 			return err
 		}
+		keys[k] = append(keys[k], key)
+		pos[k] = append(pos[k], i)
+	}
+	ids := make([]index.UserID, len(users))
+	var got []index.UserID
+	for _, k := range []index.Kind{index.KindExternal, index.KindAlias, index.KindDevice} {
+		got = r.ws.ResolveMany(k, keys[k], got[:0])
+		for j, i := range pos[k] {
+			ids[i] = got[j]
+		}
+	}
+	out := make([]byte, 0, 16+6*len(users))
+	out = append(out, `{"results":[`...)
+	for i, id := range ids {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = strconv.AppendBool(out, b.Contains(r.ws.Resolve(k, key)))
+		out = strconv.AppendBool(out, b.Contains(id))
 	}
 	out = append(out, ']')
 	out = appendWarnings(out, b.Warnings)
