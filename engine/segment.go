@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -166,28 +167,27 @@ var emptyBitmap = roaring.New()
 // set and adds a warning.
 func (w *Workspace) Bind(s *Segment) *BoundSegment {
 	b := &BoundSegment{w: w, live: w.users.Live()}
-	seen := map[string]bool{}
-	b.expr = b.bind(s.root, seen)
+	b.expr = b.bind(s.root)
 	return b
 }
 
-func (b *BoundSegment) bind(n *segNode, seen map[string]bool) *index.Expr {
+func (b *BoundSegment) bind(n *segNode) *index.Expr {
 	x := &index.Expr{Op: n.op}
 	if n.op == index.OpSet {
 		if c := b.w.Cohort(n.partner, n.id); c != nil {
 			x.Set = c.Members()
 		} else {
 			x.Set = emptyBitmap
-			name := n.partner + "/" + n.id
-			if !seen[name] {
-				seen[name] = true
-				b.Warnings = append(b.Warnings, "unknown cohort "+name)
+			// Warnings are rare and few: a linear check for repeats keeps
+			// every query from allocating a set for them.
+			if w := "unknown cohort " + n.partner + "/" + n.id; !slices.Contains(b.Warnings, w) {
+				b.Warnings = append(b.Warnings, w)
 			}
 		}
 		return x
 	}
 	for _, k := range n.kids {
-		x.Kids = append(x.Kids, b.bind(k, seen))
+		x.Kids = append(x.Kids, b.bind(k))
 	}
 	return x
 }
