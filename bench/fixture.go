@@ -12,7 +12,7 @@ import (
 	"github.com/cohortd/cohortd/loadgen"
 )
 
-// EngineFixture is an in-memory engine seeded with a WORKLOADS.md universe:
+// EngineFixture is an in-memory engine seeded with a docs/WORKLOADS.md universe:
 // one workspace, the partner Partner with an import key, and the algebra
 // cohorts A, B, C of both flavours.
 type EngineFixture struct {
@@ -29,7 +29,7 @@ type EngineFixture struct {
 }
 
 // NewEngineFixture seeds an engine opened with opts (zero Options: in
-// memory, no WAL) with users users in two passes, as WORKLOADS.md
+// memory, no WAL) with users users in two passes, as docs/WORKLOADS.md
 // describes: creation in arrival order, then the later identification of a
 // third of the anonymous users.
 func NewEngineFixture(users int, opts engine.Options) (*EngineFixture, error) {

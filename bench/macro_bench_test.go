@@ -20,13 +20,13 @@ import (
 // The systems, in the order the report shows them (see doc.go).
 var systems = []string{"cohortd", "redis", "engine", "naive"}
 
-// importShapes are the request shapes of WORKLOADS.md with the batch sizes
+// importShapes are the request shapes of docs/WORKLOADS.md with the batch sizes
 // the throughput-against-batch-size plot needs: partner requests carry at
 // most 1,000 identifiers, bulk ones up to 100k.
 var importShapes = []struct {
 	name    string
 	sizes   []int
-	senders int // concurrent senders (WORKLOADS.md: partners use 4–8)
+	senders int // concurrent senders (docs/WORKLOADS.md: partners use 4–8)
 }{
 	{"partner", []int{100, 1_000}, 4},
 	{"bulk", []int{1_000, 10_000, 100_000}, 1},
@@ -81,7 +81,7 @@ func reportRate(b *testing.B, idsPerOp, reqsPerOp int) {
 
 // BenchmarkImport measures cohort imports in steady state: every request
 // adds half its members and removes the other half (NewImportPlan), with
-// WORKLOADS.md's unmatched identifiers on top. Partner requests are gzip
+// docs/WORKLOADS.md's unmatched identifiers on top. Partner requests are gzip
 // JSON preceded by the /cohorts upsert (2 HTTP requests a batch) from 4
 // senders; bulk ones zstd NDJSON of 1,000-id lines from one sender. Each
 // sender owns a cohort, so the cycle stays effective.
@@ -445,7 +445,7 @@ func latencySeconds() float64 {
 
 // BenchmarkContainsLatency measures single-user contains latency in an open
 // loop at 50%, 70% and 90% of the maximum rate that a closed loop of 8
-// connections reached just before (WORKLOADS.md: latency at a stated
+// connections reached just before (docs/WORKLOADS.md: latency at a stated
 // offered rate, 70% unless said otherwise). Requests are issued at their
 // intended times by 64 workers, and latency is measured from the intended
 // time, so a stalled server is charged for the requests it delays

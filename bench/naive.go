@@ -11,7 +11,7 @@ import (
 // Naive is the floor the engine is measured against: what a first version
 // in Go would be. Identifiers map to dense ids in one map[string]uint32,
 // each cohort is a map[uint32]struct{}, one RWMutex guards everything. It
-// follows the matching rules of SPEC §2 that shape the work (imports never
+// follows the matching rules of docs/API.md §2 that shape the work (imports never
 // create users, device ids match anonymous users only, the last change of a
 // request wins, counts are of effective changes) and nothing else.
 type Naive struct {
@@ -223,7 +223,7 @@ func (n *Naive) Count(e *Expr) int {
 	return c
 }
 
-// ParseExpr reads a segment expression in the JSON of SPEC §4 (without
+// ParseExpr reads a segment expression in the JSON of docs/API.md §4 (without
 // "all"). It is for building benchmarks, not a validating parser.
 func ParseExpr(data []byte) (Expr, error) {
 	var raw struct {

@@ -8,7 +8,7 @@ import (
 )
 
 // TestNaiveHandChecked runs the naive engine through a case small enough
-// to check by hand against SPEC §2.
+// to check by hand against docs/API.md §2.
 func TestNaiveHandChecked(t *testing.T) {
 	n := NewNaive()
 	n.Upsert("a", "", "")  // u1: identified

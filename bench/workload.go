@@ -8,7 +8,7 @@ import (
 	"github.com/cohortd/cohortd/loadgen"
 )
 
-// Seed is the WORKLOADS.md seed every benchmark uses.
+// Seed is the docs/WORKLOADS.md seed every benchmark uses.
 const Seed = 1
 
 // Users returns the user counts to benchmark: COHORTD_BENCH_USERS (a comma
@@ -116,7 +116,7 @@ func membersPer(n int) int {
 // NewImportPlan builds the plan for requests of ids identifiers each, over
 // users of the given flavour, with at most maxPairs request pairs.
 //
-// Unmatched identifiers follow WORKLOADS.md: after every 97 members of the
+// Unmatched identifiers follow docs/WORKLOADS.md: after every 97 members of the
 // adds, 2 unknown external ids and 1 device id of an identified-later user.
 func NewImportPlan(u loadgen.Universe, f loadgen.Flavour, ids, maxPairs, cohort int) ImportPlan {
 	m := membersPer(ids)
@@ -151,7 +151,7 @@ func NewImportPlan(u loadgen.Universe, f loadgen.Flavour, ids, maxPairs, cohort 
 }
 
 // idents names users; with unknown != nil it adds the unmatched identifiers
-// of WORKLOADS.md after every 97 members and pads to extra unmatched in all.
+// of docs/WORKLOADS.md after every 97 members and pads to extra unmatched in all.
 func idents(u loadgen.Universe, users []uint32, unknown *uint64, extra int) []Ident {
 	out := make([]Ident, 0, len(users)+extra)
 	added := 0
@@ -174,7 +174,7 @@ func idents(u loadgen.Universe, users []uint32, unknown *uint64, extra int) []Id
 }
 
 // identifiedDevice returns the device id of an identified-later user near
-// user n: such a device id is sent but must not match (SPEC §2.3).
+// user n: such a device id is sent but must not match (docs/API.md §2.3).
 func identifiedDevice(u loadgen.Universe, n int) Ident {
 	b := (n - 1) / 20
 	for {
@@ -187,7 +187,7 @@ func identifiedDevice(u loadgen.Universe, n int) Ident {
 	}
 }
 
-// Algebra cohorts: A, B and C of WORKLOADS.md at 10% density, per flavour.
+// Algebra cohorts: A, B and C of docs/WORKLOADS.md at 10% density, per flavour.
 var algebraCohorts = [3]string{"A", "B", "C"}
 
 // algebraMembers returns the sorted user numbers of algebra cohort i.

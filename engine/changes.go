@@ -9,7 +9,7 @@ import (
 	"github.com/cohortd/cohortd/index"
 )
 
-// ApplyResult reports what a change batch did (SPEC §2 rule 6).
+// ApplyResult reports what a change batch did (docs/API.md §2 rule 6).
 type ApplyResult struct {
 	Matched            int
 	Unmatched          int

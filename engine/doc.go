@@ -1,6 +1,6 @@
 // Package engine is cohortd's domain: workspaces, partners and their keys,
 // users (upsert, identify, merge, delete), cohorts, the matching rules of
-// SPEC §2, atomic change batches and snapshot replaces, segment queries,
+// docs/API.md §2, atomic change batches and snapshot replaces, segment queries,
 // data-point metering, Mixpanel webhook sessions, and durability (WAL
 // records, snapshots, recovery). It knows nothing of HTTP or flags.
 //

@@ -75,7 +75,7 @@ func BenchmarkImportDurable(b *testing.B) {
 }
 
 // BenchmarkColdStart measures recovery: Open on a data directory holding a
-// snapshot of N users (WORKLOADS.md identifiers) and 100 cohorts, plus a
+// snapshot of N users (docs/WORKLOADS.md identifiers) and 100 cohorts, plus a
 // WAL tail of 1,000 change batches written after the snapshot. 1M users by
 // default; COHORTD_BENCH_LARGE=1 adds 10M (and COHORTD_BENCH_HUGE=1 100M,
 // which needs ~40 GB of disk and an hour to build).

@@ -46,7 +46,7 @@ func (e *PartnerNotEnabledError) Error() string {
 	return "engine: partner not enabled for client with client secret: " + e.Prefix + "..."
 }
 
-// DefaultRetentionFloor is the default retention floor of SPEC §2 rule 8.
+// DefaultRetentionFloor is the default retention floor of docs/API.md §2 rule 8.
 var DefaultRetentionFloor = time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Options configure an Engine.

@@ -15,7 +15,7 @@ import (
 )
 
 // Benchmarks of the engine's hot operations. Sizes follow
-// ../shared/WORKLOADS.md; the 10M-user variants need COHORTD_BENCH_LARGE=1
+// docs/WORKLOADS.md; the 10M-user variants need COHORTD_BENCH_LARGE=1
 // (they take minutes to build and several GB).
 
 func large() bool { return os.Getenv("COHORTD_BENCH_LARGE") == "1" }
@@ -74,7 +74,7 @@ func BenchmarkApply(b *testing.B) {
 				w := benchWorkspace(b, users)
 				r := rand.New(rand.NewPCG(1, 2))
 				cohort := fmt.Sprintf("apply-%d", batch)
-				// Preload 10% of users, clustered per WORKLOADS.md.
+				// Preload 10% of users, clustered per docs/WORKLOADS.md.
 				ms := w.NewMemberSet()
 				var keys [][]byte
 				for i := 1; i <= users; i += 10_000 {
@@ -152,7 +152,7 @@ func syntheticWorkspace(universe int) *Workspace {
 	return w
 }
 
-// cohortBitmap builds a WORKLOADS.md cohort: clustered = runs in arrival
+// cohortBitmap builds a docs/WORKLOADS.md cohort: clustered = runs in arrival
 // order (run length members/(universe/10_000)), uniform = random members.
 func cohortBitmap(flavour string, members, universe int, seed uint64) *roaring.Bitmap {
 	bm := roaring.New()

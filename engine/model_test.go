@@ -105,7 +105,7 @@ func (m *model) deleteUser(id int) {
 	}
 }
 
-// upsert mirrors SPEC §4 "Users" naively; returns the outcome name.
+// upsert mirrors docs/API.md §4 "Users" naively; returns the outcome name.
 func (m *model) upsert(ext, dev string, aliases []string) string {
 	if ext == "" && len(aliases) == 0 {
 		if dev == "" || m.resolve(index.KindDevice, dev) >= 0 {

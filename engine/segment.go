@@ -16,7 +16,7 @@ import (
 	"github.com/cohortd/cohortd/index"
 )
 
-// Segment is a parsed segment expression (SPEC §4 "Segments"):
+// Segment is a parsed segment expression (docs/API.md §4 "Segments"):
 //
 //	{"cohort":"<partner>/<cohort_id>"} · {"not":E} · {"and":[E,…]} · {"or":[E,…]} · {"all":true}
 //

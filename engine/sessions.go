@@ -7,7 +7,7 @@ import (
 	"github.com/RoaringBitmap/roaring/v2"
 )
 
-// Webhook snapshot sessions (SPEC §3b). Mixpanel sends a full cohort as
+// Webhook snapshot sessions (docs/API.md §3b). Mixpanel sends a full cohort as
 // pages sharing a session id; each page is resolved at once and staged as
 // dense ids (a WAL record per page, so staging survives a restart), and the
 // cohort is replaced by the union of the pages when the last missing page

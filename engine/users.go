@@ -151,7 +151,7 @@ func (w *Workspace) finishUserOpsLocked(merges [][2]uint32, deleted []uint32) {
 	w.users.Publish()
 }
 
-// UpsertUsers applies user records in order (SPEC §4 "Users"): creates
+// UpsertUsers applies user records in order (docs/API.md §4 "Users"): creates
 // users, attaches and moves identifiers, identifies anonymous users and
 // merges an anonymous user into an existing identified one (memberships
 // OR-ed, the anonymous user removed).

@@ -7,7 +7,7 @@ import (
 // Op is the operator of an Expr node.
 type Op uint8
 
-// Expression operators of a segment (SPEC §4): a set, its complement
+// Expression operators of a segment (docs/API.md §4): a set, its complement
 // relative to the live users, intersection, union, and every live user.
 const (
 	OpSet Op = iota

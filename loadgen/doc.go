@@ -1,5 +1,5 @@
 // Package loadgen drives a cohortd server over HTTP with the standard
-// workloads of WORKLOADS.md: seeding users, exporter-like cohort sync streams
+// workloads of docs/WORKLOADS.md: seeding users, exporter-like cohort sync streams
 // (partner and bulk shapes, and Mixpanel's native cohort webhook with
 // injected session abandonment, see webhook.go), segment-evaluator queries,
 // and both at once.

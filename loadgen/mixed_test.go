@@ -19,7 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// fakeServer implements just enough of SPEC.md, for one workspace, to check
+// fakeServer implements just enough of docs/API.md, for one workspace, to check
 // that loadgen sends well-formed bodies and verifies what it should. Protocol
 // violations are collected in problems.
 type fakeServer struct {
@@ -353,7 +353,7 @@ func (f *fakeServer) bulkChanges(ctx *fasthttp.RequestCtx, cohort string, body [
 	reply(ctx, 200, f.apply(cohort, changes))
 }
 
-// apply applies changes in order with the matching rules of SPEC.md §2.
+// apply applies changes in order with the matching rules of docs/API.md §2.
 func (f *fakeServer) apply(cohort string, changes []change) map[string]any {
 	f.mu.Lock()
 	defer f.mu.Unlock()

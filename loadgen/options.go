@@ -12,7 +12,7 @@ import (
 // Shape is how an exporter sends cohort changes (the -sender flag).
 type Shape string
 
-// The sync shapes: the two of WORKLOADS.md and Mixpanel's webhook.
+// The sync shapes: the two of docs/WORKLOADS.md and Mixpanel's webhook.
 const (
 	// ShapePartner sends gzip JSON to the partner endpoint, at most 1,000
 	// identifiers a request, with a cohort upsert before every batch.
@@ -20,7 +20,7 @@ const (
 	// ShapeBulk sends zstd NDJSON to /v1/cohorts/{p}/{id}/changes, 100 lines
 	// of 1,000 identifiers a request.
 	ShapeBulk Shape = "bulk"
-	// ShapeMixpanelWebhook replays Mixpanel's native cohort webhook (SPEC
+	// ShapeMixpanelWebhook replays Mixpanel's native cohort webhook (docs/API.md
 	// §3b) against POST /webhooks/mixpanel: a paged "members" snapshot, then
 	// add_members/remove_members diffs, with Basic auth. See webhook.go.
 	ShapeMixpanelWebhook Shape = "mixpanel-webhook"
@@ -217,7 +217,7 @@ type Mix struct {
 	Page     int // one page of 1,000 members
 }
 
-// DefaultMix is the segment-evaluator mix of WORKLOADS.md.
+// DefaultMix is the segment-evaluator mix of docs/WORKLOADS.md.
 var DefaultMix = Mix{Contains: 70, Batch: 20, Count: 9, Page: 1}
 
 func (m Mix) total() int { return m.Contains + m.Batch + m.Count + m.Page }

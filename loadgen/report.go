@@ -40,7 +40,7 @@ type Report struct {
 	Notes []string `json:"notes,omitempty"`
 }
 
-// Workload names the workload of a run, as WORKLOADS.md asks every figure
+// Workload names the workload of a run, as docs/WORKLOADS.md asks every figure
 // to.
 type Workload struct {
 	Workspace        string  `json:"workspace,omitempty"`

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Seed creates Options.Users users through POST /v1/users as WORKLOADS.md
+// Seed creates Options.Users users through POST /v1/users as docs/WORKLOADS.md
 // says: in arrival order, in zstd NDJSON bodies of Options.UsersPerBody
 // records, then a second pass that identifies a third of the anonymous
 // users. A workspace is created first when Options.Credentials has no API

@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Mixpanel's native cohort webhook (SPEC §3b), as Mixpanel sends it.
+// Mixpanel's native cohort webhook (docs/API.md §3b), as Mixpanel sends it.
 //
 // # What the sender does
 //

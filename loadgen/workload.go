@@ -44,7 +44,7 @@ func (k Kind) String() string {
 // Flavour is the shape of cohort membership.
 type Flavour string
 
-// The two membership flavours of WORKLOADS.md; figures for them are always
+// The two membership flavours of docs/WORKLOADS.md; figures for them are always
 // reported separately.
 const (
 	// FlavourClustered cohorts are runs of 1,000 users in arrival order, one
@@ -54,7 +54,7 @@ const (
 	FlavourUniform Flavour = "uniform"
 )
 
-// Workload constants from WORKLOADS.md.
+// Workload constants from docs/WORKLOADS.md.
 const (
 	blockUsers     = 20     // users per shuffled block of kinds
 	clusterBlock   = 10_000 // users per block of the clustered flavour

@@ -136,7 +136,7 @@ func (s *Server) authWorkspace(r *request) error {
 	return errorf(fasthttp.StatusUnauthorized, "invalid API key")
 }
 
-// mapError turns engine errors into API errors (SPEC §5). Other errors
+// mapError turns engine errors into API errors (docs/API.md §5). Other errors
 // pass through unchanged (an apiError, or a 500 for fail to log).
 func mapError(err error) error {
 	var ae *apiError

@@ -12,7 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Content codings accepted on request bodies (SPEC §3, §4).
+// Content codings accepted on request bodies (docs/API.md §3, §4).
 type contentCoding uint8
 
 const (

@@ -13,7 +13,7 @@ import (
 //
 // # Files
 //
-//   - decode.go: shared types, the identifier rule (SPEC §2.6), messages.
+//   - decode.go: shared types, the identifier rule (docs/API.md §2.6), messages.
 //   - decode_scan.go: scanner, a streaming JSON tokenizer over an io.Reader.
 //   - decode_stream.go: bulk /v1 bodies (changes, members, users), JSON and
 //     NDJSON, decoded by the scanner as they stream in.
@@ -39,7 +39,7 @@ import (
 // # Shared rules
 //
 //   - Every identifier and alias field is 1–512 bytes of valid UTF-8 without
-//     NUL after unescaping (SPEC §2.6); a lone \u surrogate is invalid.
+//     NUL after unescaping (docs/API.md §2.6); a lone \u surrogate is invalid.
 //   - Unknown fields are ignored (but must still be valid JSON).
 //   - A key that appears twice in one object: the last one wins, as in
 //     encoding/json, except for the top-level arrays (cohort_changes, users,
@@ -50,13 +50,13 @@ import (
 //     type. (Lenient senders that write null for an empty list get a 400
 //     naming the field; changing that is one switch case per decoder.)
 
-// maxIDLen is the longest identifier or alias field, in bytes (SPEC §2.6).
+// maxIDLen is the longest identifier or alias field, in bytes (docs/API.md §2.6).
 const maxIDLen = 512
 
 // maxBatch is the most identifiers decodeMembers* hands over in one call.
 const maxBatch = 4096
 
-// validID reports whether b follows the identifier rule of SPEC §2.6:
+// validID reports whether b follows the identifier rule of docs/API.md §2.6:
 // 1–512 bytes of valid UTF-8 without NUL.
 func validID(b []byte) bool {
 	if len(b) == 0 || len(b) > maxIDLen || bytes.IndexByte(b, 0) >= 0 {
@@ -70,7 +70,7 @@ func validID(b []byte) bool {
 	return true
 }
 
-// changeObject is one decoded change object (SPEC §3 cohort_changes).
+// changeObject is one decoded change object (docs/API.md §3 cohort_changes).
 // Slices and their bytes are owned by the decoder and valid only during the
 // callback that receives it; copy what must outlive the call.
 type changeObject struct {
@@ -90,7 +90,7 @@ type userRecord struct {
 	Aliases    [][]byte // index.AliasKey(alias_name, alias_label)
 }
 
-// Fixed 400 messages. The cohort_changes one is wire-compatible (SPEC §3);
+// Fixed 400 messages. The cohort_changes one is wire-compatible (docs/API.md §3);
 // the others are ours.
 const (
 	msgMalformedJSON   = "malformed JSON body"
@@ -125,7 +125,7 @@ func parseTime(b []byte) (time.Time, bool) {
 	return t, err == nil
 }
 
-// tooManyIDs is the partner endpoint's cap message (SPEC §3).
+// tooManyIDs is the partner endpoint's cap message (docs/API.md §3).
 func tooManyIDs(maxIDs int) *apiError {
 	return badRequest("Only " + formatThousands(maxIDs) + " user_ids, device_ids, and aliases are allowed per request")
 }

@@ -122,7 +122,7 @@ type partnerCohortReq struct {
 	Name          string
 	CreatedAt     time.Time
 
-	invalid error // first field error, in SPEC §3 order
+	invalid error // first field error, in docs/API.md §3 order
 }
 
 // validate returns the first field error (a 400 apiError), or nil.

@@ -125,7 +125,7 @@ func (s *scanner) shapeError(msg, path, want string) error {
 	return badRequest(msg, s.where()+": "+path+": expected "+want)
 }
 
-// ruleError is the 400 for an identifier at path that breaks SPEC §2.6.
+// ruleError is the 400 for an identifier at path that breaks docs/API.md §2.6.
 func (s *scanner) ruleError(path string) error {
 	return ruleError(path, s.where())
 }

@@ -6,7 +6,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// The body of Mixpanel's cohort webhook (SPEC §3b), parsed whole with a
+// The body of Mixpanel's cohort webhook (docs/API.md §3b), parsed whole with a
 // pooled fastjson parser (bounded by -partner-max-body):
 //
 //	{"action": "members"|"add_members"|"remove_members",
@@ -139,7 +139,7 @@ func decimalOrString(v *fastjson.Value) (string, bool) {
 
 // memberID appends the identifier property prop of member m to dst: a
 // string as is, a number as its JSON text. ok is false when the property is
-// missing, of another type, or breaks the identifier rule (SPEC §2.6).
+// missing, of another type, or breaks the identifier rule (docs/API.md §2.6).
 func memberID(dst []byte, m *fastjson.Value, prop string) (_ []byte, ok bool) {
 	v := m.Get(prop)
 	if v == nil {

@@ -1,5 +1,5 @@
 // Package server is cohortd's HTTP front end: the partner cohort import
-// endpoints (SPEC §3), the native /v1 API (SPEC §4) and the operational
+// endpoints (docs/API.md §3), the native /v1 API (docs/API.md §4) and the operational
 // endpoints (/livez, /readyz, /metrics, /debug/pprof/), served by fasthttp
 // over an engine.Engine.
 //

@@ -10,7 +10,7 @@ import (
 	"github.com/cohortd/cohortd/index"
 )
 
-// Partner endpoints (SPEC §3), wire-compatible with the partner cohort
+// Partner endpoints (docs/API.md §3), wire-compatible with the partner cohort
 // import API. Order of checks, as the partner API has it: the body must be
 // a JSON object (400), then the credentials (401), then the rate limit
 // (429), the Idempotency-Key (422), then the fields (400), then the engine.
@@ -100,7 +100,7 @@ func (s *Server) handlePartnerUsers(r *request) error {
 }
 
 // stageChange stages one change object: dropped whole when it is stamped
-// before the retention floor (SPEC §2 rule 8), else its identifiers in
+// before the retention floor (docs/API.md §2 rule 8), else its identifiers in
 // order (adds and removes alike; the last change of a user wins).
 func stageChange(cs *engine.ChangeSet, floor time.Time, c *changeObject) {
 	if c.HasTime && c.Time.Before(floor) {

@@ -12,7 +12,7 @@ import (
 	"github.com/cohortd/cohortd/index"
 )
 
-// Mixpanel's cohort webhook (SPEC §3b):
+// Mixpanel's cohort webhook (docs/API.md §3b):
 //
 //	POST /webhooks/mixpanel[?external_id=<property>][&alias=<property>]
 //	Authorization: Basic <any>:<data import key of partner mixpanel>

@@ -11,7 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// The Idempotency-Key protocol (SPEC §4 "Write endpoints").
+// The Idempotency-Key protocol (docs/API.md §4 "Write endpoints").
 //
 // # Design
 //

@@ -42,7 +42,7 @@ type route struct {
 	h       func(r *request) error
 }
 
-// buildRoutes returns the route table (SPEC §3–§5).
+// buildRoutes returns the route table (docs/API.md §3–§5).
 func (s *Server) buildRoutes() []*route {
 	var rs []*route
 	add := func(method, pattern string, auth authKind, body bodyKind, h func(r *request) error) *route {
@@ -67,11 +67,11 @@ func (s *Server) buildRoutes() []*route {
 	pp = add("POST", "/debug/pprof/", authAdmin, bodyNone, s.handlePprof) // pprof symbol lookups
 	pp.prefix, pp.write = true, false
 
-	// Partner endpoints (SPEC §3).
+	// Partner endpoints (docs/API.md §3).
 	add("POST", "/partners/{partner}/cohorts", authPartner, bodyJSON, s.handlePartnerCohort)
 	add("POST", "/partners/{partner}/cohorts/users", authPartner, bodyJSON, s.handlePartnerUsers)
 
-	// Admin (SPEC §4).
+	// Admin (docs/API.md §4).
 	add("POST", "/v1/workspaces", authAdmin, bodyJSON, s.handleCreateWorkspace)
 	add("POST", "/v1/partners", authAdmin, bodyJSON, s.handleCreatePartner)
 	add("POST", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyJSON, s.handleCreateKey)

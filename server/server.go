@@ -468,7 +468,7 @@ func writeRawJSON(ctx *fasthttp.RequestCtx, status int, b []byte) {
 }
 
 // appendJSONString appends s as a JSON string. Identifiers are valid UTF-8
-// (SPEC §2.6), so only quotes, backslashes and control bytes need escapes.
+// (docs/API.md §2.6), so only quotes, backslashes and control bytes need escapes.
 func appendJSONString(dst []byte, s []byte) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')

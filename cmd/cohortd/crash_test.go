@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// TestCrashKill9 is the durability test of SPEC §5 with the real binary:
+// TestCrashKill9 is the durability test of docs/API.md §5 with the real binary:
 // numbered batches of adds and removes stream over HTTP into several
 // cohorts (partner endpoint and /v1 bulk changes) while another stream
 // creates users; cohortd is SIGKILLed at random moments — snapshots are

@@ -307,7 +307,7 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "DELETE", path: "/v1/workspaces/acme/partners/amplitude/keys/" + keyID, token: admin}, 204)
 	c.check(req{method: "POST", path: "/partners/amplitude/cohorts/users", body: changes}, 401)
 
-	// The Mixpanel webhook (SPEC §3b) may not be implemented yet.
+	// The Mixpanel webhook (docs/API.md §3b) may not be implemented yet.
 	t.Run("webhook", func(t *testing.T) {
 		probe := d.do(req{method: "POST", path: "/webhooks/mixpanel", body: map[string]any{}})
 		if probe.status == 404 && bytes.Contains(probe.body, []byte("no route")) {

@@ -1,5 +1,5 @@
 // Command loadgen drives a cohortd server with the standard workloads of
-// WORKLOADS.md and reports HDR latency percentiles, throughput and
+// docs/WORKLOADS.md and reports HDR latency percentiles, throughput and
 // verification results.
 //
 // Usage:
