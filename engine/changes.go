@@ -107,17 +107,18 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 	remBM := roaring.New()
 	remBM.AddMany(removes)
 
-	w.mu.Lock()
-	c, lsn0, err := w.ensureCohortLocked(partnerSlug, cohortID)
-	if err != nil {
-		w.mu.Unlock()
-		return ApplyResult{}, err
-	}
-	// A user deleted between resolve and apply is not added back.
-	addBM.And(w.users.Live())
-	effAdd, effRem := c.members.Diff(addBM, remBM)
-	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
-	w.mu.Unlock()
+	var effAdd, effRem *roaring.Bitmap
+	err := w.write(func() error {
+		c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
+		if err != nil {
+			return err
+		}
+		// A user deleted between resolve and apply is not added back.
+		addBM.And(w.users.Live())
+		effAdd, effRem = c.members.Diff(addBM, remBM)
+		_, err = w.commitMembersLocked(c, effAdd, effRem)
+		return err
+	})
 	if err != nil {
 		return ApplyResult{}, err
 	}
@@ -125,7 +126,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 	res.Removed = int(effRem.GetCardinality())
 	res.DataPoints = res.Added + res.Removed
 	w.e.countApply(&res)
-	return res, w.e.waitDurable(max(lsn, lsn0))
+	return res, nil
 }
 
 // commitMembersLocked logs and applies an effective membership change. No
@@ -218,18 +219,19 @@ func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) 
 
 // replaceBitmap replaces a cohort's members with target.
 func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap) (ReplaceResult, error) {
-	w.mu.Lock()
-	c, lsn0, err := w.ensureCohortLocked(partnerSlug, cohortID)
+	var res ReplaceResult
+	err := w.write(func() error {
+		c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
+		if err != nil {
+			return err
+		}
+		res, _, err = w.replaceLocked(c, target)
+		return err
+	})
 	if err != nil {
-		w.mu.Unlock()
 		return ReplaceResult{}, err
 	}
-	res, lsn, err := w.replaceLocked(c, target)
-	w.mu.Unlock()
-	if err != nil {
-		return ReplaceResult{}, err
-	}
-	return res, w.e.waitDurable(max(lsn, lsn0))
+	return res, nil
 }
 
 // replaceLocked makes c's members exactly target (restricted to live

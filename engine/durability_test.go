@@ -137,45 +137,68 @@ func firstDiff(a, b string) string {
 	return fmt.Sprintf("lengths %d vs %d", len(al), len(bl))
 }
 
-func TestSnapshotCorruptionRefused(t *testing.T) {
+// TestSnapshotCorruptionFallsBack: a damaged snapshot is never loaded.
+// Recovery sets it aside (*.corrupt), logs it and rebuilds the same state
+// from the previous snapshot (or the whole WAL) and the WAL since; when
+// nothing older can rebuild it, start-up is refused with an error naming
+// the file.
+func TestSnapshotCorruptionFallsBack(t *testing.T) {
 	dir := t.TempDir()
-	opts := Options{Dir: dir, Sync: wal.SyncOff}
-	e, err := runModel(3, 800, opts, nil)
+	opts := Options{Dir: dir, Sync: wal.SyncOff, WALSegmentSize: 16 << 10}
+	e, err := runModel(3, 800, opts, func(i int, e *Engine) error {
+		if i == 300 || i == 600 {
+			return e.Snapshot()
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	want := dumpState(e)
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
 	snaps, _ := listSnapshots(dir)
-	if len(snaps) != 1 {
-		t.Fatalf("want 1 snapshot after close, have %v", snaps)
+	if len(snaps) != 2 {
+		t.Fatalf("want the newest snapshot and the one before, have %v", snaps)
 	}
-	p := filepath.Join(dir, snaps[0].name)
-	orig, _ := os.ReadFile(p)
-	for _, off := range []int{len(orig) / 3, len(orig) / 2, len(orig) - 2} {
-		bad := bytes.Clone(orig)
-		bad[off] ^= 0x40
-		if err := os.WriteFile(p, bad, 0o644); err != nil {
+	flip := func(name string) {
+		p := filepath.Join(dir, name)
+		b, err := os.ReadFile(p)
+		if err != nil {
 			t.Fatal(err)
 		}
-		_, err := Open(opts)
-		var ce *SnapshotCorruptError
-		if !errors.As(err, &ce) {
-			t.Fatalf("flip at %d: want SnapshotCorruptError, got %v", off, err)
-		}
-		if !strings.Contains(err.Error(), snaps[0].name) {
-			t.Fatalf("message does not name the file: %v", err)
+		b[len(b)/2] ^= 0x40
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(p, orig, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	flip(snaps[0].name)
 	e2, err := Open(opts)
 	if err != nil {
+		t.Fatalf("fallback to the previous snapshot: %v", err)
+	}
+	if got := dumpState(e2); got != want {
+		t.Fatalf("state after fallback differs:\n%s", firstDiff(want, got))
+	}
+	if _, err := os.Stat(filepath.Join(dir, snaps[0].name+".corrupt")); err != nil {
+		t.Fatalf("damaged snapshot not set aside: %v", err)
+	}
+	if err := e2.Close(); err != nil { // writes a good snapshot again
 		t.Fatal(err)
 	}
-	e2.Close()
+
+	// Damage every snapshot: the WAL was retired below the previous one,
+	// so nothing can rebuild the state and start-up is refused.
+	snaps, _ = listSnapshots(dir)
+	for _, sn := range snaps {
+		flip(sn.name)
+	}
+	_, err = Open(opts)
+	var ce *SnapshotCorruptError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), snaps[0].name) {
+		t.Fatalf("want a SnapshotCorruptError naming %s, got %v", snaps[0].name, err)
+	}
 }
 
 // FuzzReadSnapshot feeds arbitrary bytes to the snapshot loader: it must

@@ -66,14 +66,18 @@ type Options struct {
 	// WebhookSessionTTL drops an incomplete webhook snapshot session after
 	// this long without a page. Zero means one hour.
 	WebhookSessionTTL time.Duration
+	// IdempotencyTTL is how long the reply to a write with an
+	// Idempotency-Key is kept. Zero means 24 hours.
+	IdempotencyTTL time.Duration
 	// Logger receives the engine's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// Now returns the current time. Nil means time.Now; tests inject a clock.
 	Now func() time.Time
 	// WALSegmentSize overrides the WAL segment size (tests use small ones).
 	WALSegmentSize int64
-	// OnFatal is called when durable storage fails (an fsync error): the
-	// process must stop. Nil panics.
+	// OnFatal is called when durable storage fails (an fsync error) or a
+	// record cannot be appended after its change reached memory: the
+	// process must stop and recover from the log. Nil panics.
 	OnFatal func(error)
 }
 
@@ -123,6 +127,13 @@ type Engine struct {
 		imports map[[32]byte]*importKey
 	}
 
+	// idem holds the replies of admin writes with an Idempotency-Key;
+	// written under mu.
+	idem struct {
+		sync.RWMutex
+		s idemStore
+	}
+
 	// snapMu serializes snapshots.
 	snapMu sync.Mutex
 
@@ -143,6 +154,9 @@ type Stats struct {
 	DataPoints          atomic.Uint64
 	DroppedBeforeFloor  atomic.Uint64
 	Snapshots           atomic.Uint64
+	// SessionsEvicted counts open webhook sessions dropped to stay within
+	// the per-cohort and per-workspace limits (not expiries).
+	SessionsEvicted atomic.Uint64
 }
 
 type partner struct {
@@ -178,6 +192,9 @@ func Open(opts Options) (*Engine, error) {
 	}
 	if e.opts.WebhookSessionTTL <= 0 {
 		e.opts.WebhookSessionTTL = time.Hour
+	}
+	if e.opts.IdempotencyTTL <= 0 {
+		e.opts.IdempotencyTTL = 24 * time.Hour
 	}
 	e.mu.workspaces = make(map[string]*Workspace)
 	e.mu.partners = make(map[string]*partner)
@@ -225,11 +242,11 @@ func (e *Engine) Close() error {
 
 // appendRecord appends a record to the WAL (if any) and returns its LSN,
 // 0 without a WAL. The caller holds the writer lock of the state the
-// record changes and applies the change after a successful append.
+// record changes, checked that the engine is open when it took the lock
+// (Close snapshots under every writer lock before it closes the WAL, so an
+// append by a writer that got in before Close never meets a closed WAL),
+// and applies the change after a successful append.
 func (e *Engine) appendRecord(typ uint8, payload []byte) (uint64, error) {
-	if e.closed.Load() {
-		return 0, ErrClosed
-	}
 	if e.wal == nil {
 		return 0, nil
 	}
@@ -238,6 +255,20 @@ func (e *Engine) appendRecord(typ uint8, payload []byte) (uint64, error) {
 		return 0, fmt.Errorf("engine: wal append: %w", err)
 	}
 	return lsn, nil
+}
+
+// fatal reports a failure that leaves memory ahead of the log (a record
+// that could not be appended after its change was applied): answering
+// would acknowledge state that a restart cannot rebuild, and carrying on
+// would make later records disagree with replay. The process must stop and
+// recover from the log.
+func (e *Engine) fatal(err error) {
+	e.log.Error("fatal: memory and log disagree, stopping", "err", err)
+	if e.opts.OnFatal != nil {
+		e.opts.OnFatal(err)
+		return
+	}
+	panic(fmt.Sprintf("engine: fatal: %v", err))
 }
 
 // waitDurable waits until the record at lsn is durable per the sync mode.
@@ -309,6 +340,10 @@ func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func()
 	enc.str(name)
 	enc.digest(d)
 	e.mu.Lock()
+	if e.closed.Load() {
+		e.mu.Unlock()
+		return "", ErrClosed
+	}
 	if exists() {
 		e.mu.Unlock()
 		return "", fmt.Errorf("%w: %s %q", ErrExists, what, name)

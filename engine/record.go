@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
 )
@@ -25,6 +26,17 @@ const (
 	recMembers      uint8 = 8  // effective membership change: added and removed dense ids
 	recSession      uint8 = 9  // a staged webhook page (dense ids) of a snapshot session
 	recSessionDrop  uint8 = 10 // a webhook session dropped (expired or superseded)
+
+	// Types 11–19 were added by the hardening work.
+
+	// recCohortUpsertV2 is recCohortUpsert with times as unix seconds and
+	// nanoseconds: a UnixNano cannot hold a created_at outside 1678–2262,
+	// and a sender's timestamp must read back as sent. Type 6 records are
+	// still replayed.
+	recCohortUpsertV2 uint8 = 11
+	// recIdempotency is the reply to a write that carried an
+	// Idempotency-Key (idempotency.go).
+	recIdempotency uint8 = 12
 )
 
 // User operations inside a recUsers record.
@@ -68,6 +80,13 @@ func (e *recordEncoder) str(v string) {
 }
 
 func (e *recordEncoder) digest(d [32]byte) { e.b = append(e.b, d[:]...) }
+
+// time appends t as varint unix seconds and uvarint nanoseconds, which
+// hold any time.Time the API accepts (years 0000–9999).
+func (e *recordEncoder) time(t time.Time) {
+	e.varint(t.Unix())
+	e.uvarint(uint64(t.Nanosecond()))
+}
 
 // bitmap appends a length-prefixed roaring portable serialization.
 func (e *recordEncoder) bitmap(bm *roaring.Bitmap) {
@@ -163,6 +182,16 @@ func (d *recordDecoder) bytes() []byte {
 }
 
 func (d *recordDecoder) str() string { return string(d.bytes()) }
+
+// time reads a time written by recordEncoder.time, in UTC.
+func (d *recordDecoder) time() time.Time {
+	sec := d.varint()
+	nsec := d.uvarint()
+	if d.err == nil && nsec >= 1e9 {
+		d.fail(fmt.Errorf("engine: record time has %d nanoseconds", nsec))
+	}
+	return time.Unix(sec, int64(nsec)).UTC()
+}
 
 func (d *recordDecoder) digest() (out [32]byte) {
 	if d.err != nil || len(d.b) < 32 {

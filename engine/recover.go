@@ -15,10 +15,10 @@ import (
 
 func newByteReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
-// recover loads the newest snapshot, then replays the WAL records it does
-// not cover, then opens the WAL for appends.
+// recover loads the newest snapshot that reads back whole, then replays
+// the WAL records it does not cover, then opens the WAL for appends.
 func (e *Engine) recover() error {
-	if err := os.MkdirAll(e.opts.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(e.opts.Dir, 0o700); err != nil {
 		return fmt.Errorf("engine: data dir: %w", err)
 	}
 	// One process per data directory: two writers would interleave WAL
@@ -33,25 +33,14 @@ func (e *Engine) recover() error {
 		return fmt.Errorf("engine: data dir %s is in use by another cohortd process: %w", e.opts.Dir, err)
 	}
 	e.lock = lock
+	if err := e.prepareDir(); err != nil {
+		return errors.Join(err, e.unlock())
+	}
 	secret, err := loadOrCreateCursorSecret(e.opts.Dir)
 	if err != nil {
 		return errors.Join(err, e.unlock())
 	}
 	e.cursor = newCursorCodec(secret)
-	snaps, err := listSnapshots(e.opts.Dir)
-	if err != nil {
-		return errors.Join(fmt.Errorf("engine: list snapshots: %w", err), e.unlock())
-	}
-	from := uint64(1)
-	if len(snaps) > 0 {
-		from = snaps[0].lsn + 1
-		p := filepath.Join(e.opts.Dir, snaps[0].name)
-		t := time.Now()
-		if err := e.loadSnapshot(p); err != nil {
-			return errors.Join(err, e.unlock())
-		}
-		e.log.Info("snapshot loaded", "file", snaps[0].name, "duration", time.Since(t).String())
-	}
 	l, err := wal.Open(wal.Options{
 		Dir:         filepath.Join(e.opts.Dir, "wal"),
 		Sync:        e.opts.Sync,
@@ -61,6 +50,14 @@ func (e *Engine) recover() error {
 	})
 	if err != nil {
 		return errors.Join(fmt.Errorf("engine: open wal: %w", err), e.unlock())
+	}
+	walFirst, err := l.FirstLSN()
+	if err == nil {
+		walFirst, err = e.loadNewestSnapshot(walFirst)
+	}
+	from := walFirst
+	if err != nil {
+		return errors.Join(err, l.Close(), e.unlock())
 	}
 	n := 0
 	err = l.Replay(from, func(typ uint8, lsn uint64, payload []byte) error {
@@ -78,6 +75,100 @@ func (e *Engine) recover() error {
 	return nil
 }
 
+// loadNewestSnapshot loads the newest snapshot that reads back whole and
+// returns the first WAL record to replay after it. A snapshot that fails
+// (a bad checksum, a damaged field, an I/O error) is logged loudly,
+// renamed *.corrupt (kept for inspection, never read again) and the next
+// older one is tried: the snapshot writer keeps the previous snapshot and
+// the WAL since it for exactly this. With no snapshot left, recovery
+// replays the WAL from its first record, which is only the whole history
+// when no segment was ever retired (walFirst is 1; 0 means no WAL at all).
+func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
+	snaps, err := listSnapshots(e.opts.Dir)
+	if err != nil {
+		return 0, fmt.Errorf("engine: list snapshots: %w", err)
+	}
+	var failed []error
+	for _, sn := range snaps {
+		p := filepath.Join(e.opts.Dir, sn.name)
+		if walFirst > 0 && sn.lsn+1 < walFirst {
+			// The WAL no longer reaches back to this snapshot.
+			failed = append(failed, fmt.Errorf("snapshot %s is older than the WAL (first record %d)", sn.name, walFirst))
+			continue
+		}
+		t := time.Now()
+		err := e.loadSnapshot(p)
+		if err == nil {
+			if len(failed) > 0 {
+				e.log.Error("recovered from an older snapshot after newer ones failed", "file", sn.name, "failed", errors.Join(failed...).Error())
+			}
+			e.log.Info("snapshot loaded", "file", sn.name, "duration", time.Since(t).String())
+			return sn.lsn + 1, nil
+		}
+		e.log.Error("SNAPSHOT UNREADABLE: falling back to the previous snapshot and the WAL", "file", sn.name, "err", err)
+		failed = append(failed, err)
+		e.resetState()
+		if rerr := os.Rename(p, p+".corrupt"); rerr != nil {
+			e.log.Error("cannot set the unreadable snapshot aside", "file", sn.name, "err", rerr)
+		}
+	}
+	if len(failed) > 0 && walFirst != 1 {
+		return 0, fmt.Errorf("engine: no usable snapshot, and the WAL does not hold the whole history (first record %d): %w", walFirst, errors.Join(failed...))
+	}
+	return 1, nil
+}
+
+// resetState forgets everything a failed snapshot load may have built.
+func (e *Engine) resetState() {
+	e.mu.workspaces = make(map[string]*Workspace)
+	e.mu.partners = make(map[string]*partner)
+	e.mu.lsn = 0
+	e.keys.api = make(map[[32]byte]*Workspace)
+	e.keys.imports = make(map[[32]byte]*importKey)
+	e.idem.s = idemStore{}
+}
+
+// prepareDir removes what a crash may have left (snapshot-*.tmp files of
+// an unfinished snapshot) and makes the data directory private: every
+// tenant's identifiers are in it, so directories are 0700 and files 0600.
+// Looser modes left by an older version or an operator are tightened, and
+// logged.
+func (e *Engine) prepareDir() error {
+	dir := e.opts.Dir
+	tmps, _ := filepath.Glob(filepath.Join(dir, snapPrefix+"*.tmp"))
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil {
+			return fmt.Errorf("engine: remove unfinished snapshot: %w", err)
+		}
+		e.log.Warn("removed an unfinished snapshot left by a crash", "file", filepath.Base(t))
+	}
+	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && d.IsDir() && filepath.Dir(p) != dir {
+			return filepath.SkipDir // only the data dir and its direct subdirectories (wal/)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := os.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		} else if !fi.Mode().IsRegular() {
+			return nil
+		}
+		if fi.Mode().Perm()&^want != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&want); err != nil {
+				return fmt.Errorf("engine: tighten permissions of %s: %w", p, err)
+			}
+			e.log.Warn("tightened permissions in the data dir", "path", p, "was", fi.Mode().Perm().String(), "now", (fi.Mode().Perm() & want).String())
+		}
+		return nil
+	})
+}
+
 // unlock releases the data directory lock.
 func (e *Engine) unlock() error {
 	if e.lock == nil {
@@ -88,19 +179,55 @@ func (e *Engine) unlock() error {
 	return err
 }
 
-// loadOrCreateCursorSecret keeps the key of member-page cursors stable
-// across restarts.
+// cursorKeyFile holds the key of member-page cursors, so that cursors
+// handed out stay valid across restarts.
+const cursorKeyFile = "cursor.key"
+
+// loadOrCreateCursorSecret returns the cursor key, creating it (written
+// to a temporary file, synced, renamed, directory synced) on first start.
+// A key of the wrong size is refused: silently replacing it would
+// invalidate every open cursor, and it means the data dir was damaged.
 func loadOrCreateCursorSecret(dir string) ([]byte, error) {
-	p := filepath.Join(dir, "cursor.key")
+	p := filepath.Join(dir, cursorKeyFile)
 	b, err := os.ReadFile(p)
-	if err == nil && len(b) == 32 {
+	switch {
+	case err == nil && len(b) == 32:
 		return b, nil
+	case err == nil:
+		return nil, fmt.Errorf("engine: %s is corrupt (%d bytes, want 32): restore it from a backup, or delete it to start with a new key (open member-page cursors become invalid)", p, len(b))
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("engine: read cursor key: %w", err)
 	}
 	b = randomBytes(32)
-	if err := os.WriteFile(p, b, 0o600); err != nil {
+	if err := writeFileAtomic(p, b); err != nil {
 		return nil, fmt.Errorf("engine: write cursor key: %w", err)
 	}
 	return b, nil
+}
+
+// writeFileAtomic writes a 0600 file so that a crash leaves either no file
+// or the whole of it.
+func writeFileAtomic(p string, data []byte) error {
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(p))
 }
 
 // replayRecord applies one WAL record unless the snapshot already holds it.
@@ -129,6 +256,16 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 	wsID := d.str()
 	if d.err != nil {
 		return d.err
+	}
+	if typ == recIdempotency && wsID == "" {
+		// The admin scope's replies belong to the engine, not a workspace.
+		key, r, err := decodeIdempotency(d)
+		if err != nil || lsn <= e.mu.lsn {
+			return err
+		}
+		e.applyIdempotency(key, r)
+		e.mu.lsn = lsn
+		return nil
 	}
 	w := e.mu.workspaces[wsID]
 	if w == nil {
@@ -160,10 +297,15 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		}
 	case recUsers:
 		return w.replayUsers(d)
-	case recCohortUpsert:
+	case recCohortUpsert, recCohortUpsertV2:
 		p, cid, name := d.str(), d.str(), d.str()
-		created := time.Unix(0, d.varint()).UTC()
-		now := time.Unix(0, d.varint()).UTC()
+		var created, now time.Time
+		if typ == recCohortUpsert {
+			created = time.Unix(0, d.varint()).UTC()
+			now = time.Unix(0, d.varint()).UTC()
+		} else {
+			created, now = d.time(), d.time()
+		}
 		if err := d.done(); err != nil {
 			return err
 		}
@@ -189,6 +331,12 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		w.applyMembers(c, add, rem, now)
 	case recSession, recSessionDrop:
 		return w.replaySession(typ, d)
+	case recIdempotency:
+		key, r, err := decodeIdempotency(d)
+		if err != nil {
+			return err
+		}
+		w.applyIdempotency(key, r)
 	default:
 		return fmt.Errorf("unknown record type %d", typ)
 	}

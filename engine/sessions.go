@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -38,6 +39,9 @@ type sessionTable struct {
 	// commit) for one TTL: Mixpanel re-sends a page whose reply it lost,
 	// and such a page must not open a new session.
 	done map[sessionKey]int64
+	// open is len(m), for readers that must not take the writer lock
+	// (metrics, the session expiry loop).
+	open atomic.Int64
 }
 
 func (t *sessionTable) get(k sessionKey) *session {
@@ -55,6 +59,12 @@ func (t *sessionTable) put(s *session) {
 	if s.seq >= t.nextSeq {
 		t.nextSeq = s.seq + 1
 	}
+	t.open.Store(int64(len(t.m)))
+}
+
+func (t *sessionTable) delete(k sessionKey) {
+	delete(t.m, k)
+	t.open.Store(int64(len(t.m)))
 }
 
 // StageResult reports a staged webhook page.
@@ -67,11 +77,24 @@ type StageResult struct {
 	Replace       ReplaceResult
 }
 
+// Limits on open sessions, so that abandoned syncs cannot pile up: a
+// Mixpanel cohort syncs one session at a time and starts a new one after a
+// failure, so a few per cohort cover every real pattern. Past
+// maxSessionsPerCohort the oldest open session of the cohort is dropped;
+// past maxSessionsPerWorkspace the session idle longest in the workspace.
+// Either drop is a record like an expiry, and is counted in
+// Stats.SessionsEvicted.
+const (
+	maxSessionsPerCohort    = 3
+	maxSessionsPerWorkspace = 100
+)
+
 // StagePage stages one page (1-based) of a snapshot session and, when every
 // page 1…total has arrived, replaces the cohort by their union in one step.
-// The cohort is created (name = id) when unknown. total must be ≥ 1 and the
-// same on every page of a session.
-func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, total int, ms *MemberSet) (StageResult, error) {
+// The cohort is created (name = id) when unknown, and renamed to name when
+// name is not empty, once the page has passed every check. total must be ≥
+// 1 and the same on every page of a session.
+func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, page, total int, ms *MemberSet) (StageResult, error) {
 	if total < 1 {
 		return StageResult{}, invalidf("total_pages must be at least 1")
 	}
@@ -79,35 +102,47 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 		return StageResult{}, invalidf("page_count must be between 1 and total_pages (%d)", total)
 	}
 	ids := ms.Bitmap()
-	now := w.e.now().UTC()
-	k := sessionKey{partnerSlug, cohortID, sessionID}
-
-	w.mu.Lock()
-	var lsns []uint64
-	lsn, err := w.expireSessionsLocked(now)
+	var res StageResult
+	err := w.write(func() error {
+		var err error
+		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids)
+		return err
+	})
 	if err != nil {
-		w.mu.Unlock()
 		return StageResult{}, err
 	}
-	lsns = append(lsns, lsn)
+	res.Unmatched = ms.unmatched
+	return res, nil
+}
+
+func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap) (StageResult, error) {
+	now := w.e.now().UTC()
+	k := sessionKey{partnerSlug, cohortID, sessionID}
+	if _, err := w.expireSessionsLocked(now); err != nil {
+		return StageResult{}, err
+	}
 	if _, ok := w.sessions.done[k]; ok {
-		w.mu.Unlock()
-		return StageResult{Repeat: true, PagesReceived: total, Unmatched: ms.unmatched}, w.e.waitDurable(maxOf(lsns))
+		return StageResult{Repeat: true, PagesReceived: total}, nil
 	}
 	s := w.sessions.get(k)
 	if s != nil && s.total != total {
-		w.mu.Unlock()
 		return StageResult{}, invalidf("total_pages %d differs from %d sent earlier in session %q", total, s.total, sessionID)
 	}
-	c, lsn, err := w.ensureCohortLocked(partnerSlug, cohortID)
+	// Every check has passed: from here on the page is applied.
+	c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
 	if err != nil {
-		w.mu.Unlock()
 		return StageResult{}, err
 	}
-	lsns = append(lsns, lsn)
+	if name != "" {
+		if _, err := w.upsertCohortLocked(partnerSlug, cohortID, name, now); err != nil {
+			return StageResult{}, err
+		}
+	}
 	seq := w.sessions.nextSeq
 	if s != nil {
 		seq = s.seq
+	} else if err := w.makeRoomLocked(k, now); err != nil {
+		return StageResult{}, err
 	}
 	w.enc.reset()
 	w.enc.str(w.id)
@@ -119,41 +154,60 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 	w.enc.uvarint(seq)
 	w.enc.varint(now.UnixNano())
 	w.enc.bitmap(ids)
-	lsn, err = w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) })
-	if err != nil {
-		w.mu.Unlock()
+	if _, err := w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) }); err != nil {
 		return StageResult{}, err
 	}
-	lsns = append(lsns, lsn)
-	res := StageResult{Staged: int(ids.GetCardinality()), Unmatched: ms.unmatched, PagesReceived: int(s.pages.GetCardinality())}
-	if res.PagesReceived == total {
-		res.Replace, lsn, err = w.replaceLocked(c, s.members)
-		if err != nil {
-			w.mu.Unlock()
-			return StageResult{}, err
-		}
-		lsns = append(lsns, lsn)
-		// Drop this session and every older open one of the same cohort.
-		lsn, err = w.dropSessionsLocked(k, now.UnixNano(), func(o *session) bool {
-			return o.key.partner == partnerSlug && o.key.cohort == cohortID && o.seq <= s.seq
-		})
-		if err != nil {
-			w.mu.Unlock()
-			return StageResult{}, err
-		}
-		lsns = append(lsns, lsn)
-		res.Committed = true
+	res := StageResult{Staged: int(ids.GetCardinality()), PagesReceived: int(s.pages.GetCardinality())}
+	if res.PagesReceived < total {
+		return res, nil
 	}
-	w.mu.Unlock()
-	return res, w.e.waitDurable(maxOf(lsns))
+	if res.Replace, _, err = w.replaceLocked(c, s.members); err != nil {
+		return StageResult{}, err
+	}
+	// Drop this session and every older open one of the same cohort.
+	if _, err := w.dropSessionsLocked(k, now.UnixNano(), func(o *session) bool {
+		return o.key.partner == partnerSlug && o.key.cohort == cohortID && o.seq <= s.seq
+	}); err != nil {
+		return StageResult{}, err
+	}
+	res.Committed = true
+	return res, nil
 }
 
-func maxOf(v []uint64) uint64 {
-	var m uint64
-	for _, x := range v {
-		m = max(m, x)
+// makeRoomLocked drops open sessions so that a new session k fits the
+// limits: the oldest of k's cohort past maxSessionsPerCohort, then the one
+// idle longest in the workspace past maxSessionsPerWorkspace.
+func (w *Workspace) makeRoomLocked(k sessionKey, now time.Time) error {
+	var sameCohort []*session
+	var idlest *session
+	for _, s := range w.sessions.m {
+		if s.key.partner == k.partner && s.key.cohort == k.cohort {
+			sameCohort = append(sameCohort, s)
+		}
+		if idlest == nil || s.lastPage < idlest.lastPage || (s.lastPage == idlest.lastPage && s.seq < idlest.seq) {
+			idlest = s
+		}
 	}
-	return m
+	var victim *session
+	switch {
+	case len(sameCohort) >= maxSessionsPerCohort:
+		victim = sameCohort[0]
+		for _, s := range sameCohort[1:] {
+			if s.seq < victim.seq {
+				victim = s
+			}
+		}
+	case len(w.sessions.m) >= maxSessionsPerWorkspace:
+		victim = idlest
+	default:
+		return nil
+	}
+	w.e.log.Warn("webhook session evicted to stay within the limits",
+		"workspace", w.id, "cohort", victim.key.partner+"/"+victim.key.cohort, "session", victim.key.id,
+		"per_cohort", maxSessionsPerCohort, "per_workspace", maxSessionsPerWorkspace)
+	w.e.Stats.SessionsEvicted.Add(1)
+	_, err := w.dropSessionsLocked(sessionKey{}, 0, func(s *session) bool { return s == victim })
+	return err
 }
 
 // applyStage stages a page (live path and replay).
@@ -180,16 +234,15 @@ func (w *Workspace) expireSessionsLocked(now time.Time) (uint64, error) {
 	return w.dropSessionsLocked(sessionKey{}, 0, func(s *session) bool { return s.lastPage < cutoff })
 }
 
-// ExpireSessions drops idle webhook sessions now (the webhook also does it
-// on every request).
+// ExpireSessions drops idle webhook sessions now. The webhook does it on
+// every request of the workspace and Engine.RunSnapshots for every
+// workspace once a minute, so an abandoned session never outlives its TTL
+// by much, whatever the traffic.
 func (w *Workspace) ExpireSessions() error {
-	w.mu.Lock()
-	lsn, err := w.expireSessionsLocked(w.e.now().UTC())
-	w.mu.Unlock()
-	if err != nil {
+	return w.write(func() error {
+		_, err := w.expireSessionsLocked(w.e.now().UTC())
 		return err
-	}
-	return w.e.waitDurable(lsn)
+	})
 }
 
 // dropSessionsLocked logs and drops every session matching drop; when
@@ -223,7 +276,7 @@ func (w *Workspace) dropSessionsLocked(committed sessionKey, at int64, drop func
 
 func (w *Workspace) applySessionDrop(keys []sessionKey, committed sessionKey, at int64) {
 	for _, k := range keys {
-		delete(w.sessions.m, k)
+		w.sessions.delete(k)
 	}
 	if committed.id != "" {
 		if w.sessions.done == nil {
@@ -234,12 +287,8 @@ func (w *Workspace) applySessionDrop(keys []sessionKey, committed sessionKey, at
 }
 
 // OpenSessions is the number of open webhook sessions (for tests and
-// metrics).
-func (w *Workspace) OpenSessions() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.sessions.m)
-}
+// metrics). It takes no lock.
+func (w *Workspace) OpenSessions() int { return int(w.sessions.open.Load()) }
 
 // replaySession re-applies a recSession or recSessionDrop record.
 func (w *Workspace) replaySession(typ uint8, d *recordDecoder) error {

@@ -61,7 +61,7 @@ func BenchmarkWebhookSession(b *testing.B) {
 						b.StartTimer()
 					}
 					t0 := time.Now()
-					res, err := w.StagePage("mixpanel", "777", sid, p+1, pages, ms)
+					res, err := w.StagePage("mixpanel", "777", "", sid, p+1, pages, ms)
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -40,7 +40,7 @@ func page(t *testing.T, w *Workspace, sid string, p, total, from, to int) StageR
 	}
 	keys = append(keys, []byte("nobody"))
 	ms.AddMany(index.KindExternal, keys)
-	res, err := w.StagePage("mixpanel", "42", sid, p, total, ms)
+	res, err := w.StagePage("mixpanel", "42", "", sid, p, total, ms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,11 +96,11 @@ func TestSessionOutOfOrderWithDuplicates(t *testing.T) {
 	// total_pages must agree within a session.
 	page(t, w, "s2", 1, 3, 0, 10)
 	ms := w.NewMemberSet()
-	if _, err := w.StagePage("mixpanel", "42", "s2", 2, 4, ms); err == nil {
+	if _, err := w.StagePage("mixpanel", "42", "", "s2", 2, 4, ms); err == nil {
 		t.Fatal("total_pages change accepted")
 	}
 	for _, bad := range [][2]int{{0, 3}, {4, 3}, {1, 0}} {
-		if _, err := w.StagePage("mixpanel", "42", "s3", bad[0], bad[1], ms); err == nil {
+		if _, err := w.StagePage("mixpanel", "42", "", "s3", bad[0], bad[1], ms); err == nil {
 			t.Fatalf("page %d of %d accepted", bad[0], bad[1])
 		}
 	}

@@ -92,6 +92,11 @@ func (e *Engine) snapshotLocked(final bool) error {
 	if err != nil {
 		return fmt.Errorf("engine: snapshot: write %s: %w", tmp.Name(), err)
 	}
+	// Read the file back before it replaces anything: a snapshot that
+	// cannot be read is worse than none.
+	if err := checkSnapshotFile(tmp.Name()); err != nil {
+		return fmt.Errorf("engine: snapshot: written file does not read back: %w", err)
+	}
 	final_ := filepath.Join(e.opts.Dir, snapName(minLSN))
 	if err := os.Rename(tmp.Name(), final_); err != nil {
 		return fmt.Errorf("engine: snapshot: %w", err)
@@ -99,18 +104,86 @@ func (e *Engine) snapshotLocked(final bool) error {
 	if err := syncDir(e.opts.Dir); err != nil {
 		return fmt.Errorf("engine: snapshot: %w", err)
 	}
-	// Older snapshots and the WAL below the snapshot are no longer needed.
-	snaps, _ := listSnapshots(e.opts.Dir)
-	for _, s := range snaps {
-		if s.lsn < minLSN {
-			os.Remove(filepath.Join(e.opts.Dir, s.name))
-		}
-	}
-	if err := e.wal.Retire(minLSN + 1); err != nil {
-		return fmt.Errorf("engine: snapshot: retire wal: %w", err)
+	// Keep the previous snapshot and the WAL since it, so that recovery can
+	// fall back to them if this one is ever damaged on disk; older ones go.
+	if err := e.retireBefore(minLSN); err != nil {
+		return fmt.Errorf("engine: snapshot: %w", err)
 	}
 	e.Stats.Snapshots.Add(1)
 	e.log.Info("snapshot written", "file", snapName(minLSN), "bytes", sw.n, "duration", time.Since(start).String(), "final", final)
+	return nil
+}
+
+// retireBefore removes the snapshots older than the one before newest and
+// the WAL segments that only that one no longer needs.
+func (e *Engine) retireBefore(newest uint64) error {
+	snaps, err := listSnapshots(e.opts.Dir)
+	if err != nil {
+		return err
+	}
+	var keep uint64 // the LSN of the previous snapshot, 0 if none
+	for _, s := range snaps {
+		if s.lsn < newest {
+			keep = s.lsn
+			break
+		}
+	}
+	if keep == 0 {
+		return nil
+	}
+	for _, s := range snaps {
+		if s.lsn < keep {
+			if err := os.Remove(filepath.Join(e.opts.Dir, s.name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	if err := e.wal.Retire(keep + 1); err != nil {
+		return fmt.Errorf("retire wal: %w", err)
+	}
+	return nil
+}
+
+// checkSnapshotFile verifies a snapshot file without loading it: the
+// magic, the version and the checksum over every byte.
+func checkSnapshotFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	name := filepath.Base(path)
+	fail := func(off int64, reason string) error {
+		return &SnapshotCorruptError{File: name, Offset: off, Reason: reason}
+	}
+	size := fi.Size()
+	if size < int64(len(snapMagic))+5 {
+		return fail(0, "too short")
+	}
+	crc := crc32.New(castagnoli)
+	br := bufio.NewReaderSize(io.TeeReader(io.LimitReader(f, size-4), crc), 1<<20)
+	head := make([]byte, len(snapMagic))
+	if _, err := io.ReadFull(br, head); err != nil || string(head) != snapMagic {
+		return fail(0, "bad magic")
+	}
+	v, err := binary.ReadUvarint(br)
+	if err != nil || v != snapVersion {
+		return fail(int64(len(snapMagic)), fmt.Sprintf("unsupported version %d", v))
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	var tail [4]byte
+	if _, err := io.ReadFull(f, tail[:]); err != nil {
+		return fail(size-4, "missing checksum")
+	}
+	if binary.LittleEndian.Uint32(tail[:]) != crc.Sum32() {
+		return fail(size-4, "checksum mismatch")
+	}
 	return nil
 }
 
@@ -611,29 +684,56 @@ func (e *Engine) readWorkspace(s *snapReader) {
 	w.readSessions(s)
 }
 
+// expireSessions drops idle webhook sessions in every workspace that has
+// any.
+func (e *Engine) expireSessions() {
+	for _, w := range e.Workspaces() {
+		if w.OpenSessions() == 0 {
+			continue
+		}
+		if err := w.ExpireSessions(); err != nil && !errors.Is(err, ErrClosed) {
+			e.log.Error("expire webhook sessions", "workspace", w.id, "err", err)
+		}
+	}
+}
+
 // RunSnapshots takes a snapshot whenever Options.SnapshotEvery has passed
 // or the WAL has grown past Options.SnapshotWALBytes since the last one,
-// until ctx ends. The caller runs it in its own goroutine; the engine
-// starts none by itself.
+// and drops idle webhook sessions of every workspace every quarter of the
+// session TTL (at most a minute apart), so that abandoned sessions expire
+// without traffic, until ctx ends. The caller runs it in its own
+// goroutine; the engine starts none by itself.
 func (e *Engine) RunSnapshots(ctx context.Context) {
-	if e.wal == nil || (e.opts.SnapshotEvery <= 0 && e.opts.SnapshotWALBytes <= 0) {
-		return
-	}
 	// A quarter second keeps the WAL-size trigger responsive under heavy
 	// import; the check itself is two atomic loads.
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	expiryEvery := min(e.opts.WebhookSessionTTL/4, time.Minute)
 	last := time.Now()
-	base := e.wal.Size()
+	lastExpiry := last
+	var base int64
+	if e.wal != nil {
+		base = e.wal.Size()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
+		if e.closed.Load() {
+			continue
+		}
+		if time.Since(lastExpiry) >= expiryEvery {
+			e.expireSessions()
+			lastExpiry = time.Now()
+		}
+		if e.wal == nil {
+			continue
+		}
 		due := e.opts.SnapshotEvery > 0 && time.Since(last) >= e.opts.SnapshotEvery
 		due = due || (e.opts.SnapshotWALBytes > 0 && e.wal.Size()-base >= e.opts.SnapshotWALBytes)
-		if !due || e.closed.Load() {
+		if !due {
 			continue
 		}
 		if err := e.Snapshot(); err != nil && !errors.Is(err, ErrClosed) {

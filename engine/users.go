@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"fmt"
 
 	"github.com/RoaringBitmap/roaring/v2"
 
@@ -48,6 +49,25 @@ func (b *UserBatch) Add(externalID, deviceID []byte, aliases [][]byte) {
 	b.recs = append(b.recs, r)
 }
 
+// validate refuses keys the index cannot hold (empty, or longer than
+// index.MaxKeyLen), before anything is applied. The server's decoders
+// already enforce the API's tighter rule; the engine does not rely on it.
+func (b *UserBatch) validate() error {
+	ok := func(s span) bool { return s.n < 0 || (s.n > 0 && s.n <= index.MaxKeyLen) }
+	for i := range b.recs {
+		r := &b.recs[i]
+		if !ok(r.ext) || !ok(r.dev) {
+			return invalidf("user record %d: identifiers must be 1 to %d bytes", i, index.MaxKeyLen)
+		}
+		for _, a := range r.aliases {
+			if a.n < 0 || !ok(a) {
+				return invalidf("user record %d: aliases must be 1 to %d bytes", i, index.MaxKeyLen)
+			}
+		}
+	}
+	return nil
+}
+
 // Len is the number of staged records.
 func (b *UserBatch) Len() int { return len(b.recs) }
 
@@ -60,16 +80,68 @@ type UpsertResult struct {
 	Unchanged  int
 }
 
-// userOps encodes user operations into a recUsers record while they are
-// applied, and collects the membership work they imply.
+// userOps applies user operations to the index and encodes them into
+// recUsers records, and collects the membership work they imply.
+//
+// # Order and failure
+//
+// Unlike every other write, user operations change the index first and
+// are logged after (each operation depends on the state the previous one
+// left, so the record is the trace of what was done). Two rules keep
+// memory and log in step:
+//   - records are cut every userRecordSplit bytes (between operations), so
+//     no request can build a record the log refuses as too large, however
+//     large its body; replay applies each record and its membership work
+//     in turn, as the live path did;
+//   - a record that cannot be appended once its operations are applied is
+//     fatal (Engine.fatal): the process stops and recovers from the log,
+//     rather than acknowledging or keeping state the log lacks.
 type userOps struct {
 	w       *Workspace
 	enc     *recordEncoder
 	merges  [][2]uint32 // (from, into)
 	deleted []uint32
+	ops     int // operations in the record being built
+}
+
+// userRecordSplit is the record size past which userOps cuts a record.
+const userRecordSplit = 4 << 20
+
+// begin starts a record.
+func (o *userOps) begin() {
+	o.enc.reset()
+	o.enc.str(o.w.id)
+	o.merges, o.deleted, o.ops = o.merges[:0], o.deleted[:0], 0
+}
+
+// op is called before each operation is applied and encoded: it cuts the
+// record when it is full.
+func (o *userOps) op() {
+	if len(o.enc.b) >= userRecordSplit {
+		o.flush()
+	}
+	o.ops++
+}
+
+// flush logs the record built so far (if it holds any operation), applies
+// its membership work and publishes, and starts the next record.
+func (o *userOps) flush() {
+	if o.ops > 0 {
+		w := o.w
+		lsn, err := w.e.appendRecord(recUsers, o.enc.b)
+		if err != nil {
+			w.e.fatal(fmt.Errorf("workspace %s: user operations applied but not logged: %w", w.id, err))
+			return
+		}
+		w.noteLSNLocked(lsn)
+		w.finishUserOpsLocked(o.merges, o.deleted)
+	}
+	o.w.shrinkScratch()
+	o.begin()
 }
 
 func (o *userOps) create() index.UserID {
+	o.op()
 	id := o.w.users.Create()
 	o.enc.u8(opCreate)
 	o.enc.uvarint(uint64(id))
@@ -77,8 +149,14 @@ func (o *userOps) create() index.UserID {
 }
 
 func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
+	o.op()
 	if err := o.w.users.Attach(id, kind, key); err != nil {
-		panic("BUG: attach after checks failed: " + err.Error())
+		// Every check Attach makes was made before (the key is free, the
+		// user live, the key valid), except capacity: the workspace's key
+		// arena is full. Earlier operations of this request are applied
+		// but not logged.
+		o.w.e.fatal(fmt.Errorf("workspace %s: attach %v to user %d: %w", o.w.id, kind, id, err))
+		return
 	}
 	o.enc.u8(opAttach)
 	o.enc.uvarint(uint64(id))
@@ -87,6 +165,7 @@ func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
 }
 
 func (o *userOps) detach(kind index.Kind, key []byte) {
+	o.op()
 	o.w.users.Detach(kind, key)
 	o.enc.u8(opDetach)
 	o.enc.u8(uint8(kind))
@@ -119,6 +198,7 @@ func (o *userOps) merge(from, into index.UserID) {
 		o.detach(index.KindDevice, d)
 		o.attach(into, index.KindDevice, d)
 	}
+	o.op()
 	o.w.users.Delete(from)
 	o.enc.u8(opMerge)
 	o.enc.uvarint(uint64(from))
@@ -127,10 +207,34 @@ func (o *userOps) merge(from, into index.UserID) {
 }
 
 func (o *userOps) delete(id index.UserID) {
+	o.op()
 	o.w.users.Delete(id)
 	o.enc.u8(opDelete)
 	o.enc.uvarint(uint64(id))
 	o.deleted = append(o.deleted, uint32(id))
+}
+
+// runUserOps runs fn, which applies user operations through ops, as one
+// writer section (see userOps for the order of mutation and logging). A
+// panic inside, after operations were applied, is fatal too: the
+// workspace lock is released on the way out, and memory would be ahead of
+// the log.
+func (w *Workspace) runUserOps(fn func(ops *userOps)) error {
+	w.usersMu.Lock()
+	defer w.usersMu.Unlock()
+	return w.write(func() error {
+		ops := userOps{w: w, enc: &w.enc}
+		ops.begin()
+		defer func() {
+			if v := recover(); v != nil {
+				w.e.fatal(fmt.Errorf("BUG: workspace %s: panic during user operations: %v", w.id, v))
+				panic(v)
+			}
+		}()
+		fn(&ops)
+		ops.flush()
+		return nil
+	})
 }
 
 // finishLocked applies the membership side of merges and deletes to every
@@ -157,38 +261,33 @@ func (w *Workspace) finishUserOpsLocked(merges [][2]uint32, deleted []uint32) {
 // OR-ed, the anonymous user removed).
 //
 // Identity lookups see each user as soon as it is created; cohort members
-// and the live-users set are published once, after the whole batch.
+// and the live-users set are published per record (userRecordSplit bytes
+// of operations, so once for all but the largest bodies).
 func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
 	var res UpsertResult
-	if w.e.closed.Load() {
-		return res, ErrClosed
+	if err := b.validate(); err != nil {
+		return res, err
 	}
-	w.usersMu.Lock()
-	defer w.usersMu.Unlock()
-	w.mu.Lock()
-	w.enc.reset()
-	w.enc.str(w.id)
-	ops := userOps{w: w, enc: &w.enc}
-	for i := range b.recs {
-		switch w.upsertOne(&ops, b, &b.recs[i]) {
-		case outCreated:
-			res.Created++
-		case outIdentified:
-			res.Identified++
-		case outMerged:
-			res.Merged++
-		case outUpdated:
-			res.Updated++
-		default:
-			res.Unchanged++
+	err := w.runUserOps(func(ops *userOps) {
+		for i := range b.recs {
+			switch w.upsertOne(ops, b, &b.recs[i]) {
+			case outCreated:
+				res.Created++
+			case outIdentified:
+				res.Identified++
+			case outMerged:
+				res.Merged++
+			case outUpdated:
+				res.Updated++
+			default:
+				res.Unchanged++
+			}
 		}
-	}
-	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
-	w.mu.Unlock()
+	})
 	if err != nil {
 		return UpsertResult{}, err
 	}
-	return res, w.e.waitDurable(lsn)
+	return res, nil
 }
 
 type upsertOutcome int
@@ -286,35 +385,26 @@ type IdentifierSet struct {
 // with every membership they had, and frees their identifiers.
 func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
 	var res DeleteResult
-	if w.e.closed.Load() {
-		return res, ErrClosed
-	}
-	w.usersMu.Lock()
-	defer w.usersMu.Unlock()
-	w.mu.Lock()
-	w.enc.reset()
-	w.enc.str(w.id)
-	ops := userOps{w: w, enc: &w.enc}
-	for _, g := range []struct {
-		kind index.Kind
-		keys [][]byte
-	}{{index.KindExternal, set.ExternalIDs}, {index.KindDevice, set.DeviceIDs}, {index.KindAlias, set.Aliases}} {
-		for _, k := range g.keys {
-			id := w.users.Resolve(g.kind, k)
-			if id == index.NoUser {
-				res.Unmatched++
-				continue
+	err := w.runUserOps(func(ops *userOps) {
+		for _, g := range []struct {
+			kind index.Kind
+			keys [][]byte
+		}{{index.KindExternal, set.ExternalIDs}, {index.KindDevice, set.DeviceIDs}, {index.KindAlias, set.Aliases}} {
+			for _, k := range g.keys {
+				id := w.users.Resolve(g.kind, k)
+				if id == index.NoUser {
+					res.Unmatched++
+					continue
+				}
+				ops.delete(id)
+				res.Deleted++
 			}
-			ops.delete(id)
-			res.Deleted++
 		}
-	}
-	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
-	w.mu.Unlock()
+	})
 	if err != nil {
 		return DeleteResult{}, err
 	}
-	return res, w.e.waitDurable(lsn)
+	return res, nil
 }
 
 // replayUsers re-executes a recUsers record.

@@ -29,6 +29,12 @@ type Workspace struct {
 	mu sync.Mutex
 	// lsn is the last WAL record applied to this workspace (under mu).
 	lsn uint64
+	// lastLSN is the last record the live path appended for this
+	// workspace. It is stored before the record's change is applied, so
+	// whoever observes the change (under mu or through a published
+	// pointer) also observes an lastLSN that covers it: a reply that
+	// reports "nothing to change" waits for it (see write).
+	lastLSN atomic.Uint64
 
 	users *index.Users
 
@@ -51,6 +57,13 @@ type Workspace struct {
 
 	sessions sessionTable // webhook snapshot sessions (under mu)
 
+	// idem holds the replies of writes with an Idempotency-Key; written
+	// under mu.
+	idem struct {
+		sync.RWMutex
+		s idemStore
+	}
+
 	// scratch buffers reused under mu.
 	enc recordEncoder
 }
@@ -71,18 +84,62 @@ func (w *Workspace) ID() string { return w.id }
 // Users returns the workspace's identity and user tables (read-only use).
 func (w *Workspace) Users() *index.Users { return w.users }
 
-// commit appends the record in w.enc under w.mu, runs apply, and records
-// the LSN. The caller holds w.mu and waits for durability after unlocking.
+// commitLocked appends the record in w.enc, then runs apply. The caller
+// holds w.mu (through write) and nothing is changed yet, so a failed
+// append is an ordinary error.
 func (w *Workspace) commitLocked(typ uint8, apply func(lsn uint64)) (uint64, error) {
 	lsn, err := w.e.appendRecord(typ, w.enc.b)
+	w.shrinkScratch()
 	if err != nil {
 		return 0, err
 	}
+	w.noteLSNLocked(lsn)
 	apply(lsn)
+	return lsn, nil
+}
+
+// noteLSNLocked records that the live path appended lsn (see lastLSN).
+func (w *Workspace) noteLSNLocked(lsn uint64) {
 	if lsn > w.lsn {
 		w.lsn = lsn
 	}
-	return lsn, nil
+	if lsn > w.lastLSN.Load() {
+		w.lastLSN.Store(lsn)
+	}
+}
+
+// maxScratch is the largest record encoder kept between writes: one huge
+// request must not pin its record's memory for the life of the workspace.
+const maxScratch = 1 << 20
+
+func (w *Workspace) shrinkScratch() {
+	if cap(w.enc.b) > maxScratch {
+		w.enc.b = nil
+	}
+}
+
+// write runs fn as one writer section: under w.mu (released even if fn
+// panics), after checking that the engine is open. Then, outside the lock,
+// it waits until the workspace's log is durable up to where fn left it, so
+// concurrent writers share one fsync, and a reply that reports a no-op
+// (an unchanged upsert, a retried batch) is never sent before the records
+// of the state it observed are durable.
+func (w *Workspace) write(fn func() error) error {
+	last, err := func() (uint64, error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.e.closed.Load() {
+			return 0, ErrClosed
+		}
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		return w.lastLSN.Load(), nil
+	}()
+	if err != nil {
+		return err
+	}
+	return w.e.waitDurable(last)
 }
 
 // ---- data import keys ----
@@ -115,19 +172,20 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 	secret = newSecret("")
 	d := digestOf([]byte(secret))
 	now := w.e.now().UTC().Truncate(time.Second)
-	w.mu.Lock()
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(partnerSlug)
-	w.enc.str(keyID)
-	w.enc.digest(d)
-	w.enc.varint(now.Unix())
-	lsn, err := w.commitLocked(recImportKey, func(uint64) { w.applyImportKey(partnerSlug, keyID, d, now, false, 0) })
-	w.mu.Unlock()
+	err = w.write(func() error {
+		w.enc.reset()
+		w.enc.str(w.id)
+		w.enc.str(partnerSlug)
+		w.enc.str(keyID)
+		w.enc.digest(d)
+		w.enc.varint(now.Unix())
+		_, err := w.commitLocked(recImportKey, func(uint64) { w.applyImportKey(partnerSlug, keyID, d, now, false, 0) })
+		return err
+	})
 	if err != nil {
 		return "", "", err
 	}
-	return keyID, secret, w.e.waitDurable(lsn)
+	return keyID, secret, nil
 }
 
 func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, created time.Time, revoked bool, lastUsed int64) {
@@ -169,24 +227,20 @@ func (w *Workspace) ImportKeys(partnerSlug string) []KeyInfo {
 // RevokeImportKey invalidates a data import key; the very next request with
 // it is refused.
 func (w *Workspace) RevokeImportKey(partnerSlug, keyID string) error {
-	w.mu.Lock()
-	w.keys.RLock()
-	k := w.keys.byID[partnerSlug+"/"+keyID]
-	w.keys.RUnlock()
-	if k == nil {
-		w.mu.Unlock()
-		return fmt.Errorf("%w: key %q of partner %q", ErrNotFound, keyID, partnerSlug)
-	}
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(partnerSlug)
-	w.enc.str(keyID)
-	lsn, err := w.commitLocked(recRevokeKey, func(uint64) { k.revoked.Store(true) })
-	w.mu.Unlock()
-	if err != nil {
+	return w.write(func() error {
+		w.keys.RLock()
+		k := w.keys.byID[partnerSlug+"/"+keyID]
+		w.keys.RUnlock()
+		if k == nil {
+			return fmt.Errorf("%w: key %q of partner %q", ErrNotFound, keyID, partnerSlug)
+		}
+		w.enc.reset()
+		w.enc.str(w.id)
+		w.enc.str(partnerSlug)
+		w.enc.str(keyID)
+		_, err := w.commitLocked(recRevokeKey, func(uint64) { k.revoked.Store(true) })
 		return err
-	}
-	return w.e.waitDurable(lsn)
+	})
 }
 
 // ---- usage ----
@@ -287,6 +341,13 @@ func (w *Workspace) Cohort(partnerSlug, id string) *Cohort {
 	return w.cohorts.m[cohortKey{partnerSlug, id}]
 }
 
+// CohortCount is the number of cohorts (without listing them).
+func (w *Workspace) CohortCount() int {
+	w.cohorts.RLock()
+	defer w.cohorts.RUnlock()
+	return len(w.cohorts.m)
+}
+
 // Cohorts lists every cohort sorted by partner and id.
 func (w *Workspace) Cohorts() []*Cohort {
 	w.cohorts.RLock()
@@ -312,15 +373,15 @@ func (w *Workspace) UpsertCohort(partnerSlug, id, name string, createdAt time.Ti
 		return invalidf("cohort id and name must be non-empty")
 	}
 	if c := w.Cohort(partnerSlug, id); c != nil && c.meta.Load().name == name {
-		return nil // fast path: nothing to change
+		// Fast path: nothing to change. The state seen may come from a
+		// record not yet durable (another request's, still in group
+		// commit): wait for it before acknowledging.
+		return w.e.waitDurable(w.lastLSN.Load())
 	}
-	w.mu.Lock()
-	lsn, err := w.upsertCohortLocked(partnerSlug, id, name, createdAt)
-	w.mu.Unlock()
-	if err != nil {
+	return w.write(func() error {
+		_, err := w.upsertCohortLocked(partnerSlug, id, name, createdAt)
 		return err
-	}
-	return w.e.waitDurable(lsn)
+	})
 }
 
 // upsertCohortLocked writes and applies a cohort upsert unless nothing
@@ -340,9 +401,9 @@ func (w *Workspace) upsertCohortLocked(partnerSlug, id, name string, createdAt t
 	w.enc.str(partnerSlug)
 	w.enc.str(id)
 	w.enc.str(name)
-	w.enc.varint(createdAt.UnixNano())
-	w.enc.varint(now.UnixNano())
-	return w.commitLocked(recCohortUpsert, func(uint64) { w.applyCohortUpsert(partnerSlug, id, name, createdAt, now) })
+	w.enc.time(createdAt)
+	w.enc.time(now)
+	return w.commitLocked(recCohortUpsertV2, func(uint64) { w.applyCohortUpsert(partnerSlug, id, name, createdAt, now) })
 }
 
 func (w *Workspace) applyCohortUpsert(partnerSlug, id, name string, createdAt, now time.Time) *Cohort {
@@ -364,21 +425,17 @@ func (w *Workspace) applyCohortUpsert(partnerSlug, id, name string, createdAt, n
 
 // DeleteCohort removes a cohort and its members.
 func (w *Workspace) DeleteCohort(partnerSlug, id string) error {
-	w.mu.Lock()
-	if w.Cohort(partnerSlug, id) == nil {
-		w.mu.Unlock()
-		return fmt.Errorf("%w: cohort %s/%s", ErrNotFound, partnerSlug, id)
-	}
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(partnerSlug)
-	w.enc.str(id)
-	lsn, err := w.commitLocked(recCohortDelete, func(uint64) { w.applyCohortDelete(partnerSlug, id) })
-	w.mu.Unlock()
-	if err != nil {
+	return w.write(func() error {
+		if w.Cohort(partnerSlug, id) == nil {
+			return fmt.Errorf("%w: cohort %s/%s", ErrNotFound, partnerSlug, id)
+		}
+		w.enc.reset()
+		w.enc.str(w.id)
+		w.enc.str(partnerSlug)
+		w.enc.str(id)
+		_, err := w.commitLocked(recCohortDelete, func(uint64) { w.applyCohortDelete(partnerSlug, id) })
 		return err
-	}
-	return w.e.waitDurable(lsn)
+	})
 }
 
 func (w *Workspace) applyCohortDelete(partnerSlug, id string) {
@@ -388,7 +445,7 @@ func (w *Workspace) applyCohortDelete(partnerSlug, id string) {
 	// Sessions of a deleted cohort die with it (replay does the same).
 	for k := range w.sessions.m {
 		if k.partner == partnerSlug && k.cohort == id {
-			delete(w.sessions.m, k)
+			w.sessions.delete(k)
 		}
 	}
 }

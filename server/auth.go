@@ -29,7 +29,7 @@ func (s *Server) run(r *request) error {
 			return err
 		}
 		if rt.write {
-			return s.withIdempotency(r, "admin")
+			return s.withIdempotency(r, idemScope{e: r.e})
 		}
 	case authWorkspace:
 		if err := s.authWorkspace(r); err != nil {
@@ -39,7 +39,7 @@ func (s *Server) run(r *request) error {
 			return err
 		}
 		if rt.write {
-			return s.withIdempotency(r, "ws:"+r.ws.ID())
+			return s.withIdempotency(r, idemScope{e: r.e, ws: r.ws})
 		}
 	}
 	// authNone, and authPartner: the handler authenticates from the body

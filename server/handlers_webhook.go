@@ -86,11 +86,6 @@ func (s *Server) handleMixpanel(r *request) error {
 		extProp = defaultExternalIDProp
 	}
 	aliasProp := string(args.Peek("alias"))
-	if req.CohortName != "" {
-		if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
-			return fail(err)
-		}
-	}
 	ids := resolveMembers(w, &req, extProp, aliasProp)
 	matched := 0
 	for _, id := range ids {
@@ -107,7 +102,9 @@ func (s *Server) handleMixpanel(r *request) error {
 	if req.Action == actionMembers {
 		ms := w.NewMemberSet()
 		ms.AddIDs(ids)
-		res, err := w.StagePage(webhookPartner, req.CohortID, req.SessionID, req.PageCount, req.TotalPages, ms)
+		// The page renames the cohort only once it passed every check
+		// (StagePage does it under the same lock as the staging).
+		res, err := w.StagePage(webhookPartner, req.CohortID, req.CohortName, req.SessionID, req.PageCount, req.TotalPages, ms)
 		if err != nil {
 			return fail(err)
 		}
@@ -119,6 +116,11 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = append(out, `,"committed":`...)
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
+		if req.CohortName != "" {
+			if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
+				return fail(err)
+			}
+		}
 		cs := w.NewChangeSet()
 		cs.AddIDs(ids, req.Action == actionRemove)
 		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"hash"
 	"io"
@@ -9,139 +8,147 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/cohortd/cohortd/engine"
 )
 
 // The Idempotency-Key protocol (docs/API.md §4 "Write endpoints").
 //
 // # Design
 //
-// A key is scoped to the caller's workspace ("admin" for admin endpoints),
-// so two tenants never see each other's keys. The request is identified by
-// SHA-256 of method, path and the body bytes as received (still
-// compressed: a client that retries sends the same bytes). Streamed /v1
-// bodies are hashed as they stream (the raw reader is teed through the
-// hasher), so nothing is buffered for idempotency; partner bodies are
-// buffered anyway and hashed whole.
+// A key is scoped to the caller's workspace (the engine's admin scope for
+// admin endpoints), so two tenants never see each other's keys. The
+// request is identified by SHA-256 of method, path and the body bytes as
+// received (still compressed: a client that retries sends the same bytes).
+// Streamed /v1 bodies are hashed as they stream (the raw reader is teed
+// through the hasher), so nothing is buffered for idempotency; partner
+// bodies are buffered anyway and hashed whole.
 //
-// The first request with a key owns it (a pending entry) until it
-// finishes. A concurrent duplicate waits for the owner (at most
-// idemWaitMax, then 409). If the owner succeeds (2xx), its reply (status,
-// body, Content-Type) is kept for the TTL and later requests with the key
-// get that reply back (Idempotent-Replayed: true) without anything being
-// applied, or 422 when their body differs. If the owner fails, the key is
-// released: a failed request applied nothing, so its retry runs afresh.
-//
-// Memory is bounded: expired entries are evicted, and at most maxEntries
-// completed entries are kept (oldest evicted first). Replies of write
-// endpoints are small JSON documents.
+// Completed replies live in the engine (engine/idempotency.go): they are
+// records of the log, so they survive a restart, and each scope has its
+// own bounded store. This file coordinates requests in flight: the first
+// request with a key owns it (a pending entry) until it finishes, and a
+// concurrent duplicate waits for the owner (at most idemWaitMax, then
+// 409). If the owner succeeds (2xx), its reply is recorded durably before
+// it is sent, and later requests with the key get that reply back
+// (Idempotent-Replayed: true) without anything being applied, or 422 when
+// their body differs. If the owner fails, the key is released: a failed
+// request applied nothing, so its retry runs afresh.
 
 const (
-	defaultIdemEntries = 100_000
-	maxIdemKeyLen      = 255
-	idemWaitMax        = 60 * time.Second
+	maxIdemKeyLen = 255
+	idemWaitMax   = 60 * time.Second
 )
 
-// idemEntry is one key's state. Fields other than done are under
-// idemStore.mu until done is closed; afterwards they are immutable.
-type idemEntry struct {
-	key       string
-	done      chan struct{} // closed when completed or abandoned
-	completed bool
-	sum       [32]byte
-	status    int
-	body      []byte
-	ctype     string
-	expires   time.Time
-	elem      *list.Element // in idemStore.mu.order once completed
+// idemScope is where a request's keys live: a workspace, or the admin
+// scope (ws nil).
+type idemScope struct {
+	e  *engine.Engine
+	ws *engine.Workspace
 }
 
-// idemStore holds the entries of every scope.
-type idemStore struct {
-	ttl        time.Duration
-	maxEntries int
-	now        func() time.Time
+func (sc idemScope) name() string {
+	if sc.ws == nil {
+		return ""
+	}
+	return sc.ws.ID()
+}
 
+func (sc idemScope) lookup(key string) (engine.IdempotentReply, bool) {
+	if sc.ws == nil {
+		return sc.e.IdempotentReply(key)
+	}
+	return sc.ws.IdempotentReply(key)
+}
+
+func (sc idemScope) remember(key string, r engine.IdempotentReply) error {
+	if sc.ws == nil {
+		return sc.e.RememberReply(key, r)
+	}
+	return sc.ws.RememberReply(key, r)
+}
+
+// idemEntry is a key owned by a request in flight.
+type idemEntry struct {
+	scope idemScope
+	key   string // the Idempotency-Key
+	id    string // scope name NUL key: the pending map's key
+	done  chan struct{}
+}
+
+// idemStore holds the keys owned by requests in flight.
+type idemStore struct {
 	mu struct {
 		sync.Mutex
-		m     map[string]*idemEntry
-		order *list.List // completed entries, oldest first (= expiry order)
+		pending map[string]*idemEntry
 	}
 }
 
-func newIdemStore(ttl time.Duration, maxEntries int, now func() time.Time) *idemStore {
-	st := &idemStore{ttl: ttl, maxEntries: maxEntries, now: now}
-	st.mu.m = make(map[string]*idemEntry)
-	st.mu.order = list.New()
+func newIdemStore() *idemStore {
+	st := &idemStore{}
+	st.mu.pending = make(map[string]*idemEntry)
 	return st
 }
 
-// acquire returns the completed entry of key (owner false), or a new
-// pending entry that the caller owns and must complete or abandon. It waits
-// while another request owns the key.
-func (st *idemStore) acquire(key string, wait time.Duration) (*idemEntry, bool, error) {
+// acquire returns the stored reply of key in sc (owner nil), or a new
+// pending entry that the caller owns and must complete or abandon. It
+// waits while another request owns the key.
+func (st *idemStore) acquire(sc idemScope, key string, wait time.Duration) (engine.IdempotentReply, *idemEntry, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	id := sc.name() + "\x00" + key
 	for {
-		st.mu.Lock()
-		st.evictLocked()
-		e := st.mu.m[key]
-		if e == nil {
-			e = &idemEntry{key: key, done: make(chan struct{})}
-			st.mu.m[key] = e
-			st.mu.Unlock()
-			return e, true, nil
+		if r, ok := sc.lookup(key); ok {
+			return r, nil, nil
 		}
-		if e.completed {
+		st.mu.Lock()
+		e := st.mu.pending[id]
+		if e == nil {
+			// Check again under the lock: an owner may have completed
+			// between the lookup and here.
+			if r, ok := sc.lookup(key); ok {
+				st.mu.Unlock()
+				return r, nil, nil
+			}
+			e = &idemEntry{scope: sc, key: key, id: id, done: make(chan struct{})}
+			st.mu.pending[id] = e
 			st.mu.Unlock()
-			return e, false, nil
+			return engine.IdempotentReply{}, e, nil
 		}
 		st.mu.Unlock()
 		select {
 		case <-e.done:
 		case <-deadline.C:
-			return nil, false, errorf(fasthttp.StatusConflict, "a request with this Idempotency-Key is still in progress")
+			return engine.IdempotentReply{}, nil, errorf(fasthttp.StatusConflict, "a request with this Idempotency-Key is still in progress")
 		}
 	}
 }
 
-// evictLocked drops expired entries and, past maxEntries, the oldest.
-func (st *idemStore) evictLocked() {
-	now := st.now()
-	for f := st.mu.order.Front(); f != nil; f = st.mu.order.Front() {
-		e := f.Value.(*idemEntry)
-		if now.Before(e.expires) && st.mu.order.Len() < st.maxEntries {
-			break
-		}
-		st.mu.order.Remove(f)
-		delete(st.mu.m, e.key)
-	}
-}
-
-// complete stores the reply of an owned entry and wakes its waiters.
-func (st *idemStore) complete(e *idemEntry, sum [32]byte, status int, body []byte, ctype string) {
-	st.mu.Lock()
-	e.completed, e.sum, e.status, e.body, e.ctype = true, sum, status, body, ctype
-	e.expires = st.now().Add(st.ttl)
-	e.elem = st.mu.order.PushBack(e)
-	st.mu.Unlock()
-	close(e.done)
+// complete records the reply of an owned entry durably, then releases the
+// key (waiters find the reply in the engine).
+func (st *idemStore) complete(e *idemEntry, r engine.IdempotentReply) error {
+	err := e.scope.remember(e.key, r)
+	st.release(e)
+	return err
 }
 
 // abandon releases an owned entry: the key is free again.
-func (st *idemStore) abandon(e *idemEntry) {
+func (st *idemStore) abandon(e *idemEntry) { st.release(e) }
+
+func (st *idemStore) release(e *idemEntry) {
 	st.mu.Lock()
-	if st.mu.m[e.key] == e {
-		delete(st.mu.m, e.key)
+	if st.mu.pending[e.id] == e {
+		delete(st.mu.pending, e.id)
 	}
 	st.mu.Unlock()
 	close(e.done)
 }
 
-// len is the number of entries (tests).
+// len is the number of keys in flight (tests).
 func (st *idemStore) len() int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return len(st.mu.m)
+	return len(st.mu.pending)
 }
 
 // bodyHasher hashes method, path and body bytes.
@@ -198,7 +205,7 @@ func idemKey(ctx *fasthttp.RequestCtx) ([]byte, error) {
 
 // withIdempotency runs a header-authenticated write under the protocol:
 // the body is hashed as the handler streams it.
-func (s *Server) withIdempotency(r *request, scope string) error {
+func (s *Server) withIdempotency(r *request, sc idemScope) error {
 	key, err := idemKey(r.ctx)
 	if err != nil {
 		return err
@@ -206,11 +213,11 @@ func (s *Server) withIdempotency(r *request, scope string) error {
 	if key == nil {
 		return s.invoke(r)
 	}
-	e, owner, err := s.idem.acquire(scope+"\x00"+string(key), idemWaitMax)
+	stored, e, err := s.idem.acquire(sc, string(key), idemWaitMax)
 	if err != nil {
 		return err
 	}
-	if !owner {
+	if e == nil {
 		h := newBodyHasher(r.ctx)
 		raw, err := r.rawBody(s.rawLimit())
 		if err != nil {
@@ -219,7 +226,7 @@ func (s *Server) withIdempotency(r *request, scope string) error {
 		if _, err := io.Copy(h, raw); err != nil {
 			return err
 		}
-		return s.replay(r, e, h.sum())
+		return s.replay(r, stored, h.sum())
 	}
 	r.idemEnt = e
 	r.idemHasher = newBodyHasher(r.ctx)
@@ -229,7 +236,7 @@ func (s *Server) withIdempotency(r *request, scope string) error {
 // partnerIdempotency applies the protocol to a partner request whose raw
 // body is already buffered; call it after authentication. replayed means
 // the reply is written (or err is the 422).
-func (s *Server) partnerIdempotency(r *request, scope string, raw []byte) (replayed bool, err error) {
+func (s *Server) partnerIdempotency(r *request, sc idemScope, raw []byte) (replayed bool, err error) {
 	key, err := idemKey(r.ctx)
 	if err != nil || key == nil {
 		return false, err
@@ -237,34 +244,35 @@ func (s *Server) partnerIdempotency(r *request, scope string, raw []byte) (repla
 	h := newBodyHasher(r.ctx)
 	h.Write(raw)
 	sum := h.sum()
-	e, owner, err := s.idem.acquire(scope+"\x00"+string(key), idemWaitMax)
+	stored, e, err := s.idem.acquire(sc, string(key), idemWaitMax)
 	if err != nil {
 		return false, err
 	}
-	if !owner {
-		return true, s.replay(r, e, sum)
+	if e == nil {
+		return true, s.replay(r, stored, sum)
 	}
 	r.idemEnt, r.idemSum = e, &sum
 	return false, nil
 }
 
-// replay answers with a completed entry's reply, or 422 for another body.
-func (s *Server) replay(r *request, e *idemEntry, sum [32]byte) error {
-	if sum != e.sum {
+// replay answers with a stored reply, or 422 for another body.
+func (s *Server) replay(r *request, stored engine.IdempotentReply, sum [32]byte) error {
+	if sum != stored.Sum {
 		return errorf(fasthttp.StatusUnprocessableEntity, "Idempotency-Key reused with a different request body")
 	}
 	ctx := r.ctx
-	ctx.SetStatusCode(e.status)
-	if e.ctype != "" {
-		ctx.SetContentType(e.ctype)
+	ctx.SetStatusCode(stored.Status)
+	if stored.ContentType != "" {
+		ctx.SetContentType(stored.ContentType)
 	}
 	ctx.Response.Header.Set("Idempotent-Replayed", "true")
-	ctx.SetBody(e.body)
+	ctx.SetBody(stored.Body)
 	return errReplied
 }
 
 // invoke runs the route's handler and settles an owned idempotency entry:
-// a 2xx reply is stored, anything else releases the key.
+// a 2xx reply is recorded durably (before it is sent), anything else
+// releases the key.
 func (s *Server) invoke(r *request) error {
 	err := r.rt.h(r)
 	if r.idemEnt == nil {
@@ -292,8 +300,15 @@ func (s *Server) invoke(r *request) error {
 	}
 	e := r.idemEnt
 	r.idemEnt = nil
-	body := append([]byte(nil), r.ctx.Response.Body()...)
-	s.idem.complete(e, sum, status, body, string(r.ctx.Response.Header.ContentType()))
+	rep := engine.IdempotentReply{Sum: sum, Status: status, ContentType: string(r.ctx.Response.Header.ContentType()),
+		Body: append([]byte(nil), r.ctx.Response.Body()...)}
+	if err := s.idem.complete(e, rep); err != nil {
+		// The write is applied and durable; only its reply could not be
+		// recorded (the engine is closing). Answer 503: the client's retry
+		// then runs the write again, which every write tolerates.
+		r.ctx.Response.ResetBody()
+		return err
+	}
 	return nil
 }
 

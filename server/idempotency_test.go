@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cohortd/cohortd/engine"
 )
 
 func TestIdempotencyPartner(t *testing.T) {
@@ -95,35 +97,35 @@ func TestIdempotencyV1(t *testing.T) {
 	}
 }
 
-func TestIdemStoreBounds(t *testing.T) {
-	now := time.Unix(1000, 0)
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st := newIdemStore(time.Minute, 3, clock)
-	for i := range 5 {
-		e, owner, err := st.acquire(fmt.Sprint(i), time.Second)
-		if err != nil || !owner {
-			t.Fatal(owner, err)
-		}
-		st.complete(e, [32]byte{}, 200, nil, "")
+// TestIdemStorePending: a key owned by a request in flight makes a
+// duplicate wait; the waiter gives up with 409, and a released key is free.
+func TestIdemStorePending(t *testing.T) {
+	e, err := engine.Open(engine.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	st.acquire("x", time.Second) // evicts down to the cap first
-	if n := st.len(); n > 4 {
-		t.Errorf("entries %d", n)
+	sc := idemScope{e: e}
+	st := newIdemStore()
+	_, owner, err := st.acquire(sc, "x", time.Second)
+	if err != nil || owner == nil {
+		t.Fatal(owner, err)
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Minute)
-	mu.Unlock()
-	e, owner, _ := st.acquire("y", time.Second)
-	if !owner {
-		t.Fatal("not owner")
+	if _, _, err := st.acquire(sc, "x", 10*time.Millisecond); err == nil {
+		t.Error("a duplicate of a request in flight did not time out")
 	}
-	st.abandon(e)
-	if n := st.len(); n != 1 { // only the pending "x"
-		t.Errorf("after expiry %d entries", n)
+	st.abandon(owner)
+	if st.len() != 0 {
+		t.Fatalf("%d keys in flight after abandon", st.len())
 	}
-	// A waiter gives up with 409.
-	if _, _, err := st.acquire("x", 10*time.Millisecond); err == nil {
-		t.Error("no timeout")
+	_, owner, err = st.acquire(sc, "x", time.Second)
+	if err != nil || owner == nil {
+		t.Fatal("released key not free:", owner, err)
+	}
+	if err := st.complete(owner, engine.IdempotentReply{Status: 201, Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	stored, owner, err := st.acquire(sc, "x", time.Second)
+	if err != nil || owner != nil || stored.Status != 201 {
+		t.Fatalf("completed key: %+v %v %v", stored, owner, err)
 	}
 }

@@ -92,15 +92,20 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	metrics.WriteCounterUint64(w, "cohortd_identifiers_dropped_before_floor_total", st.DroppedBeforeFloor.Load())
 	metrics.WriteCounterUint64(w, "cohortd_data_points_total", st.DataPoints.Load())
 	metrics.WriteCounterUint64(w, "cohortd_snapshots_total", st.Snapshots.Load())
-	var users, cohorts uint64
+	metrics.WriteCounterUint64(w, "cohortd_webhook_sessions_evicted_total", st.SessionsEvicted.Load())
+	// Counts only: a scrape must stay cheap with thousands of cohorts (no
+	// listing or sorting) and never wait for a writer lock.
+	var users, cohorts, sessions uint64
 	wss := e.Workspaces()
 	for _, ws := range wss {
 		users += uint64(ws.Users().Len())
-		cohorts += uint64(len(ws.Cohorts()))
+		cohorts += uint64(ws.CohortCount())
+		sessions += uint64(ws.OpenSessions())
 	}
 	metrics.WriteGaugeUint64(w, "cohortd_workspaces", uint64(len(wss)))
 	metrics.WriteGaugeUint64(w, "cohortd_users", users)
 	metrics.WriteGaugeUint64(w, "cohortd_cohorts", cohorts)
+	metrics.WriteGaugeUint64(w, "cohortd_webhook_sessions_open", sessions)
 	metrics.WriteGaugeFloat64(w, "cohortd_recovery_seconds", e.RecoveryDuration().Seconds())
 }
 

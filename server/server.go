@@ -23,15 +23,14 @@ import (
 
 // Options configure a Server. Zero values get the documented defaults.
 type Options struct {
-	AdminToken     string        // required: the bearer token of admin endpoints
-	MaxBody        int64         // decoded /v1 body cap, default 256 MiB
-	PartnerMaxBody int64         // decoded partner body cap, default 8 MiB
-	PartnerMaxIDs  int           // identifiers per partner request, default 1000
-	RateLimit      float64       // requests/s per credential (token bucket); 0 = off
-	RateBurst      int           // bucket size; <1 means max(1, ceil(RateLimit))
-	IdempotencyTTL time.Duration // how long a reply is kept for its Idempotency-Key, default 24h
-	Logger         *slog.Logger  // nil → slog.Default()
-	Metrics        *metrics.Set  // nil → a new set; /metrics writes it and the process metrics
+	AdminToken     string       // required: the bearer token of admin endpoints
+	MaxBody        int64        // decoded /v1 body cap, default 256 MiB
+	PartnerMaxBody int64        // decoded partner body cap, default 8 MiB
+	PartnerMaxIDs  int          // identifiers per partner request, default 1000
+	RateLimit      float64      // requests/s per credential (token bucket); 0 = off
+	RateBurst      int          // bucket size; <1 means max(1, ceil(RateLimit))
+	Logger         *slog.Logger // nil → slog.Default()
+	Metrics        *metrics.Set // nil → a new set; /metrics writes it and the process metrics
 }
 
 // Defaults of Options.
@@ -39,7 +38,6 @@ const (
 	DefaultMaxBody        = 256 << 20
 	DefaultPartnerMaxBody = 8 << 20
 	DefaultPartnerMaxIDs  = 1000
-	DefaultIdempotencyTTL = 24 * time.Hour
 )
 
 // Server is the HTTP server of cohortd.
@@ -97,9 +95,6 @@ func New(opts Options) *Server {
 	if opts.PartnerMaxIDs <= 0 {
 		opts.PartnerMaxIDs = DefaultPartnerMaxIDs
 	}
-	if opts.IdempotencyTTL <= 0 {
-		opts.IdempotencyTTL = DefaultIdempotencyTTL
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -109,7 +104,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		opts:   opts,
 		log:    opts.Logger,
-		idem:   newIdemStore(opts.IdempotencyTTL, defaultIdemEntries, time.Now),
+		idem:   newIdemStore(),
 		limits: newRateLimits(opts.RateLimit, opts.RateBurst),
 		adminD: digest([]byte(opts.AdminToken)),
 	}

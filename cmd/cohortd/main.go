@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -75,7 +74,6 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		PartnerMaxIDs:  cfg.partnerMaxIDs,
 		RateLimit:      cfg.rateLimit,
 		RateBurst:      cfg.rateBurst,
-		IdempotencyTTL: 24 * time.Hour,
 		Logger:         log,
 		Metrics:        metrics.NewSet(),
 	})
@@ -209,7 +207,7 @@ func adminToken(cfg config, stdout io.Writer) (token, path string, err error) {
 		return "", "", fmt.Errorf("generate admin token: %w", err)
 	}
 	token = "adm_" + hex.EncodeToString(raw)
-	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return "", "", fmt.Errorf("create data dir: %w", err)
 	}
 	if err := writeFileSync(path, []byte(token+"\n"), 0o600); err != nil {

@@ -101,6 +101,18 @@ func (l *Log) Replay(from uint64, fn func(typ uint8, lsn uint64, payload []byte)
 	return nil
 }
 
+// FirstLSN returns the lsn of the first record of the oldest segment on
+// disk (1 if no segment was ever retired), or 0 when the log has no
+// segment at all. It reads the directory and may be called before Replay,
+// to know how far back the log reaches.
+func (l *Log) FirstLSN() (uint64, error) {
+	segs, err := listSegments(l.opts.Dir)
+	if err != nil || len(segs) == 0 {
+		return 0, err
+	}
+	return segs[0].first, nil
+}
+
 // finishReplay publishes the state found by Replay.
 func (l *Log) finishReplay(segs []segmentInfo, next uint64) {
 	l.mu.Lock()

@@ -72,7 +72,7 @@ func listSegments(dir string) ([]segmentInfo, error) {
 // appending.
 func createSegment(dir string, first uint64) (*os.File, error) {
 	p := filepath.Join(dir, segmentName(first))
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("wal: create segment %q: %w", p, err)
 	}

@@ -214,7 +214,7 @@ func Open(opts Options) (*Log, error) {
 	if opts.SyncInterval <= 0 {
 		opts.SyncInterval = DefaultSyncInterval
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wal: create dir %q: %w", opts.Dir, err)
 	}
 	l := &Log{opts: opts, logger: opts.Logger, stop: make(chan struct{})}
