@@ -165,7 +165,10 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "- workload: users %d", wl.Users)
 	if wl.Cohorts > 0 {
-		fmt.Fprintf(&b, ", cohorts %d, flavour %s, shape %s", wl.Cohorts, wl.Flavour, wl.Shape)
+		fmt.Fprintf(&b, ", cohorts %d, flavour %s", wl.Cohorts, wl.Flavour)
+		if wl.Shape != "" {
+			fmt.Fprintf(&b, ", shape %s", wl.Shape)
+		}
 	}
 	fmt.Fprintf(&b, ", seed %d\n", wl.Seed)
 	if wl.Workspace != "" || wl.Partner != "" {

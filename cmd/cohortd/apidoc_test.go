@@ -174,3 +174,92 @@ func TestAPIDocSections(t *testing.T) {
 		t.Error("found no docs/API.md citations at all; is the walk rooted right?")
 	}
 }
+
+// TestDocLinks: every relative link of the repository's Markdown files
+// reaches a file of the repository (and, with a #fragment into a Markdown
+// file, one of its headings), and no document points at files a clone
+// lacks.
+func TestDocLinks(t *testing.T) {
+	t.Parallel()
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	var mds []string
+	err := filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && p != "../.." || d.Name() == "testdata" || d.Name() == "results") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".md") {
+			mds = append(mds, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mds) < 5 {
+		t.Fatalf("found only %v", mds)
+	}
+	for _, md := range mds {
+		b, err := os.ReadFile(md)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"../shared", "SPEC.md", "SPEC §"} {
+			if bytes.Contains(b, []byte(bad)) {
+				t.Errorf("%s mentions %q, which a clone lacks", md, bad)
+			}
+		}
+		for _, m := range link.FindAllStringSubmatch(string(b), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			file, frag, _ := strings.Cut(target, "#")
+			p := md
+			if file != "" {
+				p = filepath.Join(filepath.Dir(md), file)
+				if _, err := os.Stat(p); err != nil {
+					t.Errorf("%s links to %s, which does not exist", md, target)
+					continue
+				}
+			}
+			if frag != "" && strings.HasSuffix(p, ".md") && !slices.Contains(markdownAnchors(t, p), frag) {
+				t.Errorf("%s links to %s, but %s has no such heading", md, target, p)
+			}
+		}
+	}
+}
+
+// markdownAnchors returns the GitHub anchors of the headings of a Markdown
+// file: lower case, punctuation other than '-' and '_' dropped, spaces as '-'.
+func markdownAnchors(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var anchors []string
+	inCode := false
+	for _, ln := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(ln, "```") {
+			inCode = !inCode
+		}
+		if inCode || !anyHeading.MatchString(ln) {
+			continue
+		}
+		h := strings.ToLower(strings.TrimSpace(strings.TrimLeft(ln, "#")))
+		var a strings.Builder
+		for _, r := range h {
+			switch {
+			case r == ' ':
+				a.WriteByte('-')
+			case r == '-' || r == '_' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r > 127:
+				a.WriteRune(r)
+			}
+		}
+		anchors = append(anchors, a.String())
+	}
+	return anchors
+}
