@@ -19,26 +19,27 @@ import (
 // Options.AdminToken is set. With ShapeMixpanelWebhook it behaves like
 // Mixpanel's cohort sync instead (see webhook.go).
 //
-// The report is never nil; the error is non-nil when the run failed.
+// The report is nil when the options are invalid (ErrInvalidOptions) or the
+// setup failed (ErrSetup); otherwise the error is non-nil when the run failed.
 func Export(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	r, err := newRun(o, log)
 	if err != nil {
 		return nil, err
 	}
-	err = r.ensureExportCredentials(ctx)
+	if err := r.setup(func() error { return r.ensureExportCredentials(ctx) }); err != nil {
+		return nil, err
+	}
+	e := r.newExporter(r.o.Rate)
+	e.start(ctx)
+	err = e.firstLoad(ctx)
 	if err == nil {
-		e := r.newExporter(r.o.Rate)
-		e.start(ctx)
-		err = e.firstLoad(ctx)
-		if err == nil {
-			tctx, cancel := r.timed(ctx, 0)
-			e.churn(ctx, tctx)
-			cancel()
-		}
-		e.stop()
-		if err == nil {
-			err = e.verify(ctx)
-		}
+		tctx, cancel := r.timed(ctx, 0)
+		e.churn(ctx, tctx)
+		cancel()
+	}
+	e.stop()
+	if err == nil {
+		err = e.verify(ctx)
 	}
 	return r.report("export", err)
 }

@@ -16,12 +16,16 @@ import (
 // Options.Mix) together for Options.Duration (default 10s), and finally
 // compares the server's cohort sizes with its model.
 //
-// The report is never nil after option validation; the error is non-nil
-// when the run failed (a fatal error, an error count or a verification
-// mismatch), so a test can check just the error and print the report.
+// The report is nil when the options are invalid (ErrInvalidOptions) or the
+// setup failed (ErrSetup); otherwise the error is non-nil when the run
+// failed (a fatal error, an error count or a verification mismatch), so a
+// test can check just the error and print the report.
 func Mixed(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	r, err := newRun(o, log)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.setup(func() error { return r.ensureExportCredentials(ctx) }); err != nil {
 		return nil, err
 	}
 	return r.report("mixed", r.mixed(ctx))
@@ -30,9 +34,6 @@ func Mixed(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 func (r *run) mixed(ctx context.Context) error {
 	if r.o.Duration == 0 && r.o.ChangeSets == 0 {
 		r.o.Duration = 10 * time.Second
-	}
-	if err := r.ensureExportCredentials(ctx); err != nil {
-		return err
 	}
 	if !r.o.SkipSeed {
 		if err := r.seedUsers(ctx); err != nil {

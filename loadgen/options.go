@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,8 +28,15 @@ const (
 )
 
 // Options configures a run. The zero value of a field means its default
-// (see withDefaults); every load loop is bounded by Duration and/or a count.
+// (see withDefaults) unless Exact is set; every load loop is bounded by
+// Duration and/or a count.
 type Options struct {
+	// Exact takes every numeric field as given: a zero is a zero (no churn,
+	// no retries, seed 0), never replaced by a default, and a zero where
+	// only a positive value makes sense is an error. Start from
+	// DefaultOptions to get the defaults and set Exact in one step.
+	Exact bool
+
 	// Addr is the server's base URL, default "http://127.0.0.1:8080".
 	Addr string
 	// AdminToken authorises the admin API, used to create whatever
@@ -37,6 +45,10 @@ type Options struct {
 	// Credentials are pre-existing keys; empty fields are created through the
 	// admin API when AdminToken is set.
 	Credentials Credentials
+	// OnCredentials, when set, is called once after setup created any
+	// credential, with the complete set the run uses. Secrets are never
+	// written to the progress log, so this is the only way to keep them.
+	OnCredentials func(Credentials) error
 
 	// Users is the number of seeded users (Seed creates them; the other
 	// commands assume they exist). Default 100,000.
@@ -132,15 +144,24 @@ type Options struct {
 	Dial func(addr string) (net.Conn, error)
 }
 
+// DefaultOptions returns Options with every default filled in and Exact
+// set: start from it to state explicit zero values (no churn, no retries,
+// seed 0), which the zero-means-default rule of a plain Options literal
+// cannot express. cmd/loadgen binds its flags to these values.
+func DefaultOptions() Options {
+	o := Options{}.withDefaults()
+	o.Exact = true
+	return o
+}
+
+// withDefaults fills the zero fields of o with their defaults, unless
+// o.Exact, and normalises Addr.
 func (o Options) withDefaults() Options {
 	setDefault(&o.Addr, "http://127.0.0.1:8080")
 	o.Addr = strings.TrimRight(o.Addr, "/")
 	if !strings.Contains(o.Addr, "://") {
 		o.Addr = "http://" + o.Addr
 	}
-	setDefault(&o.Users, 100_000)
-	setDefault(&o.Seed, 1)
-	setDefault(&o.Cohorts, 3)
 	setDefault(&o.Flavour, FlavourClustered)
 	setDefault(&o.Shape, ShapePartner)
 	if o.Shape == ShapeMixpanelWebhook {
@@ -148,14 +169,20 @@ func (o Options) withDefaults() Options {
 		// queries must name them so too.
 		setDefault(&o.Credentials.Partner, webhookPartner)
 	}
+	if o.Mix.total() == 0 {
+		o.Mix = DefaultMix
+	}
+	if o.Exact {
+		return o
+	}
+	setDefault(&o.Users, 100_000)
+	setDefault(&o.Seed, 1)
+	setDefault(&o.Cohorts, 3)
 	setDefault(&o.Concurrency, 4)
 	setDefault(&o.QueryConcurrency, 4)
 	setDefault(&o.Interval, time.Second)
 	setDefault(&o.ChurnLeave, 0.01)
 	setDefault(&o.ChurnJoin, 0.01)
-	if o.Mix.total() == 0 {
-		o.Mix = DefaultMix
-	}
 	setDefault(&o.UsersPerBody, 100_000)
 	setDefault(&o.PartnerMaxIDs, 1_000)
 	setDefault(&o.BulkIDs, 100_000)
@@ -176,35 +203,53 @@ func setDefault[T comparable](p *T, v T) {
 	}
 }
 
+// ErrInvalidOptions is wrapped by every error about the options themselves
+// (as opposed to the server or the run).
+var ErrInvalidOptions = errors.New("loadgen: invalid options")
+
+// validate checks o after withDefaults; its errors wrap ErrInvalidOptions.
 func (o Options) validate() error {
+	if err := o.check(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	return nil
+}
+
+func (o Options) check() error {
 	switch o.Flavour {
 	case FlavourClustered, FlavourUniform:
 	default:
-		return fmt.Errorf("loadgen: unknown flavour %q (clustered or uniform)", o.Flavour)
+		return fmt.Errorf("unknown flavour %q (clustered or uniform)", o.Flavour)
 	}
 	switch o.Shape {
 	case ShapePartner, ShapeBulk:
 		if o.InjectFailureRate != 0 {
-			return fmt.Errorf("loadgen: failure injection is only for sender %s", ShapeMixpanelWebhook)
+			return fmt.Errorf("failure injection is only for sender %s", ShapeMixpanelWebhook)
 		}
 	case ShapeMixpanelWebhook:
 		if p := o.Credentials.Partner; p != "" && p != webhookPartner {
-			return fmt.Errorf("loadgen: sender %s needs partner %q, not %q", o.Shape, webhookPartner, p)
+			return fmt.Errorf("sender %s needs partner %q, not %q", o.Shape, webhookPartner, p)
 		}
 	default:
-		return fmt.Errorf("loadgen: unknown sender %q (partner, bulk or %s)", o.Shape, ShapeMixpanelWebhook)
+		return fmt.Errorf("unknown sender %q (partner, bulk or %s)", o.Shape, ShapeMixpanelWebhook)
 	}
 	if o.InjectFailureRate < 0 || o.InjectFailureRate >= 1 {
-		return fmt.Errorf("loadgen: inject failure rate must be in [0, 1)")
+		return fmt.Errorf("inject failure rate must be in [0, 1)")
 	}
 	if o.Users < 1 || o.Cohorts < 1 || o.Concurrency < 1 || o.QueryConcurrency < 1 {
-		return fmt.Errorf("loadgen: users, cohorts and concurrency must be positive")
+		return fmt.Errorf("users, cohorts and concurrency must be positive")
 	}
 	if o.Rate < 0 || o.ExportRate < 0 || o.ChurnLeave < 0 || o.ChurnLeave > 1 || o.ChurnJoin < 0 || o.ChurnJoin > 1 {
-		return fmt.Errorf("loadgen: rates and churn shares must be non-negative (churn at most 1)")
+		return fmt.Errorf("rates and churn shares must be non-negative (churn at most 1)")
 	}
 	if o.PartnerMaxIDs < 1 || o.BulkIDs < 1 || o.BulkLineIDs < 1 || o.UsersPerBody < 1 || o.WebhookPageSize < 1 {
-		return fmt.Errorf("loadgen: batch sizes must be positive")
+		return fmt.Errorf("batch sizes must be positive")
+	}
+	if o.Interval <= 0 || o.RequestTimeout <= 0 || o.ReportEvery <= 0 || o.BackoffBase <= 0 || o.BackoffMax < o.BackoffBase {
+		return fmt.Errorf("interval, timeout, report period and backoff must be positive")
+	}
+	if o.Duration < 0 || o.ChangeSets < 0 || o.Requests < 0 || o.MaxRetries < 0 {
+		return fmt.Errorf("duration, change sets, requests and retries must not be negative")
 	}
 	return nil
 }

@@ -16,21 +16,25 @@ import (
 // Export with the same Cohorts, Flavour, Shape and Credentials.Partner creates;
 // users are drawn from the seeded universe.
 //
-// The report is never nil; the error is non-nil when the run failed.
+// The report is nil when the options are invalid (ErrInvalidOptions) or the
+// setup failed (ErrSetup); otherwise the error is non-nil when the run failed.
 func Query(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	r, err := newRun(o, log)
 	if err != nil {
 		return nil, err
 	}
-	if err = ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, false, r.log); err == nil {
-		tctx, cancel := r.timed(ctx, 10*time.Second)
-		q := r.newQuerier(r.o.Rate)
-		r.prog.start("query", -1, q.done.Load)
-		q.run(ctx, tctx)
-		r.prog.stop()
-		cancel()
+	if err := r.setup(func() error {
+		return ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, false, r.log)
+	}); err != nil {
+		return nil, err
 	}
-	return r.report("query", err)
+	tctx, cancel := r.timed(ctx, 10*time.Second)
+	q := r.newQuerier(r.o.Rate)
+	r.prog.start("query", -1, q.done.Load)
+	q.run(ctx, tctx)
+	r.prog.stop()
+	cancel()
+	return r.report("query", nil)
 }
 
 // Query kinds, also the operation names in reports.

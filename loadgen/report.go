@@ -165,7 +165,10 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "- workload: users %d", wl.Users)
 	if wl.Cohorts > 0 {
-		fmt.Fprintf(&b, ", cohorts %d, flavour %s, shape %s", wl.Cohorts, wl.Flavour, wl.Shape)
+		fmt.Fprintf(&b, ", cohorts %d, flavour %s", wl.Cohorts, wl.Flavour)
+		if wl.Shape != "" {
+			fmt.Fprintf(&b, ", shape %s", wl.Shape)
+		}
 	}
 	fmt.Fprintf(&b, ", seed %d\n", wl.Seed)
 	if wl.Workspace != "" || wl.Partner != "" {
@@ -203,9 +206,14 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	e := r.Env
 	fmt.Fprintf(&b, "- machine: %s/%s, %d CPUs, GOMAXPROCS %d, %s\n", e.OS, e.Arch, e.NumCPU, e.GOMAXPROCS, e.GoVersion)
 	fmt.Fprintf(&b, "- elapsed: %s, errors: %d\n", time.Duration(r.ElapsedNs).Round(time.Millisecond), r.Errors)
-	if r.Verification.OK() {
+	switch {
+	case r.Verification.Checks == 0:
+		// Seed and query compare nothing; an export that got this far
+		// without a check failed before its verification.
+		b.WriteString("- verification: none ran\n")
+	case r.Verification.OK():
 		fmt.Fprintf(&b, "- verification: OK (%d checks)\n", r.Verification.Checks)
-	} else {
+	default:
 		fmt.Fprintf(&b, "- verification: FAILED (%d of %d checks)\n", r.Verification.Failures, r.Verification.Checks)
 	}
 	if s := r.Seed; s != nil {

@@ -3,7 +3,9 @@ package loadgen
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -41,6 +43,37 @@ func newRun(o Options, log io.Writer) (*run, error) {
 		started: time.Now(),
 	}, nil
 }
+
+// ErrSetup is wrapped by the error of a run whose setup failed (credentials
+// missing and no admin token, or the admin API refused to create them):
+// such a run made no measurement, and Seed, Export, Query and Mixed return
+// no report for it.
+var ErrSetup = errors.New("loadgen: setup failed")
+
+// setup runs ensure (which fills r.creds) and hands newly created
+// credentials to Options.OnCredentials. Its errors wrap ErrSetup.
+func (r *run) setup(ensure func() error) error {
+	if err := ensure(); err != nil {
+		return &setupError{err}
+	}
+	was, now := r.o.Credentials, r.creds
+	created := now.APIKey != was.APIKey || now.PartnerAPIKey != was.PartnerAPIKey || now.ClientSecret != was.ClientSecret
+	if created && r.o.OnCredentials != nil {
+		if err := r.o.OnCredentials(r.creds); err != nil {
+			return &setupError{fmt.Errorf("keep the created credentials: %w", err)}
+		}
+	}
+	return nil
+}
+
+// setupError is an error of the setup; it wraps ErrSetup and the cause.
+type setupError struct{ err error }
+
+func (e *setupError) Error() string {
+	return "loadgen: setup failed: " + strings.TrimPrefix(e.err.Error(), "loadgen: ")
+}
+
+func (e *setupError) Unwrap() []error { return []error{ErrSetup, e.err} }
 
 // report builds the run's report. A fatal error err is counted as an error
 // too, and the returned error is non-nil whenever the run failed.

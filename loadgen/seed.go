@@ -14,16 +14,19 @@ import (
 // users. A workspace is created first when Options.Credentials has no API
 // key and Options.AdminToken is set. Informational lines go to log.
 //
-// The report is never nil; the error is non-nil when the run failed.
+// The report is nil when the options are invalid (ErrInvalidOptions) or the
+// setup failed (ErrSetup); otherwise the error is non-nil when the run failed.
 func Seed(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	r, err := newRun(o, log)
 	if err != nil {
 		return nil, err
 	}
-	if err = ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, false, r.log); err == nil {
-		err = r.seedUsers(ctx)
+	if err := r.setup(func() error {
+		return ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, false, r.log)
+	}); err != nil {
+		return nil, err
 	}
-	return r.report("seed", err)
+	return r.report("seed", r.seedUsers(ctx))
 }
 
 // seedUsers runs both seeding passes.

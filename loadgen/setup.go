@@ -19,7 +19,9 @@ var ErrNoAdminToken = errors.New("loadgen: credentials missing and no admin toke
 
 // ensureCredentials fills what creds lacks through the admin API: a
 // workspace (and its API key) when needWorkspace, a partner and a data
-// import key when needPartner. It reports what it created on log.
+// import key when needPartner. It reports what it created on log by name
+// only: secrets never reach the log (Options.OnCredentials hands them to
+// the caller instead).
 func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Credentials, needWorkspace, needPartner bool, log io.Writer) error {
 	if needWorkspace && creds.APIKey == "" {
 		if admin == "" {
@@ -46,7 +48,7 @@ func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Cre
 			return fmt.Errorf("create workspace %q: reply without api_key", id)
 		}
 		creds.Workspace, creds.APIKey = id, out.APIKey
-		fmt.Fprintf(log, "loadgen: created workspace %s (api key %s)\n", id, out.APIKey)
+		fmt.Fprintf(log, "loadgen: created workspace %s (its API key is not printed)\n", id)
 	}
 	if creds.Partner == "" {
 		// /v1 paths take any slug, so bulk runs and queries need no
@@ -79,7 +81,7 @@ func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Cre
 			return fmt.Errorf("create partner %q: reply without partner_api_key", slug)
 		}
 		creds.Partner, creds.PartnerAPIKey = slug, out.PartnerAPIKey
-		fmt.Fprintf(log, "loadgen: created partner %s (partner api key %s)\n", slug, out.PartnerAPIKey)
+		fmt.Fprintf(log, "loadgen: created partner %s (its partner API key is not printed)\n", slug)
 	}
 	if creds.ClientSecret == "" {
 		if admin == "" {
@@ -108,7 +110,7 @@ func createImportKey(ctx context.Context, cl *client, admin string, creds *Crede
 		return errors.New("create data import key: reply without client_secret")
 	}
 	creds.ClientSecret = out.ClientSecret
-	fmt.Fprintf(log, "loadgen: created data import key %s (client secret %s)\n", out.KeyID, out.ClientSecret)
+	fmt.Fprintf(log, "loadgen: created data import key %s (its client secret is not printed)\n", out.KeyID)
 	return nil
 }
 

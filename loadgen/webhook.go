@@ -121,7 +121,7 @@ func ensureWebhookCredentials(ctx context.Context, cl *client, admin string, cre
 	switch {
 	case err == nil:
 		creds.PartnerAPIKey = out.PartnerAPIKey
-		fmt.Fprintf(log, "loadgen: created partner %s (partner api key %s)\n", webhookPartner, out.PartnerAPIKey)
+		fmt.Fprintf(log, "loadgen: created partner %s (its partner API key is not printed)\n", webhookPartner)
 	case isStatus(err, http.StatusConflict):
 		fmt.Fprintf(log, "loadgen: partner %s exists; creating a data import key for it\n", webhookPartner)
 	default:

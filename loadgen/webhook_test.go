@@ -63,12 +63,17 @@ func TestExportMixpanelWebhookRealServer(t *testing.T) {
 
 	o := webhookOptions(dial, admin, &log)
 	o.Users, o.Seed, o.UsersPerBody = 20_000, 5, 7_000
+	var created Credentials
+	o.OnCredentials = func(c Credentials) error { created = c; return nil }
 	rep, err := Seed(ctx, o, &log)
 	if err != nil {
 		t.Fatalf("Seed: %v", err)
 	}
-	o.Credentials = Credentials{Workspace: rep.Workload.Workspace}
-	o.Credentials.APIKey = apiKeyFrom(t, &log)
+	if created.APIKey == "" || created.Workspace != rep.Workload.Workspace {
+		t.Fatalf("OnCredentials got %+v for workspace %q", created, rep.Workload.Workspace)
+	}
+	o.OnCredentials = nil
+	o.Credentials = Credentials{Workspace: created.Workspace, APIKey: created.APIKey}
 	for _, f := range []Flavour{FlavourClustered, FlavourUniform} {
 		o := o
 		o.Flavour, o.Cohorts, o.ChangeSets, o.Interval = f, 2, 4, 30*time.Millisecond
@@ -105,17 +110,6 @@ func TestExportMixpanelWebhookRealServer(t *testing.T) {
 			t.Errorf("%s: verification %+v", f, rep.Verification)
 		}
 	}
-}
-
-// apiKeyFrom reads the workspace API key Seed logged when it created the
-// workspace.
-func apiKeyFrom(t *testing.T, log *bytes.Buffer) string {
-	t.Helper()
-	m := regexp.MustCompile(`created workspace \S+ \(api key (\S+)\)`).FindStringSubmatch(log.String())
-	if m == nil {
-		t.Fatalf("no workspace in log %q", log.String())
-	}
-	return m[1]
 }
 
 // TestMixedMixpanelWebhookRealServer runs setup, seeding, the webhook
