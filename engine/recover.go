@@ -52,10 +52,10 @@ func (e *Engine) recover() error {
 		return errors.Join(fmt.Errorf("engine: open wal: %w", err), e.unlock())
 	}
 	walFirst, err := l.FirstLSN()
-	if err == nil {
-		walFirst, err = e.loadNewestSnapshot(walFirst)
-	}
 	from := walFirst
+	if err == nil {
+		from, err = e.loadNewestSnapshot(walFirst)
+	}
 	if err != nil {
 		return errors.Join(err, l.Close(), e.unlock())
 	}
@@ -83,6 +83,19 @@ func (e *Engine) recover() error {
 // the WAL since it for exactly this. With no snapshot left, recovery
 // replays the WAL from its first record, which is only the whole history
 // when no segment was ever retired (walFirst is 1; 0 means no WAL at all).
+//
+// # Where replay starts
+//
+// A snapshot is named after the lowest position of its scopes (the engine,
+// each workspace), each captured at its own position, so a scope may cover
+// records past the name. Replay starts after the name and skips, per
+// scope, what the scope covers. A WAL may start later than that only when
+// the data dir was restored from the snapshot alone: recovery then started
+// a new WAL after the highest position any scope covers (so that new
+// records are never taken for records inside the snapshot), and the
+// records in between are either inside the snapshot or were never part of
+// the backup. A WAL that starts past every scope has lost records: the
+// snapshot is unusable with it.
 func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
 	snaps, err := listSnapshots(e.opts.Dir)
 	if err != nil {
@@ -91,19 +104,22 @@ func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
 	var failed []error
 	for _, sn := range snaps {
 		p := filepath.Join(e.opts.Dir, sn.name)
-		if walFirst > 0 && sn.lsn+1 < walFirst {
-			// The WAL no longer reaches back to this snapshot.
-			failed = append(failed, fmt.Errorf("snapshot %s is older than the WAL (first record %d)", sn.name, walFirst))
-			continue
-		}
 		t := time.Now()
 		err := e.loadSnapshot(p)
 		if err == nil {
-			if len(failed) > 0 {
-				e.log.Error("recovered from an older snapshot after newer ones failed", "file", sn.name, "failed", errors.Join(failed...).Error())
+			top := e.maxScopeLSN()
+			switch {
+			case walFirst == 0:
+				return e.loaded(sn, t, failed, top+1), nil
+			case walFirst <= sn.lsn+1:
+				return e.loaded(sn, t, failed, sn.lsn+1), nil
+			case walFirst <= top+1:
+				return e.loaded(sn, t, failed, walFirst), nil
 			}
-			e.log.Info("snapshot loaded", "file", sn.name, "duration", time.Since(t).String())
-			return sn.lsn + 1, nil
+			// Not damaged, just too old for this WAL: try no further.
+			e.resetState()
+			failed = append(failed, fmt.Errorf("snapshot %s covers up to record %d, but the WAL starts at record %d", sn.name, top, walFirst))
+			break
 		}
 		e.log.Error("SNAPSHOT UNREADABLE: falling back to the previous snapshot and the WAL", "file", sn.name, "err", err)
 		failed = append(failed, err)
@@ -116,6 +132,25 @@ func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
 		return 0, fmt.Errorf("engine: no usable snapshot, and the WAL does not hold the whole history (first record %d): %w", walFirst, errors.Join(failed...))
 	}
 	return 1, nil
+}
+
+// loaded logs a successful snapshot load and returns from.
+func (e *Engine) loaded(sn snapFile, start time.Time, failed []error, from uint64) uint64 {
+	if len(failed) > 0 {
+		e.log.Error("recovered from an older snapshot after newer ones failed", "file", sn.name, "failed", errors.Join(failed...).Error())
+	}
+	e.log.Info("snapshot loaded", "file", sn.name, "duration", time.Since(start).String(), "replay_from", from)
+	return from
+}
+
+// maxScopeLSN is the highest WAL position any scope (the engine, a
+// workspace) has applied.
+func (e *Engine) maxScopeLSN() uint64 {
+	m := e.mu.lsn
+	for _, w := range e.mu.workspaces {
+		m = max(m, w.lsn)
+	}
+	return m
 }
 
 // resetState forgets everything a failed snapshot load may have built.
