@@ -70,4 +70,5 @@ func (u *Users) compact(extra int) {
 	u.used, u.freeBytes, u.poolLen, u.freeNode = used, 0, poolLen, 0
 	clear(u.free)
 	u.tombs, u.maxUsed = 0, maxUsedFor(nb)
+	u.compactions++
 }

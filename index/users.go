@@ -181,6 +181,7 @@ type Users struct {
 	poolLen              int             // pool nodes handed out (live or on the free list)
 	freeNode             uint32          // head of the free pool list (index + 1)
 	closed               bool            // Close was called: new regions go to the heap
+	compactions          int             // arena compactions so far
 	master               *roaring.Bitmap // live users, copy-on-write; published by Publish
 
 	pub   atomic.Pointer[roaring.Bitmap]
