@@ -207,11 +207,14 @@ func (e *Engine) RecoveryDuration() time.Duration { return e.recovery }
 // RetentionFloor is the configured retention floor.
 func (e *Engine) RetentionFloor() time.Time { return e.floor }
 
-// Close takes a final snapshot (with a data directory) and closes the WAL.
+// Close takes a final snapshot (with a data directory), closes the WAL and
+// releases every workspace's identity tables (their memory is outside the Go
+// heap: see index.Users.Close).
 func (e *Engine) Close() error {
 	if e.closed.Swap(true) {
 		return nil
 	}
+	defer e.releaseUsers()
 	if e.wal == nil {
 		return nil
 	}

@@ -65,6 +65,26 @@ func newWorkspace(e *Engine, id string, d [32]byte) *Workspace {
 	return w
 }
 
+// releaseUsers releases the identity tables of every workspace (Close).
+func (e *Engine) releaseUsers() {
+	for _, w := range e.Workspaces() {
+		w.releaseUsers()
+	}
+}
+
+// releaseUsers releases the workspace's identity tables once no change can be
+// under way: readers still running see an empty table; a change that was
+// waiting for the locks finds the engine closed or works on heap memory (see
+// index.Users.Close). The engine calls it when it closes, and must when it
+// drops a workspace.
+func (w *Workspace) releaseUsers() {
+	w.usersMu.Lock()
+	w.mu.Lock()
+	w.users.Close()
+	w.mu.Unlock()
+	w.usersMu.Unlock()
+}
+
 // ID returns the workspace id.
 func (w *Workspace) ID() string { return w.id }
 
