@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
-
 )
 
 // Snapshot files hold the whole state: engine-level records (partners,

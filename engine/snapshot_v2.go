@@ -602,4 +602,3 @@ func checkSnapshot(f io.Reader, size int64, name string) error {
 		return s.err
 	}
 }
-
