@@ -227,10 +227,12 @@ type snapReader struct {
 	size int64 // bytes in the file (bounds allocation hints)
 	r    *bufio.Reader
 	crc  hash.Hash32
-	name string
-	off  int64
-	err  error
-	buf  []byte
+	// noCRC skips the running CRC of version 1 (version 2 checks each section).
+	noCRC bool
+	name  string
+	off   int64
+	err   error
+	buf   []byte
 }
 
 func (s *snapReader) fail(reason string) {
@@ -296,7 +298,9 @@ func (s *snapReader) full(n uint64) []byte {
 		}
 	}
 	s.buf = b
-	s.crc.Write(b)
+	if !s.noCRC {
+		s.crc.Write(b)
+	}
 	s.off += int64(n)
 	return b
 }

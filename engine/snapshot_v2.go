@@ -299,7 +299,8 @@ func (s *snapReader) fields(h secHeader) *snapReader {
 		s.fail(fmt.Sprintf("section of kind %d: checksum mismatch", h.kind))
 		return &snapReader{err: s.err}
 	}
-	return &snapReader{size: int64(len(p)), r: bufio.NewReader(bytes.NewReader(bytes.Clone(p))), crc: crc32.New(castagnoli), name: s.name, off: h.at}
+	// p is s's buffer, which the next read of s reuses: the section is parsed first.
+	return &snapReader{size: int64(len(p)), r: bufio.NewReader(bytes.NewReader(p)), crc: crc32.New(castagnoli), noCRC: true, name: s.name, off: h.at}
 }
 
 // done ends a field section: its error, or trailing bytes, become the file's.
@@ -329,6 +330,7 @@ func (s *snapReader) time() time.Time {
 // checksum and bound, the users' arrays streamed through index.ArrayCheck
 // rather than loaded, cohorts validated and dropped.
 func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
+	s.noCRC = true
 	var (
 		w       *Workspace
 		hasUser bool
