@@ -22,6 +22,10 @@ run: build ## start cohortd on 127.0.0.1:8080 with ./data and a demo workspace
 
 test: ## the default test suite (short mode, what CI runs)
 	$(GO) test -short -count=1 -timeout 15m $(PKGS)
+	# The heap fallback of the identity tables' regions, forced on Linux too.
+	$(GO) test -short -count=1 -tags cohortd_heapmem ./index/ ./engine/
+	# Smoke of the memory-layer benchmarks (resolve, snapshot load) at a small size.
+	COHORTD_BENCH_USERS=100000 $(GO) test -run '^$$' -bench 'ResolveMany|SnapshotLoad' -benchtime 2x ./index/ ./engine/
 
 test-race: ## the test suite under the race detector
 	$(GO) test -short -race -shuffle=on -count=1 -timeout 20m $(PKGS)

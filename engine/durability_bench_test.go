@@ -80,14 +80,7 @@ func BenchmarkImportDurable(b *testing.B) {
 // default; COHORTD_BENCH_LARGE=1 adds 10M (and COHORTD_BENCH_HUGE=1 100M,
 // which needs ~40 GB of disk and an hour to build).
 func BenchmarkColdStart(b *testing.B) {
-	sizes := []int{1_000_000}
-	if large() {
-		sizes = append(sizes, 10_000_000)
-	}
-	if os.Getenv("COHORTD_BENCH_HUGE") == "1" {
-		sizes = append(sizes, 100_000_000)
-	}
-	for _, users := range sizes {
+	for _, users := range snapBenchSizes() {
 		b.Run(fmt.Sprintf("users_%d/cohorts_100", users), func(b *testing.B) {
 			dir := b.TempDir()
 			buildColdStartDir(b, dir, users)
@@ -110,6 +103,7 @@ func BenchmarkColdStart(b *testing.B) {
 				}
 				crash(e) // no final snapshot: every iteration loads the same files
 				e.wal.Close()
+				e.releaseUsers()
 				b.StartTimer()
 			}
 			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/start")
@@ -156,6 +150,7 @@ func buildColdStartDir(b *testing.B, dir string, users int) {
 	}
 	crash(e)
 	e.wal.Close()
+	e.releaseUsers()
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -25,6 +25,10 @@ var (
 	ErrNotFound        = errors.New("engine: not found")
 	ErrBadPartnerKey   = errors.New("engine: invalid partner API key")
 	ErrBadClientSecret = errors.New("engine: invalid client secret")
+	// ErrCapacity is returned, before anything changes, by a write that
+	// would not fit in the workspace's identity tables (8 GiB of identifier
+	// bytes, or 2³²−1 users).
+	ErrCapacity = errors.New("engine: workspace identity tables are full")
 )
 
 // InvalidError is a request the engine refuses as malformed; Message is
@@ -129,10 +133,7 @@ type Engine struct {
 
 	// idem holds the replies of admin writes with an Idempotency-Key;
 	// written under mu.
-	idem struct {
-		sync.RWMutex
-		s idemStore
-	}
+	idem idemLocked
 
 	// snapMu serializes snapshots.
 	snapMu sync.Mutex
@@ -224,11 +225,14 @@ func (e *Engine) RecoveryDuration() time.Duration { return e.recovery }
 // RetentionFloor is the configured retention floor.
 func (e *Engine) RetentionFloor() time.Time { return e.floor }
 
-// Close takes a final snapshot (with a data directory) and closes the WAL.
+// Close takes a final snapshot (with a data directory), closes the WAL and
+// releases every workspace's identity tables (their memory is outside the Go
+// heap: see index.Users.Close).
 func (e *Engine) Close() error {
 	if e.closed.Swap(true) {
 		return nil
 	}
+	defer e.releaseUsers()
 	if e.wal == nil {
 		return nil
 	}

@@ -292,6 +292,25 @@ func TestIdempotencyStores(t *testing.T) {
 		t.Fatalf("after a crash workspace a keeps %d replies", n)
 	}
 
+	// A snapshot keeps them too (the WAL below it is retired later).
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b = e.Workspace("a"), e.Workspace("b")
+	if r, ok := b.IdempotentReply("b-key"); !ok || r.Sum != reply(7).Sum || string(r.Body) != `{"n":7}` {
+		t.Fatalf("after a snapshot: %+v %v", r, ok)
+	}
+	if _, ok := e.IdempotentReply("admin-key"); !ok {
+		t.Fatal("admin scope lost by the snapshot")
+	}
+	if n := a.IdempotencyEntries(); n != MaxIdempotencyEntries {
+		t.Fatalf("after a snapshot workspace a keeps %d replies", n)
+	}
+
 	// Past the TTL a reply is gone, and the next record drops it.
 	mu.Lock()
 	now = now.Add(25 * time.Hour)
@@ -385,18 +404,19 @@ func TestCohortTimesKeepFarDates(t *testing.T) {
 		}
 	}
 	crash(e)
-	e2, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e2.Close()
-	for id, at := range map[string]time.Time{"far": far, "early": early} {
-		if got := e2.Workspace("ws").Cohort("p", id).Info().CreatedAt; !got.Equal(at) {
-			t.Errorf("cohort %s: created_at %v after replay, sent %v", id, got, at)
+	for _, how := range []string{"replay", "snapshot"} {
+		e2, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if s := dumpState(e2); !strings.Contains(s, `"far"`) {
-		t.Fatal(s)
+		for id, at := range map[string]time.Time{"far": far, "early": early} {
+			if got := e2.Workspace("ws").Cohort("p", id).Info().CreatedAt; !got.Equal(at) {
+				t.Errorf("cohort %s: created_at %v after %s, sent %v", id, got, how, at)
+			}
+		}
+		if err := e2.Close(); err != nil { // the next round loads its snapshot
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -468,5 +488,37 @@ func TestRestoreFromSnapshotAlone(t *testing.T) {
 	defer e3.Close()
 	if e3.Workspace("b").Cohort("p", "after-restore") == nil {
 		t.Fatal("a write acknowledged after restoring from a snapshot alone was lost on the next restart")
+	}
+}
+
+// TestUpsertBeyondCapacityChangesNothing: a batch that would not fit in
+// the workspace's key arena is refused with ErrCapacity before anything
+// changes (an attach failing half-way through used to panic with the
+// writer lock held), and the workspace takes the next write.
+func TestUpsertBeyondCapacityChangesNothing(t *testing.T) {
+	e, _ := Open(Options{})
+	if _, err := e.CreateWorkspace("ws"); err != nil {
+		t.Fatal(err)
+	}
+	w := e.Workspace("ws")
+	w.users.Close()
+	w.users = index.NewUsers(index.Options{MaxArenaBytes: 64 << 10})
+	var big UserBatch
+	for i := range 200 {
+		big.Add([]byte(fmt.Sprintf("u%03d-%s", i, strings.Repeat("x", 500))), nil, nil)
+	}
+	if _, err := w.UpsertUsers(&big); !errors.Is(err, ErrCapacity) {
+		t.Fatalf("want ErrCapacity, got %v", err)
+	}
+	if w.users.NextID() != 0 {
+		t.Fatalf("a refused batch created %d users", w.users.NextID())
+	}
+	var small UserBatch
+	small.Add([]byte("fits"), nil, nil)
+	if _, err := w.UpsertUsers(&small); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
 	}
 }

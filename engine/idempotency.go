@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -135,6 +136,62 @@ func (s *idemStore) each(fn func(key string, r IdempotentReply)) {
 
 func (s *idemStore) len() int { return len(s.m) }
 
+// idemCapture is a scope's replies copied for a snapshot.
+type idemCapture []idemEntry
+
+// capture copies the replies, oldest first. The caller holds the scope's
+// writer lock; the reply bodies are never modified, so they are shared.
+func (l *idemLocked) capture() idemCapture {
+	l.RLock()
+	defer l.RUnlock()
+	out := make(idemCapture, 0, l.s.len())
+	l.s.each(func(key string, r IdempotentReply) { out = append(out, idemEntry{key, r}) })
+	return out
+}
+
+// writeIdempotency writes a scope's replies as a snapshot section (none
+// when the scope has none).
+func writeIdempotency(sw *snapWriter, scope string, entries idemCapture) {
+	if len(entries) == 0 {
+		return
+	}
+	sw.begin(secIdem)
+	sw.str(scope)
+	sw.uvarint(uint64(len(entries)))
+	for _, e := range entries {
+		sw.str(e.key)
+		sw.write(e.r.Sum[:])
+		sw.uvarint(uint64(e.r.Status))
+		sw.str(e.r.ContentType)
+		sw.uvarint(uint64(len(e.r.Body)))
+		sw.write(e.r.Body)
+		sw.time(e.r.At)
+	}
+	sw.end()
+}
+
+// readIdempotency reads a section written by writeIdempotency into st
+// (nothing with check), oldest first, as the records put them.
+func readIdempotency(f *snapReader, st *idemStore, ttl time.Duration, check bool) {
+	n := f.uvarint()
+	for i := uint64(0); i < n && f.err == nil; i++ {
+		key := f.str()
+		var r IdempotentReply
+		r.Sum = f.digest()
+		status := f.uvarint()
+		r.ContentType = f.str()
+		r.Body = append([]byte(nil), f.bytes()...)
+		r.At = f.time()
+		if f.err == nil && (status < 100 || status > 599) {
+			f.fail(fmt.Sprintf("idempotency reply with status %d", status))
+		}
+		r.Status = int(status)
+		if f.err == nil && !check && st != nil {
+			st.put(key, r, ttl)
+		}
+	}
+}
+
 // encodeIdempotency appends a recIdempotency payload: scope ("" for the
 // admin scope, else the workspace id), key, reply.
 func encodeIdempotency(enc *recordEncoder, scope, key string, r IdempotentReply) {
@@ -224,6 +281,13 @@ func (e *Engine) applyIdempotency(key string, r IdempotentReply) {
 	e.idem.Lock()
 	e.idem.s.put(key, r, e.idemTTL())
 	e.idem.Unlock()
+}
+
+// idemLocked is a scope's store with the lock that readers take; the
+// scope's writer lock serializes writers.
+type idemLocked struct {
+	sync.RWMutex
+	s idemStore
 }
 
 // IdempotencyEntries is the number of replies stored in the workspace's

@@ -155,6 +155,7 @@ func (e *Engine) maxScopeLSN() uint64 {
 
 // resetState forgets everything a failed snapshot load may have built.
 func (e *Engine) resetState() {
+	e.releaseUsers()
 	e.mu.workspaces = make(map[string]*Workspace)
 	e.mu.partners = make(map[string]*partner)
 	e.mu.lsn = 0

@@ -9,7 +9,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,8 +17,6 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
-
-	"github.com/cohortd/cohortd/index"
 )
 
 // Snapshot files hold the whole state: engine-level records (partners,
@@ -31,7 +28,7 @@ import (
 // docs/FORMATS.md.
 const (
 	snapMagic   = "COHORTD-SNAPSHOT"
-	snapVersion = 1
+	snapVersion = 2 // version 1 is still read (snapshot_v1.go)
 	snapPrefix  = "snapshot-"
 	snapSuffix  = ".snap"
 )
@@ -144,49 +141,6 @@ func (e *Engine) retireBefore(newest uint64) error {
 	return nil
 }
 
-// checkSnapshotFile verifies a snapshot file without loading it: the
-// magic, the version and the checksum over every byte.
-func checkSnapshotFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	name := filepath.Base(path)
-	fail := func(off int64, reason string) error {
-		return &SnapshotCorruptError{File: name, Offset: off, Reason: reason}
-	}
-	size := fi.Size()
-	if size < int64(len(snapMagic))+5 {
-		return fail(0, "too short")
-	}
-	crc := crc32.New(castagnoli)
-	br := bufio.NewReaderSize(io.TeeReader(io.LimitReader(f, size-4), crc), 1<<20)
-	head := make([]byte, len(snapMagic))
-	if _, err := io.ReadFull(br, head); err != nil || string(head) != snapMagic {
-		return fail(0, "bad magic")
-	}
-	v, err := binary.ReadUvarint(br)
-	if err != nil || v != snapVersion {
-		return fail(int64(len(snapMagic)), fmt.Sprintf("unsupported version %d", v))
-	}
-	if _, err := io.Copy(io.Discard, br); err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	var tail [4]byte
-	if _, err := io.ReadFull(f, tail[:]); err != nil {
-		return fail(size-4, "missing checksum")
-	}
-	if binary.LittleEndian.Uint32(tail[:]) != crc.Sum32() {
-		return fail(size-4, "checksum mismatch")
-	}
-	return nil
-}
-
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -223,30 +177,43 @@ func listSnapshots(dir string) ([]snapFile, error) {
 	return out, nil
 }
 
-// snapWriter writes length-prefixed fields through a running CRC32C.
+// snapWriter writes a version 2 snapshot: the file header, then sections
+// (snapshot_v2.go). Field methods (uvarint, str, bitmap, …) append to the open
+// section, which is written with its length and CRC when it ends; raw writes
+// a whole array as a section of its own.
 type snapWriter struct {
-	w   *bufio.Writer
-	crc hash.Hash32
-	n   int64
-	buf []byte
-	err error
+	w    *bufio.Writer
+	n    int64  // bytes written to the file
+	buf  []byte // scratch for varints
+	sec  []byte // payload of the open section
+	kind uint32 // kind of the open section, 0 if none
+	nsec uint64 // sections written
+	err  error
 }
 
 func newSnapWriter(f io.Writer) *snapWriter {
-	sw := &snapWriter{crc: crc32.New(castagnoli)}
-	sw.w = bufio.NewWriterSize(io.MultiWriter(f, sw.crc), 1<<20)
-	sw.write([]byte(snapMagic))
-	sw.uvarint(snapVersion)
+	sw := &snapWriter{w: bufio.NewWriterSize(f, 1<<20)}
+	sw.fileWrite([]byte(snapMagic))
+	sw.fileWrite(binary.AppendUvarint(nil, snapVersion))
 	return sw
 }
 
-func (s *snapWriter) write(p []byte) {
+// fileWrite writes p to the file.
+func (s *snapWriter) fileWrite(p []byte) {
 	if s.err != nil {
 		return
 	}
 	n, err := s.w.Write(p)
 	s.n += int64(n)
 	s.err = err
+}
+
+// write appends p to the open section.
+func (s *snapWriter) write(p []byte) {
+	if s.kind == 0 {
+		panic("BUG: engine: snapshot field written outside a section")
+	}
+	s.sec = append(s.sec, p...)
 }
 
 func (s *snapWriter) uvarint(v uint64) {
@@ -261,174 +228,28 @@ func (s *snapWriter) varint(v int64) {
 
 func (s *snapWriter) str(v string) {
 	s.uvarint(uint64(len(v)))
-	if s.err == nil {
-		n, err := s.w.WriteString(v)
-		s.n += int64(n)
-		s.err = err
-	}
+	s.sec = append(s.sec, v...)
+}
+
+// time writes t as unix seconds (varint) and nanoseconds (uvarint).
+func (s *snapWriter) time(t time.Time) {
+	s.varint(t.Unix())
+	s.uvarint(uint64(t.Nanosecond()))
 }
 
 func (s *snapWriter) bitmap(bm *roaring.Bitmap) {
 	s.uvarint(bm.GetSerializedSizeInBytes())
-	if s.err == nil {
-		n, err := bm.WriteTo(s.w)
-		s.n += n
+	if _, err := bm.WriteTo((*appendWriter)(&s.sec)); err != nil && s.err == nil {
 		s.err = err
 	}
 }
 
-// finish appends the CRC32C of everything written so far.
-func (s *snapWriter) finish() error {
-	if s.err != nil {
-		return s.err
-	}
-	if err := s.w.Flush(); err != nil {
-		return err
-	}
-	var tail [4]byte
-	binary.LittleEndian.PutUint32(tail[:], s.crc.Sum32())
-	s.write(tail[:])
-	if s.err != nil {
-		return s.err
-	}
-	return s.w.Flush()
-}
+// appendWriter is an io.Writer that appends to a byte slice.
+type appendWriter []byte
 
-// writeSnapshot captures each scope under its lock and returns the lowest
-// WAL position any scope covers: every record at or below it is inside.
-func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
-	e.mu.Lock()
-	engineLSN := e.wal.LastLSN()
-	sw.uvarint(engineLSN)
-	parts := make([]*partner, 0, len(e.mu.partners))
-	for _, p := range e.mu.partners {
-		parts = append(parts, p)
-	}
-	wss := make([]*Workspace, 0, len(e.mu.workspaces))
-	for _, w := range e.mu.workspaces {
-		wss = append(wss, w)
-	}
-	e.mu.Unlock()
-	sort.Slice(parts, func(i, j int) bool { return parts[i].slug < parts[j].slug })
-	sort.Slice(wss, func(i, j int) bool { return wss[i].id < wss[j].id })
-	sw.uvarint(uint64(len(parts)))
-	for _, p := range parts {
-		sw.str(p.slug)
-		sw.write(p.digest[:])
-	}
-	sw.uvarint(uint64(len(wss)))
-	minLSN := engineLSN
-	for _, w := range wss {
-		lsn := w.writeSnapshot(sw)
-		minLSN = min(minLSN, lsn)
-	}
-	return minLSN, sw.err
-}
-
-// writeSnapshot writes one workspace. Its state is captured at one WAL
-// position: under the writer lock only the cheap parts are copied (the LSN,
-// keys, usage, cohort metadata and the immutable published bitmaps, open
-// webhook sessions); the user table is then serialized under usersMu
-// alone, which holds user upserts and deletes — the only changes to the
-// table — at that position while imports carry on (they change cohorts,
-// whose state was already captured). Imports wait for a pointer copy per
-// cohort, not for the user table.
-func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
-	w.usersMu.Lock()
-	w.mu.Lock()
-	lsn := w.e.wal.LastLSN()
-	type cohortCap struct {
-		c  *Cohort
-		m  *cohortMeta
-		bm *roaring.Bitmap
-	}
-	cohorts := w.Cohorts()
-	caps := make([]cohortCap, len(cohorts))
-	for i, c := range cohorts {
-		caps[i] = cohortCap{c, c.meta.Load(), c.Members()}
-	}
-	sessions := w.captureSessionsLocked()
-	done := w.captureDoneLocked()
-	w.keys.RLock()
-	keys := make([]*importKey, 0, len(w.keys.byID))
-	for _, k := range w.keys.byID {
-		keys = append(keys, k)
-	}
-	w.keys.RUnlock()
-	type usageCap struct {
-		partner string
-		days    map[int32]uint64
-	}
-	w.usage.Lock()
-	usage := make([]usageCap, 0, len(w.usage.m))
-	for p, days := range w.usage.m {
-		usage = append(usage, usageCap{p, maps.Clone(days)})
-	}
-	w.usage.Unlock()
-	w.mu.Unlock()
-
-	sw.str(w.id)
-	sw.write(w.keyDigest[:])
-	sw.uvarint(lsn)
-	sort.Slice(keys, func(i, j int) bool { return keys[i].partner+"/"+keys[i].id < keys[j].partner+"/"+keys[j].id })
-	sw.uvarint(uint64(len(keys)))
-	for _, k := range keys {
-		sw.str(k.partner)
-		sw.str(k.id)
-		sw.write(k.digest[:])
-		sw.varint(k.createdAt.Unix())
-		sw.varint(k.lastUsed.Load())
-		if k.revoked.Load() {
-			sw.uvarint(1)
-		} else {
-			sw.uvarint(0)
-		}
-	}
-	sort.Slice(usage, func(i, j int) bool { return usage[i].partner < usage[j].partner })
-	sw.uvarint(uint64(len(usage)))
-	for _, u := range usage {
-		sw.str(u.partner)
-		sw.uvarint(uint64(len(u.days)))
-		for d, n := range u.days {
-			sw.varint(int64(d))
-			sw.uvarint(n)
-		}
-	}
-	// users: every dense id in order, so that ids survive a restart.
-	next := w.users.NextID()
-	sw.uvarint(uint64(next))
-	var ukeys []byte
-	for id := index.UserID(0); id < next; id++ {
-		if w.users.Deleted(id) {
-			sw.uvarint(0) // no keys
-			sw.uvarint(1) // deleted
-			continue
-		}
-		ukeys = ukeys[:0]
-		nk := 0
-		w.users.Identifiers(id, func(kind index.Kind, key []byte) {
-			ukeys = append(ukeys, byte(kind))
-			ukeys = binary.AppendUvarint(ukeys, uint64(len(key)))
-			ukeys = append(ukeys, key...)
-			nk++
-		})
-		sw.uvarint(uint64(nk))
-		sw.uvarint(0)
-		sw.write(ukeys)
-	}
-	w.usersMu.Unlock()
-
-	sw.uvarint(uint64(len(caps)))
-	for _, c := range caps {
-		sw.str(c.c.partner)
-		sw.str(c.c.id)
-		sw.str(c.m.name)
-		sw.varint(c.m.createdAt.UnixNano())
-		sw.varint(c.m.updatedAt.UnixNano())
-		sw.bitmap(c.bm)
-	}
-	writeSessions(sw, sessions, done)
-	return lsn
+func (w *appendWriter) Write(p []byte) (int, error) {
+	*w = append(*w, p...)
+	return len(p), nil
 }
 
 // snapReader reads a snapshot written by snapWriter, checking bounds.
@@ -436,10 +257,12 @@ type snapReader struct {
 	size int64 // bytes in the file (bounds allocation hints)
 	r    *bufio.Reader
 	crc  hash.Hash32
-	name string
-	off  int64
-	err  error
-	buf  []byte
+	// noCRC skips the running CRC of version 1 (version 2 checks each section).
+	noCRC bool
+	name  string
+	off   int64
+	err   error
+	buf   []byte
 }
 
 func (s *snapReader) fail(reason string) {
@@ -505,7 +328,9 @@ func (s *snapReader) full(n uint64) []byte {
 		}
 	}
 	s.buf = b
-	s.crc.Write(b)
+	if !s.noCRC {
+		s.crc.Write(b)
+	}
 	s.off += int64(n)
 	return b
 }
@@ -559,6 +384,9 @@ func (e *Engine) loadSnapshot(path string) error {
 	return e.readSnapshot(f, fi.Size(), filepath.Base(path))
 }
 
+// readSnapshot reads a snapshot of any supported version into the (empty)
+// engine; a malformed or damaged file is refused with a *SnapshotCorruptError
+// naming the file and the byte offset.
 func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
 	s := &snapReader{size: size, r: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(castagnoli), name: name}
 	if string(s.full(uint64(len(snapMagic)))) != snapMagic {
@@ -566,122 +394,17 @@ func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
 		s.fail("bad magic")
 		return s.err
 	}
-	if v := s.uvarint(); v != snapVersion && s.err == nil {
+	switch v := s.uvarint(); {
+	case s.err != nil:
+		return s.err
+	case v == snapVersionV1:
+		return e.readSnapshotV1(s)
+	case v == snapVersion:
+		return e.readSnapshotV2(s, false)
+	default:
 		s.fail(fmt.Sprintf("unsupported version %d", v))
-	}
-	e.mu.lsn = s.uvarint()
-	np := s.uvarint()
-	for i := uint64(0); i < np && s.err == nil; i++ {
-		slug := s.str()
-		d := s.digest()
-		e.mu.partners[slug] = &partner{slug: slug, digest: d}
-	}
-	nw := s.uvarint()
-	for i := uint64(0); i < nw && s.err == nil; i++ {
-		e.readWorkspace(s)
-	}
-	if s.err != nil {
 		return s.err
 	}
-	want := s.crc.Sum32()
-	var tail [4]byte
-	if _, err := io.ReadFull(s.r, tail[:]); err != nil {
-		s.fail("missing checksum")
-		return s.err
-	}
-	if binary.LittleEndian.Uint32(tail[:]) != want {
-		s.fail("checksum mismatch")
-		return s.err
-	}
-	if _, err := s.r.ReadByte(); err != io.EOF {
-		s.off += 4
-		s.fail("trailing bytes after checksum")
-		return s.err
-	}
-	return nil
-}
-
-func (e *Engine) readWorkspace(s *snapReader) {
-	id := s.str()
-	d := s.digest()
-	if s.err != nil {
-		return
-	}
-	if !ValidWorkspaceID(id) {
-		s.fail(fmt.Sprintf("invalid workspace id %q", id))
-		return
-	}
-	w := e.applyWorkspaceLocked(id, d, 0)
-	w.lsn = s.uvarint()
-	nk := s.uvarint()
-	for i := uint64(0); i < nk && s.err == nil; i++ {
-		p, kid := s.str(), s.str()
-		kd := s.digest()
-		created := time.Unix(s.varint(), 0).UTC()
-		lastUsed := s.varint()
-		revoked := s.uvarint() == 1
-		w.applyImportKey(p, kid, kd, created, revoked, lastUsed)
-	}
-	np := s.uvarint()
-	for i := uint64(0); i < np && s.err == nil; i++ {
-		p := s.str()
-		nd := s.uvarint()
-		for j := uint64(0); j < nd && s.err == nil; j++ {
-			day := int32(s.varint())
-			w.addUsage(p, day, s.uvarint())
-		}
-	}
-	next := s.uvarint()
-	if next > uint64(index.NoUser) {
-		s.fail("user count too large")
-		return
-	}
-	// Size the identity table once for every user instead of growing it
-	// through a dozen rehashes (most users hold one key). Every user takes
-	// at least two bytes of the file, so a corrupt count cannot reserve
-	// more than the file could describe.
-	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(s.size/2)))})
-	for id := uint64(0); id < next && s.err == nil; id++ {
-		nkeys := s.uvarint()
-		deleted := s.uvarint() == 1
-		uid := w.users.Create()
-		if uint64(uid) != id {
-			s.fail(fmt.Sprintf("user id %d restored as %d", id, uid))
-			return
-		}
-		for k := uint64(0); k < nkeys && s.err == nil; k++ {
-			kind, err := s.ReadByte()
-			if err != nil {
-				s.fail("truncated user key")
-				return
-			}
-			key := s.bytes()
-			if s.err != nil {
-				return
-			}
-			if err := w.users.Attach(uid, index.Kind(kind), key); err != nil {
-				s.fail(fmt.Sprintf("user %d: %v", id, err))
-				return
-			}
-		}
-		if deleted {
-			w.users.Delete(uid)
-		}
-	}
-	w.users.Publish()
-	nc := s.uvarint()
-	for i := uint64(0); i < nc && s.err == nil; i++ {
-		p, cid, name := s.str(), s.str(), s.str()
-		created := time.Unix(0, s.varint()).UTC()
-		updated := time.Unix(0, s.varint()).UTC()
-		bm := s.bitmap()
-		if s.err != nil {
-			return
-		}
-		c := w.applyCohortUpsert(p, cid, name, created, updated)
-		c.members.Reset(bm)
-	}
-	w.readSessions(s)
 }
 
 // expireSessions drops idle webhook sessions in every workspace that has

@@ -68,6 +68,30 @@ func (b *UserBatch) validate() error {
 	return nil
 }
 
+// reserve returns the check, run in the writer section before anything
+// changes, that the workspace's identity tables have room for every user
+// and key the batch could add (moves of a merged user's device ids reuse
+// the room they free).
+func (b *UserBatch) reserve(w *Workspace) func() error {
+	return func() error {
+		keys := 0
+		for i := range b.recs {
+			r := &b.recs[i]
+			keys += len(r.aliases)
+			if r.ext.n >= 0 {
+				keys++
+			}
+			if r.dev.n >= 0 {
+				keys++
+			}
+		}
+		if err := w.users.Reserve(len(b.recs), keys, len(b.buf)); err != nil {
+			return fmt.Errorf("%w: workspace %s: %v", ErrCapacity, w.id, err)
+		}
+		return nil
+	}
+}
+
 // Len is the number of staged records.
 func (b *UserBatch) Len() int { return len(b.recs) }
 
@@ -219,10 +243,15 @@ func (o *userOps) delete(id index.UserID) {
 // panic inside, after operations were applied, is fatal too: the
 // workspace lock is released on the way out, and memory would be ahead of
 // the log.
-func (w *Workspace) runUserOps(fn func(ops *userOps)) error {
+func (w *Workspace) runUserOps(reserve func() error, fn func(ops *userOps)) error {
 	w.usersMu.Lock()
 	defer w.usersMu.Unlock()
 	return w.write(func() error {
+		if reserve != nil {
+			if err := reserve(); err != nil {
+				return err
+			}
+		}
 		ops := userOps{w: w, enc: &w.enc}
 		ops.begin()
 		defer func() {
@@ -268,7 +297,7 @@ func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
 	if err := b.validate(); err != nil {
 		return res, err
 	}
-	err := w.runUserOps(func(ops *userOps) {
+	err := w.runUserOps(b.reserve(w), func(ops *userOps) {
 		for i := range b.recs {
 			switch w.upsertOne(ops, b, &b.recs[i]) {
 			case outCreated:
@@ -385,7 +414,7 @@ type IdentifierSet struct {
 // with every membership they had, and frees their identifiers.
 func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
 	var res DeleteResult
-	err := w.runUserOps(func(ops *userOps) {
+	err := w.runUserOps(nil, func(ops *userOps) {
 		for _, g := range []struct {
 			kind index.Kind
 			keys [][]byte

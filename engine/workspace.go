@@ -59,10 +59,7 @@ type Workspace struct {
 
 	// idem holds the replies of writes with an Idempotency-Key; written
 	// under mu.
-	idem struct {
-		sync.RWMutex
-		s idemStore
-	}
+	idem idemLocked
 
 	// scratch buffers reused under mu.
 	enc recordEncoder
@@ -76,6 +73,26 @@ func newWorkspace(e *Engine, id string, d [32]byte) *Workspace {
 	w.keys.byID = make(map[string]*importKey)
 	w.usage.m = make(map[string]map[int32]uint64)
 	return w
+}
+
+// releaseUsers releases the identity tables of every workspace (Close).
+func (e *Engine) releaseUsers() {
+	for _, w := range e.Workspaces() {
+		w.releaseUsers()
+	}
+}
+
+// releaseUsers releases the workspace's identity tables once no change can be
+// under way: readers still running see an empty table; a change that was
+// waiting for the locks finds the engine closed or works on heap memory (see
+// index.Users.Close). The engine calls it when it closes, and must when it
+// drops a workspace.
+func (w *Workspace) releaseUsers() {
+	w.usersMu.Lock()
+	w.mu.Lock()
+	w.users.Close()
+	w.mu.Unlock()
+	w.usersMu.Unlock()
 }
 
 // ID returns the workspace id.

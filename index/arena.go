@@ -5,14 +5,14 @@ import (
 	"errors"
 )
 
-// The key arena holds the bytes of every identifier ever attached, append-only.
+// The key arena holds the bytes of every identifier attached, in one region.
 //
 // # Entry layout
 //
 // An entry starts at an even offset and reads
 //
-//	id   uint32 little-endian  the user that holds (or held) the key
-//	hdr  uint8                 kind<<6 | n, where n = key length if 1..63, else 0
+//	id   uint32 little-endian  the user that holds the key; on a free entry, the next free entry's ref
+//	hdr  uint8                 kind<<6 | n, where n = key length if 1..63, else 0; kind 0 marks a free entry
 //	len  uint16 little-endian  key length; present only when hdr's n is 0
 //	key  [len]byte
 //	pad  0 or 1 byte           so that the next entry starts at an even offset
@@ -23,14 +23,24 @@ import (
 // # References
 //
 // A keyRef is the entry's offset divided by two, so 32 bits address 8 GiB of key
-// bytes per workspace. The arena is cut into 1 MiB chunks that are allocated with their
-// full capacity and never move, so growth never copies key bytes and a key slice taken
-// under the read lock stays valid (entries are never rewritten). An entry never straddles
-// two chunks. Refs 0 and 1 are reserved for empty and tombstone table slots: the first
-// four bytes of chunk 0 are never used.
+// bytes per workspace. Refs 0 and 1 are reserved for empty and tombstone table slots:
+// the first four bytes of the arena are never used. The arena grows by copying into a
+// region twice as large (refs are offsets, so they stay valid), built while readers
+// go on with the old one.
 //
-// Detached keys stay in the arena as garbage; compaction (rewriting live entries into a
-// new arena during a snapshot) is left for later.
+// # Reuse
+//
+// A detached key's entry is marked free (kind 0, length kept, so a walk of the arena
+// can step over it) and pushed on a free list of its entry size; an attach of a key
+// with the same entry size takes it back. Identifiers of one workload mostly share a
+// few sizes (19-byte external ids, 36-byte device ids), so churn reuses its own space.
+// When the arena would have to grow while free entries take more than the live ones,
+// it is compacted instead (see compact.go), which bounds it at about twice the live
+// bytes whatever the sizes churned.
+//
+// Readers reach an entry only through a table slot or a user's key list, under the
+// read lock; an entry is freed and reused only under the write lock after every path
+// to it is gone, so no reader can see it change.
 
 // keyRef is an entry's byte offset in the arena divided by arenaUnit.
 type keyRef uint32
@@ -39,28 +49,19 @@ const (
 	refEmpty keyRef = 0 // a table slot that was never used since the last rehash
 	refTomb  keyRef = 1 // a table slot whose key was detached
 
-	arenaChunkShift = 20
-	arenaChunkSize  = 1 << arenaChunkShift
-	arenaUnit       = 2
-	arenaMaxChunks  = (1 << 32) * arenaUnit / arenaChunkSize
+	arenaUnit     = 2
+	arenaStart    = 4                     // offsets 0..3 would encode refs 0 and 1
+	arenaMaxBytes = (1 << 32) * arenaUnit // what 32-bit refs address
+	arenaMinBytes = 64 << 10              // the first region of a small workspace
 
 	// MaxKeyLen is the longest key the arena stores. Identifiers are at most 512 bytes;
 	// an alias key is name + NUL + label, so it may reach 1,025 bytes.
 	MaxKeyLen = 1<<16 - 1
 )
 
-// errArenaFull is returned when a workspace would need more than 8 GiB of key bytes.
-var errArenaFull = errors.New("index: key arena full (8 GiB)")
-
-// arena is the append-only store of key entries. The writer appends; readers decode
-// entries at refs they found in the table. Callers provide the locking (see Users).
-type arena struct {
-	// chunks are made full length and never resliced, so a reader may keep a copy of
-	// this slice and read entries through it after dropping the lock: nothing it can
-	// reach is ever written again.
-	chunks [][]byte
-	tail   int // bytes used in the last chunk
-}
+// ErrFull is returned (wrapped) when a workspace's key arena or user ids are used up:
+// more than 8 GiB of live key bytes (Options.MaxArenaBytes in tests), or 2^32-1 users.
+var ErrFull = errors.New("index: identity tables full")
 
 // entrySize returns the bytes an entry for a key of length n takes, padding included.
 func entrySize(n int) int {
@@ -71,23 +72,9 @@ func entrySize(n int) int {
 	return (s + arenaUnit - 1) &^ (arenaUnit - 1)
 }
 
-// appendEntry stores (id, kind, key) and returns its ref. The caller holds the write lock.
-func (a *arena) appendEntry(id UserID, kind Kind, key []byte) (keyRef, error) {
-	need := entrySize(len(key))
-	if len(a.chunks) == 0 {
-		a.chunks = append(a.chunks, newArenaChunk())
-		a.tail = 4 // offsets 0..3 would encode refs 0 and 1
-	}
-	if a.tail+need > arenaChunkSize {
-		if len(a.chunks) >= arenaMaxChunks {
-			return 0, errArenaFull
-		}
-		a.chunks = append(a.chunks, newArenaChunk())
-		a.tail = 0
-	}
-	last := len(a.chunks) - 1
-	off := a.tail
-	c := a.chunks[last][off : off+need]
+// putEntry writes the entry (id, kind, key) at byte offset off of a.
+func putEntry(a []byte, off int, id UserID, kind Kind, key []byte) {
+	c := a[off : off+entrySize(len(key))]
 	binary.LittleEndian.PutUint32(c, uint32(id))
 	p := 5
 	if n := len(key); n <= 63 {
@@ -98,47 +85,51 @@ func (a *arena) appendEntry(id UserID, kind Kind, key []byte) (keyRef, error) {
 		p = 7
 	}
 	copy(c[p:], key)
-	a.tail += need
-	return keyRef((last<<arenaChunkShift + off) / arenaUnit), nil
 }
 
-// newArenaChunk allocates a chunk. (Huge pages were tried for chunks of 4 MiB and
-// made no measurable difference, unlike for the table.)
-func newArenaChunk() []byte {
-	return make([]byte, arenaChunkSize)
-}
-
-// entry decodes the entry at ref. The returned key aliases the arena.
-func (a *arena) entry(ref keyRef) (id UserID, kind Kind, key []byte) {
-	return decodeEntry(a.chunks, ref)
-}
-
-// decodeEntry decodes the entry at ref in chunks (a snapshot of arena.chunks taken
-// under the read lock).
-func decodeEntry(chunks [][]byte, ref keyRef) (id UserID, kind Kind, key []byte) {
-	off := uint64(ref) * arenaUnit
-	c := chunks[off>>arenaChunkShift]
-	p := int(off & (arenaChunkSize - 1))
-	id = UserID(binary.LittleEndian.Uint32(c[p:]))
-	hdr := c[p+4]
-	kind = Kind(hdr >> 6)
-	n := int(hdr & 63)
-	p += 5
-	if n == 0 {
-		n = int(binary.LittleEndian.Uint16(c[p:]))
-		p += 2
+// parseEntry decodes the entry at byte offset off of a, which may be any value:
+// ok is false if the entry does not fit in a. Everything read from a snapshot goes
+// through here, so a corrupt ref can answer wrongly but never read out of bounds.
+func parseEntry(a []byte, off uint64) (id UserID, kind Kind, key []byte, size int, ok bool) {
+	if off+5 > uint64(len(a)) {
+		return NoUser, 0, nil, 0, false
 	}
-	return id, kind, c[p : p+n : p+n]
+	id = UserID(binary.LittleEndian.Uint32(a[off:]))
+	hdr := a[off+4]
+	kind = Kind(hdr >> 6)
+	n := uint64(hdr & 63)
+	p := off + 5
+	if n == 0 {
+		if p+2 > uint64(len(a)) {
+			return NoUser, 0, nil, 0, false
+		}
+		n = uint64(binary.LittleEndian.Uint16(a[p:]))
+		p += 2
+		if n <= 63 {
+			return NoUser, 0, nil, 0, false // not how a short key is written
+		}
+	}
+	if p+n > uint64(len(a)) {
+		return NoUser, 0, nil, 0, false
+	}
+	return id, kind, a[p : p+n : p+n], entrySize(int(n)), true
+}
+
+// decodeEntry decodes the live entry at ref; kind is 0 (which never matches a
+// lookup) for a free or out-of-bounds entry. The key aliases the arena.
+func decodeEntry(a []byte, ref keyRef) (id UserID, kind Kind, key []byte) {
+	id, kind, key, _, ok := parseEntry(a, uint64(ref)*arenaUnit)
+	if !ok || kind == 0 {
+		return NoUser, 0, nil
+	}
+	return id, kind, key
 }
 
 // entryID reads only the id of the entry at ref: the cheap first touch of an entry.
-func entryID(chunks [][]byte, ref keyRef) UserID {
+func entryID(a []byte, ref keyRef) UserID {
 	off := uint64(ref) * arenaUnit
-	c := chunks[off>>arenaChunkShift]
-	return UserID(binary.LittleEndian.Uint32(c[off&(arenaChunkSize-1):]))
-}
-
-// sizeBytes returns the bytes the arena holds (allocated capacity).
-func (a *arena) sizeBytes() int {
-	return len(a.chunks) * arenaChunkSize
+	if off+4 > uint64(len(a)) {
+		return NoUser
+	}
+	return UserID(binary.LittleEndian.Uint32(a[off:]))
 }

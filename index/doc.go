@@ -3,19 +3,24 @@
 // the user table, and roaring bitmaps with the algebra of segments. It does
 // no I/O, starts no goroutines and reads no clock.
 //
-// # Identity tables (users.go, idmap.go, arena.go)
+// # Identity tables (users.go, idmap.go, arena.go, region.go, image.go)
 //
 // External ids, aliases (alias_name NUL alias_label, never swapped) and
 // device ids map to a dense UserID given in arrival order, so users created
 // together sit together and cohorts exported together form runs that
 // roaring compresses. The table is flat open addressing without pointers
-// (64-byte buckets of five hash/arena-ref slots), keyed by xxhash64 tagged
-// with the kind; key bytes live in one append-only arena beside the user
+// (64-byte buckets of five hash/arena-ref slots), keyed by XXH3 seeded per
+// table and tagged with the kind; key bytes live in an arena beside the user
 // id. A hash match is confirmed against the arena, so a 64-bit collision
 // never resolves to the wrong user. Deletion leaves tombstones that inserts
-// reuse; growth builds the new table beside the old one while readers go on
-// using the old one. ResolveMany resolves a batch in passes so independent
-// cache misses overlap.
+// reuse; detached arena entries are reused by size and compacted away.
+// ResolveMany resolves a batch in passes so independent cache misses overlap.
+//
+// The big arrays (table, arena, user table, overflow lists) live in regions
+// mapped outside the Go heap on huge pages (region.go), owned by their Users
+// and released by Close. Growth builds the new array beside the old one while
+// readers go on using the old one. Image and LoadUsers turn the tables into raw
+// arrays and back, for snapshots that load at disk speed.
 //
 // # Member sets and algebra (members.go, algebra.go)
 //

@@ -2,8 +2,10 @@ package index
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -71,34 +73,61 @@ var (
 
 // Options configures a Users table.
 type Options struct {
-	// Hash hashes key bytes; nil means xxhash64. Tests inject a weak hash to force
+	// Hash hashes key bytes; nil means seeded XXH3. Tests inject a weak hash to force
 	// collisions: correctness must not depend on it.
 	Hash func(key []byte) uint64
-	// Capacity is the number of keys to size the identity table for up front (for
-	// example when loading a snapshot); 0 starts small. Growth past it is automatic.
+	// Seed seeds the hash; 0 draws one at random. Snapshots keep it.
+	Seed uint64
+	// Capacity is the number of keys to size the identity table for up front; 0 starts
+	// small. Growth past it is automatic.
 	Capacity int
+	// MaxArenaBytes caps the key arena below its 8 GiB (tests use it to reach ErrFull);
+	// 0 means no cap beyond 8 GiB.
+	MaxArenaBytes int
 }
 
 const (
-	userChunkShift = 15
-	userChunkSize  = 1 << userChunkShift
-
 	flagDeleted    = 1 << 0 // deleted, or an id skipped by CreateAt: never live again
 	flagIdentified = 1 << 1 // holds an external id or an alias
+	flagOver       = 1 << 2 // holds two keys or more: refs[id] heads a list in the pool
+	flagsKnown     = flagDeleted | flagIdentified | flagOver
+
+	userMinCap = 1024 // ids of the first user table of a workspace
 )
 
-// userChunk is a block of the user table. Chunks never move, so the table grows without
-// copying; a chunk holds no pointers.
-type userChunk struct {
-	ref   [userChunkSize]keyRef // first key still held in attach order, or refEmpty
-	flags [userChunkSize]uint8
-}
-
-// overNode is one extra key of a user that holds more than one, in a singly linked list
-// (pool index + 1; 0 ends the list) kept in attach order.
+// overNode is one key of a user that holds two or more, in a singly linked list in
+// the pool (index + 1; 0 ends the list) kept in attach order.
 type overNode struct {
 	ref  keyRef
 	next uint32
+}
+
+// store is every array a reader may look at. Its fields change only under mu's write
+// lock; its regions are owned by the Users and released by the writer (region.go).
+type store struct {
+	tabR    region
+	buckets []bucket
+
+	arenaR region
+	arena  []byte // all of arenaR; entries lie below Users.used
+
+	refsR region
+	refs  []keyRef // per user: its one key, or with flagOver its pool list's head
+	flgR  region
+	flags []uint8 // per user; len(flags) == len(refs) is the user table's capacity
+
+	poolR region
+	pool  []overNode // len is the pool's capacity; Users.poolLen are in use
+}
+
+// release frees every region of s.
+func (s *store) release() {
+	s.tabR.release()
+	s.arenaR.release()
+	s.refsR.release()
+	s.flgR.release()
+	s.poolR.release()
+	*s = store{}
 }
 
 // Users is the identity table plus the user table of one workspace.
@@ -106,58 +135,121 @@ type overNode struct {
 // # What it holds
 //
 // Every identifier (external id, alias, device id) maps to a dense UserID through a flat
-// open-addressing table (see idmap.go) whose slots point into an append-only key arena
-// (see arena.go); each arena entry records its user, and each user records its keys (one
-// inline ref; a rare second or later key goes to an overflow list), so lookups go both
-// ways. A user also has two flags: deleted and identified (anonymous is live and not
-// identified). Memory is about 44-48 bytes a user with one 19-byte external id.
+// open-addressing table (see idmap.go) whose slots point into a key arena (see
+// arena.go); each arena entry records its user, and each user records its keys (one
+// ref in the user table; a user with two or more has a list in the overflow pool), so
+// lookups go both ways. A user also has two flags: deleted and identified (anonymous
+// is live and not identified). Memory is about 45 bytes a user with one 19-byte
+// external id. The arrays live in regions outside the Go heap, on huge pages
+// (region.go); Close releases them.
 //
 // # Concurrency
 //
-// Mutating methods (Create, CreateMany, CreateAt, Attach, Detach, Delete, Publish) must be
-// called by one goroutine at a time (the engine holds a per-workspace writer mutex).
-// Resolve, ResolveMany, Identifiers, Anonymous, Deleted, Live, Len, NextID and MemoryBytes
-// may run concurrently with them and with each other.
+// Mutating methods (Create, CreateMany, CreateAt, Attach, Detach, Delete, Publish,
+// Reserve, Close) must be called by one goroutine at a time (the engine holds a
+// per-workspace writer mutex). Resolve, ResolveMany, Identifiers, Anonymous, Deleted,
+// Live, Len, NextID and Memory may run concurrently with them and with each other.
 //
-// The writer changes shared state under mu's write lock, in short critical sections (one
-// key or one user); readers hold the read lock for at most resolveLockSpan keys. The writer
-// reads shared state without locking, since no one else writes it. Table growth builds the
-// bigger table off to the side while readers keep using the old one, then swaps it in
-// under the lock, so readers never wait for a rehash (the writer's own call does).
+// Readers touch the arrays only while holding mu's read lock, for at most
+// resolveLockSpan keys, and keep no slice into them after unlocking (Identifiers
+// copies the keys out). The writer reads the arrays without locking, since no one else
+// writes them, and changes them under the write lock in short sections (one key or one
+// user). Growth of any array (table, arena, user table, pool) and compaction build the
+// replacement off to the side while readers keep using the old arrays, swap it in
+// under the write lock, and release the old region after unlocking: acquiring the
+// write lock waited for every reader that could hold the old slices, and every later
+// reader finds the new ones, so nothing can read a released region. Readers therefore
+// never wait for a rehash or a copy, only for the swap, as before regions existed.
 //
 // Resolve, Identifiers, Anonymous and Deleted see each write as soon as its method
 // returns. Live does not: it returns the bitmap of the last Publish (see Publish).
 type Users struct {
-	hash func([]byte) uint64 // nil: xxhash
+	hash func([]byte) uint64 // nil: seeded xxh3
+	seed uint64
 
 	mu struct {
 		sync.RWMutex
-		tab   table
-		arena arena
-		users []*userChunk
-		over  map[UserID]uint32 // user -> head of its overflow list (pool index + 1)
-		pool  []overNode
+		st store
 	}
 
 	// Writer-only state.
-	freeNode uint32          // head of the free overNode list (pool index + 1)
-	master   *roaring.Bitmap // live users, copy-on-write; published by Publish
+	live, tombs, maxUsed int             // table slots holding a key, tombstones, and the limit
+	used                 int             // arena bytes in use (entries and free entries)
+	freeBytes            int             // bytes of free entries
+	free                 map[int]keyRef  // entry size -> head of its free list
+	maxArena             int             // arena byte limit
+	poolLen              int             // pool nodes handed out (live or on the free list)
+	freeNode             uint32          // head of the free pool list (index + 1)
+	closed               bool            // Close was called: new regions go to the heap
+	compactions          int             // arena compactions so far
+	master               *roaring.Bitmap // live users, copy-on-write; published by Publish
 
-	live  atomic.Pointer[roaring.Bitmap]
+	pub   atomic.Pointer[roaring.Bitmap]
+	stats atomic.Value  // Memory: the writer-only counts as of the last Publish
 	next  atomic.Uint32 // next id to hand out
 	count atomic.Int64  // live users
 }
 
 // NewUsers returns an empty Users table.
 func NewUsers(opts Options) *Users {
-	u := &Users{hash: opts.Hash, master: roaring.New()}
-	u.master.SetCopyOnWrite(true)
-	u.mu.over = make(map[UserID]uint32)
+	u := newUsers(opts)
 	if opts.Capacity > 0 {
-		u.mu.tab.setBuckets(newBuckets(bucketsFor(opts.Capacity)))
+		nb := bucketsFor(opts.Capacity)
+		u.mu.st.tabR, u.mu.st.buckets = newBuckets(nb)
+		u.maxUsed = maxUsedFor(nb)
 	}
 	u.Publish()
 	return u
+}
+
+func newUsers(opts Options) *Users {
+	u := &Users{hash: opts.Hash, seed: opts.Seed, master: roaring.New(), free: make(map[int]keyRef)}
+	for u.seed == 0 {
+		u.seed = rand.Uint64()
+	}
+	u.maxArena = arenaMaxBytes
+	if opts.MaxArenaBytes > 0 {
+		u.maxArena = min(opts.MaxArenaBytes, arenaMaxBytes)
+	}
+	u.master.SetCopyOnWrite(true)
+	u.used = arenaStart
+	return u
+}
+
+// Seed returns the seed of the table hash.
+func (u *Users) Seed() uint64 { return u.seed }
+
+// Close releases the memory of the tables. Afterwards the Users is empty for readers;
+// a writer that still mutates it gets heap memory that the GC reclaims. Writer only.
+func (u *Users) Close() {
+	u.mu.Lock()
+	old := u.mu.st
+	u.mu.st = store{}
+	u.closed = true
+	u.mu.Unlock()
+	old.release()
+	u.live, u.tombs, u.maxUsed = 0, 0, 0
+	u.used, u.freeBytes, u.poolLen, u.freeNode = arenaStart, 0, 0, 0
+	clear(u.free)
+}
+
+// newRegion allocates a region for this Users: on the heap after Close.
+func (u *Users) newRegion(n int) region {
+	if u.closed {
+		return region{b: make([]byte, max(n, 64))}
+	}
+	return newRegion(n)
+}
+
+// swap installs st under the write lock and releases what it replaced. Writer only.
+func (u *Users) swap(st store, which func(old *store, st *store) []region) {
+	u.mu.Lock()
+	old := u.mu.st
+	u.mu.st = st
+	u.mu.Unlock()
+	for _, r := range which(&old, &st) {
+		r.release()
+	}
 }
 
 // ResolveMany appends to dst one UserID per key (NoUser if unknown), in order, and
@@ -179,14 +271,15 @@ func (u *Users) ResolveMany(kind Kind, keys [][]byte, dst []UserID) []UserID {
 func (u *Users) Resolve(kind Kind, key []byte) UserID {
 	h := u.hashKey(kind, key)
 	u.mu.RLock()
-	_, _, _, id, _ := find(u.mu.tab.buckets, u.mu.arena.chunks, h, kind, key)
+	_, _, _, id, _ := find(u.mu.st.buckets, u.mu.st.arena, h, kind, key)
 	u.mu.RUnlock()
 	return id
 }
 
 // Create adds a live user with no identifiers (anonymous until an external id or alias
 // is attached) and returns its id. Ids are handed out in arrival order and never reused.
-// Writer only; Live shows the user after the next Publish.
+// Writer only; Live shows the user after the next Publish. It panics when ids are used
+// up (Reserve tells beforehand).
 func (u *Users) Create() UserID {
 	id := u.NextID()
 	u.extendTo(id + 1)
@@ -218,8 +311,7 @@ func (u *Users) CreateAt(id UserID) error {
 	if id > next {
 		u.mu.Lock()
 		for s := next; s < id; s++ {
-			c := u.mu.users[s>>userChunkShift]
-			c.flags[s&(userChunkSize-1)] = flagDeleted
+			u.mu.st.flags[s] = flagDeleted
 		}
 		u.mu.Unlock()
 	}
@@ -229,17 +321,22 @@ func (u *Users) CreateAt(id UserID) error {
 }
 
 // extendTo makes room in the user table for ids below end and advances NextID to end.
+// The table grows by doubling into new regions built beside the old ones.
 func (u *Users) extendTo(end UserID) {
 	if end == NoUser || end < u.NextID() {
 		panic("index: user ids exhausted")
 	}
-	need := int((uint64(end) + userChunkSize - 1) >> userChunkShift)
-	if need > len(u.mu.users) {
-		u.mu.Lock()
-		for len(u.mu.users) < need {
-			u.mu.users = append(u.mu.users, new(userChunk))
-		}
-		u.mu.Unlock()
+	if int(end) > len(u.mu.st.refs) {
+		n := max(2*len(u.mu.st.refs), int(end), userMinCap)
+		n = min(n, int(NoUser))
+		st := u.mu.st
+		st.refsR = u.newRegion(n * 4)
+		st.refs = view[keyRef](st.refsR, n)
+		st.flgR = u.newRegion(n)
+		st.flags = view[uint8](st.flgR, n)
+		copy(st.refs, u.mu.st.refs)
+		copy(st.flags, u.mu.st.flags)
+		u.swap(st, func(old, _ *store) []region { return []region{old.refsR, old.flgR} })
 	}
 	u.next.Store(uint32(end))
 }
@@ -258,51 +355,73 @@ func (u *Users) Len() int { return int(u.count.Load()) }
 // writes to the master copy only the containers they touch; a published bitmap is never
 // written again.
 func (u *Users) Publish() {
-	u.live.Store(u.master.Clone())
+	u.pub.Store(u.master.Clone())
+	u.stats.Store(Memory{Keys: u.live, ArenaBytes: int64(u.used), ArenaFree: int64(u.freeBytes)})
 }
 
 // Live returns the live user ids as of the last Publish. The bitmap is shared and
 // immutable: callers must never modify it (clone it first).
-func (u *Users) Live() *roaring.Bitmap { return u.live.Load() }
+func (u *Users) Live() *roaring.Bitmap { return u.pub.Load() }
 
-// userLocked returns the chunk and index of id, or nil if id was never handed out.
-// The caller holds the read lock or is the writer.
-func (u *Users) userLocked(id UserID) (*userChunk, int) {
-	if uint32(id) >= u.next.Load() {
-		return nil, 0
+// flagsLocked returns id's flags and whether id was handed out (and the table, after
+// Close, still has it). The caller holds the read lock or is the writer.
+func (u *Users) flagsLocked(id UserID) (uint8, bool) {
+	if uint32(id) >= u.next.Load() || int(id) >= len(u.mu.st.flags) {
+		return 0, false
 	}
-	c := int(id >> userChunkShift)
-	if c >= len(u.mu.users) {
-		return nil, 0
-	}
-	return u.mu.users[c], int(id & (userChunkSize - 1))
+	return u.mu.st.flags[id], true
 }
 
 // Deleted reports whether id was handed out and then deleted (or skipped by CreateAt).
 func (u *Users) Deleted(id UserID) bool {
 	u.mu.RLock()
-	defer u.mu.RUnlock()
-	c, i := u.userLocked(id)
-	return c != nil && c.flags[i]&flagDeleted != 0
+	f, ok := u.flagsLocked(id)
+	u.mu.RUnlock()
+	return ok && f&flagDeleted != 0
 }
 
 // Anonymous reports whether id is live and holds no external id and no alias.
 func (u *Users) Anonymous(id UserID) bool {
 	u.mu.RLock()
-	defer u.mu.RUnlock()
-	c, i := u.userLocked(id)
-	return c != nil && c.flags[i]&(flagDeleted|flagIdentified) == 0
+	f, ok := u.flagsLocked(id)
+	u.mu.RUnlock()
+	return ok && f&(flagDeleted|flagIdentified) == 0
 }
 
 // isLive reports whether id is a live user. Writer only (reads without the lock).
 func (u *Users) isLive(id UserID) bool {
-	c, i := u.userLocked(id)
-	return c != nil && c.flags[i]&flagDeleted == 0
+	f, ok := u.flagsLocked(id)
+	return ok && f&flagDeleted == 0
+}
+
+// Reserve makes sure that the next attaches of at most keys keys holding keyBytes key
+// bytes in all, and the creation of users new users, cannot fail for lack of room: it
+// may compact the arena now. It returns an error wrapping ErrFull, and changes nothing
+// the readers can see, if they would not fit. Writer only.
+//
+// Attach checks the same by itself and fails without a trace, but a caller that
+// applies a batch of changes as one record checks the whole batch first.
+func (u *Users) Reserve(users, keys, keyBytes int) error {
+	if users < 0 || keys < 0 || keyBytes < 0 {
+		return fmt.Errorf("reserve %d users, %d keys of %d bytes: %w", users, keys, keyBytes, ErrBadKey)
+	}
+	if uint64(u.NextID())+uint64(users) >= uint64(NoUser) {
+		return fmt.Errorf("reserve %d users (next id %d): %w", users, u.NextID(), ErrFull)
+	}
+	need := keyBytes + 8*keys // entrySize(n) <= n+8
+	if u.used+need <= u.maxArena {
+		return nil
+	}
+	if u.used-u.freeBytes+need <= u.maxArena {
+		u.compact(need)
+		return nil
+	}
+	return fmt.Errorf("reserve %d keys of %d bytes (arena %d of %d bytes live): %w", keys, keyBytes, u.used-u.freeBytes, u.maxArena, ErrFull)
 }
 
 // Attach gives key of the given kind to the live user id. It fails if any user holds the
-// key already, if id is not live, or if the key is empty or longer than MaxKeyLen.
-// Writer only.
+// key already, if id is not live, if the key is empty or longer than MaxKeyLen, or with
+// ErrFull if the arena is full; a failed Attach changes nothing. Writer only.
 func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 	if !kind.valid() {
 		return fmt.Errorf("attach key to user %d: kind %v: %w", id, kind, ErrBadKey)
@@ -314,55 +433,138 @@ func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 		return fmt.Errorf("attach %v to user %d: %w", kind, id, ErrNoUser)
 	}
 	h := u.hashKey(kind, key)
-	if _, _, _, holder, ok := find(u.mu.tab.buckets, u.mu.arena.chunks, h, kind, key); ok {
+	if _, _, _, holder, ok := find(u.mu.st.buckets, u.mu.st.arena, h, kind, key); ok {
 		return fmt.Errorf("attach %v to user %d: held by user %d: %w", kind, id, holder, ErrKeyHeld)
 	}
-	u.reserveSlot()
-
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	ref, err := u.mu.arena.appendEntry(id, kind, key)
+	// Room first (each step may swap in bigger arrays, which readers never notice),
+	// so that nothing below can fail.
+	size := entrySize(len(key))
+	off, err := u.allocEntry(size)
 	if err != nil {
 		return fmt.Errorf("attach %v to user %d: %w", kind, id, err)
 	}
-	t := &u.mu.tab
-	bi, si := freeSlot(t.buckets, h)
-	bk := &t.buckets[bi]
+	u.reserveSlot()
+	u.reserveNodes(2)
+
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st := &u.mu.st
+	putEntry(st.arena, off, id, kind, key)
+	ref := keyRef(off / arenaUnit)
+	bi, si := freeSlot(st.buckets, h)
+	bk := &st.buckets[bi]
 	if bk.ref[si] == refTomb {
-		t.tombs--
+		u.tombs--
 	}
 	bk.hash[si] = h
 	bk.ref[si] = ref
-	t.live++
+	u.live++
 	u.addRefLocked(id, ref)
 	if kind != KindDevice {
-		c, i := u.userLocked(id)
-		c.flags[i] |= flagIdentified
+		st.flags[id] |= flagIdentified
 	}
 	return nil
+}
+
+// allocEntry returns the arena offset of size free bytes for a new entry: a free entry
+// of that size, else the end of the arena, grown (or compacted) first if need be. It
+// changes nothing readers can see. Writer only.
+func (u *Users) allocEntry(size int) (int, error) {
+	if ref := u.free[size]; ref != 0 {
+		a := u.mu.st.arena
+		off := int(ref) * arenaUnit
+		if next := keyRef(binary.LittleEndian.Uint32(a[off:])); next != 0 {
+			u.free[size] = next
+		} else {
+			delete(u.free, size)
+		}
+		u.freeBytes -= size
+		return off, nil
+	}
+	if u.used+size > len(u.mu.st.arena) {
+		switch {
+		case u.freeBytes >= max(u.used-u.freeBytes, compactMinBytes):
+			// More garbage than live entries: compact rather than grow.
+			u.compact(size)
+		case u.used+size > u.maxArena && u.used-u.freeBytes+size <= u.maxArena:
+			u.compact(size)
+		case u.used+size > u.maxArena:
+			return 0, fmt.Errorf("key arena holds %d of %d bytes: %w", u.used, u.maxArena, ErrFull)
+		default:
+			u.growArena(u.used + size)
+		}
+	}
+	off := u.used
+	u.used += size
+	return off, nil
+}
+
+// growArena copies the arena into a region of at least need bytes (twice the old one
+// if that is more; untouched pages of a mapping cost nothing). Writer only.
+func (u *Users) growArena(need int) {
+	n := min(max(need, 2*len(u.mu.st.arena), arenaMinBytes), u.maxArena)
+	st := u.mu.st
+	st.arenaR = u.newRegion(n)
+	st.arena = st.arenaR.b
+	copy(st.arena, u.mu.st.arena[:min(u.used, len(u.mu.st.arena))])
+	u.swap(st, func(old, _ *store) []region { return []region{old.arenaR} })
+}
+
+// freeEntryLocked marks the entry at ref free and pushes it on its free list. The
+// write lock is held and nothing refers to the entry any more.
+func (u *Users) freeEntryLocked(ref keyRef) {
+	a := u.mu.st.arena
+	off := int(ref) * arenaUnit
+	_, _, _, size, ok := parseEntry(a, uint64(off))
+	if !ok {
+		panic(fmt.Sprintf("BUG: index: free of a bad entry at ref %d", ref))
+	}
+	a[off+4] &^= 3 << 6
+	binary.LittleEndian.PutUint32(a[off:], uint32(u.free[size]))
+	u.free[size] = ref
+	u.freeBytes += size
 }
 
 // reserveSlot grows (or just cleans) the table if one more used slot would pass the load
 // limit. The new table is built without the lock while readers use the old one, then
 // swapped in. Writer only.
 func (u *Users) reserveSlot() {
-	t := &u.mu.tab
-	if t.live+t.tombs+1 <= t.maxUsed {
+	if u.live+u.tombs+1 <= u.maxUsed {
 		return
 	}
-	nb := newBuckets(bucketsFor(t.live + 1))
-	for i := range t.buckets {
-		bk := &t.buckets[i]
+	nb := bucketsFor(u.live + 1)
+	st := u.mu.st
+	st.tabR, st.buckets = u.newRegion(nb*bucketBytes), nil
+	st.buckets = view[bucket](st.tabR, nb)
+	old := u.mu.st.buckets
+	for i := range old {
+		bk := &old[i]
 		for s := range bucketSlots {
 			if bk.ref[s] > refTomb {
-				insertFresh(nb, bk.hash[s], bk.ref[s])
+				insertFresh(st.buckets, bk.hash[s], bk.ref[s])
 			}
 		}
 	}
-	u.mu.Lock()
-	t.setBuckets(nb)
-	t.tombs = 0
-	u.mu.Unlock()
+	u.swap(st, func(old, _ *store) []region { return []region{old.tabR} })
+	u.maxUsed = maxUsedFor(nb)
+	u.tombs = 0
+}
+
+// reserveNodes makes sure the pool has n nodes to hand out without growing. Writer only.
+func (u *Users) reserveNodes(n int) {
+	avail := len(u.mu.st.pool) - u.poolLen
+	for f := u.freeNode; f != 0 && avail < n; f = u.mu.st.pool[f-1].next {
+		avail++
+	}
+	if avail >= n {
+		return
+	}
+	c := max(2*len(u.mu.st.pool), u.poolLen+n, 512)
+	st := u.mu.st
+	st.poolR = u.newRegion(c * 8)
+	st.pool = view[overNode](st.poolR, c)
+	copy(st.pool, u.mu.st.pool[:u.poolLen])
+	u.swap(st, func(old, _ *store) []region { return []region{old.poolR} })
 }
 
 // Detach frees (kind, key), leaving a tombstone in the table, and returns the user that
@@ -372,18 +574,19 @@ func (u *Users) Detach(kind Kind, key []byte) (UserID, bool) {
 		return NoUser, false
 	}
 	h := u.hashKey(kind, key)
-	t := &u.mu.tab
-	bi, si, ref, id, ok := find(t.buckets, u.mu.arena.chunks, h, kind, key)
+	st := &u.mu.st
+	bi, si, ref, id, ok := find(st.buckets, st.arena, h, kind, key)
 	if !ok {
 		return NoUser, false
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	t.buckets[bi].ref[si] = refTomb
-	t.buckets[bi].hash[si] = 0
-	t.live--
-	t.tombs++
+	st.buckets[bi].ref[si] = refTomb
+	st.buckets[bi].hash[si] = 0
+	u.live--
+	u.tombs++
 	u.removeRefLocked(id, ref)
+	u.freeEntryLocked(ref)
 	if kind != KindDevice {
 		u.refreshIdentifiedLocked(id)
 	}
@@ -397,30 +600,29 @@ func (u *Users) Delete(id UserID) bool {
 		return false
 	}
 	u.mu.Lock()
-	t := &u.mu.tab
+	st := &u.mu.st
 	u.eachRef(id, func(ref keyRef) {
-		_, kind, key := u.mu.arena.entry(ref)
+		_, kind, key := decodeEntry(st.arena, ref)
 		h := u.hashKey(kind, key)
-		bi, si, ok := findRef(t.buckets, h, ref)
+		bi, si, ok := findRef(st.buckets, h, ref)
 		if !ok {
 			panic(fmt.Sprintf("BUG: index: user %d lists key ref %d that is not in the table", id, ref))
 		}
-		t.buckets[bi].ref[si] = refTomb
-		t.buckets[bi].hash[si] = 0
-		t.live--
-		t.tombs++
+		st.buckets[bi].ref[si] = refTomb
+		st.buckets[bi].hash[si] = 0
+		u.live--
+		u.tombs++
+		u.freeEntryLocked(ref)
 	})
-	c, i := u.userLocked(id)
-	c.ref[i] = refEmpty
-	if head, ok := u.mu.over[id]; ok {
-		for n := head; n != 0; {
-			next := u.mu.pool[n-1].next
+	if st.flags[id]&flagOver != 0 {
+		for n := uint32(st.refs[id]); n != 0; {
+			next := st.pool[n-1].next
 			u.freeNodeLocked(n)
 			n = next
 		}
-		delete(u.mu.over, id)
 	}
-	c.flags[i] = flagDeleted
+	st.refs[id] = refEmpty
+	st.flags[id] = flagDeleted
 	u.mu.Unlock()
 	u.master.Remove(uint32(id))
 	u.count.Add(-1)
@@ -428,92 +630,102 @@ func (u *Users) Delete(id UserID) bool {
 }
 
 // eachRef calls fn with every key ref of id in attach order. The caller holds the lock
-// or is the writer.
+// or is the writer. A list is followed for at most poolLen nodes, so a corrupt one
+// (from a damaged snapshot) cannot loop forever.
 func (u *Users) eachRef(id UserID, fn func(keyRef)) {
-	c, i := u.userLocked(id)
-	if c == nil || c.ref[i] == refEmpty {
-		return
-	}
-	fn(c.ref[i])
-	if head, ok := u.mu.over[id]; ok {
-		for n := head; n != 0; n = u.mu.pool[n-1].next {
-			fn(u.mu.pool[n-1].ref)
-		}
-	}
-}
-
-// addRefLocked appends ref to id's keys. The write lock is held.
-func (u *Users) addRefLocked(id UserID, ref keyRef) {
-	c, i := u.userLocked(id)
-	if c.ref[i] == refEmpty {
-		c.ref[i] = ref
-		return
-	}
-	n := u.allocNodeLocked(ref)
-	head, ok := u.mu.over[id]
+	st := &u.mu.st
+	f, ok := u.flagsLocked(id)
 	if !ok {
-		u.mu.over[id] = n
 		return
 	}
-	last := head
-	for u.mu.pool[last-1].next != 0 {
-		last = u.mu.pool[last-1].next
+	if f&flagOver == 0 {
+		if r := st.refs[id]; r != refEmpty {
+			fn(r)
+		}
+		return
 	}
-	u.mu.pool[last-1].next = n
-}
-
-// removeRefLocked removes ref from id's keys, keeping the others in attach order. The
-// write lock is held.
-func (u *Users) removeRefLocked(id UserID, ref keyRef) {
-	c, i := u.userLocked(id)
-	head, hasOver := u.mu.over[id]
-	if c.ref[i] == ref {
-		if !hasOver {
-			c.ref[i] = refEmpty
+	n := uint32(st.refs[id])
+	for range len(st.pool) {
+		if n == 0 || int(n) > len(st.pool) {
 			return
 		}
-		c.ref[i] = u.mu.pool[head-1].ref
-		next := u.mu.pool[head-1].next
-		u.freeNodeLocked(head)
-		if next == 0 {
-			delete(u.mu.over, id)
-		} else {
-			u.mu.over[id] = next
+		fn(st.pool[n-1].ref)
+		n = st.pool[n-1].next
+	}
+}
+
+// addRefLocked appends ref to id's keys. The write lock is held and the pool has two
+// nodes to spare (reserveNodes).
+func (u *Users) addRefLocked(id UserID, ref keyRef) {
+	st := &u.mu.st
+	if st.flags[id]&flagOver == 0 {
+		if st.refs[id] == refEmpty {
+			st.refs[id] = ref
+			return
 		}
+		first := u.allocNodeLocked(st.refs[id])
+		st.pool[first-1].next = u.allocNodeLocked(ref)
+		st.refs[id] = keyRef(first)
+		st.flags[id] |= flagOver
+		return
+	}
+	last := uint32(st.refs[id])
+	for st.pool[last-1].next != 0 {
+		last = st.pool[last-1].next
+	}
+	st.pool[last-1].next = u.allocNodeLocked(ref)
+}
+
+// removeRefLocked removes ref from id's keys, keeping the others in attach order; a
+// list left with one key goes back inline. The write lock is held.
+func (u *Users) removeRefLocked(id UserID, ref keyRef) {
+	st := &u.mu.st
+	if st.flags[id]&flagOver == 0 {
+		if st.refs[id] != ref {
+			panic(fmt.Sprintf("BUG: index: key ref %d resolves to user %d, which does not list it", ref, id))
+		}
+		st.refs[id] = refEmpty
 		return
 	}
 	prev := uint32(0)
-	for n := head; hasOver && n != 0; prev, n = n, u.mu.pool[n-1].next {
-		if u.mu.pool[n-1].ref != ref {
+	for n := uint32(st.refs[id]); n != 0; prev, n = n, st.pool[n-1].next {
+		if st.pool[n-1].ref != ref {
 			continue
 		}
-		next := u.mu.pool[n-1].next
-		switch {
-		case prev != 0:
-			u.mu.pool[prev-1].next = next
-		case next != 0:
-			u.mu.over[id] = next
-		default:
-			delete(u.mu.over, id)
+		next := st.pool[n-1].next
+		if prev == 0 {
+			st.refs[id] = keyRef(next)
+		} else {
+			st.pool[prev-1].next = next
 		}
 		u.freeNodeLocked(n)
+		if head := uint32(st.refs[id]); st.pool[head-1].next == 0 {
+			st.refs[id] = st.pool[head-1].ref
+			st.flags[id] &^= flagOver
+			u.freeNodeLocked(head)
+		}
 		return
 	}
 	panic(fmt.Sprintf("BUG: index: key ref %d resolves to user %d, which does not list it", ref, id))
 }
 
 func (u *Users) allocNodeLocked(ref keyRef) uint32 {
+	st := &u.mu.st
 	if n := u.freeNode; n != 0 {
-		u.freeNode = u.mu.pool[n-1].next
-		u.mu.pool[n-1] = overNode{ref: ref}
+		u.freeNode = st.pool[n-1].next
+		st.pool[n-1] = overNode{ref: ref}
 		return n
 	}
-	u.mu.pool = append(u.mu.pool, overNode{ref: ref})
-	return uint32(len(u.mu.pool))
+	if u.poolLen == len(st.pool) {
+		panic("BUG: index: overflow pool used past its reservation")
+	}
+	st.pool[u.poolLen] = overNode{ref: ref}
+	u.poolLen++
+	return uint32(u.poolLen)
 }
 
 func (u *Users) freeNodeLocked(n uint32) {
-	u.mu.pool[n-1] = overNode{ref: refEmpty, next: u.freeNode}
+	u.mu.st.pool[n-1] = overNode{ref: refEmpty, next: u.freeNode}
 	u.freeNode = n
 }
 
@@ -522,57 +734,85 @@ func (u *Users) freeNodeLocked(n uint32) {
 func (u *Users) refreshIdentifiedLocked(id UserID) {
 	ident := false
 	u.eachRef(id, func(ref keyRef) {
-		if _, kind, _ := u.mu.arena.entry(ref); kind != KindDevice {
+		if _, kind, _ := decodeEntry(u.mu.st.arena, ref); kind != KindDevice {
 			ident = true
 		}
 	})
-	c, i := u.userLocked(id)
 	if ident {
-		c.flags[i] |= flagIdentified
+		u.mu.st.flags[id] |= flagIdentified
 	} else {
-		c.flags[i] &^= flagIdentified
+		u.mu.st.flags[id] &^= flagIdentified
 	}
 }
 
 // Identifiers calls fn with every key id holds: external ids first, then aliases, then
 // device ids, in attach order within a kind. key is valid only during fn and must not be
-// modified. fn runs without any lock held, so it may call other methods.
+// modified or kept. fn runs under the read lock, so it must not call methods of u (a
+// read lock taken twice deadlocks once a writer waits): copy what you need out.
 func (u *Users) Identifiers(id UserID, fn func(kind Kind, key []byte)) {
 	var stack [8]keyRef
 	refs := stack[:0]
 	u.mu.RLock()
+	defer u.mu.RUnlock()
 	u.eachRef(id, func(ref keyRef) { refs = append(refs, ref) })
-	chunks := u.mu.arena.chunks
-	u.mu.RUnlock()
-	// Entries are never rewritten and chunks never move, so reading them after the
-	// unlock is safe.
+	a := u.mu.st.arena
 	for _, want := range [...]Kind{KindExternal, KindAlias, KindDevice} {
 		for _, ref := range refs {
-			if _, kind, key := decodeEntry(chunks, ref); kind == want {
+			if _, kind, key := decodeEntry(a, ref); kind == want {
 				fn(kind, key)
 			}
 		}
 	}
 }
 
+// Memory counts the bytes a Users holds, by structure. Used counts what the data
+// takes; Reserved what is allocated for it (mapped regions reserve ahead, but their
+// untouched pages cost no RSS).
+type Memory struct {
+	Users      int   // live users
+	Keys       int   // identifiers held
+	TableBytes int64 // identity table buckets
+	ArenaBytes int64 // key arena in use, free entries included
+	ArenaFree  int64 // of ArenaBytes, free entries awaiting reuse
+	UserTable  int64 // per-user refs and flags, and the overflow lists
+	LiveBitmap int64 // the published live-users bitmap
+	Reserved   int64 // bytes of every region
+	OffHeap    int64 // of Reserved, bytes mapped outside the Go heap
+}
+
+// Memory returns the bytes held, by structure, as of the last Publish for the
+// arena's and the keys' counts.
+func (u *Users) Memory() Memory {
+	m := u.stats.Load().(Memory)
+	u.mu.RLock()
+	st := &u.mu.st
+	next := min(int(u.next.Load()), len(st.refs))
+	m.TableBytes = int64(len(st.buckets)) * bucketBytes
+	m.UserTable = int64(next)*5 + int64(len(st.pool))*8
+	m.Reserved, m.OffHeap = 0, 0
+	for _, r := range []*region{&st.tabR, &st.arenaR, &st.refsR, &st.flgR, &st.poolR} {
+		m.Reserved += int64(len(r.b))
+		m.OffHeap += int64(r.mapped())
+	}
+	u.mu.RUnlock()
+	m.Users = u.Len()
+	m.LiveBitmap = int64(u.Live().GetSizeInBytes())
+	return m
+}
+
 // MemoryBytes returns the approximate bytes held: table, arena, user table, overflow
 // lists and the live bitmap.
 func (u *Users) MemoryBytes() int {
-	u.mu.RLock()
-	n := len(u.mu.tab.buckets)*64 +
-		u.mu.arena.sizeBytes() +
-		len(u.mu.users)*(userChunkSize*5+8) +
-		cap(u.mu.pool)*8 +
-		len(u.mu.over)*12 // swiss map of uint32 pairs at 7/8 load, roughly
-	u.mu.RUnlock()
-	return n + int(u.Live().GetSizeInBytes())
+	m := u.Memory()
+	return int(m.TableBytes + m.ArenaBytes + m.UserTable + m.LiveBitmap)
 }
 
 // Check verifies that the identity table, the arena, the user table and the live bitmap
 // agree: every key in the table resolves to the user whose entry it is and that user
-// lists it; every key a user lists is in the table; flags match the keys; the master
-// live bitmap holds exactly the non-deleted users; and the counts add up. Writer only
-// (it must not run concurrently with mutations). It returns all problems found, joined.
+// lists it; every key a user lists is in the table; flags match the keys; free entries
+// add up; the master live bitmap holds exactly the non-deleted users; and the counts
+// add up. Writer only (it must not run concurrently with mutations). It returns all
+// problems found, joined; it never panics, whatever the tables hold.
 func (u *Users) Check() error {
 	var errs []error
 	fail := func(format string, args ...any) {
@@ -580,12 +820,12 @@ func (u *Users) Check() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	t := &u.mu.tab
-	chunks := u.mu.arena.chunks
+	st := &u.mu.st
+	a := st.arena
 	live, tombs := 0, 0
 	inTable := make(map[keyRef]bool)
-	for bi := range t.buckets {
-		bk := &t.buckets[bi]
+	for bi := range st.buckets {
+		bk := &st.buckets[bi]
 		for s := range bucketSlots {
 			r := bk.ref[s]
 			switch r {
@@ -600,11 +840,15 @@ func (u *Users) Check() error {
 				fail("check: key ref %d in two slots", r)
 			}
 			inTable[r] = true
-			id, kind, key := decodeEntry(chunks, r)
+			id, kind, key := decodeEntry(a, r)
+			if kind == 0 {
+				fail("check: slot %d/%d holds ref %d, which is no live entry", bi, s, r)
+				continue
+			}
 			if h := u.hashKey(kind, key); h != bk.hash[s] {
 				fail("check: slot %d/%d hash %#x, key hashes to %#x", bi, s, bk.hash[s], h)
 			}
-			if _, _, got, gotID, ok := find(t.buckets, chunks, bk.hash[s], kind, key); !ok || got != r || gotID != id {
+			if _, _, got, gotID, ok := find(st.buckets, a, bk.hash[s], kind, key); !ok || got != r || gotID != id {
 				fail("check: %v %q resolves to ref %d user %d (ok %v), want ref %d user %d", kind, key, got, gotID, ok, r, id)
 			}
 			if !u.isLive(id) {
@@ -612,23 +856,61 @@ func (u *Users) Check() error {
 			}
 		}
 	}
-	if live != t.live || tombs != t.tombs {
-		fail("check: table counts live %d tombs %d, found %d and %d", t.live, t.tombs, live, tombs)
+	if live != u.live || tombs != u.tombs {
+		fail("check: table counts live %d tombs %d, found %d and %d", u.live, u.tombs, live, tombs)
 	}
-	if live+tombs > t.maxUsed && len(t.buckets) > 0 {
-		fail("check: %d used slots over the limit %d", live+tombs, t.maxUsed)
+	if live+tombs > u.maxUsed && len(st.buckets) > 0 {
+		fail("check: %d used slots over the limit %d", live+tombs, u.maxUsed)
+	}
+
+	// The arena: entries end to end up to used; live ones are exactly the table's.
+	entries, free := 0, 0
+	for off := arenaStart; off < u.used; {
+		_, kind, _, size, ok := parseEntry(a[:min(u.used, len(a))], uint64(off))
+		if !ok {
+			fail("check: arena entry at %d does not parse", off)
+			break
+		}
+		if kind == 0 {
+			free += size
+		} else {
+			entries++
+			if !inTable[keyRef(off/arenaUnit)] {
+				fail("check: arena entry at %d is live but not in the table", off)
+			}
+		}
+		off += size
+	}
+	if entries != live || free != u.freeBytes {
+		fail("check: arena holds %d live entries and %d free bytes, want %d and %d", entries, free, live, u.freeBytes)
+	}
+	listedFree := 0
+	for size, ref := range u.free {
+		for n := 0; ref != 0 && n <= u.used; n++ {
+			_, kind, _, esize, ok := parseEntry(a, uint64(ref)*arenaUnit)
+			if !ok || kind != 0 || esize != size {
+				fail("check: free list %d holds ref %d (kind %d, size %d)", size, ref, kind, esize)
+				break
+			}
+			listedFree += size
+			ref = entryRefAt(a, ref)
+		}
+	}
+	if listedFree != u.freeBytes {
+		fail("check: free lists hold %d bytes, want %d", listedFree, u.freeBytes)
 	}
 
 	listed, nLive := 0, 0
-	overUsers := 0
 	next := u.NextID()
+	if int(next) > len(st.flags) {
+		fail("check: next id %d past the user table (%d)", next, len(st.flags))
+		return errors.Join(errs...)
+	}
 	for id := UserID(0); id < next; id++ {
-		c, i := u.userLocked(id)
-		if c == nil {
-			fail("check: user %d has no user table chunk", id)
-			break
+		fl := st.flags[id]
+		if fl&^flagsKnown != 0 {
+			fail("check: user %d has unknown flags %#x", id, fl)
 		}
-		fl := c.flags[i]
 		deleted := fl&flagDeleted != 0
 		if deleted == u.master.Contains(uint32(id)) {
 			fail("check: user %d deleted=%v but live bitmap says %v", id, deleted, u.master.Contains(uint32(id)))
@@ -636,15 +918,10 @@ func (u *Users) Check() error {
 		if !deleted {
 			nLive++
 		}
-		if _, ok := u.mu.over[id]; ok {
-			overUsers++
-			if c.ref[i] == refEmpty {
-				fail("check: user %d has overflow keys but no inline key", id)
-			}
-		}
-		ident := false
+		nkeys, ident := 0, false
 		u.eachRef(id, func(r keyRef) {
 			listed++
+			nkeys++
 			if deleted {
 				fail("check: deleted user %d lists key ref %d", id, r)
 			}
@@ -652,7 +929,7 @@ func (u *Users) Check() error {
 				fail("check: user %d lists key ref %d, which is not in the table", id, r)
 				return
 			}
-			eid, kind, key := decodeEntry(chunks, r)
+			eid, kind, key := decodeEntry(a, r)
 			if eid != id {
 				fail("check: user %d lists %v %q, whose entry names user %d", id, kind, key, eid)
 			}
@@ -660,6 +937,9 @@ func (u *Users) Check() error {
 				ident = true
 			}
 		})
+		if fl&flagOver != 0 && nkeys < 2 {
+			fail("check: user %d has a key list of %d keys", id, nkeys)
+		}
 		if ident != (fl&flagIdentified != 0) {
 			fail("check: user %d identified flag %v, keys say %v", id, fl&flagIdentified != 0, ident)
 		}
@@ -667,11 +947,11 @@ func (u *Users) Check() error {
 	if listed != live {
 		fail("check: users list %d keys, table holds %d", listed, live)
 	}
-	if overUsers != len(u.mu.over) {
-		fail("check: overflow map has %d users, %d of them below NextID", len(u.mu.over), overUsers)
-	}
 	if nLive != u.Len() || uint64(nLive) != u.master.GetCardinality() {
 		fail("check: %d live users, Len %d, bitmap %d", nLive, u.Len(), u.master.GetCardinality())
 	}
 	return errors.Join(errs...)
 }
+
+// entryRefAt reads the id word of the entry at ref as a ref: a free entry's link.
+func entryRefAt(a []byte, ref keyRef) keyRef { return keyRef(entryID(a, ref)) }

@@ -431,11 +431,11 @@ func TestUsersConcurrentResolve(t *testing.T) {
 	grows := 0
 	for i := range n {
 		id := u.Create()
-		nb := len(u.mu.tab.buckets)
+		nb := len(u.mu.st.buckets)
 		if err := u.Attach(id, KindExternal, key(i)); err != nil {
 			t.Fatal(err)
 		}
-		if len(u.mu.tab.buckets) != nb {
+		if len(u.mu.st.buckets) != nb {
 			grows++
 		}
 		inserted.Store(int64(i + 1))

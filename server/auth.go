@@ -158,6 +158,8 @@ func mapError(err error) error {
 		return errorf(fasthttp.StatusNotFound, "not found")
 	case errors.Is(err, engine.ErrExists):
 		return errorf(fasthttp.StatusConflict, "already exists")
+	case errors.Is(err, engine.ErrCapacity):
+		return errorf(fasthttp.StatusInsufficientStorage, "the workspace's identity tables are full (8 GiB of identifier bytes, or 4 billion users): delete users or split the workspace")
 	case errors.Is(err, engine.ErrClosed):
 		return errorf(fasthttp.StatusServiceUnavailable, "shutting down")
 	}

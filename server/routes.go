@@ -77,6 +77,7 @@ func (s *Server) buildRoutes() []*route {
 	add("POST", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyJSON, s.handleCreateKey)
 	add("GET", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyNone, s.handleListKeys)
 	add("DELETE", "/v1/workspaces/{ws}/partners/{partner}/keys/{key_id}", authAdmin, bodyJSON, s.handleRevokeKey)
+	add("GET", "/v1/admin/memory", authAdmin, bodyNone, s.handleAdminMemory)
 
 	// Users.
 	add("POST", "/v1/users", authWorkspace, bodyBulk, s.handleUpsertUsers)

@@ -220,6 +220,9 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "DELETE", path: "/v1/workspaces/acme/partners/amplitude/keys/" + str(t, old, "key_id"), token: admin}, 204)
 	c.check(req{method: "DELETE", path: "/v1/workspaces/acme/partners/amplitude/keys/nope", token: admin}, 404)
 	c.check(req{method: "GET", path: "/v1/workspaces/acme/partners/amplitude/keys", token: admin}, 200)
+	c.check(req{method: "GET", path: "/v1/admin/memory", token: admin}, 200)
+	c.check(req{method: "GET", path: "/v1/admin/memory"}, 401)
+	c.check(req{method: "GET", path: "/v1/admin/memory", token: apiKey}, 403)
 
 	// Users.
 	var users []map[string]any

@@ -1,0 +1,44 @@
+package engine
+
+import (
+	"github.com/cohortd/cohortd/index"
+)
+
+// WorkspaceMemory is the memory one workspace holds, by structure (GET
+// /v1/admin/memory and /metrics; docs/MEMORY.md).
+type WorkspaceMemory struct {
+	ID    string
+	Users int // live users
+	Keys  int // identifiers held
+	// Identity is the index's account: table, arena, user table, live bitmap,
+	// and what its regions reserve (mapped ones outside the Go heap).
+	Identity index.Memory
+	// CohortBitmaps is the serialized size of every cohort's published members.
+	CohortBitmaps int64
+	// Staging is what open webhook sessions hold (staged ids and page sets).
+	Staging int64
+}
+
+// Total returns the bytes the workspace's structures take.
+func (m *WorkspaceMemory) Total() int64 {
+	id := &m.Identity
+	return id.TableBytes + id.ArenaBytes + id.UserTable + id.LiveBitmap + m.CohortBitmaps + m.Staging
+}
+
+// Memory returns each workspace's memory, sorted by workspace id. It takes
+// each workspace's writer lock briefly (for the webhook sessions) and reads
+// the rest without blocking writers.
+func (e *Engine) Memory() []WorkspaceMemory {
+	wss := e.Workspaces()
+	out := make([]WorkspaceMemory, 0, len(wss))
+	for _, w := range wss {
+		m := WorkspaceMemory{ID: w.id, Identity: w.users.Memory()}
+		m.Users, m.Keys = m.Identity.Users, m.Identity.Keys
+		for _, c := range w.Cohorts() {
+			m.CohortBitmaps += int64(c.Members().GetSizeInBytes())
+		}
+		m.Staging = int64(w.stagingBytes())
+		out = append(out, m)
+	}
+	return out
+}
