@@ -34,6 +34,7 @@ type ChangeSet struct {
 	ops []uint64
 	ids []index.UserID
 	res ApplyResult
+	src SyncSource // the sync source of the batch (syncs.go)
 }
 
 // NewChangeSet starts a change batch.
@@ -117,15 +118,20 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 	addBM.And(w.users.Live())
 	effAdd, effRem := c.members.Diff(addBM, remBM)
 	lsn, err := w.commitMembersLocked(c, effAdd, effRem)
-	w.mu.Unlock()
 	if err != nil {
+		w.mu.Unlock()
 		return ApplyResult{}, err
 	}
 	res.Added = int(effAdd.GetCardinality())
 	res.Removed = int(effRem.GetCardinality())
 	res.DataPoints = res.Added + res.Removed
+	lsnSync, err := w.recordSyncLocked(c, changeEvent(cs.src, &res, w.e.now().UTC()))
+	w.mu.Unlock()
+	if err != nil {
+		return ApplyResult{}, err
+	}
 	w.e.countApply(&res)
-	return res, w.e.waitDurable(max(lsn, lsn0))
+	return res, w.e.waitDurable(max(lsn, lsn0, lsnSync))
 }
 
 // commitMembersLocked logs and applies an effective membership change. No
@@ -174,10 +180,11 @@ type ReplaceResult struct {
 
 // MemberSet stages the full membership of a snapshot sync as resolved ids.
 type MemberSet struct {
-	w         *Workspace
-	ids       []uint32
-	scratch   []index.UserID
-	unmatched int
+	w          *Workspace
+	ids        []uint32
+	scratch    []index.UserID
+	unmatched  int
+	identified int // of unmatched: device ids of identified users
 }
 
 // NewMemberSet starts a snapshot sync.
@@ -192,6 +199,7 @@ func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
 		var identified int
 		ids, identified = anonymousOnly(ms.w.users, ids)
 		ms.unmatched += identified
+		ms.identified += identified
 	}
 	ms.AddIDs(ids)
 }
@@ -211,25 +219,32 @@ func (ms *MemberSet) Unmatched() int { return ms.unmatched }
 // creating it when unknown. The diff both ways is the report and the data
 // points.
 func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
-	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap())
+	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap(), ms)
 	res.Unmatched = ms.unmatched
 	return res, err
 }
 
-// replaceBitmap replaces a cohort's members with target.
-func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap) (ReplaceResult, error) {
+// replaceBitmap replaces a cohort's members with target, the set staged
+// in ms (nil when the caller built target itself).
+func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap, ms *MemberSet) (ReplaceResult, error) {
 	w.mu.Lock()
 	c, lsn0, err := w.ensureCohortLocked(partnerSlug, cohortID)
 	if err != nil {
 		w.mu.Unlock()
 		return ReplaceResult{}, err
 	}
+	n := int(target.GetCardinality())
 	res, lsn, err := w.replaceLocked(c, target)
+	if err != nil {
+		w.mu.Unlock()
+		return ReplaceResult{}, err
+	}
+	lsnSync, err := w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.now().UTC()))
 	w.mu.Unlock()
 	if err != nil {
 		return ReplaceResult{}, err
 	}
-	return res, w.e.waitDurable(max(lsn, lsn0))
+	return res, w.e.waitDurable(max(lsn, lsn0, lsnSync))
 }
 
 // replaceLocked makes c's members exactly target (restricted to live

@@ -189,6 +189,8 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		w.applyMembers(c, add, rem, now)
 	case recSession, recSessionDrop:
 		return w.replaySession(typ, d)
+	case recSync, recSyncPage:
+		return w.replaySync(typ, d)
 	default:
 		return fmt.Errorf("unknown record type %d", typ)
 	}

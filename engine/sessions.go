@@ -28,6 +28,7 @@ type session struct {
 	members  *roaring.Bitmap // union of the staged pages (writer-private)
 	seq      uint64          // begin order within the workspace
 	lastPage int64           // unix nanoseconds of the latest page
+	sync     sessionSync     // the pages' counts for the sync history (syncs.go)
 }
 
 // sessionTable holds a workspace's open sessions (under Workspace.mu).
@@ -125,10 +126,20 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 		return StageResult{}, err
 	}
 	lsns = append(lsns, lsn)
+	if lsn, err = w.stagePageSyncLocked(k, now, ms.Len(), ms.unmatched); err != nil {
+		w.mu.Unlock()
+		return StageResult{}, err
+	}
+	lsns = append(lsns, lsn)
 	res := StageResult{Staged: int(ids.GetCardinality()), Unmatched: ms.unmatched, PagesReceived: int(s.pages.GetCardinality())}
 	if res.PagesReceived == total {
 		res.Replace, lsn, err = w.replaceLocked(c, s.members)
 		if err != nil {
+			w.mu.Unlock()
+			return StageResult{}, err
+		}
+		lsns = append(lsns, lsn)
+		if lsn, err = w.commitSessionSyncLocked(c, s, &res.Replace, now); err != nil {
 			w.mu.Unlock()
 			return StageResult{}, err
 		}

@@ -31,7 +31,7 @@ import (
 // docs/FORMATS.md.
 const (
 	snapMagic   = "COHORTD-SNAPSHOT"
-	snapVersion = 1
+	snapVersion = 2 // 2 adds the sync history after each workspace's sessions; 1 is still read
 	snapPrefix  = "snapshot-"
 	snapSuffix  = ".snap"
 )
@@ -276,6 +276,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	}
 	sessions := w.captureSessionsLocked()
 	done := w.captureDoneLocked()
+	syncs, sessionSyncs := w.captureSyncsLocked(cohorts)
 	w.keys.RLock()
 	keys := make([]*importKey, 0, len(w.keys.byID))
 	for _, k := range w.keys.byID {
@@ -355,6 +356,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		sw.bitmap(c.bm)
 	}
 	writeSessions(sw, sessions, done)
+	writeSyncHistory(sw, syncs, sessionSyncs)
 	return lsn
 }
 
@@ -367,6 +369,8 @@ type snapReader struct {
 	off  int64
 	err  error
 	buf  []byte
+	// version is the file's format version.
+	version uint64
 }
 
 func (s *snapReader) fail(reason string) {
@@ -493,8 +497,8 @@ func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
 		s.fail("bad magic")
 		return s.err
 	}
-	if v := s.uvarint(); v != snapVersion && s.err == nil {
-		s.fail(fmt.Sprintf("unsupported version %d", v))
+	if s.version = s.uvarint(); (s.version < 1 || s.version > snapVersion) && s.err == nil {
+		s.fail(fmt.Sprintf("unsupported version %d", s.version))
 	}
 	e.mu.lsn = s.uvarint()
 	np := s.uvarint()
@@ -609,6 +613,9 @@ func (e *Engine) readWorkspace(s *snapReader) {
 		c.members.Reset(bm)
 	}
 	w.readSessions(s)
+	if s.version >= 2 {
+		w.readSyncHistory(s)
+	}
 }
 
 // RunSnapshots takes a snapshot whenever Options.SnapshotEvery has passed
