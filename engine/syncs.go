@@ -410,8 +410,9 @@ type Health struct {
 	// before the first sync).
 	LastSyncAt time.Time
 	// ExpectedInterval is the median interval between the starts of the
-	// last syncs (zero with fewer than two syncs).
+	// last syncs; HasInterval is false with fewer than two syncs.
 	ExpectedInterval time.Duration
+	HasInterval      bool
 }
 
 // healthFacts are what the rules need from the newest syncs; they change
@@ -419,7 +420,8 @@ type Health struct {
 type healthFacts struct {
 	any          bool
 	lastEnd      int64 // unix ms
-	interval     int64 // ms, median interval between starts of the last healthWindow syncs; 0 if unknown
+	interval     int64 // ms, median interval between starts of the last healthWindow syncs
+	hasInterval  bool  // at least two syncs
 	lastShare    float64
 	medianShare  float64 // of up to healthWindow syncs before the last
 	sizeBefore   uint64
@@ -445,7 +447,7 @@ func (h *syncHistory) factsLocked() healthFacts {
 				iv = append(iv, float64(starts[i].start-starts[i-1].start))
 			}
 			iv = append(iv, float64(h.open.start-starts[len(starts)-1].start))
-			f.interval = int64(median(iv))
+			f.interval, f.hasInterval = int64(median(iv)), true
 		}
 		f.lastShare = last.unmatchedShare()
 		f.unmatched, f.identifiersN = last.Unmatched(), last.Matched+last.Unmatched()
@@ -494,7 +496,7 @@ func (f *healthFacts) status(now time.Time) HealthStatus {
 	switch {
 	case !f.any:
 		return HealthNeverSynced
-	case f.interval > 0 && now.UnixMilli()-f.lastEnd > max(staleFactor*f.interval, staleFloor.Milliseconds()):
+	case f.hasInterval && now.UnixMilli()-f.lastEnd > max(staleFactor*f.interval, staleFloor.Milliseconds()):
 		return HealthStale
 	case f.sizeAfter*2 < f.sizeBefore:
 		return HealthShrunk
@@ -508,14 +510,15 @@ func (f *healthFacts) health(now time.Time) Health {
 	if !f.any {
 		return Health{Status: HealthNeverSynced, Reasons: []string{"no sync has arrived yet"}}
 	}
-	h := Health{Status: HealthOK, LastSyncAt: time.UnixMilli(f.lastEnd).UTC(), ExpectedInterval: time.Duration(f.interval) * time.Millisecond}
+	h := Health{Status: HealthOK, LastSyncAt: time.UnixMilli(f.lastEnd).UTC(),
+		ExpectedInterval: time.Duration(f.interval) * time.Millisecond, HasInterval: f.hasInterval}
 	set := func(s HealthStatus, reason string) {
 		if h.Status == HealthOK {
 			h.Status = s
 		}
 		h.Reasons = append(h.Reasons, reason)
 	}
-	if f.interval > 0 {
+	if f.hasInterval {
 		since := now.Sub(h.LastSyncAt)
 		limit := max(staleFactor*h.ExpectedInterval, staleFloor)
 		if since > limit {

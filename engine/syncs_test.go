@@ -305,14 +305,14 @@ func TestHealth(t *testing.T) {
 		}
 	}
 	check("never", now, HealthNeverSynced, "no sync has arrived yet")
-	if h := c("never").Health(now); !h.LastSyncAt.IsZero() || h.ExpectedInterval != 0 {
+	if h := c("never").Health(now); !h.LastSyncAt.IsZero() || h.HasInterval {
 		t.Errorf("never synced: %+v", h)
 	}
 	// The "ok" cohort's last sync was 41 h ago (syncs of the other
 	// cohorts followed): stale at once, ok right after its last sync.
 	okLast := c("ok").Syncs(1)[0].EndedAt
 	check("ok", okLast.Add(time.Minute), HealthOK, "")
-	if h := c("ok").Health(okLast); h.ExpectedInterval != time.Hour || !h.LastSyncAt.Equal(okLast) {
+	if h := c("ok").Health(okLast); h.ExpectedInterval != time.Hour || !h.HasInterval || !h.LastSyncAt.Equal(okLast) {
 		t.Errorf("ok: %+v, want interval 1h, last sync %s", h, okLast)
 	}
 	check("ok", okLast.Add(3*time.Hour), HealthOK, "")
@@ -530,7 +530,7 @@ func checkFacts(t *testing.T, c *Cohort, now time.Time) {
 		for i := 0; i+1 < min(n, healthWindow); i++ {
 			iv = append(iv, float64(ss[i].StartedAt.UnixMilli()-ss[i+1].StartedAt.UnixMilli()))
 		}
-		want.interval = int64(median(iv))
+		want.interval, want.hasInterval = int64(median(iv)), len(iv) > 0
 		var shares []float64
 		for _, s := range ss[1:] {
 			shares = append(shares, s.unmatchedShare())

@@ -120,6 +120,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
 		cs := w.NewChangeSet()
+		cs.SetSource(engine.SourceWebhook)
 		cs.AddIDs(ids, req.Action == actionRemove)
 		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)
 		if err != nil {
