@@ -517,6 +517,18 @@ function init() {
     $("lookup-alias-name").hidden = $("lookup-kind").value !== "alias";
   });
   window.addEventListener("hashchange", route);
+  // The chart is drawn as wide as its box: redraw it when the box changes.
+  let resizeTimer = 0, lastWidth = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      const w = $("sync-chart").clientWidth;
+      if (!$("view-cohort").hidden && w !== lastWidth) {
+        lastWidth = w;
+        drawSyncChart($("sync-chart"), [...state.syncs].reverse());
+      }
+    }, 150);
+  });
   route();
 }
 
