@@ -593,21 +593,26 @@ func replaceEvent(ms *MemberSet, target int, res *ReplaceResult, now time.Time) 
 // w.mu and has applied the event's membership change.
 func (w *Workspace) recordSyncLocked(c *Cohort, ev syncEvent) (uint64, error) {
 	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(c.partner)
-	w.enc.str(c.id)
-	w.enc.u8(uint8(ev.source))
+	encodeSyncEvent(&w.enc, w.id, c.partner, c.id, &ev)
+	return w.commitLocked(recSync, func(uint64) { c.syncs.observe(&ev, c.Members().GetCardinality()) })
+}
+
+// encodeSyncEvent appends the payload of a recSync record.
+func encodeSyncEvent(enc *recordEncoder, ws, partnerSlug, cohortID string, ev *syncEvent) {
+	enc.str(ws)
+	enc.str(partnerSlug)
+	enc.str(cohortID)
+	enc.u8(uint8(ev.source))
 	var flags uint8
 	if ev.whole {
 		flags |= 1
 	}
-	w.enc.u8(flags)
-	w.enc.time(ev.start)
-	w.enc.time(ev.end)
+	enc.u8(flags)
+	enc.time(ev.start)
+	enc.time(ev.end)
 	for _, v := range [...]uint64{ev.requests, ev.matched, ev.unknown, ev.devIdent, ev.dropped, ev.added, ev.removed} {
-		w.enc.uvarint(v)
+		enc.uvarint(v)
 	}
-	return w.commitLocked(recSync, func(uint64) { c.syncs.observe(&ev, c.Members().GetCardinality()) })
 }
 
 // stagePageSyncLocked logs and applies the counts of a staged webhook page.
