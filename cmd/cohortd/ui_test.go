@@ -285,6 +285,30 @@ func TestUIBrowser(t *testing.T) {
 	// Sign in.
 	p.do("open the page", chromedp.Navigate(pageURL), chromedp.WaitVisible(byTestID("signin-key")))
 	p.shot("signin")
+	// A wrong key is refused with a message and not kept. The browser logs
+	// the 401 as a failed resource: the one error this test expects.
+	p.do("sign in with a wrong key", chromedp.SendKeys(byTestID("signin-key"), "cwk_wrong"), chromedp.Click(byTestID("signin-submit")))
+	p.waitJS("the refusal", `document.getElementById("signin-error").textContent.includes("not accepted")`)
+	if n := eval[int](p, `sessionStorage.length`); n != 0 {
+		t.Errorf("a refused key was kept in sessionStorage")
+	}
+	p.do("clear the field", chromedp.Evaluate[chromedp.Void](fmt.Sprintf(js, "signin-key")+`.value = ""`))
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.problems)
+		p.mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	p.mu.Lock()
+	for _, pr := range p.problems {
+		if !strings.Contains(pr, "401") {
+			t.Errorf("browser, wrong key: %s", pr)
+		}
+	}
+	p.problems = nil
+	p.mu.Unlock()
 	p.signIn(key, len(demoCohorts))
 
 	// The list: every cohort with its size and health; the shrunk one.
@@ -397,6 +421,7 @@ func TestUIBrowser(t *testing.T) {
 	t.Logf("1,000 cohort rows built in %s ms (GET /v1/cohorts to DOM)", eval[string](p, `document.documentElement.dataset.cohortRenderMs`))
 	p.do("filter", chromedp.SendKeys(chromedp.ID("cohort-filter"), "c0999"))
 	p.waitJS("one row left", `[...document.querySelectorAll('[data-testid="cohort-row"]')].filter(r => !r.hidden).length === 1`)
+	t.Logf("filtering 1,000 rows took %s ms", eval[string](p, `document.documentElement.dataset.cohortFilterMs`))
 	p.do("clear the filter", chromedp.Evaluate[chromedp.Void](`(() => { const f = document.getElementById("cohort-filter"); f.value = ""; f.dispatchEvent(new Event("input")); })()`))
 	p.do("sort by id, descending", chromedp.Click(chromedp.CSS(`th[data-key="cohort_id"] button`)), chromedp.Click(chromedp.CSS(`th[data-key="cohort_id"] button`)))
 	p.waitJS("c0999 first", `document.querySelector('[data-testid="cohort-row"]').dataset.key === "bulk/c0999"`)

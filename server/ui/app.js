@@ -8,6 +8,9 @@ import { drawSyncChart } from "./chart.js";
 const KEY = "cohortd.apiKey";
 const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat();
+// One formatter for every date: toLocaleString builds a new one per call,
+// which a list of 1,000 cohorts would feel.
+const dateFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const STATUS_LABEL = {
   ok: "ok", stale: "stale", unmatched_high: "unmatched high", shrunk: "shrunk", never_synced: "never synced",
 };
@@ -16,8 +19,11 @@ const STATUS_RANK = { shrunk: 0, unmatched_high: 1, stale: 2, never_synced: 3, o
 const state = {
   cohorts: null, // GET /v1/cohorts, loaded once per sign-in (and on refresh)
   loadedAt: 0,
+  signingIn: false,
   rows: new Map(), // "partner/id" → <tr>
   sort: { key: "partner", dir: 1 },
+  sorted: null, // the rows in sort order (sortedRows)
+  sortedBy: "",
   syncs: [],
   syncShown: 0,
   segSeq: 0,
@@ -59,7 +65,7 @@ async function api(method, path, body) {
   }
   if (!res.ok) {
     const msg = (data && data.message) || res.statusText || "request failed";
-    if (res.status === 401 && path !== "/v1/cohorts") {
+    if (res.status === 401 && !state.signingIn) {
       signOut("The key is no longer accepted (revoked or rotated). Sign in again.");
     }
     throw new APIError(res.status, msg);
@@ -104,7 +110,7 @@ function relTime(iso) {
 }
 
 function absTime(iso) {
-  return iso ? new Date(iso).toLocaleString() : "";
+  return iso ? dateFmt.format(new Date(iso)) : "";
 }
 
 function duration(ms) {
@@ -135,6 +141,7 @@ async function signIn(ev) {
   if (!key) return;
   sessionStorage.setItem(KEY, key);
   $("signin-submit").disabled = true;
+  state.signingIn = true;
   try {
     await loadCohorts();
     $("signin-key").value = "";
@@ -146,6 +153,7 @@ async function signIn(ev) {
       ? "That key was not accepted: use a workspace API key (not the admin token)."
       : describeError(e);
   } finally {
+    state.signingIn = false;
     $("signin-submit").disabled = false;
   }
 }
@@ -154,6 +162,7 @@ function signOut(msg) {
   sessionStorage.removeItem(KEY);
   state.cohorts = null;
   state.rows.clear();
+  state.sorted = null;
   $("cohort-rows").replaceChildren();
   $("segment-clauses").replaceChildren();
   $("segment-sample").replaceChildren();
@@ -183,64 +192,84 @@ function cohortHref(c) {
   return "#/cohort/" + encodeURIComponent(c.partner) + "/" + encodeURIComponent(c.cohort_id);
 }
 
-// buildRows makes one <tr> per cohort once; filtering and sorting then only
-// hide and reorder them, so 1,000 cohorts stay quick.
+// buildRows makes one <tr> per cohort once, by cloning a prototype row;
+// filtering then only hides rows and sorting only reorders them (with keys
+// computed here), so that 1,000 cohorts stay quick.
 function buildRows() {
   state.rows.clear();
+  state.sorted = null;
   const t0 = performance.now();
+  const proto = h("tr", { "data-testid": "cohort-row" },
+    h("td"), h("td", {}, h("a")), h("td", { class: "name" }), h("td", { class: "num" }), h("td"), h("td", {}, h("span")));
   for (const c of state.cohorts) {
     const last = c.health && c.health.last_sync_at;
-    const tr = h("tr", { "data-testid": "cohort-row", "data-key": cohortKey(c) },
-      h("td", { text: c.partner }),
-      h("td", {}, h("a", { href: cohortHref(c), text: c.cohort_id })),
-      h("td", { class: "name", text: c.name }),
-      h("td", { class: "num", text: fmt.format(c.size) }),
-      h("td", { title: absTime(last), text: relTime(last) }),
-      h("td", {}, badge(c.health)));
+    const st = c.health ? c.health.status : "never_synced";
+    const tr = proto.cloneNode(true);
+    const td = tr.children;
+    tr.dataset.key = cohortKey(c);
+    td[0].textContent = c.partner;
+    td[1].firstChild.href = cohortHref(c);
+    td[1].firstChild.textContent = c.cohort_id;
+    td[2].textContent = c.name;
+    td[3].textContent = fmt.format(c.size);
+    td[4].textContent = relTime(last); // its title (the date) is set on hover
+    tr._last = last;
+    const b = td[5].firstChild;
+    b.className = "badge badge-" + st;
+    b.textContent = STATUS_LABEL[st] || st;
+    if (c.health && c.health.reasons.length) b.title = c.health.reasons.join("\n");
     tr._c = c;
     tr._text = (c.partner + "\n" + c.cohort_id + "\n" + c.name).toLowerCase();
+    tr._status = st;
+    tr._sort = {
+      partner: c.partner.toLowerCase(), cohort_id: c.cohort_id.toLowerCase(), name: c.name.toLowerCase(),
+      size: c.size, last_sync: last ? Date.parse(last) : -Infinity, health: STATUS_RANK[st],
+    };
     state.rows.set(cohortKey(c), tr);
   }
   renderRows();
   document.documentElement.dataset.cohortRenderMs = (performance.now() - t0).toFixed(1);
 }
 
-function sortValue(c, key) {
-  switch (key) {
-    case "size": return c.size;
-    case "last_sync": return c.health && c.health.last_sync_at ? Date.parse(c.health.last_sync_at) : -Infinity;
-    case "health": return STATUS_RANK[c.health ? c.health.status : "never_synced"];
-    default: return String(c[key]).toLowerCase();
-  }
+// sortedRows returns the rows in the current order, sorting only when the
+// order or the rows changed.
+function sortedRows() {
+  const { key, dir } = state.sort;
+  if (state.sorted && state.sortedBy === key + dir) return state.sorted;
+  const rows = [...state.rows.values()];
+  rows.sort((a, b) => {
+    const x = a._sort[key], y = b._sort[key];
+    if (x < y) return -dir;
+    if (x > y) return dir;
+    return a.dataset.key < b.dataset.key ? -1 : 1;
+  });
+  state.sorted = rows;
+  state.sortedBy = key + dir;
+  $("cohort-rows").replaceChildren(...rows);
+  return rows;
 }
 
 function renderRows() {
+  const t0 = performance.now();
   const q = $("cohort-filter").value.trim().toLowerCase();
   const hf = $("health-filter").value;
-  const { key, dir } = state.sort;
-  const rows = [...state.rows.values()];
-  rows.sort((a, b) => {
-    const x = sortValue(a._c, key), y = sortValue(b._c, key);
-    if (x < y) return -dir;
-    if (x > y) return dir;
-    return cohortKey(a._c) < cohortKey(b._c) ? -1 : 1;
-  });
+  const rows = sortedRows();
   let shown = 0;
   for (const tr of rows) {
-    const st = tr._c.health ? tr._c.health.status : "never_synced";
+    const st = tr._status;
     const ok = (!q || tr._text.includes(q)) && (!hf || (hf === "!ok" ? st !== "ok" : st === hf));
-    tr.hidden = !ok;
+    if (tr.hidden === ok) tr.hidden = !ok;
     if (ok) shown++;
   }
-  $("cohort-rows").replaceChildren(...rows);
   $("cohort-count").textContent = shown === rows.length ? `${rows.length} cohorts` : `${shown} of ${rows.length} cohorts`;
   $("cohort-empty").hidden = rows.length > 0;
+  const { key, dir } = state.sort;
   for (const th of document.querySelectorAll("#cohort-table th")) {
     th.setAttribute("aria-sort", th.dataset.key === key ? (dir > 0 ? "ascending" : "descending") : "none");
   }
+  document.documentElement.dataset.cohortFilterMs = (performance.now() - t0).toFixed(1);
 }
 
-// showCohorts reloads the list unless it was loaded a moment ago (at sign-in).
 async function showCohorts() {
   if (!state.cohorts || Date.now() - state.loadedAt > 2000) await loadCohorts();
   else renderRows();
@@ -497,6 +526,14 @@ function init() {
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut());
   $("cohort-filter").addEventListener("input", renderRows);
+  // Dates are formatted when a row is first hovered or focused, not for
+  // all 1,000 rows up front.
+  const dateTitle = (ev) => {
+    const tr = ev.target.closest && ev.target.closest("tr");
+    if (tr && tr._last && !tr.children[4].title) tr.children[4].title = absTime(tr._last);
+  };
+  $("cohort-rows").addEventListener("pointerover", dateTitle);
+  $("cohort-rows").addEventListener("focusin", dateTitle);
   $("health-filter").addEventListener("change", renderRows);
   for (const th of document.querySelectorAll("#cohort-table th")) {
     th.querySelector("button").addEventListener("click", () => {
