@@ -551,3 +551,62 @@ func checkFacts(t *testing.T, c *Cohort, now time.Time) {
 		t.Fatalf("status %s, Health %+v", s, h)
 	}
 }
+
+// TestSyncHistoryConcurrentReaders: histories are read (Syncs, Health,
+// HealthCounts, snapshots) while writers append to them; run with -race.
+func TestSyncHistoryConcurrentReaders(t *testing.T) {
+	clk := newClock()
+	e, w := syncFixture(t, Options{Dir: t.TempDir(), Sync: wal.SyncOff, Logger: quietLogger()}, clk, 100)
+	defer e.Close()
+	var writers, readers sync.WaitGroup
+	errs := make(chan error, 3)
+	for g := 0; g < 2; g++ {
+		writers.Add(1)
+		go func(g int) {
+			defer writers.Done()
+			for i := 0; i < 300; i++ {
+				clk.advance(time.Duration(i%7) * time.Minute)
+				cs := w.NewChangeSet()
+				cs.SetSource(SyncSource(i % 3))
+				cs.AddMany(index.KindExternal, keys("user-", i%100, i%100+5), i%4 == 0)
+				if _, err := w.ApplyChanges("p", fmt.Sprintf("c%d", g), cs); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(g)
+	}
+	stop := make(chan struct{})
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, c := range w.Cohorts() {
+				c.Syncs(MaxSyncs)
+				c.Health(clk.now())
+			}
+			w.HealthCounts(clk.now())
+			if err := e.Snapshot(); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	writers.Wait()
+	close(stop)
+	readers.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"c0", "c1"} {
+		if n := len(w.Cohort("p", id).Syncs(MaxSyncs)); n < 50 {
+			t.Errorf("%s: %d syncs", id, n)
+		}
+	}
+}
