@@ -4,7 +4,7 @@ package server
 //
 //	GET /v1/cohorts/{partner}/{cohort_id}/syncs?limit=N (1–1000, default 100)
 //	    → 200 {"syncs":[S…, newest first],"health":H}; 404 if the cohort is unknown
-//	GET /v1/health/cohorts → 200 {"cohorts":[{"partner","cohort_id","name","size","health":H}…]}:
+//	GET /v1/health/cohorts → 200 {"cohorts":[{"partner","cohort_id","name","health":H}…]}:
 //	    the cohorts whose status is not ok, sorted by partner and id
 //
 //	S = {"started_at","ended_at","source":"partner"|"bulk"|"replace"|"webhook","requests",
@@ -115,7 +115,6 @@ func (s *Server) handleHealthCohorts(r *request) error {
 		Partner  string      `json:"partner"`
 		CohortID string      `json:"cohort_id"`
 		Name     string      `json:"name"`
-		Size     uint64      `json:"size"`
 		Health   *healthJSON `json:"health"`
 	}
 	now := r.e.Now()
@@ -126,7 +125,7 @@ func (s *Server) handleHealthCohorts(r *request) error {
 			continue
 		}
 		info := c.Info()
-		out = append(out, entry{info.Partner, info.CohortID, info.Name, info.Size, toHealthJSON(h)})
+		out = append(out, entry{info.Partner, info.CohortID, info.Name, toHealthJSON(h)})
 	}
 	return writeJSON(r.ctx, fasthttp.StatusOK, struct {
 		Cohorts []entry `json:"cohorts"`
