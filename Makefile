@@ -8,7 +8,7 @@ PKGS      := ./...
 FUZZTIME  ?= 30s
 COUNT     ?= 6
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full fuzz lint fmt vet crashtest clean
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full fuzz lint fmt vet crashtest clean ui-screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ bench-report-full: ## full suite (10M and 100M users; an hour or more, ~20 GiB)
 
 crashtest: ## kill -9 crash test with the real binary, 200 kills (make test runs 20)
 	COHORTD_CRASH_KILLS=$(or $(KILLS),200) $(GO) test -count=1 -run TestCrashKill9 -timeout 60m -v ./cmd/cohortd/
+
+ui-screenshots: ## regenerate docs/ui/*.png: the browser test of the page with screenshots (needs chromium)
+	mkdir -p docs/ui
+	$(GO) test -count=1 -run TestUIBrowser -timeout 5m ./cmd/cohortd -ui.screenshots=$(CURDIR)/docs/ui
 
 clean:
 	rm -rf $(BIN)

@@ -34,6 +34,7 @@ type ChangeSet struct {
 	ops []uint64
 	ids []index.UserID
 	res ApplyResult
+	src SyncSource // the sync source of the batch (syncs.go)
 }
 
 // NewChangeSet starts a change batch.
@@ -116,15 +117,18 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 		// A user deleted between resolve and apply is not added back.
 		addBM.And(w.users.Live())
 		effAdd, effRem = c.members.Diff(addBM, remBM)
-		_, err = w.commitMembersLocked(c, effAdd, effRem)
+		if _, err = w.commitMembersLocked(c, effAdd, effRem); err != nil {
+			return err
+		}
+		res.Added = int(effAdd.GetCardinality())
+		res.Removed = int(effRem.GetCardinality())
+		res.DataPoints = res.Added + res.Removed
+		_, err = w.recordSyncLocked(c, changeEvent(cs.src, &res, w.e.now().UTC()))
 		return err
 	})
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	res.Added = int(effAdd.GetCardinality())
-	res.Removed = int(effRem.GetCardinality())
-	res.DataPoints = res.Added + res.Removed
 	w.e.countApply(&res)
 	return res, nil
 }
@@ -175,10 +179,11 @@ type ReplaceResult struct {
 
 // MemberSet stages the full membership of a snapshot sync as resolved ids.
 type MemberSet struct {
-	w         *Workspace
-	ids       []uint32
-	scratch   []index.UserID
-	unmatched int
+	w          *Workspace
+	ids        []uint32
+	scratch    []index.UserID
+	unmatched  int
+	identified int // of unmatched: device ids of identified users
 }
 
 // NewMemberSet starts a snapshot sync.
@@ -193,6 +198,7 @@ func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
 		var identified int
 		ids, identified = anonymousOnly(ms.w.users, ids)
 		ms.unmatched += identified
+		ms.identified += identified
 	}
 	ms.AddIDs(ids)
 }
@@ -212,20 +218,25 @@ func (ms *MemberSet) Unmatched() int { return ms.unmatched }
 // creating it when unknown. The diff both ways is the report and the data
 // points.
 func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
-	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap())
+	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap(), ms)
 	res.Unmatched = ms.unmatched
 	return res, err
 }
 
-// replaceBitmap replaces a cohort's members with target.
-func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap) (ReplaceResult, error) {
+// replaceBitmap replaces a cohort's members with target, the set staged
+// in ms (nil when the caller built target itself).
+func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap, ms *MemberSet) (ReplaceResult, error) {
 	var res ReplaceResult
 	err := w.write(func() error {
 		c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
 		if err != nil {
 			return err
 		}
-		res, _, err = w.replaceLocked(c, target)
+		n := int(target.GetCardinality())
+		if res, _, err = w.replaceLocked(c, target); err != nil {
+			return err
+		}
+		_, err = w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.now().UTC()))
 		return err
 	})
 	if err != nil {

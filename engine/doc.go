@@ -1,8 +1,9 @@
 // Package engine is cohortd's domain: workspaces, partners and their keys,
 // users (upsert, identify, merge, delete), cohorts, the matching rules of
 // docs/API.md §2, atomic change batches and snapshot replaces, segment queries,
-// data-point metering, Mixpanel webhook sessions, and durability (WAL
-// records, snapshots, recovery). It knows nothing of HTTP or flags.
+// data-point metering, Mixpanel webhook sessions, the sync history and sync
+// health of cohorts (syncs.go), and durability (WAL records, snapshots,
+// recovery). It knows nothing of HTTP or flags.
 //
 // # Write path
 //

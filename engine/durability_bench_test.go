@@ -130,7 +130,7 @@ func buildColdStartDir(b *testing.B, dir string, users int) {
 		}
 		members := int(1000 * math.Pow(float64(users/10)/1000, r.Float64()))
 		bm := cohortBitmap(flavour, max(members, 10_000), users, uint64(c))
-		if _, err := w.replaceBitmap("p", fmt.Sprintf("c%03d", c), bm); err != nil {
+		if _, err := w.replaceBitmap("p", fmt.Sprintf("c%03d", c), bm, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

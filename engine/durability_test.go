@@ -38,6 +38,9 @@ func dumpState(e *Engine) string {
 		for _, c := range w.Cohorts() {
 			info := c.Info()
 			fmt.Fprintf(&b, " cohort %s/%s %q created=%d members=%v\n", info.Partner, info.CohortID, info.Name, info.CreatedAt.UnixNano(), c.Members().ToArray())
+			for _, s := range c.Syncs(MaxSyncs) {
+				fmt.Fprintf(&b, "  sync %+v\n", s)
+			}
 		}
 		u := w.Usage()
 		var ps []string

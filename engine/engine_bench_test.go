@@ -132,7 +132,7 @@ func BenchmarkReplace(b *testing.B) {
 			for b.Loop() {
 				t := targets[i%2].Clone()
 				i++
-				if _, err := w.replaceBitmap("p", "r", t); err != nil {
+				if _, err := w.replaceBitmap("p", "r", t, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

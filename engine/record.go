@@ -185,10 +185,18 @@ func (d *recordDecoder) str() string { return string(d.bytes()) }
 
 // time reads a time written by recordEncoder.time, in UTC.
 func (d *recordDecoder) time() time.Time {
-	sec := d.varint()
-	nsec := d.uvarint()
-	if d.err == nil && nsec >= 1e9 {
+	sec, nsec := d.varint(), d.uvarint()
+	if d.err != nil {
+		return time.Time{}
+	}
+	if nsec >= 1e9 {
 		d.fail(fmt.Errorf("engine: record time has %d nanoseconds", nsec))
+		return time.Time{}
+	}
+	// Keep times where UnixMilli cannot overflow (health arithmetic uses it).
+	if sec > math.MaxInt64/1000-1 || sec < math.MinInt64/1000+1 {
+		d.fail(fmt.Errorf("engine: record time %d out of range", sec))
+		return time.Time{}
 	}
 	return time.Unix(sec, int64(nsec)).UTC()
 }

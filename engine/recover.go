@@ -373,6 +373,8 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 			return err
 		}
 		w.applyIdempotency(key, r)
+	case recSync, recSyncPage:
+		return w.replaySync(typ, d)
 	default:
 		return fmt.Errorf("unknown record type %d", typ)
 	}

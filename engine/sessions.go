@@ -29,6 +29,7 @@ type session struct {
 	members  *roaring.Bitmap // union of the staged pages (writer-private)
 	seq      uint64          // begin order within the workspace
 	lastPage int64           // unix nanoseconds of the latest page
+	sync     sessionSync     // the pages' counts for the sync history (syncs.go)
 }
 
 // sessionTable holds a workspace's open sessions (under Workspace.mu).
@@ -105,7 +106,7 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	var res StageResult
 	err := w.write(func() error {
 		var err error
-		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids)
+		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids, ms.Len(), ms.unmatched)
 		return err
 	})
 	if err != nil {
@@ -115,7 +116,9 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	return res, nil
 }
 
-func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap) (StageResult, error) {
+// stagePageLocked stages a page whose members are ids (sent identifiers,
+// unmatched of them did not match) under w.mu.
+func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, sent, unmatched int) (StageResult, error) {
 	now := w.e.now().UTC()
 	k := sessionKey{partnerSlug, cohortID, sessionID}
 	if _, err := w.expireSessionsLocked(now); err != nil {
@@ -157,11 +160,17 @@ func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID strin
 	if _, err := w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) }); err != nil {
 		return StageResult{}, err
 	}
+	if _, err := w.stagePageSyncLocked(k, now, sent, unmatched); err != nil {
+		return StageResult{}, err
+	}
 	res := StageResult{Staged: int(ids.GetCardinality()), PagesReceived: int(s.pages.GetCardinality())}
 	if res.PagesReceived < total {
 		return res, nil
 	}
 	if res.Replace, _, err = w.replaceLocked(c, s.members); err != nil {
+		return StageResult{}, err
+	}
+	if _, err := w.commitSessionSyncLocked(c, s, &res.Replace, now); err != nil {
 		return StageResult{}, err
 	}
 	// Drop this session and every older open one of the same cohort.

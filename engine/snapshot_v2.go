@@ -43,6 +43,7 @@ const (
 	secUsers     uint32 = 3      // the workspace's index.ImageHeader; its arrays follow
 	secCohort    uint32 = 4      // one cohort of the workspace: metadata and members
 	secIdem      uint32 = 5      // the idempotency replies of the engine (after secEngine) or of the workspace before it
+	secSyncs     uint32 = 6      // the sync histories of the workspace's cohorts (after them) and of its open webhook sessions
 	secArray     uint32 = 16     // + index.Array: a raw array of the users image
 	secEnd       uint32 = 0xffff // number of sections before it
 
@@ -159,6 +160,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	}
 	sessions := w.captureSessionsLocked()
 	done := w.captureDoneLocked()
+	syncs, sessionSyncs := w.captureSyncsLocked(cohorts)
 	w.keys.RLock()
 	keys := make([]*importKey, 0, len(w.keys.byID))
 	for _, k := range w.keys.byID {
@@ -236,6 +238,11 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		sw.time(c.m.createdAt)
 		sw.time(c.m.updatedAt)
 		sw.bitmap(c.bm)
+		sw.end()
+	}
+	if len(syncs) > 0 || len(sessionSyncs) > 0 {
+		sw.begin(secSyncs)
+		writeSyncHistory(sw, syncs, sessionSyncs)
 		sw.end()
 	}
 	return lsn
@@ -425,6 +432,14 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 				f.fail(fmt.Sprintf("idempotency section of scope %q out of place", scope))
 			}
 			readIdempotency(f, st, e.idemTTL(), check)
+			s.done(f)
+		case secSyncs:
+			if w == nil || !hasUser {
+				s.fail("sync history section out of place")
+				break
+			}
+			f := s.fields(h)
+			w.readSyncHistory(f, check)
 			s.done(f)
 		case secCohort:
 			if w == nil || !hasUser {

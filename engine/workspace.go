@@ -320,6 +320,7 @@ type Cohort struct {
 	partner, id string
 	meta        atomic.Pointer[cohortMeta]
 	members     *index.Members
+	syncs       syncHistory // its last syncs (syncs.go)
 }
 
 type cohortMeta struct {

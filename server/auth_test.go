@@ -52,7 +52,7 @@ func TestTenantIsolation(t *testing.T) {
 
 	snapshot := func() string {
 		var out string
-		for _, p := range []string{"/v1/cohorts", "/v1/usage", "/v1/cohorts/mixpanel/bcohort/members", "/v1/users/lookup?external_id=bonly", "/v1/users/lookup?device_id=bdev"} {
+		for _, p := range []string{"/v1/cohorts", "/v1/usage", "/v1/cohorts/mixpanel/bcohort/members", "/v1/cohorts/mixpanel/bcohort/syncs", "/v1/users/lookup?external_id=bonly", "/v1/users/lookup?device_id=bdev"} {
 			r := h.must(200, tReq{method: "GET", path: p, token: b.wsKey})
 			out += string(r.body) + "\n"
 		}
@@ -109,6 +109,21 @@ func TestTenantIsolation(t *testing.T) {
 			}
 		}},
 		{"/v1/usage", tReq{method: "GET", path: "/v1/usage"}, nil},
+		{"/v1/cohorts/{partner}/{cohort_id}/syncs", tReq{method: "GET", path: "/v1/cohorts/mixpanel/bcohort/syncs"}, func(r tResp) {
+			// A made its own bcohort above; B's one sync matched 3 users.
+			for _, s := range r.json(t)["syncs"].([]any) {
+				if s.(map[string]any)["matched"] != 0.0 {
+					t.Errorf("A reads B's syncs: %s", r.body)
+				}
+			}
+		}},
+		{"/v1/health/cohorts", tReq{method: "GET", path: "/v1/health/cohorts"}, func(r tResp) {
+			for _, c := range r.json(t)["cohorts"].([]any) {
+				if id := c.(map[string]any)["cohort_id"]; id == "bcohort" || id == "bnamed" {
+					t.Errorf("A sees the health of B's cohort %v", c)
+				}
+			}
+		}},
 	}
 	for _, c := range cases {
 		q := c.q

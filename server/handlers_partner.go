@@ -85,6 +85,7 @@ func (s *Server) handlePartnerUsers(r *request) error {
 		return err
 	}
 	cs := r.ws.NewChangeSet()
+	cs.SetSource(engine.SourcePartner)
 	floor := r.e.RetentionFloor()
 	_ = req.eachChange(func(c *changeObject) error {
 		stageChange(cs, floor, c)

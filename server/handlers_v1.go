@@ -14,7 +14,8 @@ package server
 //	         (every key always present: external_id null when absent, arrays [] when empty); 404 if no user
 //	GET    /v1/cohorts → 200 {"cohorts":[C…]}
 //	GET    /v1/cohorts/{partner}/{cohort_id} → 200 C; 404 if unknown
-//	       C = {"partner","cohort_id","name","created_at","updated_at","size":N} (times RFC 3339, UTC)
+//	       C = {"partner","cohort_id","name","created_at","updated_at","size":N,"health":H} (times RFC 3339, UTC;
+//	       H, the sync health, in handlers_syncs.go)
 //	DELETE /v1/cohorts/{partner}/{cohort_id} → 204; 404 if unknown
 //	POST   /v1/cohorts/{partner}/{cohort_id}/changes (JSON {"cohort_changes":[…]} or NDJSON of change objects)
 //	       → 200 {"message":"success","matched":N,"unmatched":N,"unmatched_by_reason":{"unknown":N,"device_id_identified":N},
@@ -198,16 +199,17 @@ func (s *Server) handleLookupUser(r *request) error {
 // ---- cohorts ----
 
 type cohortJSON struct {
-	Partner   string `json:"partner"`
-	CohortID  string `json:"cohort_id"`
-	Name      string `json:"name"`
-	CreatedAt string `json:"created_at"`
-	UpdatedAt string `json:"updated_at"`
-	Size      uint64 `json:"size"`
+	Partner   string      `json:"partner"`
+	CohortID  string      `json:"cohort_id"`
+	Name      string      `json:"name"`
+	CreatedAt string      `json:"created_at"`
+	UpdatedAt string      `json:"updated_at"`
+	Size      uint64      `json:"size"`
+	Health    *healthJSON `json:"health,omitempty"` // handlers_syncs.go
 }
 
 func toCohortJSON(c engine.CohortInfo) cohortJSON {
-	return cohortJSON{c.Partner, c.CohortID, c.Name, formatTime(c.CreatedAt), formatTime(c.UpdatedAt), c.Size}
+	return cohortJSON{c.Partner, c.CohortID, c.Name, formatTime(c.CreatedAt), formatTime(c.UpdatedAt), c.Size, nil}
 }
 
 // cohortTarget checks {partner} and {cohort_id} of a /v1/cohorts path.
@@ -226,7 +228,7 @@ func cohortTarget(r *request) (partner, id string, err error) {
 func (s *Server) handleListCohorts(r *request) error {
 	out := []cohortJSON{}
 	for _, c := range r.ws.Cohorts() {
-		out = append(out, toCohortJSON(c.Info()))
+		out = append(out, withHealth(c, r.e))
 	}
 	return writeJSON(r.ctx, fasthttp.StatusOK, struct {
 		Cohorts []cohortJSON `json:"cohorts"`
@@ -243,7 +245,7 @@ func (s *Server) handleGetCohort(r *request) error {
 	if c == nil {
 		return errorf(fasthttp.StatusNotFound, "cohort not found")
 	}
-	return writeJSON(r.ctx, fasthttp.StatusOK, toCohortJSON(c.Info()))
+	return writeJSON(r.ctx, fasthttp.StatusOK, withHealth(c, r.e))
 }
 
 // handleDeleteCohort serves DELETE /v1/cohorts/{partner}/{cohort_id}.

@@ -122,6 +122,7 @@ func (s *Server) handleMixpanel(r *request) error {
 			}
 		}
 		cs := w.NewChangeSet()
+		cs.SetSource(engine.SourceWebhook)
 		cs.AddIDs(ids, req.Action == actionRemove)
 		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)
 		if err != nil {

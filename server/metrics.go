@@ -108,6 +108,7 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	metrics.WriteGaugeUint64(w, "cohortd_webhook_sessions_open", sessions)
 	metrics.WriteGaugeFloat64(w, "cohortd_recovery_seconds", e.RecoveryDuration().Seconds())
 	writeMemoryMetrics(w, e)
+	writeHealthMetrics(w, e)
 }
 
 // handleMetrics serves GET /metrics: Prometheus text, no token, no secrets.

@@ -91,6 +91,8 @@ func (s *Server) buildRoutes() []*route {
 	add("POST", "/v1/cohorts/{partner}/{cohort_id}/changes", authWorkspace, bodyBulk, s.handleCohortChanges)
 	add("PUT", "/v1/cohorts/{partner}/{cohort_id}/members", authWorkspace, bodyBulk, s.handleReplaceMembers)
 	add("GET", "/v1/cohorts/{partner}/{cohort_id}/members", authWorkspace, bodyNone, s.handleListMembers)
+	add("GET", "/v1/cohorts/{partner}/{cohort_id}/syncs", authWorkspace, bodyNone, s.handleCohortSyncs)
+	add("GET", "/v1/health/cohorts", authWorkspace, bodyNone, s.handleHealthCohorts)
 
 	// Segments: POST, but queries, not writes.
 	add("POST", "/v1/segments/count", authWorkspace, bodyJSON, s.handleSegmentCount).write = false
@@ -98,6 +100,12 @@ func (s *Server) buildRoutes() []*route {
 	add("POST", "/v1/segments/members", authWorkspace, bodyJSON, s.handleSegmentMembers).write = false
 
 	add("GET", "/v1/usage", authWorkspace, bodyNone, s.handleUsage)
+
+	// The built-in page (docs/API.md §8): static files, no auth (the page
+	// signs in to /v1 with a workspace key), served during recovery too.
+	add("GET", "/ui", authNone, bodyNone, s.handleUIRedirect).ungated = true
+	ui := add("GET", "/ui/", authNone, bodyNone, s.handleUI)
+	ui.prefix, ui.ungated = true, true
 	return rs
 }
 

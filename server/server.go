@@ -73,6 +73,7 @@ type Server struct {
 	parsers fastjson.ParserPool
 	bufs    sync.Pool // *[]byte body buffers; see request.getBuf
 	closing atomic.Bool
+	ui      map[string]*uiFile // the built-in page's files (ui.go), read-only
 
 	// inflight counts requests being handled (and streamed replies being
 	// written); Shutdown waits for it to reach zero.
@@ -107,6 +108,7 @@ func New(opts Options) *Server {
 		idem:   newIdemStore(),
 		limits: newRateLimits(opts.RateLimit, opts.RateBurst),
 		adminD: digest([]byte(opts.AdminToken)),
+		ui:     loadUI(),
 	}
 	s.routes = s.buildRoutes()
 	s.met = newServerMetrics(opts.Metrics, s.routes, s.engine.Load)

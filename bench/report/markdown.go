@@ -340,6 +340,12 @@ func microTable(w io.Writer, s *Set) {
 					lines = append(lines, fmt.Sprintf("| `%s` | %s | %s | %s |", r.Pkg+" "+it.name, it.what, it.unit, bytesStr(v, true)))
 				}
 			}
+		case strings.HasPrefix(r.Name, "SyncHistoryBytes/"):
+			for _, it := range []item{{r.Name, "B/sync", "sync history, per sync kept"}, {r.Name, "B/cohort", "sync history, per cohort (1,000 syncs)"}} {
+				if v, ok := r.Median(it.unit); ok {
+					lines = append(lines, fmt.Sprintf("| `%s` | %s | %s | %s |", r.Pkg+" "+it.name, it.what, it.unit, bytesStr(v, true)))
+				}
+			}
 		case strings.HasPrefix(r.Name, "BytesPerMember/"):
 			for _, it := range []item{{r.Name, "B/member", "cohort bitmap in memory"}, {r.Name, "serialized-B/member", "cohort bitmap serialized"}} {
 				if v, ok := r.Median(it.unit); ok {

@@ -151,6 +151,9 @@ func runDemo(ctx context.Context, p demoParams) error {
 			return fmt.Errorf("import cohort %s: %w", ch.id, err)
 		}
 	}
+	if err := demoSyncs(ctx, c, ws.APIKey, pt.Key, key.Secret); err != nil {
+		return err
+	}
 	p.log.Info("demo seeded", "users", demoUsers, "cohorts", len(demoCohorts), "duration", time.Since(start).String())
 
 	fmt.Fprintf(p.out, "\nDemo workspace %q seeded with %d users and %d cohorts in %s.\n",
@@ -194,6 +197,7 @@ func printDemoCommands(out io.Writer, base string, p demoParams, apiKey, partner
 		`{"segment":{"and":[{"cohort":"amplitude/power_users"},{"not":{"cohort":"amplitude/churn_risk"}}]}}`)
 	fmt.Fprintf(&b, "\nMetrics: curl -sS %s/metrics\n", base)
 	_, _ = io.WriteString(out, b.String())
+	printDemoPage(out, base)
 }
 
 // shellQuote quotes s for a POSIX shell.

@@ -249,10 +249,11 @@ func (r reply) json(t *testing.T) map[string]any {
 }
 
 // httpClient sends no Accept-Encoding of its own, so that tests see bodies
-// as the server sent them.
+// as the server sent them, and follows no redirect (tests check them).
 var httpClient = &http.Client{
-	Timeout:   60 * time.Second,
-	Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 8},
+	Timeout:       60 * time.Second,
+	Transport:     &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 8},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
 // build turns q into an *http.Request against base.

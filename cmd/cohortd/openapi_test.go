@@ -47,6 +47,10 @@ func init() {
 		return lines, nil
 	})
 	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
+	// The files of the built-in page.
+	for _, ct := range []string{"text/javascript", "text/css", "image/svg+xml"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.PlainBodyDecoder)
+	}
 }
 
 // loadOpenAPI loads and validates docs/openapi.yaml.
@@ -284,6 +288,30 @@ func TestOpenAPI(t *testing.T) {
 	}
 	c.check(req{method: "GET", path: "/v1/cohorts/amplitude/c1/members", token: apiKey, header: map[string]string{"Accept-Encoding": "zstd"}}, 200)
 	c.check(req{method: "GET", path: "/v1/cohorts/amplitude/nope/members", token: apiKey}, 404)
+
+	// Sync history and health (docs/API.md §8).
+	if r := c.check(req{method: "GET", path: "/v1/cohorts/amplitude/c1/syncs", token: apiKey}, 200).json(t); len(r["syncs"].([]any)) == 0 {
+		t.Errorf("no sync listed for amplitude/c1: %v", r)
+	}
+	c.check(req{method: "GET", path: "/v1/cohorts/segment/c3/syncs?limit=1", token: apiKey}, 200)
+	c.check(req{method: "GET", path: "/v1/cohorts/segment/c3/syncs?limit=0", token: apiKey}, 400)
+	c.check(req{method: "GET", path: "/v1/cohorts/amplitude/nope/syncs", token: apiKey}, 404)
+	c.check(req{method: "GET", path: "/v1/cohorts/amplitude/c1/syncs"}, 401)
+	c.check(req{method: "POST", path: "/partners/amplitude/cohorts", body: creds(map[string]any{"cohort_id": "quiet", "name": "Quiet", "created_at": "2026-11-01T00:00:00Z"})}, 201)
+	if r := c.check(req{method: "GET", path: "/v1/health/cohorts", token: apiKey}, 200); !bytes.Contains(r.body, []byte(`"never_synced"`)) {
+		t.Errorf("health list without the never synced cohort: %s", r.body)
+	}
+	c.check(req{method: "GET", path: "/v1/health/cohorts", token: admin}, 403)
+
+	// The built-in page.
+	c.check(req{method: "GET", path: "/ui"}, 301)
+	index := c.check(req{method: "GET", path: "/ui/"}, 200)
+	c.check(req{method: "GET", path: "/ui/", header: map[string]string{"If-None-Match": index.header.Get("ETag")}}, 304)
+	for _, f := range []string{"index.html", "app.js", "chart.js", "app.css", "favicon.svg"} {
+		c.check(req{method: "GET", path: "/ui/" + f}, 200)
+	}
+	c.check(req{method: "GET", path: "/ui/app.js", header: map[string]string{"Accept-Encoding": "gzip"}}, 200)
+	c.check(req{method: "GET", path: "/ui/nope.js"}, 404)
 
 	// Segments.
 	seg := map[string]any{"or": []any{map[string]any{"cohort": "amplitude/c1"}, map[string]any{"and": []any{map[string]any{"cohort": "segment/c3"}, map[string]any{"not": map[string]any{"cohort": "amplitude/zzz"}}}}}}
