@@ -358,6 +358,7 @@ func (c *conn) membership(i, j int) {
 		c.keys = append(c.keys, c.args(k)[2:]...)
 	}
 	c.ids = c.ws.ResolveMany(index.KindExternal, c.keys, c.ids[:0])
+	c.s.met.runs.Inc()
 	ids := c.ids
 	for k := i; k < j; k++ {
 		args := c.args(k)

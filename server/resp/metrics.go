@@ -22,6 +22,7 @@ type serverMetrics struct {
 	open      atomic.Int64     // cohortd_resp_connections, a gauge
 	rejected  *metrics.Counter
 	protoErrs *metrics.Counter
+	runs      *metrics.Counter // membership runs: each one ResolveMany
 
 	mu struct {
 		sync.Mutex
@@ -40,6 +41,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 		conns:     set.GetOrCreateCounter("cohortd_resp_connections_total"),
 		rejected:  set.GetOrCreateCounter("cohortd_resp_connections_rejected_total"),
 		protoErrs: set.GetOrCreateCounter("cohortd_resp_protocol_errors_total"),
+		runs:      set.GetOrCreateCounter("cohortd_resp_membership_runs_total"),
 	}
 	m.mu.errors = make(map[errorKey]*metrics.Counter)
 	set.GetOrCreateGauge("cohortd_resp_connections", func() float64 { return float64(m.open.Load()) })
