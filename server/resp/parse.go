@@ -57,18 +57,25 @@ type reader struct {
 	scan  int     // where the next argument's "$" header starts
 	offs  []int32 // start, end of each complete argument
 	want  int     // bytes of buf (from pos) the command needs, when known
+
+	lastEmpty bool // inline just consumed an empty line
 }
 
 // next parses the next complete command into argv (which it appends to and
 // returns). ok is false when more input is needed. authed selects the
 // limits.
 func (r *reader) next(argv [][]byte, authed bool) (out [][]byte, ok bool, err error) {
-	if r.nargs == 0 {
+	for r.nargs == 0 {
 		if r.pos == r.end {
 			return argv, false, nil
 		}
 		if r.buf[r.pos] != '*' {
-			return r.inline(argv)
+			out, ok, err := r.inline(argv)
+			if r.lastEmpty {
+				r.lastEmpty = false
+				continue // an empty line: Redis answers nothing
+			}
+			return out, ok, err
 		}
 		nl := bytes.IndexByte(r.buf[r.pos:min(r.end, r.pos+maxHeaderLine)], '\n')
 		if nl < 0 {
@@ -85,12 +92,12 @@ func (r *reader) next(argv [][]byte, authed bool) (out [][]byte, ok bool, err er
 		if !authed && n > unauthMaxArgs {
 			return argv, false, protocolError("unauthenticated multibulk length")
 		}
+		r.pos += len(line)
 		if n <= 0 {
-			// "*0" and "*-1" are empty commands: Redis skips them.
-			r.pos += len(line)
-			return r.next(argv, authed)
+			continue // "*0" and "*-1" are empty commands: Redis skips them.
 		}
-		r.nargs, r.scan, r.offs, r.want = n, r.pos+len(line), r.offs[:0], 0
+		r.nargs, r.scan, r.offs, r.want = n, r.pos, r.offs[:0], 0
+		r.pos -= len(line) // the command starts at its header
 	}
 	for len(r.offs)/2 < r.nargs {
 		if r.scan == r.end {
@@ -159,7 +166,7 @@ func (r *reader) inline(argv [][]byte) ([][]byte, bool, error) {
 		return argv, false, protocolError("invalid inline request")
 	}
 	if len(args) == 0 {
-		// An empty line: Redis answers nothing.
+		r.lastEmpty = true
 		return argv, false, nil
 	}
 	return append(argv, args...), true, nil
@@ -172,11 +179,24 @@ func parseLen(b []byte) (int, bool) {
 		return 0, false
 	}
 	b = b[:len(b)-2]
-	if len(b) > 10 { // more than any accepted length
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 10 { // more digits than any accepted length
 		return 0, false
 	}
-	n, err := strconv.Atoi(b2s(b))
-	return n, err == nil
+	n := 0
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int(d-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
 }
 
 // pending reports whether a command is partly buffered.
