@@ -89,6 +89,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&o.ChurnLeave, "churn-leave", 0.01, "share of members leaving per change set")
 	fs.Float64Var(&o.ChurnJoin, "churn-join", 0.01, "share of non-members joining per change set")
 	mix := fs.String("mix", loadgen.DefaultMix.String(), "query mix weights")
+	fs.StringVar(&o.Protocol, "protocol", "http", "query: http (the /v1 segment endpoints) or resp (the Redis protocol at -resp-addr:\n"+
+		"contains = SISMEMBER, -pipeline at a time; batch = SMISMEMBER of 1,000; count = COHORT.COUNT of two cohorts' and\n"+
+		"(SINTERCARD against a redis-server); page = SSCAN COUNT 1000)")
+	fs.StringVar(&o.RESPAddr, "resp-addr", "127.0.0.1:6380", "query -protocol resp: host:port of cohortd's -resp-addr or of a redis-server with the same sets")
+	fs.IntVar(&o.Pipeline, "pipeline", 1, "query -protocol resp: SISMEMBERs per pipeline")
 	fs.IntVar(&o.Requests, "requests", 0, "queries to send (0 = until -duration)")
 	fs.BoolVar(&o.SkipSeed, "skip-seed", false, "mixed: users already exist")
 	fs.IntVar(&o.UsersPerBody, "users-per-body", 100_000, "user records per seeding body")
