@@ -8,7 +8,7 @@ PKGS      := ./...
 FUZZTIME  ?= 30s
 COUNT     ?= 6
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full fuzz lint fmt vet crashtest clean ui-screenshots
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp fuzz lint fmt vet crashtest clean ui-screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench: ## micro and macro benchmarks (COUNT=$(COUNT))
 
 bench-compare: ## compare benchmarks of the work tree with REF (default main) via benchstat
 	bash bench/compare.sh $(or $(REF),main)
+
+bench-resp: ## RESP listener beside redis-server, separate processes pinned (USERS=1000000): Markdown to stdout
+	flock /tmp/cohortd-bench.lock bash bench/resp.sh $(or $(USERS),1000000)
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	bash .ci/fuzz.sh $(FUZZTIME)

@@ -139,6 +139,17 @@ type Options struct {
 	// ReportEvery is the period of progress lines. Default 5s.
 	ReportEvery time.Duration
 
+	// Protocol is how Query asks: ProtocolHTTP (default, the /v1 segment
+	// endpoints) or ProtocolRESP (the Redis protocol at RESPAddr; see
+	// runRESP).
+	Protocol string
+	// RESPAddr is the host:port of the Redis-protocol listener (cohortd's
+	// -resp-addr, or a redis-server peer). Default 127.0.0.1:6380.
+	RESPAddr string
+	// Pipeline is the number of SISMEMBERs a RESP contains query sends in
+	// one pipeline. Default 1.
+	Pipeline int
+
 	// Dial, when set, replaces TCP dialing (tests use an in-memory
 	// listener).
 	Dial func(addr string) (net.Conn, error)
@@ -180,6 +191,9 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.Cohorts, 3)
 	setDefault(&o.Concurrency, 4)
 	setDefault(&o.QueryConcurrency, 4)
+	setDefault(&o.Protocol, ProtocolHTTP)
+	setDefault(&o.RESPAddr, "127.0.0.1:6380")
+	setDefault(&o.Pipeline, 1)
 	setDefault(&o.Interval, time.Second)
 	setDefault(&o.ChurnLeave, 0.01)
 	setDefault(&o.ChurnJoin, 0.01)
@@ -232,6 +246,12 @@ func (o Options) check() error {
 		}
 	default:
 		return fmt.Errorf("unknown sender %q (partner, bulk or %s)", o.Shape, ShapeMixpanelWebhook)
+	}
+	if o.Protocol != ProtocolHTTP && o.Protocol != ProtocolRESP {
+		return fmt.Errorf("loadgen: unknown protocol %q (http or resp)", o.Protocol)
+	}
+	if o.Pipeline < 1 {
+		return fmt.Errorf("loadgen: pipeline must be positive")
 	}
 	if o.InjectFailureRate < 0 || o.InjectFailureRate >= 1 {
 		return fmt.Errorf("inject failure rate must be in [0, 1)")

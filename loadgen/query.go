@@ -31,10 +31,14 @@ func Query(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	tctx, cancel := r.timed(ctx, 10*time.Second)
 	q := r.newQuerier(r.o.Rate)
 	r.prog.start("query", -1, q.done.Load)
-	q.run(ctx, tctx)
+	if r.o.Protocol == ProtocolRESP {
+		err = q.runRESP(ctx, tctx)
+	} else {
+		q.run(ctx, tctx)
+	}
 	r.prog.stop()
 	cancel()
-	return r.report("query", nil)
+	return r.report("query", err)
 }
 
 // Query kinds, also the operation names in reports.

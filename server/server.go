@@ -19,18 +19,20 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/ratelimit"
 )
 
 // Options configure a Server. Zero values get the documented defaults.
 type Options struct {
-	AdminToken     string       // required: the bearer token of admin endpoints
-	MaxBody        int64        // decoded /v1 body cap, default 256 MiB
-	PartnerMaxBody int64        // decoded partner body cap, default 8 MiB
-	PartnerMaxIDs  int          // identifiers per partner request, default 1000
-	RateLimit      float64      // requests/s per credential (token bucket); 0 = off
-	RateBurst      int          // bucket size; <1 means max(1, ceil(RateLimit))
-	Logger         *slog.Logger // nil → slog.Default()
-	Metrics        *metrics.Set // nil → a new set; /metrics writes it and the process metrics
+	AdminToken     string         // required: the bearer token of admin endpoints
+	MaxBody        int64          // decoded /v1 body cap, default 256 MiB
+	PartnerMaxBody int64          // decoded partner body cap, default 8 MiB
+	PartnerMaxIDs  int            // identifiers per partner request, default 1000
+	RateLimit      float64        // requests/s per credential (token bucket); 0 = off
+	RateBurst      int            // bucket size; <1 means max(1, ceil(RateLimit))
+	Limits         *ratelimit.Set // nil → built from RateLimit, RateBurst; a Set shared with the RESP listener shares the buckets
+	Logger         *slog.Logger   // nil → slog.Default()
+	Metrics        *metrics.Set   // nil → a new set; /metrics writes it and the process metrics
 }
 
 // Defaults of Options.
@@ -102,11 +104,14 @@ func New(opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.NewSet()
 	}
+	if opts.Limits == nil {
+		opts.Limits = ratelimit.New(opts.RateLimit, opts.RateBurst)
+	}
 	s := &Server{
 		opts:   opts,
 		log:    opts.Logger,
 		idem:   newIdemStore(),
-		limits: newRateLimits(opts.RateLimit, opts.RateBurst),
+		limits: &rateLimits{set: opts.Limits},
 		adminD: digest([]byte(opts.AdminToken)),
 		ui:     loadUI(),
 	}

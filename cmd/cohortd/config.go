@@ -17,6 +17,7 @@ import (
 // config is the parsed command line and environment.
 type config struct {
 	addr              string
+	respAddr          string
 	dataDir           string
 	adminToken        string
 	fsyncName         string
@@ -55,6 +56,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	fs := flag.NewFlagSet("cohortd", flag.ContinueOnError)
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address (host:port; port 0 picks a free one)")
+	fs.StringVar(&c.respAddr, "resp-addr", "", "Redis-protocol listen address for membership queries, e.g. 127.0.0.1:6380 (empty = off)")
 	fs.StringVar(&c.dataDir, "data-dir", "./data", "data directory (WAL, snapshots, admin.token)")
 	fs.StringVar(&c.adminToken, "admin-token", "", "admin bearer token; if empty, read <data-dir>/admin.token or generate it there and print it once")
 	fs.StringVar(&c.fsyncName, "fsync", "always", "WAL durability: always (ack after fsync, group commit), interval or off")

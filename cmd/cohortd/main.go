@@ -26,6 +26,7 @@ import (
 
 	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/server"
+	"github.com/cohortd/cohortd/server/ratelimit"
 )
 
 func main() {
@@ -67,15 +68,17 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// One metrics set and one set of rate-limit buckets for both listeners.
+	met := metrics.NewSet()
+	limits := ratelimit.New(cfg.rateLimit, cfg.rateBurst)
 	srv := server.New(server.Options{
 		AdminToken:     token,
 		MaxBody:        int64(cfg.maxBody),
 		PartnerMaxBody: int64(cfg.partnerMaxBody),
 		PartnerMaxIDs:  cfg.partnerMaxIDs,
-		RateLimit:      cfg.rateLimit,
-		RateBurst:      cfg.rateBurst,
+		Limits:         limits,
 		Logger:         log,
-		Metrics:        metrics.NewSet(),
+		Metrics:        met,
 	})
 
 	// Listen before recovery so that orchestrators see /livez 200 and
@@ -86,8 +89,13 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	}
 	addr := ln.Addr().String()
 	log.Info("listening", "addr", addr, "data_dir", cfg.dataDir, "fsync", cfg.fsyncName)
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	rs, err := startRESP(cfg, limits, met, log, serveErr)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
 
 	type opened struct {
 		e   *engine.Engine
@@ -118,6 +126,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	case o := <-openc:
 		if o.err != nil {
 			_ = srv.Shutdown(context.Background())
+			rs.shutdown(context.Background(), log)
 			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
 		}
 		e = o.e
@@ -130,6 +139,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
+		rs.shutdown(sctx, log)
 		o := <-openc
 		if o.err != nil {
 			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
@@ -137,6 +147,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		return o.e.Close()
 	}
 	srv.SetEngine(e)
+	rs.setEngine(e)
 
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
@@ -162,17 +173,26 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	case err := <-serveErr:
 		cancelBG()
 		<-snapDone
+		_ = srv.Shutdown(context.Background())
+		rs.shutdown(context.Background(), log)
 		return errors.Join(fmt.Errorf("serve: %w", err), e.Close())
 	}
 
 	log.Info("shutting down", "timeout", cfg.shutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
+	// Both listeners drain at once, within the one timeout.
+	respDone := make(chan struct{})
+	go func() {
+		defer close(respDone)
+		rs.shutdown(sctx, log)
+	}()
 	if err := srv.Shutdown(sctx); err != nil {
 		// In-flight requests outlived the timeout; they were cut off, and
 		// nothing they did is acknowledged, so the flush below is still safe.
 		log.Warn("shutdown timeout exceeded", "err", err)
 	}
+	<-respDone
 	cancelBG()
 	<-snapDone
 	if err := e.Close(); err != nil {

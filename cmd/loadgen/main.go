@@ -248,6 +248,13 @@ func defineFlags(fs *flag.FlagSet, command string) (*loadgen.Options, *outputs) 
 	case "query", "mixed":
 		fs.DurationVar(&o.Duration, "duration", 0, "timed phase (default 10s; mixed: unless -changesets bounds it)")
 	}
+	if in("query") {
+		fs.StringVar(&o.Protocol, "protocol", "http", "http (the /v1 segment endpoints) or resp (the Redis protocol at -resp-addr:\n"+
+			"contains = SISMEMBER, -pipeline at a time; batch = SMISMEMBER of 1,000; count = COHORT.COUNT of two cohorts' and\n"+
+			"(SINTERCARD against a redis-server); page = SSCAN COUNT 1000)")
+		fs.StringVar(&o.RESPAddr, "resp-addr", "127.0.0.1:6380", "-protocol resp: host:port of cohortd's -resp-addr or of a redis-server with the same sets")
+		fs.IntVar(&o.Pipeline, "pipeline", 1, "-protocol resp: SISMEMBERs per pipeline")
+	}
 	if in("query", "mixed") {
 		fs.IntVar(&o.QueryConcurrency, "query-concurrency", o.QueryConcurrency, "concurrent query workers")
 		out.mix = fs.String("mix", o.Mix.String(), "query mix weights")

@@ -1,0 +1,454 @@
+package resp
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"runtime/pprof"
+	"time"
+
+	"github.com/tidwall/redcon"
+	"golang.org/x/time/rate"
+
+	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/server/ratelimit"
+)
+
+const (
+	readBufSize  = 16 << 10 // Redis's read chunk
+	flushAt      = 64 << 10 // write replies mid-batch past this
+	maxPooledOut = 1 << 20  // a larger reply buffer is dropped after use
+	writeTimeout = time.Minute
+)
+
+// conn is one client connection. Only its goroutine touches it, except
+// Shutdown, which sets a read deadline and may close nc.
+type conn struct {
+	s  *Server
+	nc net.Conn
+	id int64
+
+	rd   reader
+	argv [][]byte   // arguments of the batch's commands, slices of rd.buf
+	cmds []batchCmd // the batch: ranges of argv
+	out  []byte     // replies not yet written
+
+	proto  int // 2, or 3 after HELLO 3
+	name   string
+	quit   bool
+	authed bool
+	digest [32]byte          // SHA-256 of the API key, when authed
+	e      *engine.Engine    // for this batch; nil before recovery
+	ws     *engine.Workspace // the key's workspace for this batch; nil if revoked
+
+	// Rate limiting: the bucket of ws, fetched again when ws changes.
+	limWS *engine.Workspace
+	lim   *rate.Limiter
+
+	// Scratch of the SISMEMBER runs, reused.
+	keys [][]byte
+	ids  []index.UserID
+
+	// pprof labels by command, for this connection's workspace.
+	labelWS  *engine.Workspace
+	labels   [numCmds]context.Context
+	labelCmd cmdID
+
+	wdeadline time.Time // when the write deadline needs pushing again
+}
+
+// batchCmd is one command of a batch: argv[lo:hi].
+type batchCmd struct{ lo, hi int32 }
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, proto: 2, id: s.nextID.Add(1), labelCmd: cmdUnknown}
+	c.rd.buf = make([]byte, readBufSize)
+	c.rd.maxCmd = s.opts.MaxCommandBytes
+	return c
+}
+
+// serve runs the connection until the client leaves, QUIT, a protocol
+// error, a write error or shutdown.
+func (c *conn) serve() {
+	c.s.met.conns.Inc()
+	c.s.met.open.Add(1)
+	defer func() {
+		c.s.met.open.Add(-1)
+		pprof.SetGoroutineLabels(context.Background())
+		_ = c.nc.Close()
+	}()
+	for {
+		if err := c.serveOnce(); err != nil {
+			if !errors.Is(err, errClose) && !isDisconnect(err) {
+				c.s.log.Debug("resp connection ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+	}
+}
+
+// errClose ends a connection without a log line (QUIT, shutdown, EOF).
+var errClose = errors.New("resp: close")
+
+func isDisconnect(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed)
+}
+
+// serveOnce reads once, then executes and answers every complete command
+// read so far. The steady state allocates nothing.
+func (c *conn) serveOnce() error {
+	if c.s.closing.Load() {
+		return errClose
+	}
+	c.rd.compact()
+	n, err := c.nc.Read(c.rd.buf[c.rd.end:])
+	c.rd.end += n
+	if n == 0 && err != nil {
+		if c.s.closing.Load() {
+			return errClose
+		}
+		return err
+	}
+	// In flight from here: Shutdown waits for the batch unless it began
+	// after closing was set, which the batch then sees.
+	c.s.inflight.Add(1)
+	berr := c.batch(c.s.closing.Load())
+	c.s.inflight.Add(-1)
+	if berr == nil && c.quit {
+		berr = errClose
+	}
+	if werr := c.flush(); werr != nil {
+		return werr
+	}
+	if berr != nil {
+		return berr
+	}
+	if !c.rd.pending() {
+		c.rd.shrink(readBufSize)
+	}
+	return nil
+}
+
+// batch executes every complete command in the buffer, in order, parsing
+// each only after the ones before it ran (an AUTH changes the parser's
+// limits for what follows). A run of SISMEMBER and SMISMEMBER is parsed
+// ahead and executed as one. A protocol error is answered after the
+// commands before it and ends the connection.
+func (c *conn) batch(draining bool) error {
+	c.e = c.s.engine.Load()
+	c.refreshWorkspace()
+	c.argv, c.cmds = c.argv[:0], c.cmds[:0]
+	for {
+		if len(c.cmds) == 0 {
+			ok, err := c.parseOne()
+			if err != nil {
+				return c.protocolError(err)
+			}
+			if !ok {
+				return nil
+			}
+		}
+		args := c.args(0)
+		id := lookup(args[0])
+		if draining {
+			// Read after shutdown began: the client should go elsewhere.
+			c.fail(id, "LOADING", "cohortd is shutting down")
+			c.drop(1)
+			c.quit = true
+			continue
+		}
+		if !isMembership(id) || !c.ready(id, args) {
+			if isMembership(id) {
+				c.s.met.commands[id].Inc() // refused by ready
+			} else {
+				c.single(id, args)
+			}
+			c.drop(1)
+			if c.quit {
+				return nil
+			}
+		} else {
+			var perr error
+			for {
+				ok, err := c.parseOne()
+				if err != nil {
+					perr = err
+					break
+				}
+				if !ok || !runnable(c.args(len(c.cmds)-1)) {
+					break
+				}
+			}
+			run := len(c.cmds)
+			if run > 1 && !runnable(c.args(run-1)) {
+				run-- // the command that ended the run runs next
+			}
+			n := c.allow(run)
+			if n > 0 {
+				c.membership(0, n)
+			}
+			for k := n; k < run; k++ {
+				c.limited(lookup(c.args(k)[0]))
+			}
+			c.drop(run)
+			if perr != nil {
+				return c.protocolError(perr)
+			}
+		}
+		if len(c.out) >= flushAt {
+			if err := c.flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func isMembership(id cmdID) bool { return id == cmdSISMEMBER || id == cmdSMISMEMBER }
+
+// runnable reports whether a command can join a membership run: the first
+// command of the run passed the connection-state checks, so only the name
+// and arity are left to check.
+func runnable(args [][]byte) bool {
+	id := lookup(args[0])
+	return isMembership(id) && arityOK(id, len(args))
+}
+
+// parseOne parses the next complete command, if any, onto c.cmds.
+func (c *conn) parseOne() (bool, error) {
+	lo := len(c.argv)
+	argv, ok, err := c.rd.next(c.argv, c.authed)
+	c.argv = argv
+	if err != nil || !ok {
+		c.argv = c.argv[:lo]
+		return false, err
+	}
+	c.cmds = append(c.cmds, batchCmd{int32(lo), int32(len(c.argv))})
+	return true, nil
+}
+
+// drop removes the first n commands of c.cmds; the arguments of those left
+// move to the front of c.argv.
+func (c *conn) drop(n int) {
+	if n == len(c.cmds) {
+		c.argv, c.cmds = c.argv[:0], c.cmds[:0]
+		return
+	}
+	base := c.cmds[n].lo
+	k := copy(c.argv, c.argv[base:])
+	c.argv = c.argv[:k]
+	m := copy(c.cmds, c.cmds[n:])
+	c.cmds = c.cmds[:m]
+	for i := range c.cmds {
+		c.cmds[i].lo -= base
+		c.cmds[i].hi -= base
+	}
+}
+
+// protocolError answers a malformed request; the connection then closes.
+func (c *conn) protocolError(err error) error {
+	c.s.met.protoErrs.Inc()
+	c.out = redcon.AppendError(c.out, "ERR "+err.Error())
+	return errClose
+}
+
+func (c *conn) args(i int) [][]byte {
+	bc := c.cmds[i]
+	return c.argv[bc.lo:bc.hi]
+}
+
+// refreshWorkspace finds the authenticated key's workspace again.
+func (c *conn) refreshWorkspace() {
+	c.ws = nil
+	if c.authed && c.e != nil {
+		c.ws = c.s.workspace(c.e, c.digest)
+	}
+}
+
+// ready reports whether command id may run now; if not, it writes the
+// reply that says why (auth, arity, loading).
+func (c *conn) ready(id cmdID, args [][]byte) bool {
+	cmd := &cmdTable[id]
+	if !cmd.noAuth {
+		switch {
+		case !c.authed:
+			c.fail(id, "NOAUTH", "Authentication required.")
+			return false
+		case c.e == nil:
+			c.fail(id, "LOADING", "cohortd is loading its data")
+			return false
+		case c.ws == nil:
+			c.fail(id, "WRONGPASS", wrongPass)
+			return false
+		}
+	}
+	if id == cmdWrite {
+		c.fail(id, "READONLY", "memberships change through the import API")
+		return false
+	}
+	if id == cmdUnknown {
+		c.fail(id, "ERR", "unknown command '"+quoteName(args[0])+"'")
+		return false
+	}
+	if !arityOK(id, len(args)) {
+		c.fail(id, "ERR", "wrong number of arguments for '"+cmd.name+"' command")
+		return false
+	}
+	return true
+}
+
+const wrongPass = "invalid username-password pair or user is disabled."
+
+// single runs one command that is not part of a membership run.
+func (c *conn) single(id cmdID, args [][]byte) {
+	start := time.Now()
+	c.label(id)
+	if c.ready(id, args) {
+		if cmdTable[id].noAuth || c.allow(1) == 1 {
+			cmdTable[id].run(c, args)
+		} else {
+			c.limited(id)
+		}
+	}
+	c.s.met.commands[id].Inc()
+	c.s.met.durations[id].Update(time.Since(start).Seconds())
+}
+
+// allow takes n tokens of the workspace's bucket and returns how many of
+// the next n commands may run (all or a prefix).
+func (c *conn) allow(n int) int {
+	if c.ws == nil {
+		return n // the command fails auth anyway
+	}
+	if c.limWS != c.ws {
+		c.limWS, c.lim = c.ws, c.s.opts.Limits.Limiter("ws:"+c.ws.ID())
+	}
+	if c.lim == nil {
+		return n
+	}
+	now := time.Now()
+	if ratelimit.Take(c.lim, now, n) == 0 {
+		return n
+	}
+	for k := 0; k < n; k++ {
+		if ratelimit.Take(c.lim, now, 1) != 0 {
+			return k
+		}
+	}
+	return n
+}
+
+// limited answers a command refused by the rate limit. TRYAGAIN is the
+// error Redis clients retry after a back-off (go-redis does), as HTTP
+// clients do after a 429.
+func (c *conn) limited(id cmdID) {
+	c.s.met.commands[id].Inc()
+	c.fail(id, "TRYAGAIN", "rate limit exceeded")
+}
+
+// membership runs commands i…j-1, all SISMEMBER or SMISMEMBER that passed
+// the checks: every member of the run is resolved in one ResolveMany.
+func (c *conn) membership(i, j int) {
+	start := time.Now()
+	c.label(cmdSISMEMBER)
+	c.keys = c.keys[:0]
+	for k := i; k < j; k++ {
+		c.keys = append(c.keys, c.args(k)[2:]...)
+	}
+	c.ids = c.ws.ResolveMany(index.KindExternal, c.keys, c.ids[:0])
+	c.s.met.runs.Inc()
+	ids := c.ids
+	for k := i; k < j; k++ {
+		args := c.args(k)
+		set := cohortSet(c.ws, args[1])
+		n := len(args) - 2
+		if lookup(args[0]) == cmdSMISMEMBER {
+			c.out = redcon.AppendArray(c.out, n)
+		}
+		for _, id := range ids[:n] {
+			v := int64(0)
+			if set != nil && id != index.NoUser && set.Contains(uint32(id)) {
+				v = 1
+			}
+			c.out = redcon.AppendInt(c.out, v)
+		}
+		ids = ids[n:]
+	}
+	d := time.Since(start).Seconds() / float64(j-i)
+	for k := i; k < j; k++ {
+		id := lookup(c.args(k)[0])
+		c.s.met.commands[id].Inc()
+		c.s.met.durations[id].Update(d)
+	}
+	if cap(c.keys) > 4096 {
+		c.keys, c.ids = nil, nil // one huge SMISMEMBER must not pin its scratch
+	}
+}
+
+// label sets the goroutine's pprof labels to the command (and workspace),
+// so that CPU profiles split RESP time by command.
+func (c *conn) label(id cmdID) {
+	if c.labelWS != c.ws {
+		c.labelWS, c.labels = c.ws, [numCmds]context.Context{}
+		c.labelCmd = cmdUnknown
+	}
+	if c.labelCmd == id && c.labels[id] != nil {
+		return
+	}
+	ctx := c.labels[id]
+	if ctx == nil {
+		ws := ""
+		if c.ws != nil {
+			ws = c.ws.ID()
+		}
+		ctx = pprof.WithLabels(context.Background(), pprof.Labels("protocol", "resp", "command", cmdTable[id].name, "workspace", ws))
+		c.labels[id] = ctx
+	}
+	pprof.SetGoroutineLabels(ctx)
+	c.labelCmd = id
+}
+
+// fail writes an error reply "-<code> <msg>" and counts it.
+func (c *conn) fail(id cmdID, code, msg string) {
+	c.s.met.failed(id, code)
+	c.out = append(c.out, '-')
+	c.out = append(c.out, code...)
+	c.out = append(c.out, ' ')
+	c.out = appendLine(c.out, msg)
+	c.out = append(c.out, '\r', '\n')
+}
+
+// appendLine appends s with CR and LF replaced by spaces, so that an
+// error or status line can never break the framing.
+func appendLine(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b == '\r' || b == '\n' {
+			b = ' '
+		}
+		dst = append(dst, b)
+	}
+	return dst
+}
+
+// flush writes the pending replies.
+func (c *conn) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	if now := time.Now(); now.After(c.wdeadline) {
+		// Pushed forward once in a while, not per write: a client that
+		// stops reading is dropped after about writeTimeout.
+		_ = c.nc.SetWriteDeadline(now.Add(writeTimeout))
+		c.wdeadline = now.Add(writeTimeout / 2)
+	}
+	_, err := c.nc.Write(c.out)
+	if cap(c.out) > maxPooledOut {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	return err
+}
