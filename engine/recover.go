@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/cohortd/cohortd/engine/wal"
@@ -21,16 +20,9 @@ func (e *Engine) recover() error {
 	if err := os.MkdirAll(e.opts.Dir, 0o755); err != nil {
 		return fmt.Errorf("engine: data dir: %w", err)
 	}
-	// One process per data directory: two writers would interleave WAL
-	// records. flock is released by the kernel when the process dies, so a
-	// kill -9 never leaves a stale lock.
-	lock, err := os.OpenFile(filepath.Join(e.opts.Dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := lockDir(e.opts.Dir)
 	if err != nil {
-		return fmt.Errorf("engine: lock data dir: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return fmt.Errorf("engine: data dir %s is in use by another cohortd process: %w", e.opts.Dir, err)
+		return err
 	}
 	e.lock = lock
 	secret, err := loadOrCreateCursorSecret(e.opts.Dir)
