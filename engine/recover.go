@@ -42,6 +42,7 @@ func (e *Engine) recover() error {
 		if err := e.loadSnapshot(p); err != nil {
 			return errors.Join(err, e.unlock())
 		}
+		e.noteLoadedSnapshot(p, snaps[0].lsn)
 		e.log.Info("snapshot loaded", "file", snaps[0].name, "duration", time.Since(t).String())
 	}
 	l, err := wal.Open(wal.Options{
@@ -50,6 +51,7 @@ func (e *Engine) recover() error {
 		SegmentSize: e.opts.WALSegmentSize,
 		Logger:      e.log,
 		OnFatal:     e.opts.OnFatal,
+		OnSync:      e.opts.OnWALSync,
 	})
 	if err != nil {
 		return errors.Join(fmt.Errorf("engine: open wal: %w", err), e.unlock())
@@ -97,6 +99,9 @@ func loadOrCreateCursorSecret(dir string) ([]byte, error) {
 
 // replayRecord applies one WAL record unless the snapshot already holds it.
 func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
+	if typ >= recAdminFirst && typ <= recAdminLast {
+		return e.replayAdmin(typ, lsn, payload)
+	}
 	d := &recordDecoder{b: payload}
 	switch typ {
 	case recWorkspace, recPartner:
@@ -110,10 +115,10 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		}
 		if typ == recWorkspace {
 			if _, ok := e.mu.workspaces[name]; !ok {
-				e.applyWorkspaceLocked(name, dg, lsn)
+				e.applyWorkspaceLocked(name, dg, time.Time{}, lsn)
 			}
 		} else {
-			e.mu.partners[name] = &partner{slug: name, digest: dg}
+			e.mu.partners[name] = newPartner(name, dg, time.Time{})
 		}
 		e.mu.lsn = lsn
 		return nil

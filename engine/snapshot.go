@@ -60,22 +60,23 @@ func (e *Engine) Snapshot() error {
 
 func snapName(lsn uint64) string { return fmt.Sprintf("%s%020d%s", snapPrefix, lsn, snapSuffix) }
 
-// snapshotLocked writes a snapshot. final is set by Close (appends are
-// already refused).
-func (e *Engine) snapshotLocked(final bool) error {
+// writeSnapshotFile writes a snapshot and returns what it wrote. final is
+// set by Close (appends are already refused). Callers go through
+// snapshotLocked or snapshotInfo (admin.go), which count failures.
+func (e *Engine) writeSnapshotFile(final bool) (SnapshotInfo, error) {
 	if e.wal == nil {
-		return nil
+		return SnapshotInfo{}, nil
 	}
 	e.snapMu.Lock()
 	defer e.snapMu.Unlock()
 	start := time.Now()
 	if _, err := e.wal.Cut(); err != nil {
-		return fmt.Errorf("engine: snapshot: cut wal: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: cut wal: %w", err)
 	}
 
 	tmp, err := os.CreateTemp(e.opts.Dir, "snapshot-*.tmp")
 	if err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	sw := newSnapWriter(tmp)
@@ -90,14 +91,14 @@ func (e *Engine) snapshotLocked(final bool) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("engine: snapshot: write %s: %w", tmp.Name(), err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: write %s: %w", tmp.Name(), err)
 	}
 	final_ := filepath.Join(e.opts.Dir, snapName(minLSN))
 	if err := os.Rename(tmp.Name(), final_); err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	if err := syncDir(e.opts.Dir); err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	// Older snapshots and the WAL below the snapshot are no longer needed.
 	snaps, _ := listSnapshots(e.opts.Dir)
@@ -107,11 +108,13 @@ func (e *Engine) snapshotLocked(final bool) error {
 		}
 	}
 	if err := e.wal.Retire(minLSN + 1); err != nil {
-		return fmt.Errorf("engine: snapshot: retire wal: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: retire wal: %w", err)
 	}
 	e.Stats.Snapshots.Add(1)
 	e.log.Info("snapshot written", "file", snapName(minLSN), "bytes", sw.n, "duration", time.Since(start).String(), "final", final)
-	return nil
+	info := SnapshotInfo{File: snapName(minLSN), Bytes: sw.n, LSN: minLSN, At: time.Now()}
+	e.lastSnap.Store(&info)
+	return info, nil
 }
 
 func syncDir(dir string) error {
@@ -241,7 +244,7 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 	sw.uvarint(uint64(len(parts)))
 	for _, p := range parts {
 		sw.str(p.slug)
-		sw.write(p.digest[:])
+		sw.write(p.digest.Load()[:])
 	}
 	sw.uvarint(uint64(len(wss)))
 	minLSN := engineLSN
@@ -249,6 +252,7 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 		lsn := w.writeSnapshot(sw)
 		minLSN = min(minLSN, lsn)
 	}
+	writeAdminSection(sw, parts, wss)
 	return minLSN, sw.err
 }
 
@@ -264,6 +268,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	w.usersMu.Lock()
 	w.mu.Lock()
 	lsn := w.e.wal.LastLSN()
+	keyDigest := w.keyDigest // a rotation changes it under mu
 	type cohortCap struct {
 		c  *Cohort
 		m  *cohortMeta
@@ -295,7 +300,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	w.mu.Unlock()
 
 	sw.str(w.id)
-	sw.write(w.keyDigest[:])
+	sw.write(keyDigest[:])
 	sw.uvarint(lsn)
 	sort.Slice(keys, func(i, j int) bool { return keys[i].partner+"/"+keys[i].id < keys[j].partner+"/"+keys[j].id })
 	sw.uvarint(uint64(len(keys)))
@@ -501,12 +506,13 @@ func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
 	for i := uint64(0); i < np && s.err == nil; i++ {
 		slug := s.str()
 		d := s.digest()
-		e.mu.partners[slug] = &partner{slug: slug, digest: d}
+		e.mu.partners[slug] = newPartner(slug, d, time.Time{})
 	}
 	nw := s.uvarint()
 	for i := uint64(0); i < nw && s.err == nil; i++ {
 		e.readWorkspace(s)
 	}
+	e.readAdminSection(s)
 	if s.err != nil {
 		return s.err
 	}
@@ -538,7 +544,7 @@ func (e *Engine) readWorkspace(s *snapReader) {
 		s.fail(fmt.Sprintf("invalid workspace id %q", id))
 		return
 	}
-	w := e.applyWorkspaceLocked(id, d, 0)
+	w := e.applyWorkspaceLocked(id, d, time.Time{}, 0)
 	w.lsn = s.uvarint()
 	nk := s.uvarint()
 	for i := uint64(0); i < nk && s.err == nil; i++ {
