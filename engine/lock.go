@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 )
 
-// errLocked is returned by lockFile when another process holds the lock.
-var errLocked = errors.New("engine: data dir in use")
+// ErrDataDirInUse is returned when another process holds the data
+// directory's lock (Open, CheckDir).
+var ErrDataDirInUse = errors.New("engine: data dir in use")
 
 // lockName is the lock file inside a data directory.
 const lockName = "LOCK"
@@ -23,8 +24,8 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	if err := lockFile(f); err != nil {
 		f.Close()
-		if errors.Is(err, errLocked) {
-			return nil, fmt.Errorf("%w: %s is locked by another cohortd process", errLocked, dir)
+		if errors.Is(err, ErrDataDirInUse) {
+			return nil, fmt.Errorf("%w: %s is locked by another cohortd process", ErrDataDirInUse, dir)
 		}
 		return nil, fmt.Errorf("engine: lock data dir %s: %w", dir, err)
 	}

@@ -11,12 +11,12 @@ import (
 
 // lockFile takes an exclusive, non-blocking lock on the first byte of f
 // (LockFileEx). Windows releases it when the process dies. It returns
-// errLocked when another process holds it.
+// ErrDataDirInUse when another process holds it.
 func lockFile(f *os.File) error {
 	var ol windows.Overlapped
 	err := windows.LockFileEx(windows.Handle(f.Fd()), windows.LOCKFILE_EXCLUSIVE_LOCK|windows.LOCKFILE_FAIL_IMMEDIATELY, 0, 1, 0, &ol)
 	if errors.Is(err, windows.ERROR_LOCK_VIOLATION) {
-		return errLocked
+		return ErrDataDirInUse
 	}
 	return err
 }
