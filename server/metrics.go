@@ -102,6 +102,7 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	metrics.WriteGaugeUint64(w, "cohortd_users", users)
 	metrics.WriteGaugeUint64(w, "cohortd_cohorts", cohorts)
 	metrics.WriteGaugeFloat64(w, "cohortd_recovery_seconds", e.RecoveryDuration().Seconds())
+	writeSnapshotMetrics(w, e, time.Now())
 }
 
 // handleMetrics serves GET /metrics: Prometheus text, no token, no secrets.
