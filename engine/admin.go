@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -87,6 +88,13 @@ func (e *Engine) ListWorkspaces() []WorkspaceInfo {
 
 // CreatedAt is when the workspace was created (zero if unknown).
 func (w *Workspace) CreatedAt() time.Time { return w.createdAt }
+
+// Scope names this workspace for state kept outside the engine (the
+// server's Idempotency-Key replies): unlike the id, it differs for a
+// workspace created again under the id of a deleted one.
+func (w *Workspace) Scope() string {
+	return w.id + "@" + strconv.FormatInt(w.createdAt.UnixNano(), 10)
+}
 
 func (w *Workspace) cohortCount() int {
 	w.cohorts.RLock()

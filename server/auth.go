@@ -39,7 +39,7 @@ func (s *Server) run(r *request) error {
 			return err
 		}
 		if rt.write {
-			return s.withIdempotency(r, "ws:"+r.ws.ID())
+			return s.withIdempotency(r, "ws:"+r.ws.Scope())
 		}
 	}
 	// authNone, and authPartner: the handler authenticates from the body

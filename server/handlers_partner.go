@@ -35,7 +35,7 @@ func (s *Server) partnerAuth(r *request, partnerKey, secret string, raw []byte) 
 	if err := s.limits.allow(r.ctx, "cs:"+string(d[:])); err != nil {
 		return false, err
 	}
-	return s.partnerIdempotency(r, "ws:"+w.ID(), raw)
+	return s.partnerIdempotency(r, "ws:"+w.Scope(), raw)
 }
 
 // handlePartnerCohort serves POST /partners/{partner}/cohorts: create or

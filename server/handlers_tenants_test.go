@@ -96,6 +96,19 @@ func TestTenantAdmin(t *testing.T) {
 		t.Fatalf("Allow %q", a)
 	}
 
+	// A workspace created again under a deleted one's id shares nothing
+	// with it, not even Idempotency-Key replies.
+	up := func(key string) tReq {
+		return tReq{method: "POST", path: "/v1/users", token: key, idemKey: "same", body: []byte(`{"users":[{"external_id":"x"}]}`)}
+	}
+	k3 := h.must(201, tReq{method: "POST", path: "/v1/workspaces", token: testAdmin, body: []byte(`{"id":"again"}`)}).json(t)["api_key"].(string)
+	h.must(200, up(k3))
+	h.must(204, tReq{method: "DELETE", path: "/v1/workspaces/again?force=true", token: testAdmin})
+	k4 := h.must(201, tReq{method: "POST", path: "/v1/workspaces", token: testAdmin, body: []byte(`{"id":"again"}`)}).json(t)["api_key"].(string)
+	if r := h.must(200, up(k4)); string(r.header.Peek("Idempotent-Replayed")) != "" || r.json(t)["created"] != 1.0 {
+		t.Fatalf("re-created workspace got the deleted one's reply: %s", r.body)
+	}
+
 	// An engine without a data directory cannot snapshot.
 	h.must(409, tReq{method: "POST", path: "/v1/admin/snapshot", token: testAdmin})
 }
