@@ -125,9 +125,12 @@ func writeCheckText(w io.Writer, dir string, rep engine.CheckReport, err error) 
 		fmt.Fprintf(w, "snapshot %s (%s, %d bytes, covers lsn ≤ %d): ok: %s\n", s.File, role, s.Bytes, s.LSN, countsText(s.Counts))
 	}
 	wr := rep.WAL
-	if wr.Segments == 0 {
+	switch {
+	case wr.Segments == 0:
 		fmt.Fprintln(w, "wal: no segments")
-	} else {
+	case wr.Records == 0:
+		fmt.Fprintf(w, "wal: %d segments, %d bytes, no records (the next is lsn %d)\n", wr.Segments, wr.Bytes, wr.NextLSN)
+	default:
 		fmt.Fprintf(w, "wal: %d segments, %d bytes, %d records (lsn %d…%d), %d replayed after the newest snapshot\n",
 			wr.Segments, wr.Bytes, wr.Records, wr.FirstLSN, max(wr.NextLSN, 1)-1, rep.Replayed)
 	}
