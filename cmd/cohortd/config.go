@@ -98,7 +98,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n\n"+
+			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n"+
+				"       cohortd check -data-dir DIR      verify a data dir offline (-h for more)\n"+
+				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n\n"+
 				"Every flag can also be set through the environment variable shown in\n"+
 				"brackets. An explicit flag wins over the environment, which wins over\n"+
 				"the default.\n\n")
