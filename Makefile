@@ -59,7 +59,7 @@ crashtest: ## kill -9 crash test with the real binary, 200 kills (make test runs
 	COHORTD_CRASH_KILLS=$(or $(KILLS),200) $(GO) test -count=1 -run TestCrashKill9 -timeout 60m -v ./cmd/cohortd/
 
 # The platforms besides Linux that must keep compiling (Linux is tested).
-CROSS := windows/amd64 darwin/arm64 darwin/amd64 freebsd/amd64
+CROSS := windows/amd64 darwin/arm64 freebsd/amd64
 
 cross: ## check that the non-Linux builds compile (Windows, macOS, FreeBSD)
 	@set -e; for p in $(CROSS); do echo "GOOS=$${p%/*} GOARCH=$${p#*/} go build ./..."; \
