@@ -7,18 +7,23 @@ PKGS      := ./...
 # Fuzz time per target for `make fuzz` (the CI smoke uses FUZZTIME=5s).
 FUZZTIME  ?= 30s
 COUNT     ?= 6
+# The version -version prints and cohortd_build_info carries.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp fuzz lint fmt vet crashtest clean ui-screenshots
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
 
+# Every target with a "## text" comment is listed; the text is printed as
+# written (make variables in it are not expanded, so it names none).
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build bin/cohortd and bin/loadgen
-	$(GO) build -o $(BIN)/cohortd ./cmd/cohortd
+build: ## build bin/cohortd (version stamped from git describe) and bin/loadgen
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/cohortd ./cmd/cohortd
 	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
 
-run: build ## start cohortd on 127.0.0.1:8080 with ./data and a demo workspace
-	$(BIN)/cohortd -addr $(ADDR) -data-dir $(DATA_DIR) -demo
+run: build ## start cohortd on 127.0.0.1:8080 with ./data and a demo workspace (text logs)
+	$(BIN)/cohortd -addr $(ADDR) -data-dir $(DATA_DIR) -demo -log-format text
 
 test: ## the default test suite (short mode, what CI runs)
 	$(GO) test -short -count=1 -timeout 15m $(PKGS)
@@ -30,7 +35,7 @@ test: ## the default test suite (short mode, what CI runs)
 test-race: ## the test suite under the race detector
 	$(GO) test -short -race -shuffle=on -count=1 -timeout 20m $(PKGS)
 
-bench: ## micro and macro benchmarks (COUNT=$(COUNT))
+bench: ## micro and macro benchmarks, COUNT runs each (default 6)
 	$(GO) test -run '^$$' -bench . -benchmem -count $(COUNT) -timeout 60m $(PKGS)
 
 bench-compare: ## compare benchmarks of the work tree with REF (default main) via benchstat
@@ -45,10 +50,10 @@ fuzz: ## run every fuzz target for FUZZTIME each
 lint: fmt vet ## gofmt, go vet, staticcheck
 	$(GO) tool staticcheck $(PKGS)
 
-fmt:
+fmt: ## fail if a Go file needs gofmt
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-vet:
+vet: ## go vet
 	$(GO) vet $(PKGS)
 
 bench-report: ## short benchmark suite (1M users, ~10 min): regenerates BENCHMARKS.md and bench/plots
@@ -64,5 +69,15 @@ ui-screenshots: ## regenerate docs/ui/*.png: the browser test of the page with s
 	mkdir -p docs/ui
 	$(GO) test -count=1 -run TestUIBrowser -timeout 5m ./cmd/cohortd -ui.screenshots=$(CURDIR)/docs/ui
 
-clean:
+# The platforms besides Linux that must keep compiling (Linux is tested).
+CROSS := windows/amd64 darwin/arm64 freebsd/amd64
+
+cross: ## check that the non-Linux builds compile (Windows, macOS, FreeBSD)
+	@set -e; for p in $(CROSS); do echo "GOOS=$${p%/*} GOARCH=$${p#*/} go build ./..."; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build ./...; done
+
+tidy-check: ## fail if go mod tidy would change go.mod or go.sum
+	$(GO) mod tidy -diff
+
+clean: ## remove bin/
 	rm -rf $(BIN)

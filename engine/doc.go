@@ -24,6 +24,13 @@
 // at one WAL position holding the writer lock for pointer copies only
 // (snapshot.go).
 //
+// # Administration and inspection
+//
+// admin.go lists, deletes and re-keys workspaces and partners (each change
+// a record, like every other) and takes snapshots on request; inspect.go
+// checks a data directory offline (CheckDir) and dumps its WAL (DumpWAL)
+// without changing a file.
+//
 // # Caveats
 //
 // Identity lookups see a user as soon as an upsert creates it, before the

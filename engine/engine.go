@@ -83,6 +83,9 @@ type Options struct {
 	// record cannot be appended after its change reached memory: the
 	// process must stop and recover from the log. Nil panics.
 	OnFatal func(error)
+	// OnWALSync, if set, receives the duration of every WAL fdatasync on
+	// the commit path (the fsync latency metric).
+	OnWALSync func(time.Duration)
 }
 
 // Engine holds every workspace of one cohortd process.
@@ -141,6 +144,10 @@ type Engine struct {
 	ready    atomic.Bool
 	closed   atomic.Bool
 	recovery time.Duration
+	readyAt  time.Time // when recovery finished
+
+	// lastSnap is the newest snapshot written or loaded (admin.go).
+	lastSnap atomic.Pointer[SnapshotInfo]
 
 	// Counters read by the server's /metrics.
 	Stats Stats
@@ -157,12 +164,24 @@ type Stats struct {
 	Snapshots           atomic.Uint64
 	// SessionsEvicted counts open webhook sessions dropped to stay within
 	// the per-cohort and per-workspace limits (not expiries).
-	SessionsEvicted atomic.Uint64
+	SessionsEvicted  atomic.Uint64
+	SnapshotFailures atomic.Uint64
 }
 
 type partner struct {
-	slug   string
-	digest [32]byte
+	slug      string
+	createdAt time.Time // zero for partners recorded before creation times were
+	// digest is the partner_api_key's digest; a rotation swaps it.
+	digest atomic.Pointer[[32]byte]
+	// deleted is set, with every workspace's writer lock held, when the
+	// partner is deleted: an import key being issued concurrently checks it.
+	deleted atomic.Bool
+}
+
+func newPartner(slug string, d [32]byte, created time.Time) *partner {
+	p := &partner{slug: slug, createdAt: created}
+	p.digest.Store(&d)
+	return p
 }
 
 var (
@@ -203,6 +222,7 @@ func Open(opts Options) (*Engine, error) {
 	e.keys.imports = make(map[[32]byte]*importKey)
 	if opts.Dir == "" {
 		e.cursor = newCursorCodec(randomBytes(32))
+		e.readyAt = time.Now()
 		e.ready.Store(true)
 		return e, nil
 	}
@@ -211,6 +231,7 @@ func Open(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e.recovery = time.Since(start)
+	e.readyAt = time.Now()
 	e.log.Info("recovery done", "dir", opts.Dir, "duration", e.recovery.String(), "workspaces", len(e.mu.workspaces))
 	e.ready.Store(true)
 	return e, nil
@@ -305,13 +326,14 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 	if !ValidWorkspaceID(id) {
 		return "", invalidf("workspace id must match [a-zA-Z0-9_-]{1,64}")
 	}
-	return e.createKeyed(recWorkspace, "workspace", id, "cwk_",
+	return e.createKeyed(recWorkspaceCreate, "workspace", id, "cwk_",
 		func() bool { _, ok := e.mu.workspaces[id]; return ok },
-		func(d [32]byte, lsn uint64) { e.applyWorkspaceLocked(id, d, lsn) })
+		func(d [32]byte, created time.Time, lsn uint64) { e.applyWorkspaceLocked(id, d, created, lsn) })
 }
 
-func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, lsn uint64) *Workspace {
+func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, created time.Time, lsn uint64) *Workspace {
 	w := newWorkspace(e, id, d)
+	w.createdAt = created
 	e.mu.workspaces[id] = w
 	e.keys.Lock()
 	e.keys.api[d] = w
@@ -325,24 +347,26 @@ func (e *Engine) CreatePartner(slug string) (string, error) {
 	if !ValidPartnerSlug(slug) {
 		return "", invalidf("partner slug must match [a-z0-9_-]{1,64}")
 	}
-	return e.createKeyed(recPartner, "partner", slug, "cpk_",
+	return e.createKeyed(recPartnerCreate, "partner", slug, "cpk_",
 		func() bool { _, ok := e.mu.partners[slug]; return ok },
-		func(d [32]byte, lsn uint64) {
-			e.mu.partners[slug] = &partner{slug: slug, digest: d}
+		func(d [32]byte, created time.Time, lsn uint64) {
+			e.mu.partners[slug] = newPartner(slug, d, created)
 			e.mu.lsn = max(e.mu.lsn, lsn)
 		})
 }
 
 // createKeyed creates an engine-level object that owns a secret (a
 // workspace and its API key, a partner and its partner_api_key): a
-// `name str | digest` record under e.mu, then apply. exists and apply run
-// with e.mu held. It returns the secret, shown once.
-func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func() bool, apply func(d [32]byte, lsn uint64)) (string, error) {
+// `name str | digest | created_at` record under e.mu, then apply. exists
+// and apply run with e.mu held. It returns the secret, shown once.
+func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func() bool, apply func(d [32]byte, created time.Time, lsn uint64)) (string, error) {
 	key := newSecret(prefix)
 	d := digestOf([]byte(key))
+	created := e.now().UTC()
 	var enc recordEncoder
 	enc.str(name)
 	enc.digest(d)
+	enc.time(created)
 	e.mu.Lock()
 	if e.closed.Load() {
 		e.mu.Unlock()
@@ -357,7 +381,7 @@ func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func()
 		e.mu.Unlock()
 		return "", err
 	}
-	apply(d, lsn)
+	apply(d, created, lsn)
 	e.mu.Unlock()
 	return key, e.waitDurable(lsn)
 }
@@ -396,10 +420,13 @@ func (e *Engine) WorkspaceByAPIKey(key []byte) *Workspace {
 		return nil
 	}
 	d := digestOf(key)
+	// The digest is compared under the lock: a rotation swaps keyDigest and
+	// the index together, so the old key fails from the next lookup on.
 	e.keys.RLock()
 	w := e.keys.api[d]
+	ok := w != nil && subtle.ConstantTimeCompare(w.keyDigest[:], d[:]) == 1
 	e.keys.RUnlock()
-	if w == nil || subtle.ConstantTimeCompare(w.keyDigest[:], d[:]) != 1 {
+	if !ok {
 		return nil
 	}
 	return w
@@ -415,7 +442,7 @@ func (e *Engine) AuthPartner(slug string, partnerKey, secret []byte) (*Workspace
 	e.mu.RLock()
 	p := e.mu.partners[slug]
 	e.mu.RUnlock()
-	if p == nil || subtle.ConstantTimeCompare(p.digest[:], pd[:]) != 1 {
+	if p == nil || subtle.ConstantTimeCompare(p.digest.Load()[:], pd[:]) != 1 {
 		return nil, ErrBadPartnerKey
 	}
 	return e.AuthImportKey(slug, secret)

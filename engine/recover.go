@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/cohortd/cohortd/engine/wal"
@@ -21,16 +20,9 @@ func (e *Engine) recover() error {
 	if err := os.MkdirAll(e.opts.Dir, 0o700); err != nil {
 		return fmt.Errorf("engine: data dir: %w", err)
 	}
-	// One process per data directory: two writers would interleave WAL
-	// records. flock is released by the kernel when the process dies, so a
-	// kill -9 never leaves a stale lock.
-	lock, err := os.OpenFile(filepath.Join(e.opts.Dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := lockDir(e.opts.Dir)
 	if err != nil {
-		return fmt.Errorf("engine: lock data dir: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return fmt.Errorf("engine: data dir %s is in use by another cohortd process: %w", e.opts.Dir, err)
+		return err
 	}
 	e.lock = lock
 	if err := e.prepareDir(); err != nil {
@@ -47,6 +39,7 @@ func (e *Engine) recover() error {
 		SegmentSize: e.opts.WALSegmentSize,
 		Logger:      e.log,
 		OnFatal:     e.opts.OnFatal,
+		OnSync:      e.opts.OnWALSync,
 	})
 	if err != nil {
 		return errors.Join(fmt.Errorf("engine: open wal: %w", err), e.unlock())
@@ -107,6 +100,7 @@ func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
 		t := time.Now()
 		err := e.loadSnapshot(p)
 		if err == nil {
+			e.noteLoadedSnapshot(p, sn.lsn)
 			top := e.maxScopeLSN()
 			switch {
 			case walFirst == 0:
@@ -268,6 +262,9 @@ func writeFileAtomic(p string, data []byte) error {
 
 // replayRecord applies one WAL record unless the snapshot already holds it.
 func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
+	if typ >= recAdminFirst && typ <= recAdminLast {
+		return e.replayAdmin(typ, lsn, payload)
+	}
 	d := &recordDecoder{b: payload}
 	switch typ {
 	case recWorkspace, recPartner:
@@ -281,10 +278,10 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		}
 		if typ == recWorkspace {
 			if _, ok := e.mu.workspaces[name]; !ok {
-				e.applyWorkspaceLocked(name, dg, lsn)
+				e.applyWorkspaceLocked(name, dg, time.Time{}, lsn)
 			}
 		} else {
-			e.mu.partners[name] = &partner{slug: name, digest: dg}
+			e.mu.partners[name] = newPartner(name, dg, time.Time{})
 		}
 		e.mu.lsn = lsn
 		return nil

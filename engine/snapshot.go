@@ -57,22 +57,23 @@ func (e *Engine) Snapshot() error {
 
 func snapName(lsn uint64) string { return fmt.Sprintf("%s%020d%s", snapPrefix, lsn, snapSuffix) }
 
-// snapshotLocked writes a snapshot. final is set by Close (appends are
-// already refused).
-func (e *Engine) snapshotLocked(final bool) error {
+// writeSnapshotFile writes a snapshot and returns what it wrote. final is
+// set by Close (appends are already refused). Callers go through
+// snapshotLocked or snapshotInfo (admin.go), which count failures.
+func (e *Engine) writeSnapshotFile(final bool) (SnapshotInfo, error) {
 	if e.wal == nil {
-		return nil
+		return SnapshotInfo{}, nil
 	}
 	e.snapMu.Lock()
 	defer e.snapMu.Unlock()
 	start := time.Now()
 	if _, err := e.wal.Cut(); err != nil {
-		return fmt.Errorf("engine: snapshot: cut wal: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: cut wal: %w", err)
 	}
 
 	tmp, err := os.CreateTemp(e.opts.Dir, "snapshot-*.tmp")
 	if err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	sw := newSnapWriter(tmp)
@@ -87,28 +88,30 @@ func (e *Engine) snapshotLocked(final bool) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("engine: snapshot: write %s: %w", tmp.Name(), err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: write %s: %w", tmp.Name(), err)
 	}
 	// Read the file back before it replaces anything: a snapshot that
 	// cannot be read is worse than none.
 	if err := checkSnapshotFile(tmp.Name()); err != nil {
-		return fmt.Errorf("engine: snapshot: written file does not read back: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: written file does not read back: %w", err)
 	}
 	final_ := filepath.Join(e.opts.Dir, snapName(minLSN))
 	if err := os.Rename(tmp.Name(), final_); err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	if err := syncDir(e.opts.Dir); err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	// Keep the previous snapshot and the WAL since it, so that recovery can
 	// fall back to them if this one is ever damaged on disk; older ones go.
 	if err := e.retireBefore(minLSN); err != nil {
-		return fmt.Errorf("engine: snapshot: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: %w", err)
 	}
 	e.Stats.Snapshots.Add(1)
 	e.log.Info("snapshot written", "file", snapName(minLSN), "bytes", sw.n, "duration", time.Since(start).String(), "final", final)
-	return nil
+	info := SnapshotInfo{File: snapName(minLSN), Bytes: sw.n, LSN: minLSN, At: time.Now()}
+	e.lastSnap.Store(&info)
+	return info, nil
 }
 
 // retireBefore removes the snapshots older than the one before newest and

@@ -23,7 +23,7 @@ func (e *Engine) readSnapshotV1(s *snapReader) error {
 	for i := uint64(0); i < np && s.err == nil; i++ {
 		slug := s.str()
 		d := s.digest()
-		e.mu.partners[slug] = &partner{slug: slug, digest: d}
+		e.mu.partners[slug] = newPartner(slug, d, time.Time{})
 	}
 	nw := s.uvarint()
 	for i := uint64(0); i < nw && s.err == nil; i++ {
@@ -62,7 +62,7 @@ func (e *Engine) readWorkspaceV1(s *snapReader) {
 		s.fail(fmt.Sprintf("invalid workspace id %q", id))
 		return
 	}
-	w := e.applyWorkspaceLocked(id, d, 0)
+	w := e.applyWorkspaceLocked(id, d, time.Time{}, 0)
 	w.lsn = s.uvarint()
 	nk := s.uvarint()
 	for i := uint64(0); i < nk && s.err == nil; i++ {

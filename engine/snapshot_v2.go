@@ -38,7 +38,7 @@ import (
 // of state is a new section kind (or, for workspace state, fields appended to
 // the workspace section); an unknown kind is refused. docs/FORMATS.md draws it.
 const (
-	secEngine    uint32 = 1      // engine lsn │ partners │ workspace count
+	secEngine    uint32 = 1      // engine lsn │ partners (with key digest and created_at) │ workspace count
 	secWorkspace uint32 = 2      // one workspace: id, keys, usage, webhook sessions
 	secUsers     uint32 = 3      // the workspace's index.ImageHeader; its arrays follow
 	secCohort    uint32 = 4      // one cohort of the workspace: metadata and members
@@ -124,7 +124,8 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 	sw.uvarint(uint64(len(parts)))
 	for _, p := range parts {
 		sw.str(p.slug)
-		sw.write(p.digest[:])
+		sw.write(p.digest.Load()[:])
+		sw.time(p.createdAt)
 	}
 	sw.uvarint(uint64(len(wss)))
 	sw.end()
@@ -148,6 +149,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	w.usersMu.Lock()
 	w.mu.Lock()
 	lsn := w.e.wal.LastLSN()
+	keyDigest := w.keyDigest // a rotation changes it under mu
 	type cohortCap struct {
 		c  *Cohort
 		m  *cohortMeta
@@ -182,7 +184,8 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 
 	sw.begin(secWorkspace)
 	sw.str(w.id)
-	sw.write(w.keyDigest[:])
+	sw.write(keyDigest[:])
+	sw.time(w.createdAt)
 	sw.uvarint(lsn)
 	sort.Slice(keys, func(i, j int) bool { return keys[i].partner+"/"+keys[i].id < keys[j].partner+"/"+keys[j].id })
 	sw.uvarint(uint64(len(keys)))
@@ -377,7 +380,8 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 			for i := uint64(0); i < np && f.err == nil; i++ {
 				slug := f.str()
 				d := f.digest()
-				e.mu.partners[slug] = &partner{slug: slug, digest: d}
+				created := f.time()
+				e.mu.partners[slug] = newPartner(slug, d, created)
 			}
 			nw = f.uvarint()
 			s.done(f)
@@ -484,6 +488,7 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 func (e *Engine) readWorkspaceV2(s *snapReader) *Workspace {
 	id := s.str()
 	d := s.digest()
+	created := s.time()
 	if s.err != nil {
 		return nil
 	}
@@ -495,7 +500,7 @@ func (e *Engine) readWorkspaceV2(s *snapReader) *Workspace {
 		s.fail(fmt.Sprintf("workspace %q twice", id))
 		return nil
 	}
-	w := e.applyWorkspaceLocked(id, d, 0)
+	w := e.applyWorkspaceLocked(id, d, created, 0)
 	w.lsn = s.uvarint()
 	nk := s.uvarint()
 	for i := uint64(0); i < nk && s.err == nil; i++ {

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"strings"
 	"bufio"
 	"bytes"
 	"encoding/binary"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -95,7 +95,7 @@ func snapshotV1(t *testing.T, e *Engine) string {
 	sw.uvarint(uint64(len(parts)))
 	for _, p := range parts {
 		sw.str(p.slug)
-		sw.write(p.digest[:])
+		sw.write(p.digest.Load()[:])
 	}
 	wss := e.Workspaces()
 	sw.uvarint(uint64(len(wss)))

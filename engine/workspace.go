@@ -17,7 +17,14 @@ import (
 type Workspace struct {
 	e         *Engine
 	id        string
+	createdAt time.Time // zero for workspaces recorded before creation times were
+	// keyDigest is the API key's digest. A rotation changes it with both mu
+	// and Engine.keys held; read it under either.
 	keyDigest [32]byte
+	// deleted is set under mu when the workspace is deleted: from then on
+	// commitLocked refuses every change, so no record of the workspace can
+	// follow its deletion in the WAL.
+	deleted bool
 
 	// usersMu serializes changes of the user table (upserts, deletes) with
 	// snapshots, which copy the table without holding mu: imports go on
@@ -105,6 +112,9 @@ func (w *Workspace) Users() *index.Users { return w.users }
 // holds w.mu (through write) and nothing is changed yet, so a failed
 // append is an ordinary error.
 func (w *Workspace) commitLocked(typ uint8, apply func(lsn uint64)) (uint64, error) {
+	if w.deleted {
+		return 0, fmt.Errorf("%w: workspace %q was deleted", ErrNotFound, w.id)
+	}
 	lsn, err := w.e.appendRecord(typ, w.enc.b)
 	w.shrinkScratch()
 	if err != nil {
@@ -148,6 +158,13 @@ func (w *Workspace) write(fn func() error) error {
 		if w.e.closed.Load() {
 			return 0, ErrClosed
 		}
+		// A request that found the workspace before DeleteWorkspace took
+		// the lock must not log anything after the deletion record: every
+		// write of a workspace, user operations and idempotency replies
+		// included, runs in this section.
+		if w.deleted {
+			return 0, fmt.Errorf("%w: workspace %q was deleted", ErrNotFound, w.id)
+		}
 		if err := fn(); err != nil {
 			return 0, err
 		}
@@ -182,7 +199,10 @@ type KeyInfo struct {
 // CreateImportKey issues a data import key (client_secret) for partner and
 // returns its id and secret (shown once). The partner must be registered.
 func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, err error) {
-	if !w.e.PartnerExists(partnerSlug) {
+	w.e.mu.RLock()
+	p := w.e.mu.partners[partnerSlug]
+	w.e.mu.RUnlock()
+	if p == nil {
 		return "", "", fmt.Errorf("%w: partner %q", ErrNotFound, partnerSlug)
 	}
 	keyID = "key_" + fmt.Sprintf("%x", randomBytes(8))
@@ -190,6 +210,11 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 	d := digestOf([]byte(secret))
 	now := w.e.now().UTC().Truncate(time.Second)
 	err = w.write(func() error {
+		if p.deleted.Load() {
+			// DeletePartner ran between the lookup and the lock (it holds
+			// every writer lock while it revokes the partner's keys).
+			return fmt.Errorf("%w: partner %q", ErrNotFound, partnerSlug)
+		}
 		w.enc.reset()
 		w.enc.str(w.id)
 		w.enc.str(partnerSlug)

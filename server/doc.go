@@ -10,10 +10,12 @@
 //   - routes.go: the route table, built in New, and path matching.
 //   - auth.go: bearer tokens (admin token, workspace API keys) and the
 //     mapping of engine errors to replies.
-//   - handlers_partner.go, handlers_v1.go, handlers_admin.go: the endpoints.
+//   - handlers_partner.go, handlers_v1.go, handlers_admin.go,
+//     handlers_tenants.go: the endpoints.
 //   - idempotency.go: the Idempotency-Key store.
 //   - ratelimit.go: token buckets per credential.
-//   - metrics.go: /metrics and the per-route counters and histograms.
+//   - metrics.go, metrics_ops.go: /metrics, the per-route counters and
+//     histograms, the engine's gauges.
 //   - errors.go, body.go, decode*.go: error replies, bounded decompression
 //     and the request body decoders.
 //

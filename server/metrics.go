@@ -109,6 +109,7 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	metrics.WriteGaugeFloat64(w, "cohortd_recovery_seconds", e.RecoveryDuration().Seconds())
 	writeMemoryMetrics(w, e)
 	writeHealthMetrics(w, e)
+	writeSnapshotMetrics(w, e, time.Now())
 }
 
 // handleMetrics serves GET /metrics: Prometheus text, no token, no secrets.

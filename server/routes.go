@@ -78,6 +78,13 @@ func (s *Server) buildRoutes() []*route {
 	add("GET", "/v1/workspaces/{ws}/partners/{partner}/keys", authAdmin, bodyNone, s.handleListKeys)
 	add("DELETE", "/v1/workspaces/{ws}/partners/{partner}/keys/{key_id}", authAdmin, bodyJSON, s.handleRevokeKey)
 	add("GET", "/v1/admin/memory", authAdmin, bodyNone, s.handleAdminMemory)
+	add("GET", "/v1/workspaces", authAdmin, bodyNone, s.handleListWorkspaces)
+	add("DELETE", "/v1/workspaces/{ws}", authAdmin, bodyJSON, s.handleDeleteWorkspace)
+	add("POST", "/v1/workspaces/{ws}/api-key", authAdmin, bodyJSON, s.handleRotateWorkspaceKey)
+	add("GET", "/v1/partners", authAdmin, bodyNone, s.handleListPartners)
+	add("DELETE", "/v1/partners/{slug}", authAdmin, bodyJSON, s.handleDeletePartner)
+	add("POST", "/v1/partners/{slug}/api-key", authAdmin, bodyJSON, s.handleRotatePartnerKey)
+	add("POST", "/v1/admin/snapshot", authAdmin, bodyJSON, s.handleAdminSnapshot)
 
 	// Users.
 	add("POST", "/v1/users", authWorkspace, bodyBulk, s.handleUpsertUsers)

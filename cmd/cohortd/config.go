@@ -34,10 +34,21 @@ type config struct {
 	snapshotWALBytes  byteSize
 	logLevel          slog.Level
 	demo              bool
+	// Operator tools (ops.go).
+	adminTokenFile string
+	logFormat      string // "auto", "text" or "json"
+	tlsCert        string
+	tlsKey         string
+	version        bool
 }
 
 // envPrefix starts the environment twin of every flag.
 const envPrefix = "COHORTD_"
+
+// noEnv lists the flags without an environment twin: COHORTD_VERSION is
+// too likely to be set for other reasons to turn a server into a one-shot
+// version print.
+var noEnv = map[string]bool{"version": true}
 
 // envName is the environment twin of a flag: -data-dir is COHORTD_DATA_DIR.
 func envName(flagName string) string {
@@ -72,15 +83,26 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.Var(&c.snapshotWALBytes, "snapshot-wal-bytes", "take a snapshot after the WAL grew by this `size` (0 = off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.demo, "demo", false, "on first start create a demo workspace with 100k users and cohorts; print curl commands")
+	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "read the admin token from this `file` (keeps it out of ps); excludes -admin-token")
+	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text when stderr is a terminal, else json)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate `file` (with -tls-key; re-read when it changes)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 
-	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
+	fs.VisitAll(func(f *flag.Flag) {
+		if !noEnv[f.Name] {
+			f.Usage += " [$" + envName(f.Name) + "]"
+		}
+	})
 	// Parse quietly: a bad flag gets a one-line error from main, and only
 	// -h prints the full usage.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n\n"+
+			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n"+
+				"       cohortd check -data-dir DIR      verify a data dir offline (-h for more)\n"+
+				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n\n"+
 				"Every flag can also be set through the environment variable shown in\n"+
 				"brackets. An explicit flag wins over the environment, which wins over\n"+
 				"the default.\n\n")
@@ -97,7 +119,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
+		if set[f.Name] || noEnv[f.Name] {
 			return
 		}
 		v, ok := lookupEnv(envName(f.Name))
@@ -143,6 +165,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	if strings.TrimSpace(c.adminToken) != c.adminToken {
 		return c, errors.New("-admin-token must not start or end with white space")
+	}
+	if err := c.checkOps(); err != nil {
+		return c, err
 	}
 	return c, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -44,8 +45,10 @@ var demoCohorts = []struct {
 
 type demoParams struct {
 	addr       string // the server's listen address
+	tls        bool   // the server speaks HTTPS
 	adminToken string
 	tokenPath  string // "" when the token came from a flag or env
+	dataDir    string // where demo.keys is kept
 	fresh      bool   // the data dir has no demo workspace yet
 	out        io.Writer
 	log        *slog.Logger
@@ -55,16 +58,32 @@ type demoParams struct {
 func demoUserID(i int) string { return fmt.Sprintf("user-%06d", i) }
 
 // runDemo seeds the demo on a fresh data dir and prints the commands; on
-// later starts it only prints the commands, with placeholders for secrets
-// that were shown once and are stored only as digests.
+// later starts it prints them again with the keys saved in demo.keys
+// (re-issuing any that no longer works).
 func runDemo(ctx context.Context, p demoParams) error {
 	base := "http://" + p.addr
+	c := &demoClient{base: base, hc: &fasthttp.Client{MaxConnsPerHost: 16, ReadTimeout: time.Minute, WriteTimeout: time.Minute}}
+	if p.tls {
+		// The demo talks to its own process over loopback, whatever name
+		// the certificate carries.
+		base = "https://" + p.addr
+		c.base = base
+		c.hc.TLSConfig = &tls.Config{InsecureSkipVerify: true}
+	}
 	if !p.fresh {
-		printDemoCommands(p.out, base, p, "$COHORTD_API_KEY", "$PARTNER_API_KEY", "$CLIENT_SECRET")
+		k, changed, err := ensureDemoKeys(c, p)
+		if err != nil {
+			return fmt.Errorf("demo keys: %w", err)
+		}
+		fmt.Fprintf(p.out, "\nThe demo workspace %q exists already; its keys are kept in %s.\n", demoWorkspace, demoKeysPath(p.dataDir))
+		if changed {
+			fmt.Fprintf(p.out, "Keys that were missing or no longer worked were issued anew (the old ones are refused).\n")
+		}
+		printDemoKeys(p.out, k)
+		printDemoCommands(p.out, base, p, k.APIKey, k.PartnerAPIKey, k.ClientSecret)
 		return nil
 	}
 	start := time.Now()
-	c := &demoClient{base: base, hc: &fasthttp.Client{MaxConnsPerHost: 16, ReadTimeout: time.Minute, WriteTimeout: time.Minute}}
 	var ws struct {
 		APIKey string `json:"api_key"`
 	}
@@ -81,6 +100,10 @@ func runDemo(ctx context.Context, p demoParams) error {
 		Secret string `json:"client_secret"`
 	}
 	if err := c.json("POST", "/v1/workspaces/"+demoWorkspace+"/partners/"+demoPartner+"/keys", p.adminToken, struct{}{}, 201, &key); err != nil {
+		return err
+	}
+	keys := demoKeys{APIKey: ws.APIKey, PartnerAPIKey: pt.Key, ClientSecret: key.Secret}
+	if err := saveDemoKeys(p.dataDir, keys); err != nil {
 		return err
 	}
 
@@ -158,10 +181,8 @@ func runDemo(ctx context.Context, p demoParams) error {
 
 	fmt.Fprintf(p.out, "\nDemo workspace %q seeded with %d users and %d cohorts in %s.\n",
 		demoWorkspace, demoUsers, len(demoCohorts), time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(p.out, "These secrets are shown only now (cohortd stores digests):\n")
-	fmt.Fprintf(p.out, "  workspace API key (%s):  %s\n", demoWorkspace, ws.APIKey)
-	fmt.Fprintf(p.out, "  partner_api_key (%s):  %s\n", demoPartner, pt.Key)
-	fmt.Fprintf(p.out, "  client_secret (%s/%s): %s\n", demoWorkspace, demoPartner, key.Secret)
+	fmt.Fprintf(p.out, "cohortd stores only digests of secrets; the demo's are kept in %s (mode 0600):\n", demoKeysPath(p.dataDir))
+	printDemoKeys(p.out, keys)
 	printDemoCommands(p.out, base, p, ws.APIKey, pt.Key, key.Secret)
 	return nil
 }
@@ -170,19 +191,6 @@ func runDemo(ctx context.Context, p demoParams) error {
 // run every line that starts with "curl ").
 func printDemoCommands(out io.Writer, base string, p demoParams, apiKey, partnerKey, secret string) {
 	var b strings.Builder
-	if strings.HasPrefix(apiKey, "$") {
-		b.WriteString("\nThe demo workspace exists already. Its keys were printed at its first start;\n")
-		b.WriteString("set COHORTD_API_KEY, PARTNER_API_KEY and CLIENT_SECRET to use the commands below.\n")
-		if p.tokenPath != "" {
-			fmt.Fprintf(&b, "The admin token is in %s. A new import key (client_secret):\n", p.tokenPath)
-			fmt.Fprintf(&b, "curl -sS -X POST -H \"Authorization: Bearer $(cat %s)\" %s/v1/workspaces/%s/partners/%s/keys\n",
-				shellQuote(p.tokenPath), base, demoWorkspace, demoPartner)
-		} else {
-			fmt.Fprintf(&b, "A new import key (client_secret), with the admin token of -admin-token:\n")
-			fmt.Fprintf(&b, "curl -sS -X POST -H \"Authorization: Bearer $COHORTD_ADMIN_TOKEN\" %s/v1/workspaces/%s/partners/%s/keys\n",
-				base, demoWorkspace, demoPartner)
-		}
-	}
 	// Secrets go in double quotes so that the placeholders expand in a shell.
 	auth := fmt.Sprintf(`-H "Authorization: Bearer %s"`, apiKey)
 	imp := fmt.Sprintf(`{"partner_api_key":"%s","client_secret":"%s","cohort_id":"power_users","cohort_changes":[{"user_ids":["%s"],"device_ids":[],"aliases":[]}]}`,
@@ -196,8 +204,19 @@ func printDemoCommands(out io.Writer, base string, p demoParams, apiKey, partner
 	fmt.Fprintf(&b, "curl -sS -X POST %s -H 'Content-Type: application/json' %s/v1/segments/count -d '%s'\n", auth, base,
 		`{"segment":{"and":[{"cohort":"amplitude/power_users"},{"not":{"cohort":"amplitude/churn_risk"}}]}}`)
 	fmt.Fprintf(&b, "\nMetrics: curl -sS %s/metrics\n", base)
+	if p.tokenPath != "" {
+		fmt.Fprintf(&b, "\nAdmin: list the workspaces (the admin token is in %s):\n", p.tokenPath)
+		fmt.Fprintf(&b, "curl -sS -H \"Authorization: Bearer $(cat %s)\" %s/v1/workspaces\n", shellQuote(p.tokenPath), base)
+	}
 	_, _ = io.WriteString(out, b.String())
 	printDemoPage(out, base)
+}
+
+// printDemoKeys prints the demo's secrets.
+func printDemoKeys(out io.Writer, k demoKeys) {
+	fmt.Fprintf(out, "  workspace API key (%s):  %s\n", demoWorkspace, k.APIKey)
+	fmt.Fprintf(out, "  partner_api_key (%s):  %s\n", demoPartner, k.PartnerAPIKey)
+	fmt.Fprintf(out, "  client_secret (%s/%s): %s\n", demoWorkspace, demoPartner, k.ClientSecret)
 }
 
 // shellQuote quotes s for a POSIX shell.

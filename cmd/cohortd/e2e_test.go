@@ -551,26 +551,113 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 
-	d = startDaemon(t, dir, startOpts{args: []string{"-demo"}})
-	deadline = time.Now().Add(20 * time.Second)
+	keys1 := demoOutputKeys(t, out)
+	checkDemoKeysFile(t, dir, keys1)
+
+	// A restart shows the same, working keys (kept in demo.keys).
+	d, out2 := restartDemo(t, dir)
+	if keys := demoOutputKeys(t, out2); keys != keys1 || strings.Contains(out2, "issued anew") {
+		t.Fatalf("second start: keys %v, want %v:\n%s", keys, keys1, out2)
+	}
+	runDemoCommands(t, out2)
+	// The operator re-keys the partner: the next start notices and re-issues it.
+	d.must(req{method: "POST", path: "/v1/partners/amplitude/api-key", token: d.adminToken()}, 201)
+	d.stop(syscall.SIGTERM, 30*time.Second)
+	d, out3 := restartDemo(t, dir)
+	keys3 := demoOutputKeys(t, out3)
+	if keys3.api != keys1.api || keys3.secret != keys1.secret || keys3.partner == keys1.partner || !strings.Contains(out3, "issued anew") {
+		t.Fatalf("third start: keys %v after a partner re-key (first %v):\n%s", keys3, keys1, out3)
+	}
+	checkDemoKeysFile(t, dir, keys3)
+	runDemoCommands(t, out3)
+	d.stop(syscall.SIGTERM, 30*time.Second)
+	// Without demo.keys (a data dir from before it existed), every key is
+	// issued anew and the old ones are refused.
+	if err := os.Remove(filepath.Join(dir, demoKeysFile)); err != nil {
+		t.Fatal(err)
+	}
+	d, out4 := restartDemo(t, dir)
+	keys4 := demoOutputKeys(t, out4)
+	if keys4.api == keys3.api || keys4.partner == keys3.partner || keys4.secret == keys3.secret {
+		t.Fatalf("fourth start kept keys: %v", keys4)
+	}
+	checkDemoKeysFile(t, dir, keys4)
+	runDemoCommands(t, out4)
+	d.must(req{method: "GET", path: "/v1/usage", token: keys3.api}, 401)
+	d.stop(syscall.SIGTERM, 30*time.Second)
+}
+
+// demoKeySet is the three secrets the demo prints.
+type demoKeySet struct{ api, partner, secret string }
+
+var demoKeyRe = regexp.MustCompile(`(?m)^  (workspace API key|partner_api_key|client_secret) \([^)]*\):\s+(\S+)$`)
+
+func demoOutputKeys(t *testing.T, out string) demoKeySet {
+	t.Helper()
+	var k demoKeySet
+	for _, m := range demoKeyRe.FindAllStringSubmatch(out, -1) {
+		switch m[1] {
+		case "workspace API key":
+			k.api = m[2]
+		case "partner_api_key":
+			k.partner = m[2]
+		case "client_secret":
+			k.secret = m[2]
+		}
+	}
+	if k.api == "" || k.partner == "" || k.secret == "" {
+		t.Fatalf("the demo printed no keys:\n%s", out)
+	}
+	return k
+}
+
+// checkDemoKeysFile checks demo.keys: mode 0600, holding k.
+func checkDemoKeysFile(t *testing.T, dir string, k demoKeySet) {
+	t.Helper()
+	p := filepath.Join(dir, demoKeysFile)
+	fi, err := os.Stat(p)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v, mode %v; want 0600", p, err, fi.Mode())
+	}
+	b, _ := os.ReadFile(p)
+	for _, s := range []string{k.api, k.partner, k.secret} {
+		if !strings.Contains(string(b), s) {
+			t.Fatalf("%s lacks %s:\n%s", p, s, b)
+		}
+	}
+}
+
+// restartDemo starts cohortd -demo on an existing demo data dir and
+// returns what it printed once it printed its commands.
+func restartDemo(t *testing.T, dir string) (*daemon, string) {
+	t.Helper()
+	d := startDaemon(t, dir, startOpts{args: []string{"-demo"}})
+	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(d.stdout.String(), "Metrics:") {
 		if time.Now().After(deadline) {
-			t.Fatalf("second demo start printed nothing:\n%s", d.stdout)
+			t.Fatalf("demo restart printed nothing:\n%s\n%s", d.stdout, tail(d.stderr.String(), 2000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	out2 := d.stdout.String()
-	if !strings.Contains(out2, filepath.Join(dir, adminTokenFile)) || !strings.Contains(out2, "$COHORTD_API_KEY") {
-		t.Fatalf("second start output:\n%s", out2)
+	out := d.stdout.String()
+	if !strings.Contains(out, filepath.Join(dir, demoKeysFile)) || strings.Contains(out, "$COHORTD_API_KEY") {
+		t.Fatalf("restart output:\n%s", out)
 	}
-	for _, c := range curlLineRe.FindAllString(out2, -1) {
-		if strings.Contains(c, "/keys") { // the only one without placeholders
-			if code, body := runCurl(t, c); code != 201 {
-				t.Errorf("%s\n=> %d %s", c, code, body)
-			}
+	return d, out
+}
+
+// runDemoCommands runs every curl command the demo printed.
+func runDemoCommands(t *testing.T, out string) {
+	t.Helper()
+	cmds := curlLineRe.FindAllString(out, -1)
+	if len(cmds) < 4 {
+		t.Fatalf("want at least 4 curl commands:\n%s", out)
+	}
+	for _, c := range cmds {
+		if code, body := runCurl(t, c); code < 200 || code > 299 {
+			t.Errorf("%s\n=> %d %s", c, code, body)
 		}
 	}
-	d.stop(syscall.SIGTERM, 30*time.Second)
 }
 
 func newCmd(env []string, args ...string) *exec.Cmd {

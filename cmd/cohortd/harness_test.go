@@ -29,6 +29,9 @@ import (
 // binPath is the cohortd binary built by TestMain.
 var binPath string
 
+// testVersion is stamped into the test binary with -ldflags -X.
+const testVersion = "v0.0.0-e2e"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cohortd-e2e-")
 	if err != nil {
@@ -36,7 +39,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "cohortd")
-	build := exec.Command("go", "build", "-o", binPath, ".")
+	// The version is stamped as the Makefile does (ops_test.go checks it).
+	build := exec.Command("go", "build", "-ldflags", "-X main.version="+testVersion, "-o", binPath, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build cohortd:", err)

@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -30,6 +31,10 @@ import (
 )
 
 func main() {
+	// Offline tools: cohortd check …, cohortd wal dump … (tools.go).
+	if code, ok := runTool(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); ok {
+		os.Exit(code)
+	}
 	cfg, err := parseConfig(os.Args[1:], os.LookupEnv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -37,6 +42,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cohortd:", err)
 		os.Exit(2)
+	}
+	if cfg.version {
+		fmt.Println(readBuildInfo())
+		os.Exit(0)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -61,15 +70,21 @@ const adminTokenFile = "admin.token"
 // see (a generated admin token, the demo keys) go to stdout; logs go to
 // logOut.
 func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
-	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.logLevel}))
+	log := newLogger(cfg, logOut)
 	slog.SetDefault(log)
+	bi := readBuildInfo()
+	set := metrics.NewSet()
+	onWALSync := registerOpsMetrics(set, bi)
 
-	token, tokenPath, err := adminToken(cfg, stdout)
+	token, tokenPath, err := adminToken(cfg, stdout, log)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := cfg.tlsConfig(log)
 	if err != nil {
 		return err
 	}
 	// One metrics set and one set of rate-limit buckets for both listeners.
-	met := metrics.NewSet()
 	limits := ratelimit.New(cfg.rateLimit, cfg.rateBurst)
 	srv := server.New(server.Options{
 		AdminToken:     token,
@@ -78,7 +93,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		PartnerMaxIDs:  cfg.partnerMaxIDs,
 		Limits:         limits,
 		Logger:         log,
-		Metrics:        met,
+		Metrics:        set,
 	})
 
 	// Listen before recovery so that orchestrators see /livez 200 and
@@ -88,10 +103,13 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
 	addr := ln.Addr().String()
-	log.Info("listening", "addr", addr, "data_dir", cfg.dataDir, "fsync", cfg.fsyncName)
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	log.Info("listening", "addr", addr, "tls", tlsCfg != nil, "data_dir", cfg.dataDir, "fsync", cfg.fsyncName, "version", bi.Version)
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
-	rs, err := startRESP(cfg, limits, met, log, serveErr)
+	rs, err := startRESP(cfg, tlsCfg, limits, set, log, serveErr)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -111,6 +129,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 			SnapshotEvery:     cfg.snapshotInterval,
 			SnapshotWALBytes:  int64(cfg.snapshotWALBytes),
 			Logger:            log,
+			OnWALSync:         onWALSync,
 			OnFatal: func(err error) {
 				// Durable storage failed: acknowledging more writes would
 				// be a lie, and recovery on restart is the safe path.
@@ -159,7 +178,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	if cfg.demo {
 		go func() {
 			if err := runDemo(bg, demoParams{
-				addr: addr, adminToken: token, tokenPath: tokenPath,
+				addr: addr, tls: tlsCfg != nil, adminToken: token, tokenPath: tokenPath, dataDir: cfg.dataDir,
 				fresh: e.Workspace(demoWorkspace) == nil,
 				out:   stdout, log: log,
 			}); err != nil && bg.Err() == nil {
@@ -203,12 +222,17 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 }
 
 // adminToken returns the admin token and the file it lives in ("" when it
-// came from the flag or the environment). Without an explicit token it reads
-// <data-dir>/admin.token, or else generates one, saves it there (mode 0600)
-// and prints it to stdout: the only time it is ever shown.
-func adminToken(cfg config, stdout io.Writer) (token, path string, err error) {
+// came from the flag or the environment). -admin-token-file names the file;
+// without either it reads <data-dir>/admin.token, or else generates one,
+// saves it there (mode 0600) and prints it to stdout: the only time it is
+// ever shown.
+func adminToken(cfg config, stdout io.Writer, log *slog.Logger) (token, path string, err error) {
 	if cfg.adminToken != "" {
 		return cfg.adminToken, "", nil
+	}
+	if cfg.adminTokenFile != "" {
+		token, err := readTokenFile(cfg.adminTokenFile, log)
+		return token, cfg.adminTokenFile, err
 	}
 	path = filepath.Join(cfg.dataDir, adminTokenFile)
 	b, err := os.ReadFile(path)

@@ -210,7 +210,7 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "POST", path: "/v1/workspaces", token: apiKey, body: map[string]string{"id": "x"}}, 403)
 	c.check(req{method: "POST", path: "/v1/workspaces", token: admin, body: `{"id":"x"}`, header: map[string]string{"Content-Encoding": "br"}}, 415)
 	c.check(req{method: "POST", path: "/v1/workspaces", token: admin, body: `<id>x</id>`, ctype: "text/xml"}, 415)
-	c.check(req{method: "GET", path: "/v1/workspaces", token: admin}, 405)
+	c.check(req{method: "PUT", path: "/v1/workspaces", token: admin}, 405)
 	pt := c.check(req{method: "POST", path: "/v1/partners", token: admin, body: map[string]string{"slug": "amplitude"}}, 201).json(t)
 	partnerKey := str(t, pt, "partner_api_key")
 	c.check(req{method: "POST", path: "/v1/partners", token: admin, body: map[string]string{"slug": "amplitude"}}, 409)
@@ -227,6 +227,30 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "GET", path: "/v1/admin/memory", token: admin}, 200)
 	c.check(req{method: "GET", path: "/v1/admin/memory"}, 401)
 	c.check(req{method: "GET", path: "/v1/admin/memory", token: apiKey}, 403)
+
+	// Tenant administration.
+	c.check(req{method: "GET", path: "/v1/workspaces", token: admin}, 200)
+	c.check(req{method: "GET", path: "/v1/workspaces", token: apiKey}, 403)
+	c.check(req{method: "GET", path: "/v1/partners", token: admin}, 200)
+	c.check(req{method: "GET", path: "/v1/partners"}, 401)
+	c.check(req{method: "POST", path: "/v1/workspaces", token: admin, body: map[string]string{"id": "tmp"}}, 201)
+	c.check(req{method: "POST", path: "/v1/workspaces/tmp/api-key", token: admin}, 201)
+	c.check(req{method: "POST", path: "/v1/workspaces/tmp/api-key", token: admin, body: map[string]any{}, encoding: "gzip"}, 201)
+	c.check(req{method: "POST", path: "/v1/workspaces/nope/api-key", token: admin, body: map[string]any{}}, 404)
+	c.check(req{method: "POST", path: "/v1/workspaces/tmp/api-key", token: admin, body: "[1]"}, 400)
+	c.check(req{method: "DELETE", path: "/v1/workspaces/tmp?force=maybe", token: admin}, 400)
+	c.check(req{method: "DELETE", path: "/v1/workspaces/tmp", token: admin}, 204)
+	c.check(req{method: "DELETE", path: "/v1/workspaces/tmp?force=true", token: admin}, 404)
+	c.check(req{method: "POST", path: "/v1/partners", token: admin, body: map[string]string{"slug": "tmp"}}, 201)
+	c.check(req{method: "POST", path: "/v1/partners/tmp/api-key", token: admin}, 201)
+	c.check(req{method: "POST", path: "/v1/partners/nope/api-key", token: admin, body: map[string]any{}}, 404)
+	c.check(req{method: "DELETE", path: "/v1/partners/tmp", token: admin}, 204)
+	c.check(req{method: "DELETE", path: "/v1/partners/tmp", token: admin}, 404)
+	c.check(req{method: "DELETE", path: "/v1/partners/tmp", token: apiKey}, 403)
+	if r := c.check(req{method: "POST", path: "/v1/admin/snapshot", token: admin}, 201).json(t); num(t, r, "bytes") <= 0 || !strings.HasPrefix(str(t, r, "file"), "snapshot-") {
+		t.Errorf("snapshot reply %v", r)
+	}
+	c.check(req{method: "POST", path: "/v1/admin/snapshot", token: apiKey, body: map[string]any{}}, 403)
 
 	// Users.
 	var users []map[string]any
@@ -248,6 +272,7 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "GET", path: "/v1/users/lookup?alias_name=email&alias_label=al@example.com", token: apiKey}, 200)
 	c.check(req{method: "GET", path: "/v1/users/lookup?external_id=ghost", token: apiKey}, 404)
 	c.check(req{method: "GET", path: "/v1/users/lookup", token: apiKey}, 400)
+	c.check(req{method: "DELETE", path: "/v1/workspaces/acme", token: admin}, 409)
 
 	// Partner endpoints.
 	creds := func(m map[string]any) map[string]any {
@@ -382,6 +407,10 @@ func TestOpenAPI(t *testing.T) {
 		c.check(req{method: "POST", path: "/webhooks/mixpanel", body: "<xml/>", ctype: "text/xml", header: basic}, 415)
 		c.check(req{method: "POST", path: "/webhooks/mixpanel", body: body, header: map[string]string{"Authorization": "Basic " + basicAuth("mp", secret)}}, 401)
 	})
+
+	// A workspace with everything in it goes with force.
+	c.check(req{method: "DELETE", path: "/v1/workspaces/acme?force=true", token: admin}, 204)
+	c.check(req{method: "GET", path: "/v1/usage", token: apiKey}, 401)
 
 	// Every operation of the document was exercised.
 	var missing []string

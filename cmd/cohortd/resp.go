@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,7 +21,7 @@ type respListener struct{ srv *resp.Server }
 // startRESP listens on -resp-addr, when set, before recovery (clients get
 // -LOADING meanwhile, as from a Redis loading its data) and serves in a
 // goroutine whose error goes to serveErr.
-func startRESP(cfg config, limits *ratelimit.Set, met *metrics.Set, log *slog.Logger, serveErr chan<- error) (respListener, error) {
+func startRESP(cfg config, tlsCfg *tls.Config, limits *ratelimit.Set, met *metrics.Set, log *slog.Logger, serveErr chan<- error) (respListener, error) {
 	if cfg.respAddr == "" {
 		return respListener{}, nil
 	}
@@ -28,8 +29,13 @@ func startRESP(cfg config, limits *ratelimit.Set, met *metrics.Set, log *slog.Lo
 	if err != nil {
 		return respListener{}, fmt.Errorf("listen on -resp-addr %s: %w", cfg.respAddr, err)
 	}
+	// The same certificate as the HTTP listener (reloaded with it): the
+	// AUTH password is a workspace API key.
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
 	srv := resp.New(resp.Options{Limits: limits, Metrics: met, Logger: log})
-	log.Info("resp listening", "addr", ln.Addr().String())
+	log.Info("resp listening", "addr", ln.Addr().String(), "tls", tlsCfg != nil)
 	go func() {
 		if err := srv.Serve(ln); err != nil {
 			serveErr <- fmt.Errorf("resp: %w", err)

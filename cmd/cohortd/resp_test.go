@@ -294,3 +294,34 @@ func isConnErr(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || strings.Contains(s, "EOF") ||
 		strings.Contains(s, "connection refused") || strings.Contains(s, "connection reset") || strings.Contains(s, "closed")
 }
+
+// TestRESPKeyRotationAndDeletion: rotating a workspace's API key through
+// the admin API stops the old key on an open RESP connection at once, the
+// new key works; deleting the workspace stops the new one too.
+func TestRESPKeyRotationAndDeletion(t *testing.T) {
+	t.Parallel()
+	respAddr := freePort(t)
+	d := startDaemon(t, t.TempDir(), startOpts{args: []string{"-resp-addr", respAddr}})
+	acme, _ := respData(t, d)
+	ctx := context.Background()
+	// One connection, kept open across the rotation.
+	rdb := redis.NewClient(&redis.Options{Addr: d.respAddr(), Password: acme.apiKey, PoolSize: 1, MaxRetries: -1})
+	defer rdb.Close()
+	if n, err := rdb.SCard(ctx, "amp/c").Result(); err != nil || n == 0 {
+		t.Fatalf("before rotation: %d %v", n, err)
+	}
+	r := d.must(req{method: "POST", path: "/v1/workspaces/acme/api-key", token: acme.admin}, 201).json(t)
+	newKey := str(t, r, "api_key")
+	if _, err := rdb.SCard(ctx, "amp/c").Result(); err == nil || !strings.HasPrefix(err.Error(), "WRONGPASS") {
+		t.Fatalf("old key on the open connection after rotation: %v", err)
+	}
+	rdb2 := redis.NewClient(&redis.Options{Addr: d.respAddr(), Password: newKey, PoolSize: 1, MaxRetries: -1})
+	defer rdb2.Close()
+	if n, err := rdb2.SCard(ctx, "amp/c").Result(); err != nil || n == 0 {
+		t.Fatalf("new key: %d %v", n, err)
+	}
+	d.must(req{method: "DELETE", path: "/v1/workspaces/acme?force=true", token: acme.admin}, 204)
+	if _, err := rdb2.SCard(ctx, "amp/c").Result(); err == nil || !strings.HasPrefix(err.Error(), "WRONGPASS") {
+		t.Fatalf("key of a deleted workspace on an open connection: %v", err)
+	}
+}

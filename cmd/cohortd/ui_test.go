@@ -246,8 +246,8 @@ func (p *page) signOut() {
 }
 
 var (
-	demoKeyRe  = regexp.MustCompile(`workspace API key \(demo\):\s+(cwk_\S+)`)
-	demoPageRe = regexp.MustCompile(`The page: open (http://\S+/ui/)`)
+	demoAPIKeyRe = regexp.MustCompile(`workspace API key \(demo\):\s+(cwk_\S+)`)
+	demoPageRe   = regexp.MustCompile(`The page: open (http://\S+/ui/)`)
 )
 
 // TestUIBrowser walks the page as a new user after `make run`: open the
@@ -263,7 +263,7 @@ func TestUIBrowser(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for key == "" || pageURL == "" {
 		out := d.stdout.String()
-		if m := demoKeyRe.FindStringSubmatch(out); m != nil {
+		if m := demoAPIKeyRe.FindStringSubmatch(out); m != nil {
 			key = m[1]
 		}
 		if m := demoPageRe.FindStringSubmatch(out); m != nil {

@@ -141,15 +141,11 @@ func (l *Log) replaySegment(first uint64, last bool, from uint64, next *uint64, 
 	if err != nil {
 		return 0, fmt.Errorf("wal: read segment %q: %w", p, err)
 	}
-	if len(data) < segmentHeaderSize || allZero(data[:segmentHeaderSize]) {
-		torn := allZero(data) || bytes.HasPrefix(appendSegmentHeader(nil, first), data)
-		if !last || !torn {
-			reason := checkSegmentHeader(data, first)
-			if reason == "" {
-				reason = "bad segment header"
-			}
-			return 0, &CorruptionError{File: name, Offset: 0, Reason: reason}
-		}
+	end, torn, err := parseSegment(name, data, first, last, from, next, fn)
+	if err != nil || torn == nil {
+		return end, err
+	}
+	if torn.header {
 		// Crash while creating the segment: rewrite the header.
 		l.logger.Warn("wal: rewriting torn segment header", "file", p, "size", len(data))
 		if err := rewriteHeader(p, first); err != nil {
@@ -157,8 +153,39 @@ func (l *Log) replaySegment(first uint64, last bool, from uint64, next *uint64, 
 		}
 		return segmentHeaderSize, nil
 	}
+	l.logger.Warn("wal: trimming torn tail", "file", p, "offset", end, "dropped_bytes", int64(len(data))-end, "reason", torn.reason)
+	if err := truncateSegment(p, end); err != nil {
+		return 0, err
+	}
+	return end, nil
+}
+
+// tornTail is damage at the end of the last segment that a crash explains
+// and recovery repairs (see Replay).
+type tornTail struct {
+	header bool   // the segment header itself is torn: rewrite it
+	reason string // what was found past the last good record
+}
+
+// parseSegment checks the bytes of one segment without changing anything:
+// it calls fn for each record with lsn >= from, advances *next past every
+// record, and returns the size of the good prefix. For the last segment a
+// torn tail is returned rather than an error; any other damage is a
+// *CorruptionError.
+func parseSegment(name string, data []byte, first uint64, last bool, from uint64, next *uint64, fn func(uint8, uint64, []byte) error) (int64, *tornTail, error) {
+	if len(data) < segmentHeaderSize || allZero(data[:segmentHeaderSize]) {
+		torn := allZero(data) || bytes.HasPrefix(appendSegmentHeader(nil, first), data)
+		if !last || !torn {
+			reason := checkSegmentHeader(data, first)
+			if reason == "" {
+				reason = "bad segment header"
+			}
+			return 0, nil, &CorruptionError{File: name, Offset: 0, Reason: reason}
+		}
+		return 0, &tornTail{header: true, reason: "segment header cut short"}, nil
+	}
 	if reason := checkSegmentHeader(data, first); reason != "" {
-		return 0, &CorruptionError{File: name, Offset: 0, Reason: reason}
+		return 0, nil, &CorruptionError{File: name, Offset: 0, Reason: reason}
 	}
 
 	off := segmentHeaderSize
@@ -167,11 +194,11 @@ func (l *Log) replaySegment(first uint64, last bool, from uint64, next *uint64, 
 		rec, n, st := decodeRecord(rest)
 		if st == decodeOK {
 			if rec.lsn != *next {
-				return 0, &CorruptionError{File: name, Offset: int64(off), Reason: fmt.Sprintf("lsn %d out of sequence, expected %d", rec.lsn, *next)}
+				return 0, nil, &CorruptionError{File: name, Offset: int64(off), Reason: fmt.Sprintf("lsn %d out of sequence, expected %d", rec.lsn, *next)}
 			}
 			if rec.lsn >= from {
 				if err := fn(rec.typ, rec.lsn, rec.payload); err != nil {
-					return 0, fmt.Errorf("wal: replay lsn %d: %w", rec.lsn, err)
+					return 0, nil, fmt.Errorf("wal: replay lsn %d: %w", rec.lsn, err)
 				}
 			}
 			*next++
@@ -181,15 +208,11 @@ func (l *Log) replaySegment(first uint64, last bool, from uint64, next *uint64, 
 		torn := last && (allZero(rest) || st == decodeShort ||
 			(st == decodeChecksum && allZero(rest[n:])))
 		if !torn {
-			return 0, &CorruptionError{File: name, Offset: int64(off), Reason: st.String()}
+			return 0, nil, &CorruptionError{File: name, Offset: int64(off), Reason: st.String()}
 		}
-		l.logger.Warn("wal: trimming torn tail", "file", p, "offset", off, "dropped_bytes", len(rest), "reason", st.String())
-		if err := truncateSegment(p, int64(off)); err != nil {
-			return 0, err
-		}
-		return int64(off), nil
+		return int64(off), &tornTail{reason: st.String()}, nil
 	}
-	return int64(len(data)), nil
+	return int64(len(data)), nil, nil
 }
 
 // truncateSegment cuts the file at p to size bytes and syncs it.

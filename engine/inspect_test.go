@@ -1,0 +1,270 @@
+package engine
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cohortd/cohortd/engine/wal"
+)
+
+// inspectDir builds a data dir with every kind of record, a snapshot in the
+// middle (if snapshot) and WAL records after it, and abandons the engine as a crash
+// would. It returns the dir and the live state's counts.
+func inspectDir(t *testing.T, snapshot bool) (string, StateCounts) {
+	t.Helper()
+	dir := t.TempDir()
+	opts := Options{Dir: dir, Sync: wal.SyncOff, WALSegmentSize: 4 << 10, Logger: quietLogger()}
+	e, err := runModel(11, 600, opts, func(i int, e *Engine) error {
+		switch i {
+		case 5:
+			if _, err := e.CreatePartner("p"); err != nil {
+				return err
+			}
+			_, _, err := e.Workspace("ws").CreateImportKey("p")
+			return err
+		case 300:
+			if !snapshot {
+				return nil
+			}
+			_, err := e.SnapshotNow()
+			return err
+		case 400:
+			if _, err := e.RotateWorkspaceKey("ws"); err != nil {
+				return err
+			}
+			if _, err := e.CreateWorkspace("gone"); err != nil {
+				return err
+			}
+			return e.DeleteWorkspace("gone", false)
+		case 450:
+			if _, err := e.RotatePartnerKey("p"); err != nil {
+				return err
+			}
+			return e.DeletePartner("p")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := countState(e)
+	crash(e)
+	return dir, want
+}
+
+func TestCheckDir(t *testing.T) {
+	for _, snapshot := range []bool{true, false} {
+		dir, want := inspectDir(t, snapshot)
+		rep, err := CheckDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.State != want {
+			t.Fatalf("state %+v, want %+v", rep.State, want)
+		}
+		if snapshot && (len(rep.Snapshots) != 1 || rep.Snapshots[0].Err != nil || rep.Snapshots[0].Counts.Users == 0) {
+			t.Fatalf("snapshots %+v", rep.Snapshots)
+		}
+		if !snapshot && (len(rep.Snapshots) != 0 || rep.Replayed != rep.WAL.Records) {
+			t.Fatalf("WAL only: %+v", rep)
+		}
+		if rep.Replayed == 0 || rep.WAL.Records < rep.Replayed || rep.WAL.Torn != nil {
+			t.Fatalf("wal %+v, replayed %d", rep.WAL, rep.Replayed)
+		}
+		for _, n := range []string{"users", "members", "workspace_key", "workspace_delete", "partner_delete", "partner_key"} {
+			if rep.Records[n] == 0 {
+				t.Errorf("no %s record counted: %v", n, rep.Records)
+			}
+		}
+		// The check agrees with a real recovery.
+		e, err := Open(Options{Dir: dir, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := countState(e); got != want {
+			t.Fatalf("recovered %+v, want %+v", got, want)
+		}
+		if _, err := CheckDir(dir); !errors.Is(err, ErrDataDirInUse) {
+			t.Fatalf("check of a dir in use: %v", err)
+		}
+		crash(e)
+	}
+}
+
+func TestCheckDirFindsCorruption(t *testing.T) {
+	src, _ := inspectDir(t, true)
+	snaps, _ := listSnapshots(src)
+	segs, err := wal.Scan(filepath.Join(src, "wal"), 1, func(uint8, uint64, []byte) error { return nil })
+	if err != nil || segs.Segments < 3 {
+		t.Fatalf("want several segments: %+v, %v", segs, err)
+	}
+	walFiles, _ := filepath.Glob(filepath.Join(src, "wal", "*.wal"))
+
+	flip := func(t *testing.T, p string, off int) string {
+		t.Helper()
+		dir := copyTree(t, src)
+		p = filepath.Join(dir, p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off < 0 {
+			off += len(b)
+		}
+		b[off] ^= 0x20
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	t.Run("snapshot", func(t *testing.T) {
+		dir := flip(t, snaps[0].name, 100)
+		rep, err := CheckDir(dir)
+		var ce *SnapshotCorruptError
+		if !errors.As(err, &ce) || rep.Snapshots[0].Err == nil {
+			t.Fatalf("want SnapshotCorruptError, got %v", err)
+		}
+	})
+	t.Run("wal record in an older segment", func(t *testing.T) {
+		dir := flip(t, filepath.Join("wal", filepath.Base(walFiles[1])), 40)
+		_, err := CheckDir(dir)
+		var ce *wal.CorruptionError
+		if !errors.As(err, &ce) {
+			t.Fatalf("want wal.CorruptionError, got %v", err)
+		}
+	})
+	t.Run("torn tail is not corruption", func(t *testing.T) {
+		dir := copyTree(t, src)
+		last := filepath.Join(dir, "wal", filepath.Base(walFiles[len(walFiles)-1]))
+		fi, _ := os.Stat(last)
+		if err := os.Truncate(last, fi.Size()-2); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := CheckDir(dir)
+		if err != nil || rep.WAL.Torn == nil {
+			t.Fatalf("torn tail: %+v, %v", rep.WAL.Torn, err)
+		}
+		if fi2, _ := os.Stat(last); fi2.Size() != fi.Size()-2 {
+			t.Fatal("check trimmed the tail")
+		}
+	})
+	t.Run("missing WAL segment", func(t *testing.T) {
+		dir := copyTree(t, src)
+		if err := os.Remove(filepath.Join(dir, "wal", filepath.Base(walFiles[len(walFiles)-2]))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := CheckDir(dir); err == nil {
+			t.Fatal("a gap in the WAL passed")
+		}
+	})
+}
+
+// copyTree copies a data dir (files and the wal/ directory).
+func copyTree(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if fi.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func TestDumpWAL(t *testing.T) {
+	dir, _ := inspectDir(t, false)
+	for _, ids := range []bool{false, true} {
+		var out bytes.Buffer
+		rep, err := DumpWAL(dir, 1, &out, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(&out)
+		sc.Buffer(nil, 1<<24)
+		var n int
+		last := uint64(0)
+		types := map[string]int{}
+		for sc.Scan() {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				t.Fatalf("line %q: %v", sc.Bytes(), err)
+			}
+			lsn := uint64(m["lsn"].(float64))
+			if last != 0 && lsn != last+1 {
+				t.Fatalf("lsn %d after %d", lsn, last)
+			}
+			last = lsn
+			typ, _ := m["type"].(string)
+			types[typ]++
+			if _, bad := m["error"]; bad {
+				t.Fatalf("record did not decode: %s", sc.Bytes())
+			}
+			if typ != "workspace_create" && typ != "partner_create" && typ != "partner_delete" && typ != "partner_key" && m["workspace"] == nil {
+				t.Fatalf("no workspace in %s", sc.Bytes())
+			}
+			if typ == "members" {
+				if _, ok := m["added_ids"]; ok != ids {
+					t.Fatalf("ids=%v but %s", ids, sc.Bytes())
+				}
+			}
+			if typ == "users" && len(m["ops"].([]any)) > 0 {
+				types["users with ops"]++
+			}
+			n++
+		}
+		if n != rep.Records || n == 0 {
+			t.Fatalf("%d lines for %d records", n, rep.Records)
+		}
+		for _, typ := range []string{"workspace_create", "partner_create", "import_key", "users", "members", "cohort_upsert", "workspace_key", "workspace_delete", "partner_key", "partner_delete", "users with ops"} {
+			if types[typ] == 0 {
+				t.Errorf("no %s line: %v", typ, types)
+			}
+		}
+	}
+}
+
+// FuzzAppendRecordJSON feeds arbitrary payloads to the dump decoder: an
+// error or valid JSON, never a panic.
+func FuzzAppendRecordJSON(f *testing.F) {
+	var enc recordEncoder
+	enc.str("ws")
+	enc.u8(opCreate)
+	enc.uvarint(0)
+	enc.u8(opAttach)
+	enc.uvarint(0)
+	enc.u8(2)
+	enc.str("email\x00a@x")
+	f.Add(recUsers, bytes.Clone(enc.b))
+	f.Add(recMembers, []byte("\x02ws\x01p\x01c\x02\x08"))
+	f.Add(recSessionDrop, []byte("\x02ws\x01\x01p\x01c\x01s\x00\x00\x00\x02"))
+	f.Add(recWorkspaceCreate, append([]byte("\x02ws"), make([]byte, 34)...))
+	f.Fuzz(func(t *testing.T, typ uint8, payload []byte) {
+		out, err := AppendRecordJSON([]byte("x"), typ, 7, payload, true)
+		if err != nil {
+			if string(out) != "x" {
+				t.Fatalf("failed decode appended %q", out)
+			}
+			return
+		}
+		if !json.Valid(out[1:]) {
+			t.Fatalf("invalid JSON %q", out[1:])
+		}
+	})
+}
