@@ -27,6 +27,8 @@ run: build ## start cohortd on 127.0.0.1:8080 with ./data and a demo workspace (
 
 test: ## the default test suite (short mode, what CI runs)
 	$(GO) test -short -count=1 -timeout 15m $(PKGS)
+	# The Redis-protocol listener's goroutine-per-connection path (TLS, non-Linux), forced.
+	COHORTD_RESP_NOLOOP=1 $(GO) test -short -count=1 ./server/resp/
 	# The heap fallback of the identity tables' regions, forced on Linux too.
 	$(GO) test -short -count=1 -tags cohortd_heapmem ./index/ ./engine/
 	# Smoke of the memory-layer benchmarks (resolve, snapshot load) at a small size.
