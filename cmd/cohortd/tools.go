@@ -20,6 +20,8 @@ import (
 //
 // Exit status: 0 fine, 1 corruption found, 2 usage error or a directory
 // that cannot be checked (missing, or in use by a running cohortd).
+//
+// `cohortd healthcheck` (healthcheck.go) asks a running server instead.
 
 // runTool runs the tool named by args[0]; ok is false when args name none
 // (then they are the server's flags).
@@ -36,6 +38,8 @@ func runTool(args []string, lookupEnv func(string) (string, bool), stdout, stder
 			return 2, true
 		}
 		return runWALDump(args[2:], lookupEnv, stdout, stderr), true
+	case "healthcheck":
+		return runHealthcheck(args[1:], lookupEnv, stderr), true
 	}
 	return 0, false
 }
