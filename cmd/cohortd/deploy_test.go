@@ -193,6 +193,24 @@ func TestDeployMonitoring(t *testing.T) {
 	if n < 5 {
 		t.Errorf("%s: only %d rules", alertRulesPath, n)
 	}
+	// docs/OPERATIONS.md "Alerts" says what to do about each, and names no
+	// other.
+	ops, err := os.ReadFile(operationsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(Cohortd[A-Za-z0-9]+)` \\|").FindAllStringSubmatch(markdownSection(t, string(ops), "Alerts"), -1) {
+		documented[m[1]] = true
+		if !seen[m[1]] {
+			t.Errorf("%s \"Alerts\" documents %s, which %s lacks", operationsPath, m[1], alertRulesPath)
+		}
+	}
+	for a := range seen {
+		if !documented[a] {
+			t.Errorf("alert %s has no row in %s \"Alerts\"", a, operationsPath)
+		}
+	}
 
 	b, err = os.ReadFile(dashboardPath)
 	if err != nil {
