@@ -196,3 +196,72 @@ func TestMetricsDocumented(t *testing.T) {
 		t.Errorf("only %d cohortd metrics documented", len(documented))
 	}
 }
+
+// flagsOf returns the flags a usage text lists ("  -name …" lines).
+func flagsOf(usage string) []string {
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(usage, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// TestFlagsDocumented keeps docs/OPERATIONS.md's "Flags and environment"
+// section true: every flag `cohortd -h` lists has a row, every row of the
+// server's tables names a flag the binary has, and the row of each offline
+// command names every flag of its -h.
+func TestFlagsDocumented(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(operationsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := markdownSection(t, string(b), "Flags and environment")
+	_, _, usage := runBin(t, nil, "-h")
+	flags := flagsOf(usage)
+	if len(flags) < 20 {
+		t.Fatalf("cohortd -h lists %d flags:\n%s", len(flags), usage)
+	}
+	rows := map[string]bool{}
+	replication := false
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "### ") {
+			replication = strings.Contains(line, "Replication")
+		}
+		if !strings.HasPrefix(line, "| `-") {
+			continue
+		}
+		first := strings.Split(line, "|")[1]
+		for _, m := range backticked.FindAllStringSubmatch(first, -1) {
+			name := strings.TrimPrefix(m[1], "-")
+			rows[name] = true
+			if !replication && !slices.Contains(flags, name) {
+				t.Errorf("%s documents -%s, which cohortd -h does not list", operationsPath, name)
+			}
+		}
+	}
+	for _, f := range flags {
+		if !rows[f] {
+			t.Errorf("flag -%s has no row in %s \"Flags and environment\"", f, operationsPath)
+		}
+	}
+
+	for _, tool := range [][]string{{"check"}, {"wal", "dump"}, {"healthcheck"}} {
+		_, _, usage := runBin(t, nil, append(tool, "-h")...)
+		row := ""
+		for _, line := range strings.Split(section, "\n") {
+			if strings.HasPrefix(line, "| `cohortd "+strings.Join(tool, " ")+" ") {
+				row = strings.Split(line, "|")[1]
+			}
+		}
+		if row == "" {
+			t.Errorf("cohortd %s has no row in the commands table", strings.Join(tool, " "))
+			continue
+		}
+		for _, f := range flagsOf(usage) {
+			if !strings.Contains(row, "-"+f+" ") && !strings.Contains(row, "-"+f+"]") {
+				t.Errorf("cohortd %s: flag -%s is not in its row %q", strings.Join(tool, " "), f, row)
+			}
+		}
+	}
+}
