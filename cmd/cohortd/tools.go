@@ -125,6 +125,9 @@ func recoveryText(rep engine.CheckReport) string {
 			}
 		}
 	}
+	if len(rep.Snapshots) == 0 && rep.WAL.Segments == 0 {
+		return "nothing to recover: start-up would begin with an empty state"
+	}
 	var b strings.Builder
 	b.WriteString("start-up would ")
 	if len(aside) > 0 {
