@@ -60,11 +60,25 @@ func TestHealthcheck(t *testing.T) {
 	}
 	// Release the snapshot: it reads back empty, is set aside as corrupt,
 	// and the WAL rebuilds the state.
-	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
+	// Opened without blocking (ENXIO until the server has it open for
+	// reading), so that a server that died does not hang the test.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			_ = w.Close()
+			break
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("cohortd exited during recovery: %v", d.exitErr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cohortd never opened the snapshot: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	_ = w.Close()
 	d.waitReady()
 	if code, _ := healthcheck(t, nil, "-addr", d.addr); code != 0 {
 		t.Fatalf("ready server: exit %d", code)
