@@ -102,7 +102,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n"+
 				"       cohortd check -data-dir DIR      verify a data dir offline (-h for more)\n"+
-				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n\n"+
+				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n"+
+				"       cohortd healthcheck [-addr A]    exit 0 if the server at A is ready (-h for more)\n\n"+
 				"Every flag can also be set through the environment variable shown in\n"+
 				"brackets. An explicit flag wins over the environment, which wins over\n"+
 				"the default.\n\n")
