@@ -83,6 +83,10 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, sessionID string, page, tot
 	k := sessionKey{partnerSlug, cohortID, sessionID}
 
 	w.mu.Lock()
+	if w.ulog.staleLocked(&ms.guard, ids) {
+		w.mu.Unlock()
+		return StageResult{}, ErrUsersChanged
+	}
 	var lsns []uint64
 	lsn, err := w.expireSessionsLocked(now)
 	if err != nil {

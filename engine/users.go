@@ -67,6 +67,7 @@ type userOps struct {
 	enc     *recordEncoder
 	merges  [][2]uint32 // (from, into)
 	deleted []uint32
+	cache   *userCache // prefilled lookups (usercache.go); nil: none
 }
 
 func (o *userOps) create() index.UserID {
@@ -77,6 +78,7 @@ func (o *userOps) create() index.UserID {
 }
 
 func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
+	o.w.ulog.noteAttach(o.w.users, id, kind, key)
 	if err := o.w.users.Attach(id, kind, key); err != nil {
 		panic("BUG: attach after checks failed: " + err.Error())
 	}
@@ -87,7 +89,8 @@ func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
 }
 
 func (o *userOps) detach(kind index.Kind, key []byte) {
-	o.w.users.Detach(kind, key)
+	holder, _ := o.w.users.Detach(kind, key)
+	o.w.ulog.noteDetach(holder, kind, key)
 	o.enc.u8(opDetach)
 	o.enc.u8(uint8(kind))
 	o.enc.bytes(key)
@@ -95,7 +98,7 @@ func (o *userOps) detach(kind index.Kind, key []byte) {
 
 // move gives key to id, taking it from its current holder (if any).
 func (o *userOps) move(id index.UserID, kind index.Kind, key []byte) bool {
-	cur := o.w.users.Resolve(kind, key)
+	cur := o.resolve(kind, key)
 	if cur == id {
 		return false
 	}
@@ -120,6 +123,7 @@ func (o *userOps) merge(from, into index.UserID) {
 		o.attach(into, index.KindDevice, d)
 	}
 	o.w.users.Delete(from)
+	o.w.ulog.noteUser(from)
 	o.enc.u8(opMerge)
 	o.enc.uvarint(uint64(from))
 	o.enc.uvarint(uint64(into))
@@ -128,6 +132,7 @@ func (o *userOps) merge(from, into index.UserID) {
 
 func (o *userOps) delete(id index.UserID) {
 	o.w.users.Delete(id)
+	o.w.ulog.noteUser(id)
 	o.enc.u8(opDelete)
 	o.enc.uvarint(uint64(id))
 	o.deleted = append(o.deleted, uint32(id))
@@ -168,8 +173,9 @@ func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
 	w.mu.Lock()
 	w.enc.reset()
 	w.enc.str(w.id)
-	ops := userOps{w: w, enc: &w.enc}
+	ops := userOps{w: w, enc: &w.enc, cache: new(userCache)}
 	for i := range b.recs {
+		ops.prefillRecords(b, i)
 		switch w.upsertOne(&ops, b, &b.recs[i]) {
 		case outCreated:
 			res.Created++
@@ -183,6 +189,7 @@ func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
 			res.Unchanged++
 		}
 	}
+	w.ulog.commitLocked()
 	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
 	w.mu.Unlock()
 	if err != nil {
@@ -212,7 +219,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 		if dev == nil {
 			return outUnchanged
 		}
-		if u.Resolve(index.KindDevice, dev) != index.NoUser {
+		if o.resolve(index.KindDevice, dev) != index.NoUser {
 			return outUnchanged
 		}
 		o.attach(o.create(), index.KindDevice, dev)
@@ -223,10 +230,10 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 	// first alias someone holds.
 	target := index.NoUser
 	if ext != nil {
-		target = u.Resolve(index.KindExternal, ext)
+		target = o.resolve(index.KindExternal, ext)
 	} else {
 		for _, a := range aliases {
-			if t := u.Resolve(index.KindAlias, a); t != index.NoUser {
+			if t := o.resolve(index.KindAlias, a); t != index.NoUser {
 				target = t
 				break
 			}
@@ -234,7 +241,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 	}
 	devUser := index.NoUser
 	if dev != nil {
-		devUser = u.Resolve(index.KindDevice, dev)
+		devUser = o.resolve(index.KindDevice, dev)
 	}
 
 	out := outUnchanged
@@ -251,7 +258,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 		out = outMerged
 	}
 	changed := false
-	if ext != nil && u.Resolve(index.KindExternal, ext) != target {
+	if ext != nil && o.resolve(index.KindExternal, ext) != target {
 		o.attach(target, index.KindExternal, ext)
 		changed = true
 	}
@@ -294,13 +301,14 @@ func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
 	w.mu.Lock()
 	w.enc.reset()
 	w.enc.str(w.id)
-	ops := userOps{w: w, enc: &w.enc}
+	ops := userOps{w: w, enc: &w.enc, cache: new(userCache)}
 	for _, g := range []struct {
 		kind index.Kind
 		keys [][]byte
 	}{{index.KindExternal, set.ExternalIDs}, {index.KindDevice, set.DeviceIDs}, {index.KindAlias, set.Aliases}} {
-		for _, k := range g.keys {
-			id := w.users.Resolve(g.kind, k)
+		for j, k := range g.keys {
+			ops.prefillKeys(g.kind, g.keys, j)
+			id := ops.resolve(g.kind, k)
 			if id == index.NoUser {
 				res.Unmatched++
 				continue
@@ -309,6 +317,7 @@ func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
 			res.Deleted++
 		}
 	}
+	w.ulog.commitLocked()
 	lsn, err := w.commitLocked(recUsers, func(uint64) { w.finishUserOpsLocked(ops.merges, ops.deleted) })
 	w.mu.Unlock()
 	if err != nil {
