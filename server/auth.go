@@ -160,6 +160,8 @@ func mapError(err error) error {
 		return errorf(fasthttp.StatusConflict, "already exists")
 	case errors.Is(err, engine.ErrClosed):
 		return errorf(fasthttp.StatusServiceUnavailable, "shutting down")
+	case errors.Is(err, engine.ErrUsersChanged):
+		return errorf(fasthttp.StatusServiceUnavailable, "users changed while the request was being resolved (nothing was applied): send it again")
 	}
 	return err
 }

@@ -69,6 +69,13 @@ func (s *Server) handleMixpanel(r *request) error {
 	if err := s.limits.allow(ctx, "cs:"+string(d[:])); err != nil {
 		return fail(err)
 	}
+	// Authenticated before the body is read; still a partner body in
+	// flight.
+	release, err := s.partnerSlot(r)
+	if err != nil {
+		return fail(err)
+	}
+	defer release()
 	body, _, err := r.smallBody(s.opts.PartnerMaxBody)
 	if err != nil {
 		return fail(err)
@@ -91,7 +98,45 @@ func (s *Server) handleMixpanel(r *request) error {
 			return fail(err)
 		}
 	}
-	ids := resolveMembers(w, &req, extProp, aliasProp)
+	// Resolved and applied up to stageAttempts times: a user change that
+	// lands in between makes the batch stale (engine.ErrUsersChanged); the
+	// last attempt holds user changes off (as applyStaged does).
+	var ids []index.UserID
+	stage := func(attempt int, apply func() error) error {
+		var release func()
+		if attempt == stageAttempts {
+			release = w.HoldUsers()
+			defer release()
+		}
+		return apply()
+	}
+	var sres engine.StageResult
+	var ares engine.ApplyResult
+	for attempt := 1; ; attempt++ {
+		err := stage(attempt, func() error {
+			if req.Action == actionMembers {
+				ms := w.NewMemberSet()
+				ids = resolveMembers(w, &req, extProp, aliasProp)
+				ms.AddIDs(ids)
+				var err error
+				sres, err = w.StagePage(webhookPartner, req.CohortID, req.SessionID, req.PageCount, req.TotalPages, ms)
+				return err
+			}
+			cs := w.NewChangeSet()
+			ids = resolveMembers(w, &req, extProp, aliasProp)
+			cs.AddIDs(ids, req.Action == actionRemove)
+			var err error
+			ares, err = w.ApplyChanges(webhookPartner, req.CohortID, cs)
+			return err
+		})
+		if errors.Is(err, engine.ErrUsersChanged) && attempt < stageAttempts {
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		break
+	}
 	matched := 0
 	for _, id := range ids {
 		if id != index.NoUser {
@@ -105,12 +150,7 @@ func (s *Server) handleMixpanel(r *request) error {
 	out = append(out, `,"unmatched":`...)
 	out = strconv.AppendInt(out, int64(len(ids)-matched), 10)
 	if req.Action == actionMembers {
-		ms := w.NewMemberSet()
-		ms.AddIDs(ids)
-		res, err := w.StagePage(webhookPartner, req.CohortID, req.SessionID, req.PageCount, req.TotalPages, ms)
-		if err != nil {
-			return fail(err)
-		}
+		res := sres
 		out = appendCounts(out, res.Replace.Added, res.Replace.Removed, res.Replace.DataPoints)
 		out = append(out, `,"staged":`...)
 		out = strconv.AppendInt(out, int64(res.Staged), 10)
@@ -119,13 +159,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = append(out, `,"committed":`...)
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
-		cs := w.NewChangeSet()
-		cs.AddIDs(ids, req.Action == actionRemove)
-		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)
-		if err != nil {
-			return fail(err)
-		}
-		out = appendCounts(out, res.Added, res.Removed, res.DataPoints)
+		out = appendCounts(out, ares.Added, ares.Removed, ares.DataPoints)
 	}
 	out = append(out, '}')
 	writeRawJSON(ctx, fasthttp.StatusOK, out)

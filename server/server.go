@@ -23,15 +23,22 @@ import (
 
 // Options configure a Server. Zero values get the documented defaults.
 type Options struct {
-	AdminToken     string        // required: the bearer token of admin endpoints
-	MaxBody        int64         // decoded /v1 body cap, default 256 MiB
-	PartnerMaxBody int64         // decoded partner body cap, default 8 MiB
-	PartnerMaxIDs  int           // identifiers per partner request, default 1000
-	RateLimit      float64       // requests/s per credential (token bucket); 0 = off
-	RateBurst      int           // bucket size; <1 means max(1, ceil(RateLimit))
-	IdempotencyTTL time.Duration // how long a reply is kept for its Idempotency-Key, default 24h
-	Logger         *slog.Logger  // nil → slog.Default()
-	Metrics        *metrics.Set  // nil → a new set; /metrics writes it and the process metrics
+	AdminToken     string // required: the bearer token of admin endpoints
+	MaxBody        int64  // decoded /v1 body cap, default 256 MiB
+	PartnerMaxBody int64  // decoded partner body cap, default 8 MiB
+	PartnerMaxIDs  int    // identifiers per partner request, default 1000
+	// QueryMaxBody caps the decoded body of /v1/segments/* and
+	// /v1/users/delete, default 8 MiB (docs/API.md §5).
+	QueryMaxBody int64
+	// PartnerMaxInflight caps the partner and webhook bodies being read
+	// and handled at once; one more answers 503 with Retry-After.
+	// Default 16.
+	PartnerMaxInflight int
+	RateLimit          float64       // requests/s per credential (token bucket); 0 = off
+	RateBurst          int           // bucket size; <1 means max(1, ceil(RateLimit))
+	IdempotencyTTL     time.Duration // how long a reply is kept for its Idempotency-Key, default 24h
+	Logger             *slog.Logger  // nil → slog.Default()
+	Metrics            *metrics.Set  // nil → a new set; /metrics writes it and the process metrics
 }
 
 // Defaults of Options.
@@ -39,7 +46,11 @@ const (
 	DefaultMaxBody        = 256 << 20
 	DefaultPartnerMaxBody = 8 << 20
 	DefaultPartnerMaxIDs  = 1000
-	DefaultIdempotencyTTL = 24 * time.Hour
+	DefaultQueryMaxBody   = 8 << 20
+	// DefaultPartnerMaxInflight bounds the memory of partner bodies in
+	// flight to about 16 × (8 MiB raw + 8 MiB decoded + a bounded tree).
+	DefaultPartnerMaxInflight = 16
+	DefaultIdempotencyTTL     = 24 * time.Hour
 )
 
 // Server is the HTTP server of cohortd.
@@ -76,6 +87,10 @@ type Server struct {
 	bufs    sync.Pool // *[]byte body buffers; see request.getBuf
 	closing atomic.Bool
 
+	// partnerSlots holds a token per partner or webhook body in flight
+	// (partnerSlot).
+	partnerSlots chan struct{}
+
 	// inflight counts requests being handled (and streamed replies being
 	// written); Shutdown waits for it to reach zero.
 	inflight atomic.Int64
@@ -97,6 +112,12 @@ func New(opts Options) *Server {
 	if opts.PartnerMaxIDs <= 0 {
 		opts.PartnerMaxIDs = DefaultPartnerMaxIDs
 	}
+	if opts.QueryMaxBody <= 0 {
+		opts.QueryMaxBody = DefaultQueryMaxBody
+	}
+	if opts.PartnerMaxInflight <= 0 {
+		opts.PartnerMaxInflight = DefaultPartnerMaxInflight
+	}
 	if opts.IdempotencyTTL <= 0 {
 		opts.IdempotencyTTL = DefaultIdempotencyTTL
 	}
@@ -112,6 +133,8 @@ func New(opts Options) *Server {
 		idem:   newIdemStore(opts.IdempotencyTTL, defaultIdemEntries, time.Now),
 		limits: newRateLimits(opts.RateLimit, opts.RateBurst),
 		adminD: digest([]byte(opts.AdminToken)),
+
+		partnerSlots: make(chan struct{}, opts.PartnerMaxInflight),
 	}
 	s.routes = s.buildRoutes()
 	s.met = newServerMetrics(opts.Metrics, s.routes, s.engine.Load)
@@ -323,7 +346,9 @@ func (r *request) wsID() string {
 // rawLimit bounds the raw bytes read from any body. Compressed bodies are
 // smaller than their decoded form, so the largest decoded cap also bounds
 // the raw bytes of a legitimate request.
-func (s *Server) rawLimit() int64 { return max(s.opts.MaxBody, s.opts.PartnerMaxBody) }
+func (s *Server) rawLimit() int64 {
+	return max(s.opts.MaxBody, s.opts.PartnerMaxBody, s.opts.QueryMaxBody)
+}
 
 // rawBody opens the request body as received (still encoded), once: the
 // stream of fasthttp's StreamRequestBody, or the buffered body when the
