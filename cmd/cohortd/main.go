@@ -73,11 +73,15 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		MaxBody:        int64(cfg.maxBody),
 		PartnerMaxBody: int64(cfg.partnerMaxBody),
 		PartnerMaxIDs:  cfg.partnerMaxIDs,
-		RateLimit:      cfg.rateLimit,
-		RateBurst:      cfg.rateBurst,
-		IdempotencyTTL: 24 * time.Hour,
-		Logger:         log,
-		Metrics:        metrics.NewSet(),
+		QueryMaxBody:   int64(cfg.queryMaxBody),
+		// Bounds the partner and webhook bodies held before they are
+		// authenticated (docs/API.md §5).
+		PartnerMaxInflight: cfg.partnerInflight,
+		RateLimit:          cfg.rateLimit,
+		RateBurst:          cfg.rateBurst,
+		IdempotencyTTL:     24 * time.Hour,
+		Logger:             log,
+		Metrics:            metrics.NewSet(),
 	})
 
 	// Listen before recovery so that orchestrators see /livez 200 and
