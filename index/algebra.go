@@ -74,7 +74,10 @@ func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 	if e.Op == OpAnd || e.Op == OpOr {
 		// The top level is counted, not built: ∩ins \ ∪outs costs one
 		// materialised operation less (countMinus).
-		pos, posOwned, negs, negOwned := e.operands()
+		// Operands of up to eight kids stay on the stack.
+		var pb, nb [8]*roaring.Bitmap
+		var po, no [8]bool
+		pos, posOwned, negs, negOwned := e.operands(pb[:0], po[:0], nb[:0], no[:0])
 		if e.Op == OpAnd && len(pos) > 0 {
 			smallestFirst(pos, posOwned)
 			return countMinus(pos, posOwned, negs)
@@ -93,8 +96,9 @@ func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 }
 
 // operands evaluates the kids of an and/or node into positive sets and
-// sets whose complement (relative to live) is meant.
-func (e *Expr) operands() (pos []*roaring.Bitmap, posOwned []bool, negs []*roaring.Bitmap, negOwned []bool) {
+// sets whose complement (relative to live) is meant, appending to the
+// slices given.
+func (e *Expr) operands(pos []*roaring.Bitmap, posOwned []bool, negs []*roaring.Bitmap, negOwned []bool) ([]*roaring.Bitmap, []bool, []*roaring.Bitmap, []bool) {
 	for _, k := range e.Kids {
 		s, ng, own := k.eval()
 		if ng {

@@ -244,12 +244,10 @@ func (d *streamDecoder) userRef(i int) (index.Kind, []byte, error) {
 		default:
 			err = s.skipValue()
 		}
-		var ae *apiError
-		if err != nil && errors.As(err, &ae) && strings.HasSuffix(ae.message, ruleSuffix) {
-			// A rule error names the field; say which user it is.
-			return &apiError{status: ae.status, message: ae.message, errors: []string{at()}}
+		if err != nil {
+			return atUser(err, at)
 		}
-		return err
+		return nil
 	})
 	if err != nil {
 		return 0, nil, err
@@ -265,6 +263,16 @@ func (d *streamDecoder) userRef(i int) (index.Kind, []byte, error) {
 		return index.KindAlias, d.arena, nil
 	}
 	return 0, nil, shape()
+}
+
+// atUser makes a rule error of a user reference name the user instead of
+// the scanner's position.
+func atUser(err error, at func() string) error {
+	var ae *apiError
+	if errors.As(err, &ae) && strings.HasSuffix(ae.message, ruleSuffix) {
+		return &apiError{status: ae.status, message: ae.message, errors: []string{at()}}
+	}
+	return err
 }
 
 // parseLimit checks a page limit's JSON text.

@@ -34,7 +34,7 @@ func (s *Server) partnerAuth(r *request, partnerKey, secret []byte, raw []byte) 
 	}
 	r.ws = w
 	d := digest(secret)
-	if err := s.limits.allow(r.ctx, "cs:"+string(d[:])); err != nil {
+	if err := s.limits.allow(r.ctx, "cs:", string(d[:])); err != nil {
 		return false, err
 	}
 	return s.partnerIdempotency(r, "ws:"+w.ID(), raw)

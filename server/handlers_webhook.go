@@ -49,7 +49,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		ctx.Response.Header.Set("Retry-After", "1")
 		return fail(errorf(fasthttp.StatusServiceUnavailable, "not ready"))
 	}
-	if mt := mediaType(ctx); len(mt) != 0 && string(mt) != "application/json" {
+	if mt := mediaType(ctx); len(mt) != 0 && !bytes.EqualFold(mt, []byte("application/json")) {
 		return fail(errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType()))
 	}
 	secret, ok := basicPassword(ctx.Request.Header.Peek("Authorization"))
@@ -66,7 +66,7 @@ func (s *Server) handleMixpanel(r *request) error {
 	}
 	r.ws = w
 	d := digest(secret)
-	if err := s.limits.allow(ctx, "cs:"+string(d[:])); err != nil {
+	if err := s.limits.allow(ctx, "cs:", string(d[:])); err != nil {
 		return fail(err)
 	}
 	// Authenticated before the body is read; still a partner body in

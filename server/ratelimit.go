@@ -34,12 +34,15 @@ func newRateLimits(perSecond float64, burst int) *rateLimits {
 	return l
 }
 
-// allow takes a token for cred, or answers 429 with Retry-After (whole
-// seconds, at least 1) when the bucket is empty.
-func (l *rateLimits) allow(ctx *fasthttp.RequestCtx, cred string) error {
+// allow takes a token for the credential kind+id ("ws:" and a workspace
+// id, say), or answers 429 with Retry-After (whole seconds, at least 1)
+// when the bucket is empty. The two parts are joined only when limiting is
+// on, so that the query path allocates nothing without it.
+func (l *rateLimits) allow(ctx *fasthttp.RequestCtx, kind, id string) error {
 	if l.limit <= 0 {
 		return nil
 	}
+	cred := kind + id
 	l.mu.Lock()
 	lim := l.mu.m[cred]
 	if lim == nil {

@@ -217,7 +217,8 @@ wait:
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	s.inflight.Add(1)
-	r := &request{s: s, ctx: ctx}
+	r := requests.Get().(*request)
+	r.s, r.ctx = s, ctx
 	defer func() {
 		if v := recover(); v != nil {
 			s.met.panics.Inc()
@@ -236,8 +237,21 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if !r.streaming {
 			s.inflight.Add(-1)
 		}
+		r.recycle()
 	}()
 	s.serve(r)
+}
+
+// requests pools request values: a query must not allocate one.
+var requests = sync.Pool{New: func() any { return new(request) }}
+
+// recycle empties r (keeping its buffers) and puts it back in the pool.
+// Nothing may hold r after its Handler call: stream writers capture what
+// they need, never r.
+func (r *request) recycle() {
+	bufs := r.buffers[:0]
+	*r = request{buffers: bufs}
+	requests.Put(r)
 }
 
 // serve runs one request: route match, readiness gate, the route.
@@ -327,6 +341,11 @@ type request struct {
 	raw       io.Reader // the raw body, opened once
 	buffers   []*[]byte // pooled buffers released after the reply
 	streaming bool      // a body stream writer owns the inflight count
+
+	// Readers of the body, kept here so that opening one allocates nothing.
+	bodyReader bytes.Reader
+	rawLimited rawReader
+	decoded    limitedReader
 }
 
 func (r *request) routeName() string {
@@ -360,9 +379,11 @@ func (r *request) rawBody(limit int64) (io.Reader, error) {
 	}
 	src := r.ctx.RequestBodyStream()
 	if src == nil {
-		src = bytes.NewReader(r.ctx.Request.Body())
+		r.bodyReader.Reset(r.ctx.Request.Body())
+		src = &r.bodyReader
 	}
-	var rd io.Reader = &rawReader{r: src, left: limit, limit: limit, counter: r.s.met.bytesIn}
+	r.rawLimited = rawReader{r: src, left: limit, limit: limit, counter: r.s.met.bytesIn}
+	var rd io.Reader = &r.rawLimited
 	if r.idemHasher != nil {
 		rd = io.TeeReader(rd, r.idemHasher)
 	}
@@ -376,7 +397,7 @@ type rawReader struct {
 	r       io.Reader
 	left    int64
 	limit   int64
-	counter interface{ Add(int) }
+	counter *metrics.Counter
 }
 
 func (l *rawReader) Read(p []byte) (int, error) {
@@ -421,7 +442,8 @@ func (r *request) releaseBuffers() {
 			r.s.bufs.Put(b)
 		}
 	}
-	r.buffers = nil
+	clear(r.buffers)
+	r.buffers = r.buffers[:0]
 }
 
 // smallBody reads the whole body into pooled buffers and decodes it
@@ -470,7 +492,7 @@ func (r *request) decodedBody(limit int64) (io.Reader, func(), error) {
 	if err != nil {
 		return nil, func() {}, err
 	}
-	return decodeBody(r.ctx.Request.Header.ContentEncoding(), src, limit)
+	return decodeBodyInto(&r.decoded, r.ctx.Request.Header.ContentEncoding(), src, limit)
 }
 
 // writeJSON writes v as a JSON reply with status.
