@@ -105,6 +105,7 @@ func BenchmarkQueryPath(b *testing.B) {
 			var ctx fasthttp.RequestCtx
 			auth := "Bearer " + key
 			b.ReportAllocs()
+			cpu0 := processCPUNanos()
 			for b.Loop() {
 				ctx.Request.Reset()
 				ctx.Response.Reset()
@@ -118,6 +119,7 @@ func BenchmarkQueryPath(b *testing.B) {
 					b.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
 				}
 			}
+			b.ReportMetric(float64(processCPUNanos()-cpu0)/float64(b.N), "cpu-ns/op")
 		})
 	}
 }

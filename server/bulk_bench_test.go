@@ -1,0 +1,116 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/valyala/fasthttp"
+
+	"github.com/cohortd/cohortd/engine"
+)
+
+var bulkBench struct {
+	sync.Once
+	s   *Server
+	key string
+}
+
+// bulkServer is a ready server over 1M users (external ids
+// user-00000000000001…), built once per process.
+func bulkServer(b *testing.B) (*Server, string) {
+	bulkBench.Do(func() {
+		e, err := engine.Open(engine.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		key, _ := e.CreateWorkspace("ws")
+		w := e.Workspace("ws")
+		for start := 1; start <= 1_000_000; start += 100_000 {
+			var ub engine.UserBatch
+			for i := start; i < start+100_000; i++ {
+				ub.Add(fmt.Appendf(nil, "user-%014d", i), nil, nil)
+			}
+			if _, err := w.UpsertUsers(&ub); err != nil {
+				b.Fatal(err)
+			}
+		}
+		bulkBench.s = New(Options{AdminToken: "admin", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		bulkBench.s.SetEngine(e)
+		bulkBench.key = key
+	})
+	return bulkBench.s, bulkBench.key
+}
+
+// BenchmarkBulkChanges serves POST /v1/cohorts/{p}/{id}/changes through
+// Handler (no network): a zstd NDJSON body of 100k identifiers, one a line
+// ({"user_ids":["…"]}, the headline bulk shape of docs/WORKLOADS.md) or
+// 1,000 a line, decoded, resolved, staged and applied. Bodies alternate between adding the users and removing them.
+// docs/WORKLOADS.md wants one a line at ≥90% of the rate of 1,000 a line.
+func BenchmarkBulkChanges(b *testing.B) {
+	const ids = 100_000
+	s, key := bulkServer(b)
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	for _, flavour := range []string{"clustered", "uniform"} {
+		r := rand.New(rand.NewPCG(3, 4))
+		users := make([]int, ids)
+		start := 1 + r.IntN(1_000_000-ids)
+		for i := range users {
+			users[i] = start + i
+			if flavour == "uniform" {
+				users[i] = 1 + r.IntN(1_000_000)
+			}
+		}
+		for _, perLine := range []int{1, 1000} {
+			var bodies [2][]byte
+			for k, remove := range []bool{false, true} {
+				var raw []byte
+				for off := 0; off < ids; off += perLine {
+					raw = append(raw, `{"user_ids":[`...)
+					for j := off; j < off+perLine; j++ {
+						if j > off {
+							raw = append(raw, ',')
+						}
+						raw = fmt.Appendf(raw, `"user-%014d"`, users[j])
+					}
+					if remove {
+						raw = append(raw, `],"should_remove":true}`+"\n"...)
+					} else {
+						raw = append(raw, "]}\n"...)
+					}
+				}
+				bodies[k] = enc.EncodeAll(raw, nil)
+			}
+			path := fmt.Sprintf("/v1/cohorts/p/bulk-%s-%d/changes", flavour, perLine)
+			b.Run(fmt.Sprintf("users_1000000/%s/ids_%d/lines_of_%d", flavour, ids, perLine), func(b *testing.B) {
+				var ctx fasthttp.RequestCtx
+				b.SetBytes(ids) // MB/s reads as M identifiers/s
+				b.ReportAllocs()
+				i := 0
+				cpu0 := processCPUNanos()
+				for b.Loop() {
+					ctx.Request.Reset()
+					ctx.Response.Reset()
+					ctx.Request.Header.SetMethod("POST")
+					ctx.Request.SetRequestURI(path)
+					ctx.Request.Header.Set("Authorization", "Bearer "+key)
+					ctx.Request.Header.SetContentType("application/x-ndjson")
+					ctx.Request.Header.Set("Content-Encoding", "zstd")
+					ctx.Request.SetBody(bodies[i%2])
+					i++
+					s.Handler(&ctx)
+					if ctx.Response.StatusCode() != 200 {
+						b.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+					}
+				}
+				cpu := float64(processCPUNanos()-cpu0) / float64(b.N)
+				b.ReportMetric(cpu, "cpu-ns/op")
+				b.ReportMetric(ids/cpu*1e9, "ids/cpu-s")
+			})
+		}
+	}
+}
