@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"sync"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -35,10 +36,21 @@ type ChangeSet struct {
 	// in arrival order, so the last one wins (rule 4; lastwins.go).
 	ops     []uint64
 	scratch []uint64
+	adds    []uint32 // finalSets' results, kept for reuse
+	removes []uint32
 	q       keyQueue
 	guard   staleGuard
 	res     ApplyResult
 }
+
+// changeSets pools ChangeSets: a partner request stages 1,000 identifiers,
+// and growing fresh buffers for each was a tenth of its cost. ApplyChanges
+// puts its ChangeSet back.
+var changeSets sync.Pool
+
+// maxPooledOps bounds the buffers of a pooled ChangeSet: one huge bulk
+// body must not pin its memory.
+const maxPooledOps = 1 << 20
 
 // dropOp marks a change whose identifier matched nobody (uid NoUser).
 const dropOp = ^uint64(0)
@@ -49,9 +61,24 @@ const seqMask = 1<<31 - 1
 
 // NewChangeSet starts a change batch.
 func (w *Workspace) NewChangeSet() *ChangeSet {
-	cs := &ChangeSet{w: w}
+	cs, _ := changeSets.Get().(*ChangeSet)
+	if cs == nil {
+		cs = new(ChangeSet)
+	}
+	cs.w = w
 	cs.guard.ver = w.ulog.ver.Load()
 	return cs
+}
+
+// recycle empties cs and puts it back in the pool.
+func (cs *ChangeSet) recycle() {
+	if cap(cs.ops) > maxPooledOps || cap(cs.scratch) > maxPooledOps {
+		return
+	}
+	cs.q.reset()
+	*cs = ChangeSet{ops: cs.ops[:0], scratch: cs.scratch[:0], adds: cs.adds[:0], removes: cs.removes[:0], q: cs.q,
+		guard: staleGuard{unknown: cs.guard.unknown[:0], held: cs.guard.held[:0]}}
+	changeSets.Put(cs)
 }
 
 // AddMany stages identifiers of one kind as adds (or removes), after those
@@ -115,6 +142,7 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 	}
 	ops, cs.scratch = sortByUser(ops, cs.scratch, maxUID)
 	cs.ops = ops
+	adds, removes = cs.adds[:0], cs.removes[:0]
 	for i, op := range ops {
 		uid := uint32(op >> 32)
 		if i+1 < len(ops) && uint32(ops[i+1]>>32) == uid {
@@ -126,12 +154,14 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 			adds = append(adds, uid)
 		}
 	}
+	cs.adds, cs.removes = adds, removes
 	return adds, removes
 }
 
 // ApplyChanges applies a staged batch to cohort (partner, id), creating the
 // cohort (name = id) when unknown, all or nothing. Data points are the
-// effective changes only, so a retried batch is free (rule 7).
+// effective changes only, so a retried batch is free (rule 7). cs is
+// recycled: it must not be used afterwards.
 func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (ApplyResult, error) {
 	adds, removes := cs.finalSets()
 	res := cs.res
@@ -140,6 +170,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 	addBM.AddMany(adds)
 	remBM := roaring.New()
 	remBM.AddMany(removes)
+	defer cs.recycle()
 
 	w.mu.Lock()
 	if w.ulog.staleLocked(&cs.guard, addBM, remBM) {

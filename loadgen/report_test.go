@@ -106,7 +106,7 @@ func TestParseStatCPU(t *testing.T) {
 	if got := parseStatCPU(stat); got != 3.75 {
 		t.Fatalf("parseStatCPU = %v, want 3.75", got)
 	}
-	if processCPUSeconds(os.Getpid()) < 0 || processCPUSeconds(0) != 0 {
-		t.Fatal("processCPUSeconds")
+	if ProcessCPUSeconds(os.Getpid()) < 0 || ProcessCPUSeconds(0) != 0 {
+		t.Fatal("ProcessCPUSeconds")
 	}
 }

@@ -40,7 +40,7 @@ func newRun(o Options, log io.Writer) (*run, error) {
 		log:     log,
 		creds:   o.Credentials,
 		started: time.Now(),
-		cpu0:    processCPUSeconds(o.ServerPID),
+		cpu0:    ProcessCPUSeconds(o.ServerPID),
 	}, nil
 }
 
@@ -67,7 +67,7 @@ func (r *run) report(command string, err error) (*Report, error) {
 		Notes:     r.notes,
 	}
 	if pid := o.ServerPID; pid > 0 {
-		cpu := processCPUSeconds(pid) - r.cpu0
+		cpu := ProcessCPUSeconds(pid) - r.cpu0
 		c := &ServerCPU{PID: pid, CPUSeconds: cpu}
 		if cpu > 0 {
 			var reqs, ids int64

@@ -10,10 +10,10 @@ import (
 // which is 100 on every Linux ABI Go supports.
 const clockTicks = 100
 
-// processCPUSeconds returns the user + system CPU time of process pid from
+// ProcessCPUSeconds returns the user + system CPU time of process pid from
 // /proc/<pid>/stat, or 0 when pid is 0 or the file cannot be read (not
 // Linux, or the process is gone).
-func processCPUSeconds(pid int) float64 {
+func ProcessCPUSeconds(pid int) float64 {
 	if pid <= 0 {
 		return 0
 	}

@@ -114,3 +114,76 @@ func BenchmarkBulkChanges(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPartnerChanges serves the partner shape through Handler (no
+// network): the /cohorts upsert, then POST /partners/{p}/cohorts/users with
+// 1,000 external ids in gzip JSON (adds then removes, all three arrays
+// present, as senders write them), 1M users.
+func BenchmarkPartnerChanges(b *testing.B) {
+	s, key := bulkServer(b)
+	e := s.engine.Load()
+	pkey, err := e.CreatePartner("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := e.WorkspaceByAPIKey([]byte(key))
+	_, secret, err := w.CreateImportKey("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	creds := fmt.Sprintf(`"partner_api_key":%q,"client_secret":%q,"cohort_id":"pc"`, pkey, secret)
+	upsert := gzipBytes(b, []byte(`{` + creds + `,"name":"pc","created_at":"2026-01-01T00:00:00Z"}`))
+	for _, flavour := range []string{"clustered", "uniform"} {
+		r := rand.New(rand.NewPCG(5, 6))
+		start := 1 + r.IntN(900_000)
+		var bodies [2][]byte
+		ids := func(half int) []byte {
+			var out []byte
+			for i := 0; i < 500; i++ {
+				n := start + half*500 + i
+				if flavour == "uniform" {
+					n = 1 + r.IntN(1_000_000)
+				}
+				if i > 0 {
+					out = append(out, ',')
+				}
+				out = fmt.Appendf(out, `"user-%014d"`, n)
+			}
+			return out
+		}
+		x, y := ids(0), ids(1)
+		for k, p := range [][2][]byte{{x, y}, {y, x}} {
+			bodies[k] = gzipBytes(b, []byte(`{` + creds + `,"cohort_changes":[{"user_ids":[` + string(p[0]) +
+				`],"device_ids":[],"aliases":[],"should_remove":false},{"user_ids":[` + string(p[1]) +
+				`],"device_ids":[],"aliases":[],"should_remove":true}]}`))
+		}
+		b.Run(fmt.Sprintf("users_1000000/%s/ids_1000", flavour), func(b *testing.B) {
+			var ctx fasthttp.RequestCtx
+			post := func(path string, body []byte, want int) {
+				ctx.Request.Reset()
+				ctx.Response.Reset()
+				ctx.Request.Header.SetMethod("POST")
+				ctx.Request.SetRequestURI(path)
+				ctx.Request.Header.SetContentType("application/json")
+				ctx.Request.Header.Set("Content-Encoding", "gzip")
+				ctx.Request.SetBody(body)
+				s.Handler(&ctx)
+				if ctx.Response.StatusCode() != want {
+					b.Fatalf("%s: %d %s", path, ctx.Response.StatusCode(), ctx.Response.Body())
+				}
+			}
+			b.SetBytes(1000)
+			b.ReportAllocs()
+			i := 0
+			cpu0 := processCPUNanos()
+			for b.Loop() {
+				post("/partners/bench/cohorts", upsert, 201)
+				post("/partners/bench/cohorts/users", bodies[i%2], 201)
+				i++
+			}
+			cpu := float64(processCPUNanos()-cpu0) / float64(b.N)
+			b.ReportMetric(cpu, "cpu-ns/op")
+			b.ReportMetric(1000/cpu*1e9, "ids/cpu-s")
+		})
+	}
+}
