@@ -8,7 +8,7 @@ PKGS      := ./...
 FUZZTIME  ?= 30s
 COUNT     ?= 6
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full fuzz lint fmt vet crashtest clean
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-crossproc fuzz lint fmt vet crashtest clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ vet:
 
 bench-report: ## short benchmark suite (1M users, ~10 min): regenerates BENCHMARKS.md and bench/plots
 	bash bench/run.sh short
+
+bench-crossproc: ## cross-process suite: each server alone on CPU 0, the client on CPU 1 (BENCH_USERS=1000000); regenerates BENCHMARKS.md
+	flock /tmp/cohortd-bench.lock bash bench/crossproc.sh crossproc
 
 bench-report-full: ## full suite (10M and 100M users; an hour or more, ~20 GiB)
 	bash bench/run.sh full

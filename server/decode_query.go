@@ -362,9 +362,6 @@ func scanPartnerCreds(body []byte, maxValues int, creds *partnerCreds) error {
 		s.values++
 		s.pos++
 		dst, flags, err := s.readString(dst[:0], maxSecretLen)
-		if err == nil && flags&strSurrogate != 0 {
-			return dst[:0], s.syntaxError("lone UTF-16 surrogate in \\u escape")
-		}
 		if flags&strOver != 0 {
 			dst = dst[:0]
 		}

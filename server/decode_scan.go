@@ -288,6 +288,9 @@ func (s *scanner) readString(dst []byte, keep int) (_ []byte, flags int, err err
 			if acc >= utf8.RuneSelf {
 				flags |= strNonASCII
 			}
+			if s.strict && flags&strSurrogate != 0 {
+				return dst, flags, s.syntaxError("lone UTF-16 surrogate in \\u escape")
+			}
 			return dst, flags, nil
 		case '\\':
 			var r rune
@@ -410,12 +413,8 @@ func (s *scanner) object(notObject func() error, field func(key []byte) error) e
 		}
 		s.pos++
 		var err error
-		var flags int
-		if s.key, flags, err = s.readString(s.key[:0], maxKeyLen); err != nil {
+		if s.key, _, err = s.readString(s.key[:0], maxKeyLen); err != nil {
 			return err
-		}
-		if s.strict && flags&strSurrogate != 0 {
-			return s.syntaxError("lone UTF-16 surrogate in \\u escape")
 		}
 		if c, ok = s.next(); !ok {
 			return s.eofError()
@@ -589,10 +588,7 @@ func (s *scanner) skipValue() error {
 	switch c {
 	case '"':
 		s.pos++
-		_, flags, err := s.readString(nil, 0)
-		if err == nil && s.strict && flags&strSurrogate != 0 {
-			return s.syntaxError("lone UTF-16 surrogate in \\u escape")
-		}
+		_, _, err := s.readString(nil, 0)
 		return err
 	case '{':
 		return s.object(nil, func([]byte) error { return s.skipValue() })

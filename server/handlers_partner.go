@@ -122,14 +122,17 @@ func (s *Server) handlePartnerUsers(r *request) error {
 		return err
 	}
 	defer release()
-	body, replayed, err := s.partnerBody(r)
-	if replayed || err != nil {
+	body, raw, err := r.smallBody(s.opts.PartnerMaxBody)
+	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	req, err := parsePartnerUsers(p, body, s.opts.PartnerMaxIDs)
+	// One scan, no tree: the credentials are checked before anything else
+	// is looked at (parsePartnerUsers).
+	req, err := parsePartnerUsers(body, s.opts.PartnerMaxIDs, s.partnerMaxValues())
 	if err != nil {
+		return err
+	}
+	if replayed, err := s.partnerAuth(r, []byte(req.PartnerAPIKey), []byte(req.ClientSecret), raw); replayed || err != nil {
 		return err
 	}
 	if err := req.validate(); err != nil {
