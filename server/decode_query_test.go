@@ -192,10 +192,11 @@ func TestScanPartnerCreds(t *testing.T) {
 	}
 }
 
-// FuzzPartnerCreds checks authentication before parsing: the scanner that
-// pulls the credentials out of a partner body never panics, fails only
-// with a 4xx, accepts every object the fastjson path accepts, and finds the
-// same credentials it would.
+// FuzzPartnerCreds checks authentication before parsing: the scanners that
+// pull the credentials out of a partner body (scanPartnerCreds for
+// /cohorts, parsePartnerUsers for /cohorts/users, both building no tree)
+// never panic, fail only with a 4xx, accept every object fastjson accepts,
+// and find the credentials it would.
 func FuzzPartnerCreds(f *testing.F) {
 	f.Add([]byte(`{"partner_api_key":"k","client_secret":"s","cohort_id":"c","cohort_changes":[]}`))
 	f.Add([]byte(`{"cohort_changes":[{"user_ids":["a"],"aliases":[{"alias_name":"n","alias_label":"l"}]}],"client_secret":"s\u00e9","partner_api_key":"k\n"}`))
@@ -256,6 +257,15 @@ func FuzzPartnerCreds(f *testing.F) {
 		}
 		if string(c.PartnerAPIKey) != key || string(c.ClientSecret) != secret {
 			t.Fatalf("scanner found %q %q, fastjson %q %q", c.PartnerAPIKey, c.ClientSecret, key, secret)
+		}
+		// The one-pass decoder of cohorts/users finds the same credentials,
+		// whatever the rest of the body holds.
+		req, err := parsePartnerUsers(body, 1000, 32)
+		if err != nil {
+			t.Fatalf("parsePartnerUsers: %v", err)
+		}
+		if req.PartnerAPIKey != key || req.ClientSecret != secret {
+			t.Fatalf("parsePartnerUsers found %q %q, fastjson %q %q", req.PartnerAPIKey, req.ClientSecret, key, secret)
 		}
 	})
 }
