@@ -105,8 +105,49 @@ stop_cohortd() {
 	server_pid=
 }
 
+# wrkpair measures GET /livez and single contains with wrk (a C client
+# lighter than the Go one, so that the server, not the client, is what
+# saturates), pinned to the client CPU, 32 connections, as go-bench lines.
+wrkpair() {
+	local pid=$1 base=http://127.0.0.1:18191 key user cohort
+	key=$(sed -n 's/^api_key=//p' "$tmp/keys") user=$(sed -n 's/^user=//p' "$tmp/keys") cohort=$(sed -n 's/^cohort=//p' "$tmp/keys")
+	cat >"$tmp/contains.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"segment":{"cohort":"$cohort"},"users":[{"external_id":"$user"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+	local name path script c0 c1 res rps total
+	for name in livez contains; do
+		path=/livez script=()
+		if [ $name = contains ]; then path=/v1/segments/contains script=(-s "$tmp/contains.lua"); fi
+		echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>} $base$path" >>"$out/meta.txt"
+		c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+		res=$(taskset -c "$ccpu" wrk -t1 -c32 -d10s "${script[@]}" "$base$path")
+		c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+		echo "$res" >&2
+		if echo "$res" | grep -q 'Non-2xx'; then
+			echo "wrk $name: some replies were not 2xx; no figure kept" >&2
+			continue
+		fi
+		rps=$(echo "$res" | sed -n 's/^Requests\/sec: *//p')
+		total=$(echo "$res" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+		awk -v n="$name" -v u="$users" -v r="$rps" -v t="$total" -v c="$((c1 - c0))" 'BEGIN {
+			cpu = c / 100
+			printf "BenchmarkRemote/users_%d/cohortd/wrk/%s/conns_32\t1\t%.0f ns/op\t%.0f req/s\t%.0f req/server-cpu-s\n", u, n, 1e9 / r, r, (cpu > 0 ? t / cpu : 0)
+		}' | tee -a "$out_file"
+	done
+}
+
+out_file=$out/remote-users_$users.txt
 cohortd off
-client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin
+client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin \
+	COHORTD_BENCH_KEY_FILE="$tmp/keys"
+if command -v wrk >/dev/null && [ -s "$tmp/keys" ]; then
+	wrkpair "$server_pid"
+else
+	echo "wrk not found (apt-get install -y wrk): no livez/contains pair with a C client" >&2
+fi
 stop_cohortd
 
 if [ "${BENCH_FSYNC_PASS:-1}" = 1 ]; then

@@ -142,6 +142,16 @@ func (rt *remote) setup(b *testing.B) error {
 		}
 	}
 	b.Logf("cohortd: %d users and the algebra cohorts seeded over HTTP in %v", rt.u.Users, time.Since(start).Round(time.Millisecond))
+	// COHORTD_BENCH_KEY_FILE receives what an outside client (wrk, in
+	// bench/crossproc.sh) needs to ask the seeded server: the workspace key,
+	// a member of cohort A and the cohort.
+	if path := os.Getenv("COHORTD_BENCH_KEY_FILE"); path != "" {
+		user := externalUsers(rt.u, 1, 11)[0].Value
+		cohort := Partner + "/" + algebraID(loadgen.FlavourUniform, 0)
+		if err := os.WriteFile(path, []byte("api_key="+rt.apiKey+"\nuser="+user+"\ncohort="+cohort+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
