@@ -75,7 +75,7 @@ client() {
 	local line
 	line=$(printf '%q ' taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" "$@" bin/bench.test \
 		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count "$count" -test.timeout 0)
-	echo "command: ${line% }" | sed "s/COHORTD_BENCH_SERVER_PID=$pid/COHORTD_BENCH_SERVER_PID=<pid>/" >>"$out/meta.txt"
+	echo "command: ${line% }" | sed "s|COHORTD_BENCH_SERVER_PID=$pid|COHORTD_BENCH_SERVER_PID=<pid>|; s|$tmp|<tmp>|g" >>"$out/meta.txt"
 	echo "+ ${line% }" >&2
 	taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" COHORTD_BENCH_SERVER_PID="$pid" "$@" bin/bench.test \
 		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count "$count" -test.timeout 0 \
@@ -121,7 +121,7 @@ LUA
 	for name in livez contains; do
 		path=/livez script=()
 		if [ $name = contains ]; then path=/v1/segments/contains script=(-s "$tmp/contains.lua"); fi
-		echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>} $base$path" >>"$out/meta.txt"
+		echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>}${script:+ }$base$path" >>"$out/meta.txt"
 		c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
 		res=$(taskset -c "$ccpu" wrk -t1 -c32 -d10s "${script[@]}" "$base$path")
 		c1=$(awk '{print $14+$15}' "/proc/$pid/stat")

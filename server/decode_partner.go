@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -198,10 +199,42 @@ type partnerUsersReq struct {
 	ClientSecret  string
 	CohortID      string
 
-	changes []changeObject // identifiers point into buf
-	buf     []byte
+	changes []changeObject // identifiers point into sc.buf
+	sc      *partnerScratch
 	ids     int // identifiers as sent, duplicates included
 	invalid error
+}
+
+// partnerScratch is the reusable memory of parsePartnerUsers: a partner
+// request copies ~1,000 identifiers, and growing these afresh for each
+// allocated more than the rest of the request.
+type partnerScratch struct {
+	buf     []byte
+	spans   []span // of identifiers in buf
+	ranges  []partnerRanges
+	flags   []uint8 // per change: bit 0 remove, bit 1 has time
+	times   []time.Time
+	keys    [][]byte
+	changes []changeObject
+}
+
+// partnerRanges locates one change object's identifiers in spans.
+type partnerRanges struct{ users, devices, aliases [2]int }
+
+var partnerScratches = sync.Pool{New: func() any { return new(partnerScratch) }}
+
+// release gives r's memory back; r must not be used afterwards.
+func (r *partnerUsersReq) release() {
+	sc := r.sc
+	if sc == nil || cap(sc.buf) > maxPooledArena {
+		return
+	}
+	clear(sc.keys)
+	clear(sc.changes)
+	*sc = partnerScratch{buf: sc.buf[:0], spans: sc.spans[:0], ranges: sc.ranges[:0], flags: sc.flags[:0],
+		times: sc.times[:0], keys: sc.keys[:0], changes: sc.changes[:0]}
+	r.sc, r.changes = nil, nil
+	partnerScratches.Put(sc)
 }
 
 // validate returns the first field error (a 400 apiError), or nil.
@@ -234,14 +267,8 @@ var errStopScan = errors.New("server: field error")
 // The fastjson parse it replaced cost a third of a partner request
 // (BenchmarkPartnerChanges, a profile of the binary under load).
 func parsePartnerUsers(body []byte, maxIDs, maxValues int) (partnerUsersReq, error) {
-	var req partnerUsersReq
-	type ranges struct{ users, devices, aliases [2]int }
-	var (
-		spans []span // of identifiers in req.buf
-		rgs   []ranges
-		flags []uint8 // per change: bit 0 remove, bit 1 has time
-		times []time.Time
-	)
+	req := partnerUsersReq{sc: partnerScratches.Get().(*partnerScratch)}
+	sc := req.sc
 	br := bytesReaderPool.Get().(*bytes.Reader)
 	br.Reset(body)
 	defer func() {
@@ -255,20 +282,20 @@ func parsePartnerUsers(body []byte, maxIDs, maxValues int) (partnerUsersReq, err
 	var cohortOK, cohortSeen, changesSeen bool
 	var cohortID []byte
 	keep := func(ids [][]byte) [2]int {
-		from := len(spans)
+		from := len(sc.spans)
 		for _, id := range ids {
-			off := len(req.buf)
-			req.buf = append(req.buf, id...)
-			spans = append(spans, span{off, len(req.buf)})
+			off := len(sc.buf)
+			sc.buf = append(sc.buf, id...)
+			sc.spans = append(sc.spans, span{off, len(sc.buf)})
 		}
-		return [2]int{from, len(spans)}
+		return [2]int{from, len(sc.spans)}
 	}
 	change := func(c *changeObject) error {
 		if req.ids += len(c.UserIDs) + len(c.DeviceIDs) + len(c.Aliases); req.ids > maxIDs {
 			req.invalid = tooManyIDs(maxIDs)
 			return errStopScan
 		}
-		rgs = append(rgs, ranges{keep(c.UserIDs), keep(c.DeviceIDs), keep(c.Aliases)})
+		sc.ranges = append(sc.ranges, partnerRanges{keep(c.UserIDs), keep(c.DeviceIDs), keep(c.Aliases)})
 		var f uint8
 		if c.Remove {
 			f |= 1
@@ -276,7 +303,7 @@ func parsePartnerUsers(body []byte, maxIDs, maxValues int) (partnerUsersReq, err
 		if c.HasTime {
 			f |= 2
 		}
-		flags, times = append(flags, f), append(times, c.Time)
+		sc.flags, sc.times = append(sc.flags, f), append(sc.times, c.Time)
 		return nil
 	}
 	str := func(dst []byte, keepN int) ([]byte, bool, error) {
@@ -370,18 +397,19 @@ func parsePartnerUsers(body []byte, maxIDs, maxValues int) (partnerUsersReq, err
 	}
 	req.CohortID = string(cohortID)
 	// The identifiers are final now: cut each change's out of buf.
-	keys := make([][]byte, len(spans))
-	for i, sp := range spans {
-		keys[i] = req.buf[sp.off:sp.end:sp.end]
+	for _, sp := range sc.spans {
+		sc.keys = append(sc.keys, sc.buf[sp.off:sp.end:sp.end])
 	}
-	req.changes = make([]changeObject, len(rgs))
-	for i, rg := range rgs {
-		c := &req.changes[i]
-		c.UserIDs = keys[rg.users[0]:rg.users[1]:rg.users[1]]
-		c.DeviceIDs = keys[rg.devices[0]:rg.devices[1]:rg.devices[1]]
-		c.Aliases = keys[rg.aliases[0]:rg.aliases[1]:rg.aliases[1]]
-		c.Remove, c.HasTime, c.Time = flags[i]&1 != 0, flags[i]&2 != 0, times[i]
+	keys := sc.keys
+	for i, rg := range sc.ranges {
+		sc.changes = append(sc.changes, changeObject{
+			UserIDs:   keys[rg.users[0]:rg.users[1]:rg.users[1]],
+			DeviceIDs: keys[rg.devices[0]:rg.devices[1]:rg.devices[1]],
+			Aliases:   keys[rg.aliases[0]:rg.aliases[1]:rg.aliases[1]],
+			Remove:    sc.flags[i]&1 != 0, HasTime: sc.flags[i]&2 != 0, Time: sc.times[i],
+		})
 	}
+	req.changes = sc.changes
 	return req, nil
 }
 

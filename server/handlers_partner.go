@@ -132,6 +132,7 @@ func (s *Server) handlePartnerUsers(r *request) error {
 	if err != nil {
 		return err
 	}
+	defer req.release()
 	if replayed, err := s.partnerAuth(r, []byte(req.PartnerAPIKey), []byte(req.ClientSecret), raw); replayed || err != nil {
 		return err
 	}
