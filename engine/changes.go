@@ -140,7 +140,7 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 			maxUID = max(maxUID, uint32(op>>32))
 		}
 	}
-	ops, cs.scratch = sortByUser(ops, cs.scratch, maxUID)
+	ops, cs.scratch = sortOps(ops, cs.scratch, maxUID)
 	cs.ops = ops
 	adds, removes = cs.adds[:0], cs.removes[:0]
 	for i, op := range ops {

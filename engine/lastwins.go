@@ -2,6 +2,7 @@ package engine
 
 import (
 	"math/bits"
+	"slices"
 )
 
 // Last change wins (docs/API.md §2 rule 4) needs the changes of each user
@@ -9,10 +10,36 @@ import (
 // as uid<<32 | seq<<1 | remove, so a stable sort on the user id alone
 // groups them with each user's changes still in arrival order.
 //
-// The sort is an LSD radix sort on the bits the largest user id needs
-// (dense ids: 20 bits at 1M users, 27 at 100M), in at most three counting
-// passes. BenchmarkLastWins measured it against slices.Sort (pdqsort) on
-// the whole uint64 and kept it for being faster on both flavours.
+// sortOps picks the sort by the input: an LSD radix sort on the bits the
+// largest user id needs (dense ids: 20 bits at 1M users, 27 at 100M; at
+// most three counting passes) when the users come in random order, and
+// slices.Sort (pdqsort, which finds sorted runs) on the whole op when they
+// come nearly in order, as clustered cohorts do. Ops are distinct (their
+// low bits hold the position), so sorting the whole op is the stable sort
+// by user. BenchmarkLastWins, 100k ops at 1M users: uniform, radix 0.58 ms
+// against pdqsort 11.9 ms; clustered (adds, then removes, each in order),
+// pdqsort 0.13 ms against radix 0.87 ms.
+
+// sortOps sorts ops (uid<<32 | seq<<1 | remove, distinct) by uid,
+// keeping each user's ops in seq order, and returns the sorted slice and
+// the spare buffer (ops and scratch are distinct arrays, and so are the
+// two results).
+func sortOps(ops, scratch []uint64, maxUID uint32) (sorted, spare []uint64) {
+	descents := 0
+	for i := 1; i < len(ops); i++ {
+		if ops[i] < ops[i-1] {
+			descents++
+		}
+	}
+	switch {
+	case descents == 0:
+		return ops, scratch
+	case descents*32 < len(ops):
+		slices.Sort(ops)
+		return ops, scratch
+	}
+	return sortByUser(ops, scratch, maxUID)
+}
 
 // radixDigitBits is the widest digit of a pass: 2^11 counters (8 KiB) stay
 // in L1.
