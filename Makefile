@@ -11,7 +11,7 @@ COUNT     ?= 6
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp bench-crossproc fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
 
 # Every target with a "## text" comment is listed; the text is printed as
 # written (make variables in it are not expanded, so it names none).
@@ -60,6 +60,9 @@ vet: ## go vet
 
 bench-report: ## short benchmark suite (1M users, ~10 min): regenerates BENCHMARKS.md and bench/plots
 	bash bench/run.sh short
+
+bench-crossproc: ## cross-process suite: each server alone on CPU 0, the client on CPU 1 (BENCH_USERS=1000000); regenerates BENCHMARKS.md
+	flock /tmp/cohortd-bench.lock bash bench/crossproc.sh crossproc
 
 bench-report-full: ## full suite (10M and 100M users; an hour or more, ~20 GiB)
 	bash bench/run.sh full

@@ -116,8 +116,11 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	ids := ms.Bitmap()
 	var res StageResult
 	err := w.write(func() error {
+		if w.ulog.staleLocked(&ms.guard, ids) {
+			return ErrUsersChanged
+		}
 		var err error
-		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids, ms.Len(), ms.unmatched)
+		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids, ms.Matched(), ms.unmatched)
 		return err
 	})
 	if err != nil {
@@ -127,9 +130,9 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	return res, nil
 }
 
-// stagePageLocked stages a page whose members are ids (sent identifiers,
-// unmatched of them did not match) under w.mu.
-func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, sent, unmatched int) (StageResult, error) {
+// stagePageLocked stages a page whose members are ids (matched of its
+// identifiers matched, unmatched did not) under w.mu.
+func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, matched, unmatched int) (StageResult, error) {
 	now := w.e.now().UTC()
 	k := sessionKey{partnerSlug, cohortID, sessionID}
 	if _, err := w.expireSessionsLocked(now); err != nil {
@@ -171,7 +174,7 @@ func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID strin
 	if _, err := w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) }); err != nil {
 		return StageResult{}, err
 	}
-	if _, err := w.stagePageSyncLocked(k, now, sent, unmatched); err != nil {
+	if _, err := w.stagePageSyncLocked(k, now, matched, unmatched); err != nil {
 		return StageResult{}, err
 	}
 	res := StageResult{Staged: int(ids.GetCardinality()), PagesReceived: int(s.pages.GetCardinality())}

@@ -49,7 +49,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		ctx.Response.Header.Set("Retry-After", "1")
 		return fail(errorf(fasthttp.StatusServiceUnavailable, "not ready"))
 	}
-	if mt := mediaType(ctx); len(mt) != 0 && string(mt) != "application/json" {
+	if mt := mediaType(ctx); len(mt) != 0 && !bytes.EqualFold(mt, []byte("application/json")) {
 		return fail(errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType()))
 	}
 	secret, ok := basicPassword(ctx.Request.Header.Peek("Authorization"))
@@ -66,9 +66,16 @@ func (s *Server) handleMixpanel(r *request) error {
 	}
 	r.ws = w
 	d := digest(secret)
-	if err := s.limits.allow(ctx, "cs:"+string(d[:])); err != nil {
+	if err := s.limits.allow(ctx, "cs:", string(d[:])); err != nil {
 		return fail(err)
 	}
+	// Authenticated before the body is read; still a partner body in
+	// flight.
+	release, err := s.partnerSlot(r)
+	if err != nil {
+		return fail(err)
+	}
+	defer release()
 	body, _, err := r.smallBody(s.opts.PartnerMaxBody)
 	if err != nil {
 		return fail(err)
@@ -86,7 +93,51 @@ func (s *Server) handleMixpanel(r *request) error {
 		extProp = defaultExternalIDProp
 	}
 	aliasProp := string(args.Peek("alias"))
-	ids := resolveMembers(w, &req, extProp, aliasProp)
+	// Resolved and applied up to stageAttempts times: a user change that
+	// lands in between makes the batch stale (engine.ErrUsersChanged); the
+	// last attempt holds user changes off (as applyStaged does).
+	var ids []index.UserID
+	stage := func(attempt int, apply func() error) error {
+		if attempt == stageAttempts {
+			defer w.HoldUsers()()
+		}
+		return apply()
+	}
+	var sres engine.StageResult
+	var ares engine.ApplyResult
+	for attempt := 1; ; attempt++ {
+		err := stage(attempt, func() error {
+			if req.Action == actionMembers {
+				ms := w.NewMemberSet()
+				ids = resolveMembers(w, &req, extProp, aliasProp)
+				ms.AddIDs(ids)
+				// The page renames the cohort only once it passed every
+				// check (StagePage does it under the same lock).
+				var err error
+				sres, err = w.StagePage(webhookPartner, req.CohortID, req.CohortName, req.SessionID, req.PageCount, req.TotalPages, ms)
+				return err
+			}
+			if req.CohortName != "" {
+				if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
+					return err
+				}
+			}
+			cs := w.NewChangeSet()
+			cs.SetSource(engine.SourceWebhook)
+			ids = resolveMembers(w, &req, extProp, aliasProp)
+			cs.AddIDs(ids, req.Action == actionRemove)
+			var err error
+			ares, err = w.ApplyChanges(webhookPartner, req.CohortID, cs)
+			return err
+		})
+		if errors.Is(err, engine.ErrUsersChanged) && attempt < stageAttempts {
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		break
+	}
 	matched := 0
 	for _, id := range ids {
 		if id != index.NoUser {
@@ -100,14 +151,7 @@ func (s *Server) handleMixpanel(r *request) error {
 	out = append(out, `,"unmatched":`...)
 	out = strconv.AppendInt(out, int64(len(ids)-matched), 10)
 	if req.Action == actionMembers {
-		ms := w.NewMemberSet()
-		ms.AddIDs(ids)
-		// The page renames the cohort only once it passed every check
-		// (StagePage does it under the same lock as the staging).
-		res, err := w.StagePage(webhookPartner, req.CohortID, req.CohortName, req.SessionID, req.PageCount, req.TotalPages, ms)
-		if err != nil {
-			return fail(err)
-		}
+		res := sres
 		out = appendCounts(out, res.Replace.Added, res.Replace.Removed, res.Replace.DataPoints)
 		out = append(out, `,"staged":`...)
 		out = strconv.AppendInt(out, int64(res.Staged), 10)
@@ -116,19 +160,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = append(out, `,"committed":`...)
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
-		if req.CohortName != "" {
-			if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
-				return fail(err)
-			}
-		}
-		cs := w.NewChangeSet()
-		cs.SetSource(engine.SourceWebhook)
-		cs.AddIDs(ids, req.Action == actionRemove)
-		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)
-		if err != nil {
-			return fail(err)
-		}
-		out = appendCounts(out, res.Added, res.Removed, res.DataPoints)
+		out = appendCounts(out, ares.Added, ares.Removed, ares.DataPoints)
 	}
 	out = append(out, '}')
 	writeRawJSON(ctx, fasthttp.StatusOK, out)
