@@ -106,15 +106,35 @@ func (r *reader) next(argv [][]byte, authed bool) (out [][]byte, ok bool, err er
 		if c := r.buf[r.scan]; c != '$' {
 			return argv, false, protocolError("expected '$', got '" + printable(c) + "'")
 		}
-		nl := bytes.IndexByte(r.buf[r.scan:min(r.end, r.scan+maxHeaderLine)], '\n')
-		if nl < 0 {
-			if r.end-r.scan >= maxHeaderLine {
-				return argv, false, protocolError("invalid bulk length")
+		// Fast path: "$", 1–10 digits, CRLF, all buffered (every
+		// well-formed argument). Anything else takes the general path
+		// below, which also finds the errors.
+		size, nl := 0, -1
+		for p := r.scan + 1; p < r.end && p <= r.scan+11; p++ {
+			c := r.buf[p]
+			if c >= '0' && c <= '9' {
+				size = size*10 + int(c-'0')
+				continue
 			}
-			return argv, false, nil
+			if c == '\r' && p > r.scan+1 && p+1 < r.end && r.buf[p+1] == '\n' {
+				nl = p + 1 - r.scan
+			}
+			break
 		}
-		size, ok := parseLen(r.buf[r.scan+1 : r.scan+nl+1])
-		if !ok || size < 0 || size > r.maxCmd {
+		if nl < 0 {
+			nl = bytes.IndexByte(r.buf[r.scan:min(r.end, r.scan+maxHeaderLine)], '\n')
+			if nl < 0 {
+				if r.end-r.scan >= maxHeaderLine {
+					return argv, false, protocolError("invalid bulk length")
+				}
+				return argv, false, nil
+			}
+			var ok bool
+			if size, ok = parseLen(r.buf[r.scan+1 : r.scan+nl+1]); !ok {
+				size = -1
+			}
+		}
+		if size < 0 || size > r.maxCmd {
 			return argv, false, protocolError("invalid bulk length")
 		}
 		if !authed && size > unauthMaxBulk {
