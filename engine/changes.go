@@ -35,16 +35,29 @@ type ChangeSet struct {
 	ids []index.UserID
 	res ApplyResult
 	src SyncSource // the sync source of the batch (syncs.go)
+	// cmd, in log mode, keeps the identifiers as sent instead of resolving
+	// them (commands.go): the apply resolves them at the record's place.
+	cmd *changeCmd
 }
 
 // NewChangeSet starts a change batch.
-func (w *Workspace) NewChangeSet() *ChangeSet { return &ChangeSet{w: w} }
+func (w *Workspace) NewChangeSet() *ChangeSet {
+	cs := &ChangeSet{w: w}
+	if w.e.repl != nil {
+		cs.cmd = newChangeCmd(w.e)
+	}
+	return cs
+}
 
 // AddMany resolves identifiers of one kind and stages them as adds (or
 // removes). Keys are not retained. Device ids match anonymous users only
 // (rule 3); unknown identifiers are counted, never created (rule 1).
 func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
 	if len(keys) == 0 {
+		return
+	}
+	if cs.cmd != nil {
+		cs.cmd.add(kind, keys, remove)
 		return
 	}
 	cs.ids = cs.w.users.ResolveMany(kind, keys, cs.ids[:0])
@@ -100,6 +113,9 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 // cohort (name = id) when unknown, all or nothing. Data points are the
 // effective changes only, so a retried batch is free (rule 7).
 func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (ApplyResult, error) {
+	if cs.cmd != nil {
+		return w.proposeChanges(partnerSlug, cohortID, cs)
+	}
 	res := cs.res
 	res.Unmatched = res.Unknown + res.DeviceIdentified
 	adds, removes := cs.finalSets()
@@ -123,7 +139,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 		res.Added = int(effAdd.GetCardinality())
 		res.Removed = int(effRem.GetCardinality())
 		res.DataPoints = res.Added + res.Removed
-		_, err = w.recordSyncLocked(c, changeEvent(cs.src, &res, w.e.now().UTC()))
+		_, err = w.recordSyncLocked(c, changeEvent(cs.src, &res, w.e.writeTime().UTC()))
 		return err
 	})
 	if err != nil {
@@ -139,7 +155,7 @@ func (w *Workspace) commitMembersLocked(c *Cohort, effAdd, effRem *roaring.Bitma
 	if effAdd.IsEmpty() && effRem.IsEmpty() {
 		return 0, nil
 	}
-	now := w.e.now().UTC()
+	now := w.e.writeTime().UTC()
 	w.enc.reset()
 	w.enc.str(w.id)
 	w.enc.str(c.partner)
@@ -184,14 +200,25 @@ type MemberSet struct {
 	scratch    []index.UserID
 	unmatched  int
 	identified int // of unmatched: device ids of identified users
+	cmd        *changeCmd // log mode: identifiers as sent (see ChangeSet)
 }
 
 // NewMemberSet starts a snapshot sync.
-func (w *Workspace) NewMemberSet() *MemberSet { return &MemberSet{w: w} }
+func (w *Workspace) NewMemberSet() *MemberSet {
+	ms := &MemberSet{w: w}
+	if w.e.repl != nil {
+		ms.cmd = newChangeCmd(w.e)
+	}
+	return ms
+}
 
 // AddMany resolves identifiers of one kind into the set under the matching
 // rules of §2 (device ids: anonymous users only). Keys are not retained.
 func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
+	if ms.cmd != nil {
+		ms.cmd.add(kind, keys, false)
+		return
+	}
 	ms.scratch = ms.w.users.ResolveMany(kind, keys, ms.scratch[:0])
 	ids := ms.scratch
 	if kind == index.KindDevice {
@@ -218,6 +245,9 @@ func (ms *MemberSet) Unmatched() int { return ms.unmatched }
 // creating it when unknown. The diff both ways is the report and the data
 // points.
 func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
+	if ms.cmd != nil {
+		return w.proposeReplace(partnerSlug, cohortID, ms)
+	}
 	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap(), ms)
 	res.Unmatched = ms.unmatched
 	return res, err
@@ -236,7 +266,7 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 		if res, _, err = w.replaceLocked(c, target); err != nil {
 			return err
 		}
-		_, err = w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.now().UTC()))
+		_, err = w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.writeTime().UTC()))
 		return err
 	})
 	if err != nil {

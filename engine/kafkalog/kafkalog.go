@@ -196,6 +196,9 @@ func CreateTopic(ctx context.Context, brokers []string, topic string, partitions
 // Partitions is the topic's partition count, read at Open.
 func (l *Log) Partitions() int32 { return l.partitions }
 
+// MaxRecordBytes is the largest record value Produce accepts.
+func (l *Log) MaxRecordBytes() int { return l.opts.MaxRecordBytes }
+
 // Produce appends a record with key and value and returns its position
 // once every in-sync replica has it. A failure to reach the cluster or a
 // timeout is ErrUnavailable: the record may or may not be in the log, and
