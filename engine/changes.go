@@ -199,7 +199,7 @@ type MemberSet struct {
 	ids        []uint32
 	scratch    []index.UserID
 	unmatched  int
-	identified int // of unmatched: device ids of identified users
+	identified int        // of unmatched: device ids of identified users
 	cmd        *changeCmd // log mode: identifiers as sent (see ChangeSet)
 }
 
