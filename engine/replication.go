@@ -259,8 +259,8 @@ func (e *Engine) applyLogRecord(rec kafkalog.Record) (err error) {
 	r.curLSN = uint64(rec.Offset) + 1
 	h, res, decoded := e.applyCommand(rec)
 	r.applied[p].Store(rec.Offset + 1)
-	if r.ends[p].Load() < rec.Offset+1 {
-		r.ends[p].Store(rec.Offset + 1)
+	if end := max(rec.Offset+1, rec.HighWatermark); r.ends[p].Load() < end {
+		r.ends[p].Store(end)
 	}
 	r.applyMu.Unlock()
 	locked = false
@@ -420,21 +420,33 @@ type ReplicationStatus struct {
 	LagRecords    int64
 	LastAppliedAt time.Time // zero before the first record
 	Ready         bool
+	// RecordsApplied counts the records applied since the process started.
+	RecordsApplied int64
 }
 
 // Replication returns this node's positions. The end offsets are asked
 // from the log (bounded by ctx); when it cannot be reached, the newest ones
 // seen are reported.
 func (e *Engine) Replication(ctx context.Context) ReplicationStatus {
+	if r := e.repl; r != nil {
+		if ends, err := r.log.EndOffsets(ctx); err == nil {
+			r.noteEnds(ends)
+		}
+	}
+	return e.ReplicationCached()
+}
+
+// ReplicationCached is Replication without asking the log: the end offsets
+// are the newest seen (fetches report them), which is cheap enough for
+// every metrics scrape.
+func (e *Engine) ReplicationCached() ReplicationStatus {
 	st := ReplicationStatus{NodeID: e.opts.NodeID, Ready: e.Ready()}
 	r := e.repl
 	if r == nil {
 		return st
 	}
 	st.Replicated = true
-	if ends, err := r.log.EndOffsets(ctx); err == nil {
-		r.noteEnds(ends)
-	}
+	st.RecordsApplied = r.records.Load()
 	st.Partitions = r.positions()
 	for _, p := range st.Partitions {
 		st.LagRecords += max(0, p.End-p.Applied)
