@@ -217,7 +217,9 @@ type aliveSet struct {
 	nodes []*daemon
 }
 
-func newAliveSet(nodes []*daemon) *aliveSet { return &aliveSet{nodes: append([]*daemon(nil), nodes...)} }
+func newAliveSet(nodes []*daemon) *aliveSet {
+	return &aliveSet{nodes: append([]*daemon(nil), nodes...)}
+}
 
 func (s *aliveSet) pick(i int) string {
 	s.mu.Lock()
