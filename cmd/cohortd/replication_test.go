@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/cohortd/cohortd/engine/kafkalog"
 )
@@ -355,3 +357,141 @@ func (u *groupUsers) run(t *testing.T, alive *aliveSet, apiKey string, stop chan
 		u.acked = k
 	}
 }
+
+// TestOpenAPIReplicated validates the replies that only a node of a group
+// gives against docs/openapi.yaml: positions, the replication status, the
+// digest, waits for a position (400 malformed, 503 not reached) and the 413
+// of a request whose record would not fit.
+func TestOpenAPIReplicated(t *testing.T) {
+	g := newGroup(t, 2)
+	d := g.start(t.TempDir(), "solo", "-kafka-max-record", "4KiB")
+	c := newAPIChecker(t, loadOpenAPI(t), d)
+	admin := g.admin
+	r := c.check(req{method: "POST", path: "/v1/workspaces", token: admin, body: map[string]string{"id": "acme"}}, 201)
+	apiKey := str(t, r.json(t), "api_key")
+	pos := r.header.Get("X-Cohortd-Position")
+	if _, err := parsePositionHeader(pos); err != nil {
+		t.Fatalf("X-Cohortd-Position %q: %v", pos, err)
+	}
+	r = c.check(req{method: "POST", path: "/v1/users", token: apiKey, body: map[string]any{"users": usersJSON(userIDs("u", 0, 10))},
+		header: map[string]string{"X-Cohortd-Min-Position": pos}}, 200)
+	if r.header.Get("X-Cohortd-Position") == "" {
+		t.Errorf("a write reply without X-Cohortd-Position: %v", r.header)
+	}
+	st := c.check(req{method: "GET", path: "/v1/admin/replication", token: admin}, 200).json(t)
+	ps, ok := st["positions"].(map[string]any)
+	if st["log"] != "kafka" || st["node_id"] != "solo" || !ok || len(ps) != 2 || st["last_applied_at"] == nil {
+		t.Errorf("replication status: %v", st)
+	}
+	dg := c.check(req{method: "GET", path: "/v1/admin/digest", token: admin}, 200).json(t)
+	if dp, _ := dg["positions"].(map[string]any); len(dp) != 2 {
+		t.Errorf("digest positions: %v", dg)
+	}
+	c.check(req{method: "GET", path: "/v1/admin/snapshot", token: admin}, 200)
+	count := map[string]any{"segment": map[string]any{"all": true}}
+	c.check(req{method: "POST", path: "/v1/segments/count", token: apiKey, body: count, header: map[string]string{"X-Cohortd-Min-Position": "zero"}}, 400)
+	start := time.Now()
+	r = c.check(req{method: "POST", path: "/v1/segments/count", token: apiKey, body: count, header: map[string]string{"X-Cohortd-Min-Position": "0:999999"}}, 503)
+	if r.header.Get("Retry-After") == "" || time.Since(start) < 4*time.Second {
+		t.Errorf("a position never reached: %v after %s", r.header, time.Since(start))
+	}
+	var big bytes.Buffer
+	for i := range 1000 {
+		fmt.Fprintf(&big, "{\"user_ids\":[\"user-%014d\"]}\n", i)
+	}
+	c.check(req{method: "POST", path: "/v1/cohorts/amp/big/changes", token: apiKey, body: big.Bytes(), ctype: "application/x-ndjson"}, 413)
+	c.check(req{method: "GET", path: "/v1/cohorts/amp/big", token: apiKey}, 404)
+}
+
+// parsePositionHeader parses "<partition>:<offset>".
+func parsePositionHeader(v string) ([2]int64, error) {
+	var p [2]int64
+	_, err := fmt.Sscanf(v, "%d:%d", &p[0], &p[1])
+	return p, err
+}
+
+// TestDeployCompose validates deploy/compose.yaml without a container
+// engine: it is YAML a compose file can be (services, anchors merged), its
+// three cohortd nodes are configured as one group through real COHORTD_*
+// variables that parse into a -log kafka configuration, with distinct node
+// ids, ports and volumes, on the broker the Redpanda service advertises, and
+// the topic it creates accepts the default record size.
+func TestDeployCompose(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Services map[string]struct {
+			Image       string            `yaml:"image"`
+			Command     any               `yaml:"command"`
+			Environment map[string]string `yaml:"environment"`
+			Ports       []string          `yaml:"ports"`
+			Volumes     []string          `yaml:"volumes"`
+			DependsOn   map[string]any    `yaml:"depends_on"`
+		} `yaml:"services"`
+		Volumes map[string]any `yaml:"volumes"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("deploy/compose.yaml: %v", err)
+	}
+	rp, ok := f.Services["redpanda"]
+	if !ok || !strings.Contains(fmt.Sprint(rp.Command), "--advertise-kafka-addr=PLAINTEXT://redpanda:9092") {
+		t.Fatalf("no redpanda service advertising redpanda:9092: %+v", rp)
+	}
+	topic := fmt.Sprint(f.Services["topic"].Command)
+	var maxMsg int
+	if i := strings.Index(topic, "max.message.bytes="); i < 0 {
+		t.Fatalf("the topic service sets no max.message.bytes: %s", topic)
+	} else if _, err := fmt.Sscanf(topic[i+len("max.message.bytes="):], "%d", &maxMsg); err != nil || maxMsg < kafkalog.DefaultMaxRecordBytes+64<<10 {
+		t.Fatalf("max.message.bytes %d is below the default record limit plus batch overhead", maxMsg)
+	}
+	ids, ports := map[string]bool{}, map[string]bool{}
+	nodes := 0
+	for name, s := range f.Services {
+		if !strings.HasPrefix(name, "cohortd-") {
+			continue
+		}
+		nodes++
+		if _, ok := s.DependsOn["topic"]; !ok {
+			t.Errorf("%s does not wait for the topic", name)
+		}
+		env := map[string]string{}
+		for k, v := range s.Environment {
+			if !strings.HasPrefix(k, envPrefix) {
+				t.Errorf("%s: %s is not a COHORTD_ variable", name, k)
+			}
+			if strings.HasPrefix(v, "${COHORTD_ADMIN_TOKEN") {
+				v = "adm_compose"
+			}
+			env[k] = v
+		}
+		cfg, err := parseConfig(nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: its environment does not parse: %v", name, err)
+		}
+		if !cfg.repl.kafka() || strings.Join(cfg.repl.brokerList(), ",") != "redpanda:9092" || cfg.repl.topic != "cohortd" || cfg.adminToken != "adm_compose" {
+			t.Errorf("%s: not a node of the group: %+v", name, cfg.repl)
+		}
+		if ids[cfg.repl.nodeID] || cfg.repl.nodeID == "" {
+			t.Errorf("%s: node id %q missing or shared", name, cfg.repl.nodeID)
+		}
+		ids[cfg.repl.nodeID] = true
+		for _, p := range s.Ports {
+			if ports[p] {
+				t.Errorf("%s: port %s shared", name, p)
+			}
+			ports[p] = true
+		}
+		if len(s.Volumes) != 1 {
+			t.Errorf("%s: %d volumes, want its own data volume", name, len(s.Volumes))
+		} else if v, _, _ := strings.Cut(s.Volumes[0], ":"); f.Volumes == nil || !hasKey(f.Volumes, v) {
+			t.Errorf("%s: volume %q is not declared", name, v)
+		}
+	}
+	if nodes != 3 {
+		t.Fatalf("%d cohortd nodes, want 3", nodes)
+	}
+}
+
+func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }
