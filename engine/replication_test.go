@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -685,4 +686,92 @@ func (g *groupLoad) step() {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		g.t.Errorf("write: %v", err)
 	}
+}
+
+// applyEngine is an in-memory engine set up as a group node without a log,
+// for feeding records straight to applyCommand.
+func applyEngine(t testing.TB) *Engine {
+	e, err := Open(Options{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.repl = &replicator{parts: 1, applied: make([]atomic.Int64, 1), ends: make([]atomic.Int64, 1), maxRec: 1 << 20, readyCh: make(chan struct{}), done: make(chan struct{})}
+	e.repl.mu.waiters = map[uint64]chan cmdResult{}
+	e.repl.mu.tick = make(chan struct{})
+	e.repl.at.Store(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).UnixMilli())
+	return e
+}
+
+// commandValue builds a record value: type, header and fields.
+func commandValue(typ uint8, scope string, gen uint64, fields []byte) []byte {
+	var enc recordEncoder
+	enc.u8(typ)
+	enc.b = append(enc.b, "origin!!"...)
+	enc.uvarint(1)
+	enc.str(scope)
+	enc.uvarint(gen)
+	return append(enc.b, fields...)
+}
+
+// FuzzApplyCommand feeds arbitrary records of the log to the apply: errors
+// are fine, panics are not, and the engine stays consistent.
+func FuzzApplyCommand(f *testing.F) {
+	var enc recordEncoder
+	enc.u8(admWorkspaceCreate)
+	enc.digest([32]byte{1})
+	f.Add(commandValue(cmdAdmin, "w2", 0, enc.b))
+	cc := &changeCmd{max: 1 << 20}
+	cc.add(index.KindExternal, idKeys("u1", "u2"), false)
+	cc.add(index.KindDevice, idKeys("d1"), true)
+	var cands Candidates
+	cands.Add([]byte("u1"), index.AliasKey(nil, []byte("email"), []byte("a@x")))
+	cands.Add(nil, nil)
+	cc.addCandidates(&cands, false)
+	enc.reset()
+	enc.str("p")
+	enc.str("c")
+	enc.u8(1)
+	enc.uvarint(2)
+	cc.appendGroups(&enc)
+	f.Add(commandValue(cmdChanges, "ws", 0, enc.b))
+	enc.reset()
+	enc.str("mixpanel")
+	enc.str("7")
+	enc.str("name")
+	enc.str("s1")
+	enc.uvarint(1)
+	enc.uvarint(1)
+	cc.appendGroups(&enc)
+	f.Add(commandValue(cmdWebhookPage, "ws", 0, enc.b))
+	enc.reset()
+	enc.u8(cmdOpUpsert)
+	enc.uvarint(2)
+	enc.optBytes([]byte("u1"))
+	enc.optBytes(nil)
+	enc.uvarint(0)
+	enc.optBytes([]byte("u3"))
+	enc.optBytes([]byte("d1"))
+	enc.uvarint(1)
+	enc.bytes(index.AliasKey(nil, []byte("email"), []byte("a@x")))
+	f.Add(commandValue(cmdUsers, "ws", 0, enc.b))
+	f.Add(commandValue(cmdExpireSessions, "ws", 0, nil))
+	f.Fuzz(func(t *testing.T, value []byte) {
+		e := applyEngine(t)
+		defer e.Close()
+		e.mu.Lock()
+		w := e.applyWorkspaceSeeded("ws", [32]byte{9}, e.writeTime(), 0, 7)
+		w.gen = 1
+		e.mu.Unlock()
+		var b UserBatch
+		b.Add([]byte("u1"), nil, nil)
+		b.Add(nil, []byte("d1"), nil)
+		if _, err := w.upsertUsers(&b); err != nil {
+			t.Fatal(err)
+		}
+		e.applyCommand(kafkalog.Record{Position: Position{Offset: 10}, Value: value})
+		e.applyCommand(kafkalog.Record{Position: Position{Offset: 11}, Value: value})
+		if err := e.Check(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
