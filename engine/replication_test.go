@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/index"
@@ -325,6 +327,19 @@ func TestReplicationWrites(t *testing.T) {
 	}
 	if _, ok := a.e.ScopePosition("acme"); !ok {
 		t.Fatal("no position for the workspace")
+	}
+	// A member-page cursor handed out by one node pages on another.
+	seg, err := ParseSegment([]byte(`{"all":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, cursor, err := wa.Bind(seg).Page("", 1)
+	if err != nil || len(first) != 1 || cursor == "" {
+		t.Fatalf("first page: %v %q %v", first, cursor, err)
+	}
+	next, _, err := wc.Bind(seg).Page(cursor, 1)
+	if err != nil || len(next) != 1 || next[0] <= first[0] {
+		t.Fatalf("next page on another node: %v %v", next, err)
 	}
 	if err := b.e.DeleteWorkspace("acme", false); err == nil {
 		t.Fatal("deleting a non-empty workspace without force")
@@ -774,4 +789,53 @@ func FuzzApplyCommand(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestReplicationRecordsGone: a node whose snapshot is older than what the
+// log still holds refuses to start and says to bootstrap from a peer; so
+// does an empty node when the log no longer starts at offset 0.
+func TestReplicationRecordsGone(t *testing.T) {
+	c := logCluster(t, 1)
+	dir := t.TempDir()
+	a := openNode(t, c, nodeOpts{dir: dir})
+	if _, err := a.e.CreateWorkspace("w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.e.SnapshotNow(); err != nil {
+		t.Fatal(err)
+	}
+	w := a.e.Workspace("w")
+	for i := range 5 {
+		if err := w.UpsertCohort("p", fmt.Sprint(i), "n", time.Unix(0, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ends, err := a.log.EndOffsets(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.close(t)
+	// Keep only the snapshot taken before the last records (Close wrote a
+	// newer one).
+	snaps, _ := listSnapshots(dir)
+	for _, s := range snaps[:len(snaps)-1] {
+		os.Remove(filepath.Join(dir, s.name))
+	}
+	// Retention deletes everything but the last two records.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var os_ kadm.Offsets
+	os_.Add(kadm.Offset{Topic: "cohortd", Partition: 0, At: ends[0] - 2})
+	if _, err := kadm.NewClient(cl).DeleteRecords(context.Background(), os_); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dir, t.TempDir()} {
+		_, err := tryOpenNode(c, nodeOpts{dir: d})
+		if !errors.Is(err, kafkalog.ErrGone) || !bytes.Contains([]byte(err.Error()), []byte("-bootstrap-from")) {
+			t.Fatalf("open with records gone (dir %s): %v", d, err)
+		}
+	}
 }

@@ -116,6 +116,15 @@ func TestReplicatedGroup(t *testing.T) {
 		}
 	}
 
+	// A member-page cursor from one node pages on another (the cursor key
+	// comes from the group's admin token).
+	page := a.must(req{method: "POST", path: "/v1/segments/members", token: apiKey, body: map[string]any{"segment": map[string]any{"all": true}, "limit": 10}}, 200).json(t)
+	cursor := str(t, page, "next_cursor")
+	page = b.must(req{method: "POST", path: "/v1/segments/members", token: apiKey, body: map[string]any{"segment": map[string]any{"all": true}, "limit": 10, "cursor": cursor}}, 200).json(t)
+	if ms, _ := page["members"].([]any); len(ms) != 10 {
+		t.Fatalf("second page on another node: %v", page)
+	}
+
 	// A fourth node starts empty from a peer's snapshot and the log.
 	a.must(req{method: "POST", path: "/v1/admin/snapshot", token: g.admin}, 201)
 	d := g.start(t.TempDir(), "d", "-bootstrap-from", b.base)
