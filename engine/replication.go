@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -830,19 +829,4 @@ func listName(name string) *snapFile {
 		return nil
 	}
 	return &snapFile{name: name, lsn: lsn}
-}
-
-// sortedParts returns a copy of ps sorted by slug.
-func sortedParts(ps []*partner) []*partner {
-	out := slices.Clone(ps)
-	slices.SortFunc(out, func(a, b *partner) int {
-		switch {
-		case a.slug < b.slug:
-			return -1
-		case a.slug > b.slug:
-			return 1
-		}
-		return 0
-	})
-	return out
 }
