@@ -298,6 +298,9 @@ func (w *Workspace) replaceLocked(c *Cohort, target *roaring.Bitmap) (ReplaceRes
 // resolves an external id and falls back to an alias). index.NoUser entries
 // are counted as unknown identifiers.
 func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
+	if cs.cmd != nil {
+		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
+	}
 	var rm uint64
 	if remove {
 		rm = 1
@@ -316,6 +319,9 @@ func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
 // AddIDs adds users the caller resolved itself; index.NoUser entries are
 // counted as unmatched.
 func (ms *MemberSet) AddIDs(ids []index.UserID) {
+	if ms.cmd != nil {
+		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
+	}
 	for _, id := range ids {
 		if id == index.NoUser {
 			ms.unmatched++

@@ -636,7 +636,7 @@ func (w *Workspace) applyChangesCmd(d *recordDecoder) cmdResult {
 	if d.err == nil && (src >= numSources || dropped > 1<<40) {
 		d.fail(invalidf("change command with source %d, %d dropped", src, dropped))
 	}
-	cs := &ChangeSet{w: w}
+	cs := w.localChangeSet()
 	cs.SetSource(src)
 	cs.Drop(int(dropped))
 	readGroups(d, func(kind uint8, remove bool, keys [][]byte, cands *Candidates) {
@@ -685,7 +685,7 @@ func stageMembers(ms *MemberSet) func(kind uint8, remove bool, keys [][]byte, ca
 
 func (w *Workspace) applyReplaceCmd(d *recordDecoder) cmdResult {
 	p, cid := d.str(), d.str()
-	ms := &MemberSet{w: w}
+	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
 	if err := d.done(); err != nil {
 		return cmdResult{err: err}
@@ -720,13 +720,28 @@ func (w *Workspace) applyWebhookPageCmd(d *recordDecoder) cmdResult {
 	if d.err == nil && (page > 1<<31 || total > 1<<31) {
 		d.fail(invalidf("webhook page %d of %d", page, total))
 	}
-	ms := &MemberSet{w: w}
+	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
 	if err := d.done(); err != nil {
 		return cmdResult{err: err}
 	}
 	res, err := w.StagePage(p, cid, name, sid, int(page), int(total), ms)
 	return cmdResult{v: res, err: err}
+}
+
+// localChangeSet is a change set that resolves as it stages, whatever the
+// mode: what the apply of a command stages into.
+func (w *Workspace) localChangeSet() *ChangeSet {
+	cs := w.NewChangeSet()
+	cs.cmd = nil
+	return cs
+}
+
+// localMemberSet is localChangeSet for member sets.
+func (w *Workspace) localMemberSet() *MemberSet {
+	ms := w.NewMemberSet()
+	ms.cmd = nil
+	return ms
 }
 
 // ---- webhook candidates ----
