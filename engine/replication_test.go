@@ -839,3 +839,55 @@ func TestReplicationRecordsGone(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicationClockFree: nodes whose clocks disagree wildly still agree,
+// because applies use the record's log time: cohort updated_at, usage
+// days and session expiry come out the same, and a node whose clock says
+// a session is idle only produces an expiry record, which drops nothing
+// when, by the log's time, the session is fresh.
+func TestReplicationClockFree(t *testing.T) {
+	c := logCluster(t, 2)
+	past := func() time.Time { return time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC) }
+	future := func() time.Time { return time.Now().Add(48 * time.Hour) }
+	a := openNode(t, c, nodeOpts{now: past})
+	b := openNode(t, c, nodeOpts{now: future})
+	if _, err := a.e.CreateWorkspace("w"); err != nil {
+		t.Fatal(err)
+	}
+	synced(t, a, b)
+	wa, wb := a.e.Workspace("w"), b.e.Workspace("w")
+	if _, err := wa.UpsertUsers(userBatch([3]string{"u1", "", ""}, [3]string{"u2", "", ""})); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cs := wb.NewChangeSet()
+	cs.AddMany(index.KindExternal, idKeys("u1"), false)
+	if _, err := wb.ApplyChanges("p", "c", cs); err != nil {
+		t.Fatal(err)
+	}
+	var cands Candidates
+	cands.Add([]byte("u2"), nil)
+	ms := wa.NewMemberSet()
+	ms.AddCandidates(&cands)
+	if _, err := wa.StagePage("mixpanel", "9", "", "s", 1, 2, ms); err != nil {
+		t.Fatal(err)
+	}
+	synced(t, a, b)
+	if err := wb.ExpireSessions(); err != nil { // b's clock: two days later
+		t.Fatal(err)
+	}
+	sameDigest(t, a, b)
+	for _, w := range []*Workspace{wa, wb} {
+		info := w.Cohort("p", "c").Info()
+		if info.UpdatedAt.Before(start.Add(-time.Minute)) || info.UpdatedAt.After(time.Now().Add(time.Minute)) {
+			t.Fatalf("updated_at %v is not the log's time (now %v)", info.UpdatedAt, time.Now())
+		}
+		if w.OpenSessions() != 1 {
+			t.Fatalf("%d open sessions: an expiry went by a node's clock", w.OpenSessions())
+		}
+		days := w.Usage().Partners["p"].Days
+		if len(days) != 1 || (days[start.UTC().Format("2006-01-02")] != 1 && days[time.Now().UTC().Format("2006-01-02")] != 1) {
+			t.Fatalf("usage %+v is not on the log's day", days)
+		}
+	}
+}
