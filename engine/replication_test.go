@@ -519,11 +519,15 @@ func TestReplicationConvergence(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	g := newGroupLoad(t, rng, nodes)
 	g.setup()
-	rounds := 150
+	rounds := 600
 	if testing.Short() {
-		rounds = 60
+		rounds = 200
 	}
 	g.runConcurrent(6, rounds)
+	t.Logf("%d of %d writes succeeded", g.ok.Load(), 6*rounds)
+	if g.ok.Load() < int64(6*rounds/2) {
+		t.Fatalf("only %d of %d writes succeeded: the mix proves little", g.ok.Load(), 6*rounds)
+	}
 	sameDigest(t, nodes...)
 	// A fourth node replaying everything from the start agrees.
 	d := openNode(t, c, nodeOpts{})
@@ -539,6 +543,7 @@ type groupLoad struct {
 	nodes    []*node
 	wss      []string
 	partners []string
+	ok       atomic.Int64 // writes that succeeded
 }
 
 func newGroupLoad(t testing.TB, rng *rand.Rand, nodes []*node) *groupLoad {
@@ -620,6 +625,24 @@ func (g *groupLoad) step() {
 	cohort := fmt.Sprintf("c%d", g.intn(4)) // few cohorts: writers collide
 	kinds := []index.Kind{index.KindExternal, index.KindDevice, index.KindAlias}
 	var err error
+	if g.intn(100) == 0 {
+		// Rarely, a lifecycle change: the last workspace or partner is
+		// deleted and registered again, while others write to it.
+		switch g.intn(4) {
+		case 0:
+			err = n.e.DeleteWorkspace(g.wss[len(g.wss)-1], true)
+		case 1:
+			_, err = n.e.CreateWorkspace(g.wss[len(g.wss)-1])
+		case 2:
+			err = n.e.DeletePartner(g.partners[len(g.partners)-1])
+		default:
+			_, err = n.e.CreatePartner(g.partners[len(g.partners)-1])
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExists) {
+			g.t.Errorf("lifecycle: %v", err)
+		}
+		return
+	}
 	switch op := g.intn(100); {
 	case op < 20:
 		var b UserBatch
@@ -698,7 +721,10 @@ func (g *groupLoad) step() {
 	default:
 		err = n.e.RememberReply(fmt.Sprintf("admin-%d", g.intn(5)), IdempotentReply{Status: 201, Body: []byte("{}")})
 	}
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	switch {
+	case err == nil:
+		g.ok.Add(1)
+	case !errors.Is(err, ErrNotFound):
 		g.t.Errorf("write: %v", err)
 	}
 }
