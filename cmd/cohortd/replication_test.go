@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -504,3 +505,45 @@ func TestDeployCompose(t *testing.T) {
 }
 
 func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }
+
+// TestReplicationConfig: the replication flags and their COHORTD_ twins,
+// and the combinations refused with a message.
+func TestReplicationConfig(t *testing.T) {
+	noEnv := func(string) (string, bool) { return "", false }
+	c, err := parseConfig(nil, noEnv, io.Discard)
+	if err != nil || c.repl.kafka() || c.repl.topic != "cohortd" || c.repl.maxRecord != kafkalog.DefaultMaxRecordBytes || c.repl.produceTimeout != 10*time.Second {
+		t.Fatalf("defaults: %+v %v", c.repl, err)
+	}
+	env := map[string]string{"COHORTD_LOG": "kafka", "COHORTD_KAFKA_BROKERS": "k1:9092, k2:9092", "COHORTD_NODE_ID": "n1",
+		"COHORTD_BOOTSTRAP_FROM": "http://peer:8080", "COHORTD_KAFKA_MAX_RECORD": "4MiB"}
+	c, err = parseConfig([]string{"-kafka-topic", "t1"}, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
+	if err != nil || !c.repl.kafka() || strings.Join(c.repl.brokerList(), ",") != "k1:9092,k2:9092" || c.repl.topic != "t1" ||
+		c.repl.node() != "n1" || c.repl.bootstrapFrom != "http://peer:8080" || c.repl.maxRecord != 4<<20 {
+		t.Fatalf("from the environment: %+v %v", c.repl, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"-log", "raft"}, "is not local or kafka"},
+		{[]string{"-log", "kafka"}, "needs -kafka-brokers"},
+		{[]string{"-kafka-brokers", "k:9092"}, "needs -log kafka"},
+		{[]string{"-bootstrap-from", "http://p:1"}, "needs -log kafka"},
+		{[]string{"-log", "kafka", "-kafka-brokers", "k:1", "-bootstrap-from", "peer:8080"}, "not an http(s) URL"},
+		{[]string{"-log", "kafka", "-kafka-brokers", "k:1", "-kafka-max-record", "100"}, "between 1KiB and 1GiB"},
+		{[]string{"-log", "kafka", "-kafka-brokers", "k:1", "-kafka-timeout", "0s"}, "must be positive"},
+	} {
+		if _, err := parseConfig(tc.args, noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.msg)
+		}
+	}
+	// A group node never generates its admin token: every node needs the
+	// same one.
+	c, err = parseConfig([]string{"-log", "kafka", "-kafka-brokers", "k:1", "-data-dir", t.TempDir()}, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := adminToken(c, io.Discard, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "same on every node") {
+		t.Fatalf("admin token of a group node: %v", err)
+	}
+}
