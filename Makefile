@@ -43,7 +43,7 @@ bench: ## micro and macro benchmarks, COUNT runs each (default 6)
 bench-compare: ## compare benchmarks of the work tree with REF (default main) via benchstat
 	bash bench/compare.sh $(or $(REF),main)
 
-bench-replication: ## replication on kfake: import log vs -fsync always, lag p50/p99, catch-up, reads 3 nodes vs 1 (COUNT runs)
+bench-replication: ## replication on kfake: import log vs -fsync always, lag p50/p99 (in process and 3 processes under loadgen mixed), catch-up, reads 3 nodes vs 1 (COUNT runs)
 	flock /tmp/cohortd-bench.lock $(GO) test -run '^$$' -bench 'ReplicatedImport|ReplicationLag|CatchUp|ReadGroup' -benchtime 2s -count $(COUNT) -timeout 60m ./bench/
 
 bench-resp: ## RESP listener beside redis-server, separate processes pinned (USERS=1000000): Markdown to stdout
