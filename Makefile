@@ -11,7 +11,7 @@ COUNT     ?= 6
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-replication bench-resp fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-replication bench-resp bench-crossproc fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
 
 # Every target with a "## text" comment is listed; the text is printed as
 # written (make variables in it are not expanded, so it names none).
@@ -27,6 +27,8 @@ run: build ## start cohortd on 127.0.0.1:8080 with ./data and a demo workspace (
 
 test: ## the default test suite (short mode, what CI runs)
 	$(GO) test -short -count=1 -timeout 15m $(PKGS)
+	# The Redis-protocol listener's goroutine-per-connection path (TLS, non-Linux), forced.
+	COHORTD_RESP_NOLOOP=1 $(GO) test -short -count=1 ./server/resp/
 	# The heap fallback of the identity tables' regions, forced on Linux too.
 	$(GO) test -short -count=1 -tags cohortd_heapmem ./index/ ./engine/
 	# Smoke of the memory-layer benchmarks (resolve, snapshot load) at a small size.
@@ -63,6 +65,9 @@ vet: ## go vet
 
 bench-report: ## short benchmark suite (1M users, ~10 min): regenerates BENCHMARKS.md and bench/plots
 	bash bench/run.sh short
+
+bench-crossproc: ## cross-process suite: each server alone on CPU 0, the client on CPU 1 (BENCH_USERS=1000000); regenerates BENCHMARKS.md
+	flock /tmp/cohortd-bench.lock bash bench/crossproc.sh crossproc
 
 bench-report-full: ## full suite (10M and 100M users; an hour or more, ~20 GiB)
 	bash bench/run.sh full

@@ -93,17 +93,66 @@ func CohortUpsertBody(partnerKey, secret, cohort string) []byte {
 }
 
 // BulkNDJSON is the NDJSON of POST /v1/cohorts/{p}/{id}/changes: one change
-// object of at most perLine identifiers a line, adds before removes.
+// object of at most perLine identifiers a line, adds before removes, each
+// line with only the arrays it needs and should_remove only when true, as
+// exporters write them (perLine 1 gives docs/WORKLOADS.md's headline lines
+// {"user_ids":["…"]}).
 func BulkNDJSON(r Request, perLine int) []byte {
 	var b []byte
 	for _, c := range r {
 		for start := 0; start < len(c.IDs); start += perLine {
-			part := Change{IDs: c.IDs[start:min(start+perLine, len(c.IDs))], Remove: c.Remove}
-			b = appendChange(b, part)
+			b = appendLine(b, c.IDs[start:min(start+perLine, len(c.IDs))], c.Remove)
 			b = append(b, '\n')
 		}
 	}
 	return b
+}
+
+// appendLine appends one bulk change object with only the arrays its
+// identifiers need.
+func appendLine(dst []byte, ids []Ident, remove bool) []byte {
+	keys := [...]string{`"user_ids":[`, `"device_ids":[`, `"aliases":[`}
+	dst = append(dst, '{')
+	sep := false
+	for ki, kind := range []loadgen.IDKind{loadgen.IDExternal, loadgen.IDDevice, loadgen.IDAlias} {
+		open := false
+		for _, id := range ids {
+			k := id.Kind
+			if k == loadgen.IDUnknown {
+				k = loadgen.IDExternal
+			}
+			if k != kind {
+				continue
+			}
+			switch {
+			case open:
+				dst = append(dst, ',')
+			case sep:
+				dst = append(dst, ',')
+				fallthrough
+			default:
+				dst = append(dst, keys[ki]...)
+				open, sep = true, true
+			}
+			if kind == loadgen.IDAlias {
+				dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
+				dst = appendString(dst, id.Value)
+				dst = append(dst, '}')
+			} else {
+				dst = appendString(dst, id.Value)
+			}
+		}
+		if open {
+			dst = append(dst, ']')
+		}
+	}
+	if remove {
+		if sep {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `"should_remove":true`...)
+	}
+	return append(dst, '}')
 }
 
 // appendUser appends a contains user object.
@@ -129,6 +178,59 @@ func ContainsBody(expr string, users []Ident) []byte {
 			b = append(b, ',')
 		}
 		b = appendUser(b, u)
+	}
+	return append(b, "]}"...)
+}
+
+// CompactContainsBody is the compact form of POST /v1/segments/contains:
+// {"segment":E,"external_ids":[…]} (the users must have external ids).
+func CompactContainsBody(expr string, users []Ident) []byte {
+	b := append([]byte(`{"segment":`), expr...)
+	b = append(b, `,"external_ids":[`...)
+	for i, u := range users {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, u.Value)
+	}
+	return append(b, "]}"...)
+}
+
+// MembersBody is the JSON of PUT /v1/cohorts/{p}/{id}/members.
+func MembersBody(ids []Ident) []byte {
+	var ext, dev, ali []Ident
+	for _, id := range ids {
+		switch id.Kind {
+		case loadgen.IDDevice:
+			dev = append(dev, id)
+		case loadgen.IDAlias:
+			ali = append(ali, id)
+		default:
+			ext = append(ext, id)
+		}
+	}
+	b := []byte(`{"user_ids":[`)
+	for i, id := range ext {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, id.Value)
+	}
+	b = append(b, `],"device_ids":[`...)
+	for i, id := range dev {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, id.Value)
+	}
+	b = append(b, `],"aliases":[`...)
+	for i, id := range ali {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"alias_name":"`+AliasName+`","alias_label":`...)
+		b = appendString(b, id.Value)
+		b = append(b, '}')
 	}
 	return append(b, "]}"...)
 }

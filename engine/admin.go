@@ -119,8 +119,12 @@ func (e *Engine) DeleteWorkspace(id string, force bool) error {
 	}
 	// The identity tables live off the Go heap: release them now. Requests
 	// still holding w see empty tables (index.Users.Close swaps them out
-	// under its lock), and deleted keeps them from writing.
+	// under its lock), and deleted keeps them from writing. A snapshot that
+	// listed w before the deletion still writes it whole (replay of the
+	// deletion record then removes it), so the release waits for it.
+	e.snapMu.Lock()
 	w.releaseUsers()
+	e.snapMu.Unlock()
 	return e.waitDurable(lsn)
 }
 

@@ -1,7 +1,7 @@
 package engine
 
 import (
-	"slices"
+	"sync"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -22,82 +22,141 @@ type ApplyResult struct {
 }
 
 // ChangeSet stages a batch of membership changes for one cohort while the
-// request body streams in: identifiers are resolved as they arrive and only
-// the compact resolved ids are kept. Nothing is applied until
+// request body streams in: identifiers are queued as they arrive and
+// resolved stageChunk at a time across change objects and lines (stage.go),
+// and only the compact resolved ids are kept. Nothing is applied until
 // Workspace.ApplyChanges, so a body that fails half-way changes nothing.
 //
 // A ChangeSet is used by one goroutine and must not be reused after apply.
 type ChangeSet struct {
 	w *Workspace
-	// ops holds uid<<32 | seq<<1 | remove. Sorting them groups the changes
-	// of each user in arrival order, so the last one wins (rule 4).
-	ops []uint64
-	ids []index.UserID
-	res ApplyResult
-	src SyncSource // the sync source of the batch (syncs.go)
+	// ops holds one entry per identifier in arrival order: uid<<32 |
+	// seq<<1 | remove once resolved (seq is its position), dropOp when it
+	// matched nobody. A stable sort on uid groups the changes of each user
+	// in arrival order, so the last one wins (rule 4; lastwins.go).
+	ops     []uint64
+	scratch []uint64
+	adds    []uint32 // finalSets' results, kept for reuse
+	removes []uint32
+	q       keyQueue
+	guard   staleGuard
+	res     ApplyResult
+	src     SyncSource // the sync source of the batch (syncs.go)
 	// cmd, in log mode, keeps the identifiers as sent instead of resolving
 	// them (commands.go): the apply resolves them at the record's place.
 	cmd *changeCmd
 }
 
+// changeSets pools ChangeSets: a partner request stages 1,000 identifiers,
+// and growing fresh buffers for each was a tenth of its cost. ApplyChanges
+// puts its ChangeSet back.
+var changeSets sync.Pool
+
+// maxPooledOps bounds the buffers of a pooled ChangeSet: one huge bulk
+// body must not pin its memory.
+const maxPooledOps = 1 << 20
+
+// dropOp marks a change whose identifier matched nobody (uid NoUser).
+const dropOp = ^uint64(0)
+
+// seqMask bounds the arrival position kept in an op (the sort does not
+// need it: it only keeps ops readable and distinct).
+const seqMask = 1<<31 - 1
+
 // NewChangeSet starts a change batch.
 func (w *Workspace) NewChangeSet() *ChangeSet {
-	cs := &ChangeSet{w: w}
+	cs, _ := changeSets.Get().(*ChangeSet)
+	if cs == nil {
+		cs = new(ChangeSet)
+	}
+	cs.w = w
+	cs.guard.ver = w.ulog.ver.Load()
 	if w.e.repl != nil {
 		cs.cmd = newChangeCmd(w.e)
 	}
 	return cs
 }
 
-// AddMany resolves identifiers of one kind and stages them as adds (or
-// removes). Keys are not retained. Device ids match anonymous users only
-// (rule 3); unknown identifiers are counted, never created (rule 1).
-func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
-	if len(keys) == 0 {
+// recycle empties cs and puts it back in the pool.
+func (cs *ChangeSet) recycle() {
+	if cap(cs.ops) > maxPooledOps || cap(cs.scratch) > maxPooledOps {
 		return
 	}
+	cs.q.reset()
+	*cs = ChangeSet{ops: cs.ops[:0], scratch: cs.scratch[:0], adds: cs.adds[:0], removes: cs.removes[:0], q: cs.q,
+		guard: staleGuard{unknown: cs.guard.unknown[:0], held: cs.guard.held[:0]}}
+	changeSets.Put(cs)
+}
+
+// AddMany stages identifiers of one kind as adds (or removes), after those
+// staged before. Keys are copied, not retained. Device ids match anonymous
+// users only (rule 3); unknown identifiers are counted, never created
+// (rule 1).
+func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
 	if cs.cmd != nil {
 		cs.cmd.add(kind, keys, remove)
 		return
 	}
-	cs.ids = cs.w.users.ResolveMany(kind, keys, cs.ids[:0])
-	ids := cs.ids
-	if kind == index.KindDevice {
-		var identified int
-		ids, identified = anonymousOnly(cs.w.users, ids)
-		cs.res.DeviceIdentified += identified
+	var rm uint64
+	if remove {
+		rm = 1
 	}
-	cs.AddIDs(ids, remove)
-}
-
-// anonymousOnly applies rule 3 to resolved device ids: it drops the ids of
-// identified users from ids (in place, order kept; unknown ones stay, to be
-// counted as such) and returns the shorter slice and how many it dropped.
-func anonymousOnly(users *index.Users, ids []index.UserID) ([]index.UserID, int) {
-	kept := ids[:0]
-	for _, id := range ids {
-		if id == index.NoUser || users.Anonymous(id) {
-			kept = append(kept, id)
+	for _, k := range keys {
+		slot := len(cs.ops)
+		cs.ops = append(cs.ops, rm)
+		if cs.q.push(kind, k, uint32(slot)) {
+			cs.flush()
 		}
 	}
-	return kept, len(ids) - len(kept)
+}
+
+// flush resolves the queued identifiers into their ops.
+func (cs *ChangeSet) flush() {
+	users := cs.w.users
+	cs.q.resolve(users, func(kind index.Kind, tags []uint32, ids []index.UserID, keys [][]byte) {
+		for i, tag := range tags {
+			id := ids[i]
+			switch {
+			case id == index.NoUser:
+				cs.res.Unknown++
+				cs.guard.unknown = append(cs.guard.unknown, keyHash(kind, keys[i]))
+				cs.ops[tag] = dropOp
+			case kind == index.KindDevice && !users.Anonymous(id):
+				cs.res.DeviceIdentified++
+				cs.guard.held = append(cs.guard.held, uint32(id))
+				cs.ops[tag] = dropOp
+			default:
+				cs.res.Matched++
+				cs.ops[tag] = uint64(id)<<32 | uint64(tag&seqMask)<<1 | cs.ops[tag]&1
+			}
+		}
+	})
 }
 
 // Drop counts n identifiers dropped by the retention floor (rule 8).
 func (cs *ChangeSet) Drop(n int) { cs.res.DroppedBeforeFloor += n }
 
-// Len is the number of matched changes staged so far.
+// Len is the number of changes staged so far, matched or not.
 func (cs *ChangeSet) Len() int { return len(cs.ops) }
 
 // finalSets returns the sorted users whose last change is an add and those
 // whose last change is a remove.
 func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
-	if !slices.IsSorted(cs.ops) {
-		slices.Sort(cs.ops)
+	cs.flush()
+	ops := cs.ops[:0]
+	var maxUID uint32
+	for _, op := range cs.ops {
+		if op != dropOp {
+			ops = append(ops, op)
+			maxUID = max(maxUID, uint32(op>>32))
+		}
 	}
-	for i, op := range cs.ops {
+	ops, cs.scratch = sortOps(ops, cs.scratch, maxUID)
+	cs.ops = ops
+	adds, removes = cs.adds[:0], cs.removes[:0]
+	for i, op := range ops {
 		uid := uint32(op >> 32)
-		if i+1 < len(cs.ops) && uint32(cs.ops[i+1]>>32) == uid {
+		if i+1 < len(ops) && uint32(ops[i+1]>>32) == uid {
 			continue // a later change of the same user wins
 		}
 		if op&1 == 1 {
@@ -106,31 +165,40 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 			adds = append(adds, uid)
 		}
 	}
+	cs.adds, cs.removes = adds, removes
 	return adds, removes
 }
 
 // ApplyChanges applies a staged batch to cohort (partner, id), creating the
 // cohort (name = id) when unknown, all or nothing. Data points are the
-// effective changes only, so a retried batch is free (rule 7).
+// effective changes only, so a retried batch is free (rule 7). cs is
+// recycled: it must not be used afterwards.
 func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (ApplyResult, error) {
 	if cs.cmd != nil {
+		defer cs.recycle()
 		return w.proposeChanges(partnerSlug, cohortID, cs)
 	}
+	adds, removes := cs.finalSets()
 	res := cs.res
 	res.Unmatched = res.Unknown + res.DeviceIdentified
-	adds, removes := cs.finalSets()
 	addBM := roaring.New()
 	addBM.AddMany(adds)
 	remBM := roaring.New()
 	remBM.AddMany(removes)
+	src := cs.src
+	defer cs.recycle()
 
 	var effAdd, effRem *roaring.Bitmap
 	err := w.write(func() error {
+		if w.ulog.staleLocked(&cs.guard, addBM, remBM) {
+			return ErrUsersChanged
+		}
 		c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
 		if err != nil {
 			return err
 		}
-		// A user deleted between resolve and apply is not added back.
+		// Staged users are live (else the batch would be stale); a deleted
+		// one must never be added back, whatever the checks above believe.
 		addBM.And(w.users.Live())
 		effAdd, effRem = c.members.Diff(addBM, remBM)
 		if _, err = w.commitMembersLocked(c, effAdd, effRem); err != nil {
@@ -139,7 +207,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 		res.Added = int(effAdd.GetCardinality())
 		res.Removed = int(effRem.GetCardinality())
 		res.DataPoints = res.Added + res.Removed
-		_, err = w.recordSyncLocked(c, changeEvent(cs.src, &res, w.e.writeTime().UTC()))
+		_, err = w.recordSyncLocked(c, changeEvent(src, &res, w.e.writeTime().UTC()))
 		return err
 	})
 	if err != nil {
@@ -193,11 +261,14 @@ type ReplaceResult struct {
 	DataPoints int
 }
 
-// MemberSet stages the full membership of a snapshot sync as resolved ids.
+// MemberSet stages the full membership of a snapshot sync as resolved ids,
+// queued and resolved stageChunk at a time as ChangeSet does.
 type MemberSet struct {
 	w          *Workspace
 	ids        []uint32
-	scratch    []index.UserID
+	scratch    []uint32
+	q          keyQueue
+	guard      staleGuard
 	unmatched  int
 	identified int        // of unmatched: device ids of identified users
 	cmd        *changeCmd // log mode: identifiers as sent (see ChangeSet)
@@ -206,40 +277,60 @@ type MemberSet struct {
 // NewMemberSet starts a snapshot sync.
 func (w *Workspace) NewMemberSet() *MemberSet {
 	ms := &MemberSet{w: w}
+	ms.guard.ver = w.ulog.ver.Load()
 	if w.e.repl != nil {
 		ms.cmd = newChangeCmd(w.e)
 	}
 	return ms
 }
 
-// AddMany resolves identifiers of one kind into the set under the matching
-// rules of §2 (device ids: anonymous users only). Keys are not retained.
+// AddMany stages identifiers of one kind under the matching rules of §2
+// (device ids: anonymous users only). Keys are copied, not retained.
 func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
 	if ms.cmd != nil {
 		ms.cmd.add(kind, keys, false)
 		return
 	}
-	ms.scratch = ms.w.users.ResolveMany(kind, keys, ms.scratch[:0])
-	ids := ms.scratch
-	if kind == index.KindDevice {
-		var identified int
-		ids, identified = anonymousOnly(ms.w.users, ids)
-		ms.unmatched += identified
-		ms.identified += identified
+	for _, k := range keys {
+		if ms.q.push(kind, k, 0) {
+			ms.flush()
+		}
 	}
-	ms.AddIDs(ids)
+}
+
+func (ms *MemberSet) flush() {
+	users := ms.w.users
+	ms.q.resolve(users, func(kind index.Kind, _ []uint32, ids []index.UserID, keys [][]byte) {
+		for i, id := range ids {
+			switch {
+			case id == index.NoUser:
+				ms.unmatched++
+				ms.guard.unknown = append(ms.guard.unknown, keyHash(kind, keys[i]))
+			case kind == index.KindDevice && !users.Anonymous(id):
+				ms.unmatched++
+				ms.identified++
+				ms.guard.held = append(ms.guard.held, uint32(id))
+			default:
+				ms.ids = append(ms.ids, uint32(id))
+			}
+		}
+	})
 }
 
 // Bitmap returns the staged members as a bitmap (for webhook staging).
 func (ms *MemberSet) Bitmap() *roaring.Bitmap {
-	slices.Sort(ms.ids)
+	ms.flush()
+	ms.ids, ms.scratch = sortIDs(ms.ids, ms.scratch)
 	bm := roaring.New()
 	bm.AddMany(ms.ids)
 	return bm
 }
 
 // Unmatched is the number of identifiers that matched nobody.
-func (ms *MemberSet) Unmatched() int { return ms.unmatched }
+func (ms *MemberSet) Unmatched() int {
+	ms.flush()
+	return ms.unmatched
+}
 
 // ReplaceMembers makes the cohort exactly the staged set, atomically,
 // creating it when unknown. The diff both ways is the report and the data
@@ -248,16 +339,21 @@ func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) 
 	if ms.cmd != nil {
 		return w.proposeReplace(partnerSlug, cohortID, ms)
 	}
-	res, err := w.replaceBitmap(partnerSlug, cohortID, ms.Bitmap(), ms)
+	target := ms.Bitmap()
+	res, err := w.replaceBitmap(partnerSlug, cohortID, target, ms)
 	res.Unmatched = ms.unmatched
 	return res, err
 }
 
 // replaceBitmap replaces a cohort's members with target, the set staged
-// in ms (nil when the caller built target itself).
+// in ms (nil when the caller built target itself); with ms, it first
+// checks that the staged set did not go stale (ErrUsersChanged).
 func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.Bitmap, ms *MemberSet) (ReplaceResult, error) {
 	var res ReplaceResult
 	err := w.write(func() error {
+		if ms != nil && w.ulog.staleLocked(&ms.guard, target) {
+			return ErrUsersChanged
+		}
 		c, _, err := w.ensureCohortLocked(partnerSlug, cohortID)
 		if err != nil {
 			return err
@@ -297,6 +393,10 @@ func (w *Workspace) replaceLocked(c *Cohort, target *roaring.Bitmap) (ReplaceRes
 // AddIDs stages users the caller resolved itself (the Mixpanel webhook
 // resolves an external id and falls back to an alias). index.NoUser entries
 // are counted as unknown identifiers.
+//
+// Resolve them after NewChangeSet: the batch's staleness check covers user
+// changes from then on, and an unknown one counts as stale on any key
+// attached since, having no key to compare.
 func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
 	if cs.cmd != nil {
 		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
@@ -308,16 +408,18 @@ func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
 	for _, id := range ids {
 		if id == index.NoUser {
 			cs.res.Unknown++
+			cs.guard.opaque = true
+			cs.ops = append(cs.ops, dropOp)
 			continue
 		}
-		seq := uint64(len(cs.ops)) & (1<<31 - 1)
+		seq := uint64(len(cs.ops)) & seqMask
 		cs.ops = append(cs.ops, uint64(id)<<32|seq<<1|rm)
 		cs.res.Matched++
 	}
 }
 
-// AddIDs adds users the caller resolved itself; index.NoUser entries are
-// counted as unmatched.
+// AddIDs adds users the caller resolved itself (after NewMemberSet, as for
+// ChangeSet.AddIDs); index.NoUser entries are counted as unmatched.
 func (ms *MemberSet) AddIDs(ids []index.UserID) {
 	if ms.cmd != nil {
 		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
@@ -325,11 +427,20 @@ func (ms *MemberSet) AddIDs(ids []index.UserID) {
 	for _, id := range ids {
 		if id == index.NoUser {
 			ms.unmatched++
+			ms.guard.opaque = true
 			continue
 		}
 		ms.ids = append(ms.ids, uint32(id))
 	}
 }
 
-// Len is the number of users staged so far (duplicates included).
-func (ms *MemberSet) Len() int { return len(ms.ids) }
+// Len is the number of identifiers staged so far (duplicates and unmatched
+// included).
+func (ms *MemberSet) Len() int { return len(ms.ids) + ms.unmatched + ms.q.n }
+
+// Matched is the number of identifiers staged that matched a user
+// (duplicates included).
+func (ms *MemberSet) Matched() int {
+	ms.flush()
+	return len(ms.ids)
+}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -212,16 +211,31 @@ func newPartner(slug string, d [32]byte, created time.Time) *partner {
 	return p
 }
 
-var (
-	workspaceIDRe = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
-	partnerSlugRe = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
-)
-
 // ValidPartnerSlug reports whether s is a partner slug ([a-z0-9_-]{1,64}).
-func ValidPartnerSlug(s string) bool { return partnerSlugRe.MatchString(s) }
+// It runs on every segment query (once per cohort named), so it is a byte
+// loop, not a regexp.
+func ValidPartnerSlug(s string) bool { return validName(s, false) }
 
 // ValidWorkspaceID reports whether s is a workspace id ([a-zA-Z0-9_-]{1,64}).
-func ValidWorkspaceID(s string) bool { return workspaceIDRe.MatchString(s) }
+func ValidWorkspaceID(s string) bool { return validName(s, true) }
+
+// validName reports whether s matches [a-z0-9_-]{1,64}, or with upper
+// [a-zA-Z0-9_-]{1,64}.
+func validName(s string, upper bool) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_', c == '-':
+		case upper && c >= 'A' && c <= 'Z':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // Open creates the engine and, with a data directory, recovers its state
 // from the newest snapshot and the WAL. Open returns once recovery is done;

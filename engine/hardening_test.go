@@ -522,3 +522,51 @@ func TestUpsertBeyondCapacityChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestScrapesTakeNoWriterLock: what /metrics and the memory report read
+// (counts, staged bytes, health) is read without the workspace's writer
+// lock, so a scrape never waits behind a long import.
+func TestScrapesTakeNoWriterLock(t *testing.T) {
+	e, _ := Open(Options{})
+	if _, err := e.CreateWorkspace("ws"); err != nil {
+		t.Fatal(err)
+	}
+	w := e.Workspace("ws")
+	var b UserBatch
+	b.Add([]byte("u1"), nil, nil)
+	if _, err := w.UpsertUsers(&b); err != nil {
+		t.Fatal(err)
+	}
+	ms := w.NewMemberSet()
+	ms.AddMany(index.KindExternal, [][]byte{[]byte("u1")})
+	if _, err := w.StagePage("mixpanel", "c", "", "s", 1, 2, ms); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock() // a writer in the middle of a long batch
+	done := make(chan []WorkspaceMemory, 1)
+	go func() {
+		_ = w.CohortCount()
+		_ = w.OpenSessions()
+		_ = w.HealthCounts(time.Now())
+		done <- e.Memory()
+	}()
+	select {
+	case mem := <-done:
+		w.mu.Unlock()
+		if len(mem) != 1 || mem[0].Staging <= 0 {
+			t.Fatalf("memory report %+v: staging bytes missing", mem)
+		}
+	case <-time.After(5 * time.Second):
+		w.mu.Unlock()
+		t.Fatal("a scrape waited for the workspace's writer lock")
+	}
+	// The staged bytes go when the session commits.
+	ms = w.NewMemberSet()
+	ms.AddMany(index.KindExternal, [][]byte{[]byte("u1")})
+	if _, err := w.StagePage("mixpanel", "c", "", "s", 2, 2, ms); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.stagingBytes(); got != 0 {
+		t.Fatalf("staged bytes after the commit: %v", got)
+	}
+}

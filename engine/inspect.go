@@ -355,32 +355,59 @@ type SnapshotCheck struct {
 
 // CheckReport is what CheckDir found.
 type CheckReport struct {
-	// Snapshots lists every snapshot file, newest first; recovery starts
-	// from the first.
+	// Snapshots lists every snapshot file, newest first, each read in
+	// full.
 	Snapshots []SnapshotCheck
-	// WAL summarizes the log (WAL.Torn: a torn tail start-up will trim).
+	// SetAside lists the snapshot-*.snap.corrupt files an earlier start-up
+	// set aside after they failed to load; neither start-up nor CheckDir
+	// reads them.
+	SetAside []string
+	// WAL summarizes the whole log (WAL.Torn: a torn tail start-up will
+	// trim).
 	WAL wal.ScanReport
 	// Records counts the WAL's records by type name.
 	Records map[string]int
-	// Replayed is the number of records applied on top of the newest
-	// snapshot, as recovery would.
+
+	// RecoverFrom is the snapshot start-up would load: the newest that
+	// reads back whole (a newer, damaged one is set aside), or "" when it
+	// would rebuild from the WAL alone.
+	RecoverFrom string
+	// ReplayFrom is the first WAL record start-up would replay onto it.
+	ReplayFrom uint64
+	// Replayed is the number of records read from ReplayFrom on, as
+	// recovery would.
 	Replayed int
-	// State counts the recovered state (newest snapshot + replay).
+	// Recoverable says that start-up would rebuild a whole and consistent
+	// state — from RecoverFrom and the WAL — even when CheckDir found
+	// damage elsewhere (a newest snapshot start-up sets aside, a damaged
+	// older snapshot or WAL segment it does not need).
+	Recoverable bool
+	// State counts the state start-up would rebuild (when Recoverable).
 	State StateCounts
 }
 
-// CheckDir verifies a data directory offline, the way recovery reads it
-// but without changing anything: every snapshot file is read in full
-// (checksum, bounds, bitmaps validated), every WAL record is checked
-// (framing, checksum, lsn sequence) and decoded, the records after the
-// newest snapshot are replayed onto it in a scratch in-memory engine, and
-// the result's identity tables and cohorts are cross-checked
-// (Engine.Check). It needs about as much memory as the state itself.
+// CheckDir verifies a data directory offline without changing anything.
+// It reads every snapshot file in full (checksums, bounds, bitmaps, then
+// Engine.Check on what it holds) and every WAL record (framing, checksum,
+// lsn sequence, payload), and reports any damage in its error. It then
+// rebuilds the state the way recovery would (Engine.loadNewestSnapshot and
+// the replay after it), in a scratch in-memory engine:
 //
-// CheckDir takes the directory's lock while it runs and returns
-// ErrDataDirInUse (wrapped) when a cohortd holds it. Otherwise the error
-// is nil only if nothing is corrupt; the report says what was read either
-// way.
+//   - from the newest snapshot that reads back whole — a damaged newer one
+//     is what start-up sets aside as *.corrupt before it falls back to the
+//     previous snapshot and the WAL since it;
+//   - replaying the WAL from where that snapshot ends, skipping, like
+//     recovery, the segments it does not need;
+//
+// and cross-checks the result's identity tables and cohorts. The report
+// says which path recovery would take and whether it succeeds
+// (Recoverable): a data dir can be damaged (a non-nil error) and still
+// start with all its acknowledged state.
+//
+// The WAL is read twice, once whole and once from ReplayFrom; CheckDir
+// needs about as much memory as the state itself (two snapshots' worth
+// while an older snapshot is read). It takes the directory's lock while it
+// runs and returns ErrDataDirInUse (wrapped) when a cohortd holds it.
 func CheckDir(dir string) (CheckReport, error) {
 	rep := CheckReport{Records: map[string]int{}}
 	if _, err := os.Stat(dir); err != nil {
@@ -398,70 +425,148 @@ func CheckDir(dir string) (CheckReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("engine: check: list snapshots: %w", err)
 	}
+	aside, _ := filepath.Glob(filepath.Join(dir, snapPrefix+"*"+snapSuffix+".corrupt"))
+	for _, p := range aside {
+		rep.SetAside = append(rep.SetAside, filepath.Base(p))
+	}
 	var errs []error
-	var st *Engine // the newest snapshot, then the replay
-	for i, s := range snaps {
-		e, sc := loadSnapshotChecked(filepath.Join(dir, s.name), s.lsn)
-		rep.Snapshots = append(rep.Snapshots, sc)
-		if sc.Err != nil {
-			errs = append(errs, sc.Err)
-		}
-		if i == 0 {
-			st = e
-		}
-	}
-	from := uint64(1)
-	if len(snaps) > 0 {
-		from = snaps[0].lsn + 1
-	}
-	if st == nil {
-		if len(snaps) > 0 {
-			// Recovery would refuse the newest snapshot; replaying the WAL
-			// onto nothing would only report follow-on errors.
-			return rep, errors.Join(errs...)
-		}
-		st = scratchEngine()
-	}
+
+	// Every WAL record, whatever recovery needs of them.
 	walDir := filepath.Join(dir, "wal")
-	var replayErr error
-	if _, err := os.Stat(walDir); err == nil {
-		rep.WAL, err = wal.Scan(walDir, 1, func(typ uint8, lsn uint64, payload []byte) error {
-			rep.Records[RecordTypeName(typ)]++
-			if _, err := AppendRecordJSON(nil, typ, lsn, payload, false); err != nil {
-				return err
-			}
-			if lsn < from || replayErr != nil {
-				return nil
-			}
-			if err := st.replayRecord(typ, lsn, payload); err != nil {
-				replayErr = fmt.Errorf("engine: replay record %d (%s): %w", lsn, RecordTypeName(typ), err)
-				return nil
-			}
-			rep.Replayed++
-			return nil
-		})
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if replayErr != nil {
-			errs = append(errs, replayErr)
-		}
-		if err == nil && rep.WAL.Segments > 0 {
-			switch {
-			case rep.WAL.FirstLSN > from:
-				errs = append(errs, fmt.Errorf("engine: the WAL starts at lsn %d but the newest snapshot covers only up to lsn %d: records are missing", rep.WAL.FirstLSN, from-1))
-			case rep.WAL.NextLSN < from:
-				errs = append(errs, fmt.Errorf("engine: the newest snapshot covers lsn %d but the WAL ends at lsn %d", from-1, rep.WAL.NextLSN-1))
-			}
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
+	_, err = os.Stat(walDir)
+	hasWAL := err == nil
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("engine: check: %w", err))
 	}
-	if err := st.Check(); err != nil {
-		errs = append(errs, fmt.Errorf("engine: recovered state is inconsistent: %w", err))
+	var walErr error
+	if hasWAL {
+		rep.WAL, walErr = wal.Scan(walDir, 1, func(typ uint8, lsn uint64, payload []byte) error {
+			rep.Records[RecordTypeName(typ)]++
+			_, err := AppendRecordJSON(nil, typ, lsn, payload, false)
+			return err
+		})
+		if walErr != nil {
+			errs = append(errs, walErr)
+		}
 	}
-	rep.State = countState(st)
+
+	// Every snapshot; recovery loads the first that reads back whole.
+	var (
+		st     *Engine
+		chosen snapFile
+	)
+	for _, sn := range snaps {
+		e, sc := loadSnapshotChecked(filepath.Join(dir, sn.name), sn.lsn)
+		rep.Snapshots = append(rep.Snapshots, sc)
+		switch {
+		case sc.Err != nil:
+			errs = append(errs, sc.Err)
+		case st == nil:
+			st, chosen = e, sn
+		default:
+			_ = e.Close()
+		}
+	}
+
+	// The path recovery would take, and whether it gets through.
+	fatal := planRecovery(&rep, snaps, st, chosen)
+	if st == nil && fatal == nil {
+		st = scratchEngine()
+	}
+	if fatal == nil && rep.WAL.Segments > 0 {
+		fatal = replayChecked(st, walDir, &rep)
+		if fatal != nil && walErr != nil && fatal.Error() == walErr.Error() {
+			fatal = errRecoveryStops // the damage is reported once, above
+		}
+	}
+	if fatal == nil {
+		if err := st.Check(); err != nil {
+			fatal = fmt.Errorf("engine: recovered state is inconsistent: %w", err)
+		}
+	}
+	switch {
+	case fatal == nil:
+		rep.Recoverable = true
+		rep.State = countState(st)
+	case fatal != errRecoveryStops:
+		errs = append(errs, fatal)
+	}
+	if st != nil {
+		_ = st.Close()
+	}
 	return rep, errors.Join(errs...)
+}
+
+// errRecoveryStops marks a recovery path that stops at damage already
+// reported.
+var errRecoveryStops = errors.New("engine: recovery stops at the damage above")
+
+// planRecovery fills in where recovery would start (RecoverFrom,
+// ReplayFrom) from st, the newest snapshot that loaded (nil: none), or
+// returns why recovery would refuse to start, as Engine.recover does.
+func planRecovery(rep *CheckReport, snaps []snapFile, st *Engine, chosen snapFile) error {
+	walFirst := rep.WAL.FirstLSN // 0: no segment at all
+	switch {
+	case st != nil:
+		rep.RecoverFrom = chosen.name
+		from, ok := replayStart(chosen.lsn, st.maxScopeLSN(), walFirst)
+		if !ok {
+			return fmt.Errorf("engine: snapshot %s covers up to record %d, but the WAL starts at record %d: the records in between are missing", chosen.name, st.maxScopeLSN(), walFirst)
+		}
+		rep.ReplayFrom = from
+	case len(snaps) > 0 && walFirst == 0:
+		return errors.New("engine: no snapshot reads back whole, and there is no WAL to rebuild from")
+	case len(snaps) > 0 && walFirst != 1:
+		return fmt.Errorf("engine: no snapshot reads back whole, and the WAL does not hold the whole history (its first record is %d)", walFirst)
+	default:
+		rep.ReplayFrom = 1
+	}
+	if rep.WAL.Segments > 0 && rep.ReplayFrom < walFirst {
+		return fmt.Errorf("engine: replay would start at record %d, but the WAL starts at record %d: records were retired", rep.ReplayFrom, walFirst)
+	}
+	return nil
+}
+
+// replayStart is where recovery starts replaying after a snapshot named
+// snapLSN whose scopes cover up to top, on a WAL whose first record is
+// walFirst (0: no WAL); false when the WAL starts past everything the
+// snapshot covers. It mirrors Engine.loadNewestSnapshot.
+func replayStart(snapLSN, top, walFirst uint64) (uint64, bool) {
+	switch {
+	case walFirst == 0:
+		return top + 1, true
+	case walFirst <= snapLSN+1:
+		return snapLSN + 1, true
+	case walFirst <= top+1:
+		return walFirst, true
+	}
+	return 0, false
+}
+
+// replayChecked replays the WAL from rep.ReplayFrom onto st, reading only
+// the segments recovery reads, and returns why recovery would fail there.
+func replayChecked(st *Engine, walDir string, rep *CheckReport) error {
+	var replayErr error
+	sr, err := wal.Scan(walDir, rep.ReplayFrom, func(typ uint8, lsn uint64, payload []byte) error {
+		if replayErr != nil {
+			return nil
+		}
+		if err := st.replayRecord(typ, lsn, payload); err != nil {
+			replayErr = fmt.Errorf("engine: replay record %d (%s): %w", lsn, RecordTypeName(typ), err)
+			return nil
+		}
+		rep.Replayed++
+		return nil
+	})
+	switch {
+	case err != nil:
+		return err
+	case replayErr != nil:
+		return replayErr
+	case rep.ReplayFrom > sr.NextLSN:
+		return fmt.Errorf("engine: replay would start at record %d, but the WAL ends at record %d", rep.ReplayFrom, sr.NextLSN-1)
+	}
+	return nil
 }
 
 // scratchEngine is an in-memory engine that snapshots and records are
@@ -484,10 +589,12 @@ func loadSnapshotChecked(path string, lsn uint64) (*Engine, SnapshotCheck) {
 	e := scratchEngine()
 	if err := e.loadSnapshot(path); err != nil {
 		sc.Err = err
+		_ = e.Close()
 		return nil, sc
 	}
 	if err := e.Check(); err != nil {
 		sc.Err = fmt.Errorf("engine: snapshot %s is inconsistent: %w", sc.File, err)
+		_ = e.Close()
 		return nil, sc
 	}
 	sc.Counts = countState(e)

@@ -34,9 +34,11 @@ func (e *Engine) Memory() []WorkspaceMemory {
 	for _, w := range wss {
 		m := WorkspaceMemory{ID: w.id, Identity: w.users.Memory()}
 		m.Users, m.Keys = m.Identity.Users, m.Identity.Keys
-		for _, c := range w.Cohorts() {
-			m.CohortBitmaps += int64(c.Members().GetSizeInBytes())
+		w.cohorts.RLock()
+		for _, c := range w.cohorts.m {
+			m.CohortBitmaps += c.members.Bytes()
 		}
+		w.cohorts.RUnlock()
 		m.Staging = int64(w.stagingBytes())
 		out = append(out, m)
 	}

@@ -345,7 +345,14 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 		case op < 35: // upsert a small batch
 			var b UserBatch
 			var want []string
-			for n := 1 + r.IntN(4); n > 0; n-- {
+			n := 1 + r.IntN(4)
+			if r.IntN(10) == 0 {
+				// A batch longer than a prefill chunk (usercache.go), so
+				// that records meet keys earlier records of the chunk
+				// touched.
+				n = 200 + r.IntN(400)
+			}
+			for ; n > 0; n-- {
 				var e, d string
 				var as []string
 				switch r.IntN(6) {
@@ -390,40 +397,80 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 					return e, fmt.Errorf("op %d upsert: %s = %d, model %d (%v vs %v)", i, k, v, cnt[k], got, cnt)
 				}
 			}
-		case op < 38: // delete
-			c := randKey()
+		case op < 38: // delete, sometimes several keys (possibly of one user)
 			var set IdentifierSet
-			switch c.kind {
-			case index.KindExternal:
-				set.ExternalIDs = [][]byte{[]byte(c.key)}
-			case index.KindDevice:
-				set.DeviceIDs = [][]byte{[]byte(c.key)}
-			default:
-				set.Aliases = [][]byte{[]byte(c.key)}
+			var keys []mChange
+			for n := 1 + r.IntN(3)*r.IntN(3); n > 0; n-- {
+				keys = append(keys, randKey())
+			}
+			// The engine deletes external ids, then device ids, then
+			// aliases; the model follows that order.
+			for _, kind := range []index.Kind{index.KindExternal, index.KindDevice, index.KindAlias} {
+				for _, c := range keys {
+					if c.kind != kind {
+						continue
+					}
+					switch kind {
+					case index.KindExternal:
+						set.ExternalIDs = append(set.ExternalIDs, []byte(c.key))
+					case index.KindDevice:
+						set.DeviceIDs = append(set.DeviceIDs, []byte(c.key))
+					default:
+						set.Aliases = append(set.Aliases, []byte(c.key))
+					}
+				}
 			}
 			res, err := w.DeleteUsers(set)
 			if err != nil {
 				return e, err
 			}
 			wantDel := 0
-			if id := m.resolve(c.kind, c.key); id >= 0 {
-				m.deleteUser(id)
-				wantDel = 1
+			for _, kind := range []index.Kind{index.KindExternal, index.KindDevice, index.KindAlias} {
+				for _, c := range keys {
+					if c.kind != kind {
+						continue
+					}
+					if id := m.resolve(c.kind, c.key); id >= 0 {
+						m.deleteUser(id)
+						wantDel++
+					}
+				}
 			}
-			if res.Deleted != wantDel || res.Unmatched != 1-wantDel {
-				return e, fmt.Errorf("op %d delete %v: got %+v want deleted %d", i, c, res, wantDel)
+			if res.Deleted != wantDel || res.Unmatched != len(keys)-wantDel {
+				return e, fmt.Errorf("op %d delete %v: got %+v want deleted %d", i, keys, res, wantDel)
 			}
 		case op < 70: // change batch
 			name := cohorts[r.IntN(len(cohorts))]
 			var changes []mChange
-			for n := r.IntN(40); n > 0; n-- {
+			n := r.IntN(40)
+			if r.IntN(4) == 0 {
+				// One identifier a line across more than one resolve
+				// chunk (stage.go), with many repeated users.
+				n = 200 + r.IntN(600)
+			}
+			for ; n > 0; n-- {
 				c := randKey()
 				c.remove = r.IntN(3) == 0
 				changes = append(changes, c)
 			}
 			cs := w.NewChangeSet()
-			for _, c := range changes {
-				cs.AddMany(c.kind, [][]byte{[]byte(c.key)}, c.remove)
+			if r.IntN(2) == 0 {
+				for _, c := range changes { // one identifier a line
+					cs.AddMany(c.kind, [][]byte{[]byte(c.key)}, c.remove)
+				}
+			} else {
+				// Runs of one kind and direction in one call, as the
+				// decoder hands a change object over.
+				for j := 0; j < len(changes); {
+					k := j
+					var keys [][]byte
+					for k < len(changes) && changes[k].kind == changes[j].kind && changes[k].remove == changes[j].remove {
+						keys = append(keys, []byte(changes[k].key))
+						k++
+					}
+					cs.AddMany(changes[j].kind, keys, changes[j].remove)
+					j = k
+				}
 			}
 			p, id, _ := cut(name)
 			res, err := w.ApplyChanges(p, id, cs)
@@ -441,7 +488,11 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 		case op < 75: // snapshot replace
 			name := cohorts[r.IntN(len(cohorts))]
 			var members []mChange
-			for n := r.IntN(60); n > 0; n-- {
+			n := r.IntN(60)
+			if r.IntN(4) == 0 {
+				n = 200 + r.IntN(600)
+			}
+			for ; n > 0; n-- {
 				members = append(members, randKey())
 			}
 			ms := w.NewMemberSet()
@@ -475,6 +526,34 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 			}
 			if got := b.Bitmap().GetCardinality(); got != uint64(want) {
 				return e, fmt.Errorf("op %d bitmap %s = %d, model %d", i, ex.json, got, want)
+			}
+			// Paging walks candidates instead of the materialised set: the
+			// pages must still list exactly the members, in order.
+			if r.IntN(4) == 0 {
+				var paged []int
+				cursor, limit := "", 1+r.IntN(40)
+				for pages := 0; ; pages++ {
+					ids, next, err := b.Page(cursor, limit)
+					if err != nil || pages > len(m.users)+1 {
+						return e, fmt.Errorf("op %d page %s: %v after %d pages", i, ex.json, err, pages)
+					}
+					for _, id := range ids {
+						paged = append(paged, int(id))
+					}
+					if next == "" {
+						break
+					}
+					cursor = next
+				}
+				var wantIDs []int
+				for id, u := range m.users {
+					if !u.deleted && ex.eval(id) {
+						wantIDs = append(wantIDs, id)
+					}
+				}
+				if !slices.Equal(paged, wantIDs) {
+					return e, fmt.Errorf("op %d pages of %d of %s: %v, model %v", i, limit, ex.json, paged, wantIDs)
+				}
 			}
 			for n := 0; n < 5; n++ {
 				c := randKey()

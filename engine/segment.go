@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/valyala/fastjson"
@@ -22,13 +23,17 @@ import (
 //
 // It is independent of any workspace; Workspace.Bind resolves its cohorts.
 type Segment struct {
-	root *segNode
+	root  *segNode
+	flat  []*segNode // preorder
+	nkids int
+	pool  sync.Pool // *BoundSegment
 }
 
 type segNode struct {
 	op      index.Op // OpSet names a cohort by partner and id
 	partner string
 	id      string
+	warning string // OpSet: the warning when the cohort is unknown
 	kids    []*segNode
 }
 
@@ -57,7 +62,9 @@ func ParseSegmentValue(v *fastjson.Value) (*Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Segment{root: root}, nil
+	seg := &Segment{root: root}
+	seg.flatten()
+	return seg, nil
 }
 
 func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*segNode, error) {
@@ -154,42 +161,94 @@ func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*se
 // BoundSegment is a segment evaluated against one workspace: every cohort
 // bitmap and the live-users set are loaded once, so a query sees each
 // cohort at one version. The algebra is index.Expr's.
+//
+// Bind takes a BoundSegment from a pool of the Segment (the expression tree
+// is built once per pooled value); Release gives it back, after which it
+// must not be used. Not calling Release is fine: the value is collected.
 type BoundSegment struct {
 	w        *Workspace
+	seg      *Segment
 	expr     *index.Expr
 	live     *roaring.Bitmap
 	Warnings []string // "unknown cohort <partner>/<cohort_id>", in first-seen order
+
+	nodes []index.Expr  // the tree, preorder; nodes[0] is the root
+	kids  []*index.Expr // backing array of every node's Kids
 }
 
 var emptyBitmap = roaring.New()
 
-// Bind resolves the segment's cohorts in w. An unknown cohort is an empty
-// set and adds a warning.
-func (w *Workspace) Bind(s *Segment) *BoundSegment {
-	b := &BoundSegment{w: w, live: w.users.Live()}
-	b.expr = b.bind(s.root)
+// flatten numbers the segment's nodes in preorder (once, at parse).
+func (s *Segment) flatten() {
+	var walk func(n *segNode)
+	walk = func(n *segNode) {
+		s.flat = append(s.flat, n)
+		s.nkids += len(n.kids)
+		if n.op == index.OpSet {
+			n.warning = "unknown cohort " + n.partner + "/" + n.id
+		}
+		for _, k := range n.kids {
+			walk(k)
+		}
+	}
+	walk(s.root)
+}
+
+// newBound builds the expression tree of s for pooling.
+func (s *Segment) newBound() *BoundSegment {
+	b := &BoundSegment{seg: s, nodes: make([]index.Expr, len(s.flat)), kids: make([]*index.Expr, 0, s.nkids)}
+	pos := make(map[*segNode]int, len(s.flat))
+	for i, n := range s.flat {
+		pos[n] = i
+	}
+	for i, n := range s.flat {
+		b.nodes[i].Op = n.op
+		start := len(b.kids)
+		for _, k := range n.kids {
+			b.kids = append(b.kids, &b.nodes[pos[k]])
+		}
+		b.nodes[i].Kids = b.kids[start:len(b.kids):len(b.kids)]
+	}
+	b.expr = &b.nodes[0]
 	return b
 }
 
-func (b *BoundSegment) bind(n *segNode) *index.Expr {
-	x := &index.Expr{Op: n.op}
-	if n.op == index.OpSet {
-		if c := b.w.Cohort(n.partner, n.id); c != nil {
-			x.Set = c.Members()
-		} else {
-			x.Set = emptyBitmap
-			// Warnings are rare and few: a linear check for repeats keeps
-			// every query from allocating a set for them.
-			if w := "unknown cohort " + n.partner + "/" + n.id; !slices.Contains(b.Warnings, w) {
-				b.Warnings = append(b.Warnings, w)
-			}
+// Bind resolves the segment's cohorts in w. An unknown cohort is an empty
+// set and adds a warning. The fast path allocates nothing (see
+// BoundSegment).
+func (w *Workspace) Bind(s *Segment) *BoundSegment {
+	b, _ := s.pool.Get().(*BoundSegment)
+	if b == nil {
+		b = s.newBound()
+	}
+	b.w, b.live = w, w.users.Live()
+	b.Warnings = b.Warnings[:0]
+	for i, n := range s.flat {
+		if n.op != index.OpSet {
+			continue
 		}
-		return x
+		if c := w.Cohort(n.partner, n.id); c != nil {
+			b.nodes[i].Set = c.Members()
+			continue
+		}
+		b.nodes[i].Set = emptyBitmap
+		// Warnings are rare and few: a linear check for repeats keeps
+		// every query from allocating a set for them.
+		if !slices.Contains(b.Warnings, n.warning) {
+			b.Warnings = append(b.Warnings, n.warning)
+		}
 	}
-	for _, k := range n.kids {
-		x.Kids = append(x.Kids, b.bind(k))
+	return b
+}
+
+// Release returns b to its segment's pool; b must not be used afterwards.
+func (b *BoundSegment) Release() {
+	b.w, b.live = nil, nil
+	for i := range b.nodes {
+		b.nodes[i].Set = nil // do not pin old bitmap versions
 	}
-	return x
+	clear(b.Warnings)
+	b.seg.pool.Put(b)
 }
 
 // Contains reports whether user id is in the segment, without
@@ -247,6 +306,9 @@ func (c cursorCodec) decode(ws, s string) (uint32, bool) {
 
 // Page returns up to limit members of the segment after cursor ("" for the
 // first page) and the cursor of the next page ("" when there is none).
+// It walks the expression's candidates from the cursor on (index.Expr.Page)
+// instead of materialising the segment, so a page costs about its own size
+// (more when the segment is sparse in its candidates), not the segment's.
 func (b *BoundSegment) Page(cursor string, limit int) ([]index.UserID, string, error) {
 	start := uint64(0)
 	if cursor != "" {
@@ -256,20 +318,21 @@ func (b *BoundSegment) Page(cursor string, limit int) ([]index.UserID, string, e
 		}
 		start = uint64(last) + 1
 	}
-	bm := b.Bitmap()
-	it := bm.Iterator()
-	if start > 0 {
-		if start > uint64(^uint32(0)) {
-			return nil, "", nil
-		}
-		it.AdvanceIfNeeded(uint32(start))
+	if start > uint64(^uint32(0)) || limit <= 0 {
+		return nil, "", nil
 	}
-	out := make([]index.UserID, 0, min(limit, 4096))
-	for it.HasNext() && len(out) < limit {
-		out = append(out, index.UserID(it.Next()))
+	// One member more than asked tells whether a next page exists.
+	ids := b.expr.Page(b.live, uint32(start), limit+1, make([]uint32, 0, min(limit+1, 4097)))
+	more := len(ids) > limit
+	if more {
+		ids = ids[:limit]
+	}
+	out := make([]index.UserID, len(ids))
+	for i, id := range ids {
+		out[i] = index.UserID(id)
 	}
 	next := ""
-	if it.HasNext() && len(out) > 0 {
+	if more && len(out) > 0 {
 		next = b.w.e.cursor.encode(b.w.id, uint32(out[len(out)-1]))
 	}
 	return out, next, nil

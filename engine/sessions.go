@@ -23,13 +23,14 @@ import (
 type sessionKey struct{ partner, cohort, id string }
 
 type session struct {
-	key      sessionKey
-	total    int
-	pages    *roaring.Bitmap // page numbers received
-	members  *roaring.Bitmap // union of the staged pages (writer-private)
-	seq      uint64          // begin order within the workspace
-	lastPage int64           // unix nanoseconds of the latest page
-	sync     sessionSync     // the pages' counts for the sync history (syncs.go)
+	key       sessionKey
+	total     int
+	pages     *roaring.Bitmap // page numbers received
+	members   *roaring.Bitmap // union of the staged pages (writer-private)
+	seq       uint64          // begin order within the workspace
+	lastPage  int64           // unix nanoseconds of the latest page
+	accounted int64           // bytes counted in sessionTable.staged
+	sync      sessionSync     // the pages' counts for the sync history (syncs.go)
 }
 
 // sessionTable holds a workspace's open sessions (under Workspace.mu).
@@ -40,9 +41,11 @@ type sessionTable struct {
 	// commit) for one TTL: Mixpanel re-sends a page whose reply it lost,
 	// and such a page must not open a new session.
 	done map[sessionKey]int64
-	// open is len(m), for readers that must not take the writer lock
-	// (metrics, the session expiry loop).
-	open atomic.Int64
+	// open is len(m) and staged the bytes of the open sessions' staged ids
+	// and page sets, for readers that must not take the writer lock
+	// (metrics, the memory report, the session expiry loop).
+	open   atomic.Int64
+	staged atomic.Int64
 }
 
 func (t *sessionTable) get(k sessionKey) *session {
@@ -56,7 +59,12 @@ func (t *sessionTable) put(s *session) {
 	if t.m == nil {
 		t.m = make(map[sessionKey]*session)
 	}
+	if old := t.m[s.key]; old != nil {
+		t.staged.Add(-old.accounted)
+	}
 	t.m[s.key] = s
+	s.accounted = 0
+	t.account(s)
 	if s.seq >= t.nextSeq {
 		t.nextSeq = s.seq + 1
 	}
@@ -64,6 +72,9 @@ func (t *sessionTable) put(s *session) {
 }
 
 func (t *sessionTable) delete(k sessionKey) {
+	if s := t.m[k]; s != nil {
+		t.staged.Add(-s.accounted)
+	}
 	delete(t.m, k)
 	t.open.Store(int64(len(t.m)))
 }
@@ -109,20 +120,23 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	ids := ms.Bitmap()
 	var res StageResult
 	err := w.write(func() error {
+		if w.ulog.staleLocked(&ms.guard, ids) {
+			return ErrUsersChanged
+		}
 		var err error
-		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids, ms.Len(), ms.unmatched)
+		res, err = w.stagePageLocked(partnerSlug, cohortID, name, sessionID, page, total, ids, ms.Matched(), ms.unmatched)
 		return err
 	})
 	if err != nil {
 		return StageResult{}, err
 	}
-	res.Matched, res.Unmatched = ms.Len(), ms.unmatched
+	res.Matched, res.Unmatched = ms.Matched(), ms.unmatched
 	return res, nil
 }
 
-// stagePageLocked stages a page whose members are ids (sent identifiers,
-// unmatched of them did not match) under w.mu.
-func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, sent, unmatched int) (StageResult, error) {
+// stagePageLocked stages a page whose members are ids (matched of its
+// identifiers matched, unmatched did not) under w.mu.
+func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, matched, unmatched int) (StageResult, error) {
 	now := w.e.writeTime().UTC()
 	k := sessionKey{partnerSlug, cohortID, sessionID}
 	if _, err := w.expireSessionsLocked(now); err != nil {
@@ -164,7 +178,7 @@ func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID strin
 	if _, err := w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) }); err != nil {
 		return StageResult{}, err
 	}
-	if _, err := w.stagePageSyncLocked(k, now, sent, unmatched); err != nil {
+	if _, err := w.stagePageSyncLocked(k, now, matched, unmatched); err != nil {
 		return StageResult{}, err
 	}
 	res := StageResult{Staged: int(ids.GetCardinality()), PagesReceived: int(s.pages.GetCardinality())}
@@ -233,7 +247,17 @@ func (w *Workspace) applyStage(k sessionKey, total, page int, seq uint64, at int
 	s.pages.Add(uint32(page))
 	s.members.Or(ids)
 	s.lastPage = at
+	w.sessions.account(s)
 	return s
+}
+
+// account brings staged up to date with s's staged ids and page set.
+// Sizes are remembered per session, so that a session whose members were
+// consumed by its commit is taken off by what was added.
+func (t *sessionTable) account(s *session) {
+	n := int64(s.members.GetSizeInBytes() + s.pages.GetSizeInBytes())
+	t.staged.Add(n - s.accounted)
+	s.accounted = n
 }
 
 // expireSessionsLocked drops sessions idle for longer than the TTL.
@@ -465,13 +489,5 @@ func (w *Workspace) readSessions(s *snapReader) {
 }
 
 // stagingBytes is the memory held by open sessions' staged ids and page
-// sets (for benchmarks and metrics).
-func (w *Workspace) stagingBytes() float64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var n uint64
-	for _, s := range w.sessions.m {
-		n += s.members.GetSizeInBytes() + s.pages.GetSizeInBytes()
-	}
-	return float64(n)
-}
+// sets (for benchmarks and metrics). It takes no lock.
+func (w *Workspace) stagingBytes() float64 { return float64(w.sessions.staged.Load()) }

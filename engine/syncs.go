@@ -583,7 +583,7 @@ func replaceEvent(ms *MemberSet, target int, res *ReplaceResult, now time.Time) 
 	ev := syncEvent{source: SourceReplace, start: now, end: now, requests: 1,
 		matched: uint64(target), added: uint64(res.Added), removed: uint64(res.Removed)}
 	if ms != nil {
-		ev.matched, ev.unknown, ev.devIdent = uint64(ms.Len()), uint64(ms.unmatched-ms.identified), uint64(ms.identified)
+		ev.matched, ev.unknown, ev.devIdent = uint64(ms.Matched()), uint64(ms.unmatched-ms.identified), uint64(ms.identified)
 	}
 	return ev
 }

@@ -125,7 +125,8 @@ type userOps struct {
 	enc     *recordEncoder
 	merges  [][2]uint32 // (from, into)
 	deleted []uint32
-	ops     int // operations in the record being built
+	ops     int        // operations in the record being built
+	cache   *userCache // prefilled lookups (usercache.go); nil: none
 }
 
 // userRecordSplit is the record size past which userOps cuts a record.
@@ -159,6 +160,8 @@ func (o *userOps) flush() {
 		}
 		w.noteLSNLocked(lsn)
 		w.finishUserOpsLocked(o.merges, o.deleted)
+		// Imports staged before this record see it as a user change.
+		w.ulog.commitLocked()
 	}
 	o.w.shrinkScratch()
 	o.begin()
@@ -174,6 +177,7 @@ func (o *userOps) create() index.UserID {
 
 func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
 	o.op()
+	o.w.ulog.noteAttach(o.w.users, id, kind, key)
 	if err := o.w.users.Attach(id, kind, key); err != nil {
 		// Every check Attach makes was made before (the key is free, the
 		// user live, the key valid), except capacity: the workspace's key
@@ -190,7 +194,8 @@ func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
 
 func (o *userOps) detach(kind index.Kind, key []byte) {
 	o.op()
-	o.w.users.Detach(kind, key)
+	holder, _ := o.w.users.Detach(kind, key)
+	o.w.ulog.noteDetach(holder, kind, key)
 	o.enc.u8(opDetach)
 	o.enc.u8(uint8(kind))
 	o.enc.bytes(key)
@@ -198,7 +203,7 @@ func (o *userOps) detach(kind index.Kind, key []byte) {
 
 // move gives key to id, taking it from its current holder (if any).
 func (o *userOps) move(id index.UserID, kind index.Kind, key []byte) bool {
-	cur := o.w.users.Resolve(kind, key)
+	cur := o.resolve(kind, key)
 	if cur == id {
 		return false
 	}
@@ -224,6 +229,7 @@ func (o *userOps) merge(from, into index.UserID) {
 	}
 	o.op()
 	o.w.users.Delete(from)
+	o.w.ulog.noteUser(from)
 	o.enc.u8(opMerge)
 	o.enc.uvarint(uint64(from))
 	o.enc.uvarint(uint64(into))
@@ -233,6 +239,7 @@ func (o *userOps) merge(from, into index.UserID) {
 func (o *userOps) delete(id index.UserID) {
 	o.op()
 	o.w.users.Delete(id)
+	o.w.ulog.noteUser(id)
 	o.enc.u8(opDelete)
 	o.enc.uvarint(uint64(id))
 	o.deleted = append(o.deleted, uint32(id))
@@ -252,7 +259,7 @@ func (w *Workspace) runUserOps(reserve func() error, fn func(ops *userOps)) erro
 				return err
 			}
 		}
-		ops := userOps{w: w, enc: &w.enc}
+		ops := userOps{w: w, enc: &w.enc, cache: new(userCache)}
 		ops.begin()
 		defer func() {
 			if v := recover(); v != nil {
@@ -309,6 +316,7 @@ func (w *Workspace) upsertUsers(b *UserBatch) (UpsertResult, error) {
 	}
 	err := w.runUserOps(b.reserve(w), func(ops *userOps) {
 		for i := range b.recs {
+			ops.prefillRecords(b, i)
 			switch w.upsertOne(ops, b, &b.recs[i]) {
 			case outCreated:
 				res.Created++
@@ -350,7 +358,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 		if dev == nil {
 			return outUnchanged
 		}
-		if u.Resolve(index.KindDevice, dev) != index.NoUser {
+		if o.resolve(index.KindDevice, dev) != index.NoUser {
 			return outUnchanged
 		}
 		o.attach(o.create(), index.KindDevice, dev)
@@ -361,10 +369,10 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 	// first alias someone holds.
 	target := index.NoUser
 	if ext != nil {
-		target = u.Resolve(index.KindExternal, ext)
+		target = o.resolve(index.KindExternal, ext)
 	} else {
 		for _, a := range aliases {
-			if t := u.Resolve(index.KindAlias, a); t != index.NoUser {
+			if t := o.resolve(index.KindAlias, a); t != index.NoUser {
 				target = t
 				break
 			}
@@ -372,7 +380,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 	}
 	devUser := index.NoUser
 	if dev != nil {
-		devUser = u.Resolve(index.KindDevice, dev)
+		devUser = o.resolve(index.KindDevice, dev)
 	}
 
 	out := outUnchanged
@@ -389,7 +397,7 @@ func (w *Workspace) upsertOne(o *userOps, b *UserBatch, r *userRec) upsertOutcom
 		out = outMerged
 	}
 	changed := false
-	if ext != nil && u.Resolve(index.KindExternal, ext) != target {
+	if ext != nil && o.resolve(index.KindExternal, ext) != target {
 		o.attach(target, index.KindExternal, ext)
 		changed = true
 	}
@@ -436,8 +444,9 @@ func (w *Workspace) deleteUsers(set IdentifierSet) (DeleteResult, error) {
 			kind index.Kind
 			keys [][]byte
 		}{{index.KindExternal, set.ExternalIDs}, {index.KindDevice, set.DeviceIDs}, {index.KindAlias, set.Aliases}} {
-			for _, k := range g.keys {
-				id := w.users.Resolve(g.kind, k)
+			for j, k := range g.keys {
+				ops.prefillKeys(g.kind, g.keys, j)
+				id := ops.resolve(g.kind, k)
 				if id == index.NoUser {
 					res.Unmatched++
 					continue

@@ -74,6 +74,12 @@ type Workspace struct {
 	// under mu.
 	idem idemLocked
 
+	// ulog records what recent user changes touched, so that imports
+	// resolved meanwhile can tell whether they went stale (userlog.go).
+	ulog usersLog
+
+	segs segmentCache // parsed segments by their JSON (lookup.go)
+
 	// scratch buffers reused under mu.
 	enc recordEncoder
 }

@@ -71,11 +71,66 @@ func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 		}
 		return e.Kids[0].Set.OrCardinality(e.Kids[1].Set)
 	}
+	if e.Op == OpAnd || e.Op == OpOr {
+		// The top level is counted, not built: ∩ins \ ∪outs costs one
+		// materialised operation less (countMinus).
+		// Operands of up to eight kids stay on the stack.
+		var pb, nb [8]*roaring.Bitmap
+		var po, no [8]bool
+		pos, posOwned, negs, negOwned := e.operands(pb[:0], po[:0], nb[:0], no[:0])
+		if e.Op == OpAnd && len(pos) > 0 {
+			smallestFirst(pos, posOwned)
+			return countMinus(pos, posOwned, negs)
+		}
+		if e.Op == OpOr && len(negs) > 0 {
+			// live \ (∩negs \ ∪pos); ∩negs \ ∪pos holds live users only.
+			smallestFirst(negs, negOwned)
+			return live.GetCardinality() - countMinus(negs, negOwned, pos)
+		}
+	}
 	set, neg, _ := e.eval()
 	if neg {
 		return live.GetCardinality() - live.AndCardinality(set)
 	}
 	return set.GetCardinality()
+}
+
+// operands evaluates the kids of an and/or node into positive sets and
+// sets whose complement (relative to live) is meant, appending to the
+// slices given.
+func (e *Expr) operands(pos []*roaring.Bitmap, posOwned []bool, negs []*roaring.Bitmap, negOwned []bool) ([]*roaring.Bitmap, []bool, []*roaring.Bitmap, []bool) {
+	for _, k := range e.Kids {
+		s, ng, own := k.eval()
+		if ng {
+			negs, negOwned = append(negs, s), append(negOwned, own)
+		} else {
+			pos, posOwned = append(pos, s), append(posOwned, own)
+		}
+	}
+	return pos, posOwned, negs, negOwned
+}
+
+// countMinus returns |∩ins \ ∪outs| (len(ins) ≥ 1, ins[0] the smallest)
+// materialising as little as roaring's public API allows: the last
+// operation is a cardinality (|acc| − |acc ∩ out|, or AndCardinality for
+// two sets), never a built result. Everything before it is built as
+// intersectMinus builds it. (A count of several operands in one pass over
+// the containers, which would build nothing, needs an API roaring lacks:
+// see BenchmarkCount.)
+func countMinus(ins []*roaring.Bitmap, insOwned []bool, outs []*roaring.Bitmap) uint64 {
+	switch {
+	case len(outs) == 0 && len(ins) == 1:
+		return ins[0].GetCardinality()
+	case len(outs) == 0 && len(ins) == 2:
+		return ins[0].AndCardinality(ins[1])
+	case len(outs) == 0:
+		acc := intersectMinus(ins[:len(ins)-1], insOwned[:len(ins)-1], nil)
+		return acc.AndCardinality(ins[len(ins)-1])
+	case len(ins) == 1 && len(outs) == 1:
+		return ins[0].GetCardinality() - ins[0].AndCardinality(outs[0])
+	}
+	acc := intersectMinus(ins, insOwned, outs[:len(outs)-1])
+	return acc.GetCardinality() - acc.AndCardinality(outs[len(outs)-1])
 }
 
 // Bitmap materialises the expression as a new bitmap owned by the caller.
@@ -182,4 +237,106 @@ func smallestFirst(sets []*roaring.Bitmap, owned []bool) {
 	}
 	sets[0], sets[m] = sets[m], sets[0]
 	owned[0], owned[m] = owned[m], owned[0]
+}
+
+// Page appends to dst, in increasing order, up to limit live members of the
+// expression that are at least start, and returns dst. Nothing is
+// materialised: it walks a candidate set (a superset of the result) from
+// start and keeps the candidates the expression contains, so a page costs
+// about its size when the result is dense in its candidates. Candidates:
+// a set's members; for "and", the candidates of its smallest positive
+// operand; for "or", the union of its operands' candidates (merged on the
+// fly); live users for "not" and "all".
+func (e *Expr) Page(live *roaring.Bitmap, start uint32, limit int, dst []uint32) []uint32 {
+	if limit <= 0 {
+		return dst
+	}
+	it := e.candidates(live)
+	it.AdvanceIfNeeded(start)
+	var last uint32
+	first := true
+	for it.HasNext() && limit > 0 {
+		x := it.Next()
+		if !first && x == last {
+			continue // the union iterator may repeat a value
+		}
+		first, last = false, x
+		if live.Contains(x) && e.Contains(x) {
+			dst = append(dst, x)
+			limit--
+		}
+	}
+	return dst
+}
+
+// candidates returns an iterator over a superset of the expression's
+// members.
+func (e *Expr) candidates(live *roaring.Bitmap) roaring.IntPeekable {
+	switch e.Op {
+	case OpSet:
+		return e.Set.Iterator()
+	case OpAnd:
+		var best *Expr
+		for _, k := range e.Kids {
+			if k.Op == OpSet && (best == nil || k.Set.GetCardinality() < best.Set.GetCardinality()) {
+				best = k
+			}
+		}
+		if best != nil {
+			return best.Set.Iterator()
+		}
+		for _, k := range e.Kids {
+			if k.Op == OpAnd || k.Op == OpOr {
+				return k.candidates(live)
+			}
+		}
+	case OpOr:
+		its := make([]roaring.IntPeekable, 0, len(e.Kids))
+		for _, k := range e.Kids {
+			if k.Op == OpNot || k.Op == OpAll {
+				return live.Iterator()
+			}
+			its = append(its, k.candidates(live))
+		}
+		if len(its) == 1 {
+			return its[0]
+		}
+		return &unionIterator{its: its}
+	}
+	return live.Iterator()
+}
+
+// unionIterator merges sorted iterators; a value held by several is
+// returned once per holder (Page skips repeats).
+type unionIterator struct {
+	its []roaring.IntPeekable
+}
+
+func (u *unionIterator) HasNext() bool {
+	for _, it := range u.its {
+		if it.HasNext() {
+			return true
+		}
+	}
+	return false
+}
+
+// min returns the iterator with the smallest next value.
+func (u *unionIterator) min() roaring.IntPeekable {
+	var best roaring.IntPeekable
+	for _, it := range u.its {
+		if it.HasNext() && (best == nil || it.PeekNext() < best.PeekNext()) {
+			best = it
+		}
+	}
+	return best
+}
+
+func (u *unionIterator) Next() uint32     { return u.min().Next() }
+func (u *unionIterator) PeekNext() uint32 { return u.min().PeekNext() }
+
+func (u *unionIterator) AdvanceIfNeeded(minval uint32) {
+	for _, it := range u.its {
+		it.AdvanceIfNeeded(minval)
+	}
 }

@@ -27,6 +27,13 @@ import (
 type Members struct {
 	master *roaring.Bitmap // writer only
 	pub    atomic.Pointer[roaring.Bitmap]
+	size   atomic.Pointer[sizedBitmap] // Bytes' cache, for the version published
+}
+
+// sizedBitmap is a published version and its serialized size.
+type sizedBitmap struct {
+	bm    *roaring.Bitmap
+	bytes int64
 }
 
 // NewMembers returns an empty member set.
@@ -44,6 +51,19 @@ func (m *Members) Reset(bm *roaring.Bitmap) {
 }
 
 func (m *Members) publish() { m.pub.Store(m.master.Clone()) }
+
+// Bytes returns the memory of the published set (roaring's
+// GetSizeInBytes), computed once per published version: metrics and the
+// memory report read it for every cohort on every scrape.
+func (m *Members) Bytes() int64 {
+	pub := m.Load()
+	if c := m.size.Load(); c != nil && c.bm == pub {
+		return c.bytes
+	}
+	c := &sizedBitmap{bm: pub, bytes: int64(pub.GetSizeInBytes())}
+	m.size.Store(c)
+	return c.bytes
+}
 
 // Load returns the published member set. Never mutate or Clone it.
 func (m *Members) Load() *roaring.Bitmap { return m.pub.Load() }

@@ -153,6 +153,9 @@ func (u Universe) appendPartnerChanges(dst []byte, c *Credentials, cohortID stri
 
 // appendBulkChanges appends an NDJSON body for POST /v1/cohorts/{p}/{id}/changes:
 // one change object of at most perLine identifiers a line, adds first.
+// Lines hold only the arrays they need and should_remove only when true,
+// as exporters write them: with perLine 1 an external id is the headline
+// line {"user_ids":["…"]} of docs/WORKLOADS.md.
 func (u Universe) appendBulkChanges(dst []byte, adds, removes []Ref, perLine int) []byte {
 	for _, part := range []struct {
 		refs   []Ref
@@ -160,12 +163,65 @@ func (u Universe) appendBulkChanges(dst []byte, adds, removes []Ref, perLine int
 	}{{adds, false}, {removes, true}} {
 		for refs := part.refs; len(refs) > 0; {
 			n := min(perLine, len(refs))
-			dst = u.appendChange(dst, refs[:n], part.remove)
+			dst = u.appendLine(dst, refs[:n], part.remove)
 			dst = append(dst, '\n')
 			refs = refs[n:]
 		}
 	}
 	return dst
+}
+
+// appendLine appends one bulk change object with only the arrays its
+// identifiers need.
+func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
+	var tmp [64]byte
+	dst = append(dst, '{')
+	sep := false
+	for _, kind := range []IDKind{IDExternal, IDDevice, IDAlias} {
+		open := false
+		for _, r := range refs {
+			k := r.Kind
+			if k == IDUnknown {
+				k = IDExternal
+			}
+			if k != kind {
+				continue
+			}
+			if !open {
+				if sep {
+					dst = append(dst, ',')
+				}
+				switch kind {
+				case IDExternal:
+					dst = append(dst, `"user_ids":[`...)
+				case IDDevice:
+					dst = append(dst, `"device_ids":[`...)
+				default:
+					dst = append(dst, `"aliases":[`...)
+				}
+				open, sep = true, true
+			} else {
+				dst = append(dst, ',')
+			}
+			if kind == IDAlias {
+				dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
+				dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+				dst = append(dst, '}')
+			} else {
+				dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+			}
+		}
+		if open {
+			dst = append(dst, ']')
+		}
+	}
+	if remove {
+		if sep {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `"should_remove":true`...)
+	}
+	return append(dst, '}')
 }
 
 // appendUserRecords appends the first seeding pass for users from…to-1 as

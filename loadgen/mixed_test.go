@@ -445,9 +445,10 @@ func checkExpr(e map[string]json.RawMessage) error {
 func (f *fakeServer) segments(ctx *fasthttp.RequestCtx, path string, body []byte) {
 	f.queries.Add(1)
 	var in struct {
-		Segment map[string]json.RawMessage `json:"segment"`
-		Users   []map[string]string        `json:"users"`
-		Limit   int                        `json:"limit"`
+		Segment     map[string]json.RawMessage `json:"segment"`
+		Users       []map[string]string        `json:"users"`
+		ExternalIDs []string                   `json:"external_ids"`
+		Limit       int                        `json:"limit"`
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
 		f.problem("%s: %v", path, err)
@@ -466,7 +467,15 @@ func (f *fakeServer) segments(ctx *fasthttp.RequestCtx, path string, body []byte
 				f.problem("contains: bad user %v", u)
 			}
 		}
-		reply(ctx, 200, map[string]any{"results": make([]bool, len(in.Users))})
+		if len(in.Users) > 0 && len(in.ExternalIDs) > 0 {
+			f.problem("contains: both users and external_ids")
+		}
+		for _, id := range in.ExternalIDs {
+			if !strings.HasPrefix(id, "user-") {
+				f.problem("contains: compact form names %q, not an external id", id)
+			}
+		}
+		reply(ctx, 200, map[string]any{"results": make([]bool, len(in.Users)+len(in.ExternalIDs))})
 	case "/v1/segments/count":
 		reply(ctx, 200, map[string]any{"count": 7})
 	case "/v1/segments/members":

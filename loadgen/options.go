@@ -92,7 +92,8 @@ type Options struct {
 	// Default 0.01.
 	ChurnLeave float64
 	// ChurnJoin is the share of non-members that join per change set.
-	// Default 0.01.
+	// Zero (the default) means as many non-members join as members leave,
+	// so that sizes stay level (docs/WORKLOADS.md).
 	ChurnJoin float64
 
 	// Mix is the query mix. Default DefaultMix.
@@ -110,7 +111,8 @@ type Options struct {
 	// BulkIDs is the number of identifiers per bulk request. Default 100,000.
 	BulkIDs int
 	// BulkLineIDs is the number of identifiers per bulk NDJSON line.
-	// Default 1,000.
+	// Default 1: one change object a line, as exporters write one user a
+	// line (the headline bulk shape of docs/WORKLOADS.md).
 	BulkLineIDs int
 
 	// WebhookPageSize is the number of members per Mixpanel webhook call.
@@ -157,6 +159,13 @@ type Options struct {
 	// Dial, when set, replaces TCP dialing (tests use an in-memory
 	// listener).
 	Dial func(addr string) (net.Conn, error)
+
+	// ServerPID, when set, is the process id of the server on this
+	// machine: the report then gives the server's CPU time over the run and
+	// requests and identifiers per server CPU-second (docs/WORKLOADS.md:
+	// the client's cost differs between protocols, the server's is what
+	// compares).
+	ServerPID int
 }
 
 // bases returns the normalised base URLs of Addr.
@@ -213,11 +222,10 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.Pipeline, 1)
 	setDefault(&o.Interval, time.Second)
 	setDefault(&o.ChurnLeave, 0.01)
-	setDefault(&o.ChurnJoin, 0.01)
 	setDefault(&o.UsersPerBody, 100_000)
 	setDefault(&o.PartnerMaxIDs, 1_000)
 	setDefault(&o.BulkIDs, 100_000)
-	setDefault(&o.BulkLineIDs, 1_000)
+	setDefault(&o.BulkLineIDs, 1)
 	setDefault(&o.WebhookPageSize, 1_000)
 	setDefault(&o.MaxRetries, 8)
 	setDefault(&o.BackoffBase, 50*time.Millisecond)
@@ -294,23 +302,25 @@ func (o Options) check() error {
 // Mix is the query mix in relative weights.
 type Mix struct {
 	Contains int // single contains of one user
-	Batch    int // contains of 1,000 users
+	Batch    int // contains of 1,000 users ({"users":[…]})
+	Compact  int // contains of 1,000 external ids, the compact form ({"external_ids":[…]})
 	Count    int // count of an expression
 	Page     int // one page of 1,000 members
 }
 
-// DefaultMix is the segment-evaluator mix of docs/WORKLOADS.md.
-var DefaultMix = Mix{Contains: 70, Batch: 20, Count: 9, Page: 1}
+// DefaultMix is the segment-evaluator mix of docs/WORKLOADS.md: its 20% of
+// batch contains are split between the users form and the compact form.
+var DefaultMix = Mix{Contains: 70, Batch: 10, Compact: 10, Count: 9, Page: 1}
 
-func (m Mix) total() int { return m.Contains + m.Batch + m.Count + m.Page }
+func (m Mix) total() int { return m.Contains + m.Batch + m.Compact + m.Count + m.Page }
 
 // String formats the mix as ParseMix reads it.
 func (m Mix) String() string {
-	return fmt.Sprintf("contains=%d,batch=%d,count=%d,page=%d", m.Contains, m.Batch, m.Count, m.Page)
+	return fmt.Sprintf("contains=%d,batch=%d,compact=%d,count=%d,page=%d", m.Contains, m.Batch, m.Compact, m.Count, m.Page)
 }
 
-// ParseMix reads a mix like "contains=70,batch=20,count=9,page=1". Kinds
-// left out get weight 0.
+// ParseMix reads a mix like "contains=70,batch=10,compact=10,count=9,page=1".
+// Kinds left out get weight 0.
 func ParseMix(s string) (Mix, error) {
 	var m Mix
 	for part := range strings.SplitSeq(s, ",") {
@@ -328,12 +338,14 @@ func ParseMix(s string) (Mix, error) {
 			m.Contains = n
 		case "batch":
 			m.Batch = n
+		case "compact":
+			m.Compact = n
 		case "count":
 			m.Count = n
 		case "page":
 			m.Page = n
 		default:
-			return Mix{}, fmt.Errorf("loadgen: unknown query kind %q (contains, batch, count, page)", k)
+			return Mix{}, fmt.Errorf("loadgen: unknown query kind %q (contains, batch, compact, count, page)", k)
 		}
 	}
 	if m.total() == 0 {

@@ -24,7 +24,7 @@ func TestDefaultOptionsExactZeros(t *testing.T) {
 		d.RequestTimeout != plain.RequestTimeout || d.Mix != plain.Mix || d.Addr != plain.Addr {
 		t.Fatalf("DefaultOptions %+v differs from the defaults %+v", d, plain)
 	}
-	if d.Seed != 1 || d.ChurnLeave != 0.01 || d.ChurnJoin != 0.01 || d.MaxRetries != 8 {
+	if d.Seed != 1 || d.ChurnLeave != 0.01 || d.ChurnJoin != 0 || d.MaxRetries != 8 {
 		t.Fatalf("defaults changed: seed %d, churn %g/%g, retries %d", d.Seed, d.ChurnLeave, d.ChurnJoin, d.MaxRetries)
 	}
 

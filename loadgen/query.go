@@ -45,6 +45,7 @@ func Query(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 const (
 	opContains = "contains"
 	opBatch    = "batch"
+	opCompact  = "batch_compact"
 	opCount    = "count"
 	opPage     = "page"
 )
@@ -114,7 +115,9 @@ func (m Mix) pick(r *rand.Rand) string {
 		return opContains
 	case x < m.Contains+m.Batch:
 		return opBatch
-	case x < m.Contains+m.Batch+m.Count:
+	case x < m.Contains+m.Batch+m.Compact:
+		return opCompact
+	case x < m.Contains+m.Batch+m.Compact+m.Count:
 		return opCount
 	default:
 		return opPage
@@ -172,6 +175,16 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 	return append(dst, '}')
 }
 
+// externalRef draws a random seeded user that has an external id (the
+// compact form names users by external id only).
+func (q *querier) externalRef(r *rand.Rand) Ref {
+	for {
+		if ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users)); ref.Kind == IDExternal {
+			return ref
+		}
+	}
+}
+
 // build appends the body of a query of kind and returns its path.
 func (q *querier) build(dst []byte, kind string, r *rand.Rand) (string, []byte) {
 	dst = append(dst, `{"segment":`...)
@@ -188,6 +201,16 @@ func (q *querier) build(dst []byte, kind string, r *rand.Rand) (string, []byte) 
 				dst = append(dst, ',')
 			}
 			dst = q.appendUser(dst, r)
+		}
+		return "/v1/segments/contains", append(dst, "]}"...)
+	case opCompact:
+		dst = append(dst, `,"external_ids":[`...)
+		var tmp [64]byte
+		for i := range batchUsers {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONString(dst, q.r.u.appendValue(tmp[:0], q.externalRef(r)))
 		}
 		return "/v1/segments/contains", append(dst, "]}"...)
 	case opCount:
@@ -220,9 +243,9 @@ func (q *querier) send(ctx context.Context, kind, path string, body []byte, inte
 	ids := 0
 	if err == nil {
 		switch kind {
-		case opContains, opBatch:
+		case opContains, opBatch, opCompact:
 			want := 1
-			if kind == opBatch {
+			if kind != opContains {
 				want = batchUsers
 			}
 			ids = want

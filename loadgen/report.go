@@ -38,6 +38,19 @@ type Report struct {
 	Seed *SeedCounts `json:"seed,omitempty"`
 	// Notes holds remarks that do not fail the run.
 	Notes []string `json:"notes,omitempty"`
+	// Server is the server's CPU time over the run, when its process id
+	// was given (Options.ServerPID).
+	Server *ServerCPU `json:"server,omitempty"`
+}
+
+// ServerCPU is what the server process spent over a run, read from
+// /proc/<pid>/stat (user + system time) before and after.
+type ServerCPU struct {
+	PID        int     `json:"pid"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// Requests and IDs are every operation's, over the server's CPU time.
+	RequestsPerCPUSecond float64 `json:"requests_per_cpu_second"`
+	IDsPerCPUSecond      float64 `json:"ids_per_cpu_second"`
 }
 
 // Workload names the workload of a run, as docs/WORKLOADS.md asks every figure
@@ -194,8 +207,12 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		if wl.Shape == ShapeMixpanelWebhook {
 			cadence = "Mixpanel's 30 min"
 		}
-		fmt.Fprintf(&b, "- sync: a change set every %s (%s replayed), %s, %.2g%% of members leave, %.2g%% of non-members join\n",
-			time.Duration(wl.IntervalNs), cadence, sets, wl.ChurnLeave*100, wl.ChurnJoin*100)
+		join := "as many non-members join (sizes stay level)"
+		if wl.ChurnJoin > 0 {
+			join = fmt.Sprintf("%.2g%% of non-members join", wl.ChurnJoin*100)
+		}
+		fmt.Fprintf(&b, "- sync: a change set every %s (%s replayed), %s, %.2g%% of members leave, %s\n",
+			time.Duration(wl.IntervalNs), cadence, sets, wl.ChurnLeave*100, join)
 		if wl.InjectFailureRate > 0 {
 			fmt.Fprintf(&b, "- injected failures: %.2g%% of syncs abandoned part-way, then re-sent whole\n", wl.InjectFailureRate*100)
 		}
@@ -215,6 +232,10 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		fmt.Fprintf(&b, "- verification: OK (%d checks)\n", r.Verification.Checks)
 	default:
 		fmt.Fprintf(&b, "- verification: FAILED (%d of %d checks)\n", r.Verification.Failures, r.Verification.Checks)
+	}
+	if c := r.Server; c != nil {
+		fmt.Fprintf(&b, "- server (pid %d): %.2f CPU-seconds, %.0f requests and %.0f ids per server CPU-second\n",
+			c.PID, c.CPUSeconds, c.RequestsPerCPUSecond, c.IDsPerCPUSecond)
 	}
 	if s := r.Seed; s != nil {
 		fmt.Fprintf(&b, "- users upsert: %d records, created %d, identified %d, merged %d, updated %d, unchanged %d\n",
@@ -256,6 +277,10 @@ func (r *Report) WriteBench(w io.Writer) error {
 		nsPerOp := float64(o.ElapsedNs) / float64(o.Count)
 		fmt.Fprintf(&b, "BenchmarkLoadgen/%s\t%d\t%.0f ns/op\t%.0f ids/s\t%d p50-ns\t%d p99-ns\n",
 			o.Name, o.Count, nsPerOp, o.IDsPerSec, o.P50Us*1000, o.P99Us*1000)
+	}
+	if c := r.Server; c != nil && c.CPUSeconds > 0 {
+		fmt.Fprintf(&b, "BenchmarkLoadgen/server\t1\t%.0f cpu-ns/op\t%.0f req/cpu-s\t%.0f ids/cpu-s\n",
+			c.CPUSeconds*1e9, c.RequestsPerCPUSecond, c.IDsPerCPUSecond)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -36,6 +36,7 @@ func goldenReport() *Report {
 		ErrorSamples: []string{"POST /partners/loadgen/cohorts/users: status 500: boom"},
 		Verification: Verification{Checks: 43, Failures: 1, Mismatches: []string{"cohort clustered-0001: server size 9, expected 10"}},
 		Seed:         &SeedCounts{Records: 105000, Created: 100000, Identified: 5000},
+		Server:       &ServerCPU{PID: 4242, CPUSeconds: 2.5, RequestsPerCPUSecond: 1416, IDsPerCPUSecond: 17400},
 	}
 }
 
@@ -86,7 +87,7 @@ func TestReportErr(t *testing.T) {
 }
 
 func TestParseMix(t *testing.T) {
-	m, err := ParseMix("contains=70,batch=20,count=9,page=1")
+	m, err := ParseMix("contains=70,batch=10,compact=10,count=9,page=1")
 	if err != nil || m != DefaultMix {
 		t.Fatalf("ParseMix = %+v, %v", m, err)
 	}
@@ -97,5 +98,15 @@ func TestParseMix(t *testing.T) {
 		if _, err := ParseMix(bad); err == nil {
 			t.Errorf("ParseMix(%q) accepted", bad)
 		}
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	stat := "4242 (co hort) d) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 125 0 0 20 0 7 0 100 0 0"
+	if got := parseStatCPU(stat); got != 3.75 {
+		t.Fatalf("parseStatCPU = %v, want 3.75", got)
+	}
+	if ProcessCPUSeconds(os.Getpid()) < 0 || ProcessCPUSeconds(0) != 0 {
+		t.Fatal("ProcessCPUSeconds")
 	}
 }

@@ -21,6 +21,7 @@ type run struct {
 	started time.Time
 	seed    *SeedCounts
 	notes   []string
+	cpu0    float64 // the server's CPU seconds when the run began (Options.ServerPID)
 }
 
 func newRun(o Options, log io.Writer) (*run, error) {
@@ -41,6 +42,7 @@ func newRun(o Options, log io.Writer) (*run, error) {
 		log:     log,
 		creds:   o.Credentials,
 		started: time.Now(),
+		cpu0:    ProcessCPUSeconds(o.ServerPID),
 	}, nil
 }
 
@@ -100,6 +102,19 @@ func (r *run) report(command string, err error) (*Report, error) {
 		Ops:       r.rec.opReports(),
 		Seed:      r.seed,
 		Notes:     r.notes,
+	}
+	if pid := o.ServerPID; pid > 0 {
+		cpu := ProcessCPUSeconds(pid) - r.cpu0
+		c := &ServerCPU{PID: pid, CPUSeconds: cpu}
+		if cpu > 0 {
+			var reqs, ids int64
+			for _, op := range rep.Ops {
+				reqs += op.Count
+				ids += op.IDs
+			}
+			c.RequestsPerCPUSecond, c.IDsPerCPUSecond = float64(reqs)/cpu, float64(ids)/cpu
+		}
+		rep.Server = c
 	}
 	if command != "seed" {
 		rep.Workload.Cohorts, rep.Workload.Flavour = o.Cohorts, o.Flavour

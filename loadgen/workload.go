@@ -340,12 +340,16 @@ type ChangeSet struct {
 }
 
 // Churn returns change set number interval of cohort i: round(leave ×
-// members) of the members leave and round(join × non-members) of the
-// non-members join. members must be sorted.
+// members) of the members leave and as many non-members join, so that the
+// size stays level (docs/WORKLOADS.md); with join > 0, round(join ×
+// non-members) join instead. members must be sorted.
 func (u Universe) Churn(i, interval int, members []uint32, leave, join float64) ChangeSet {
 	r := newRand(u.Seed, streamChurn, uint64(i)<<32|uint64(interval))
 	nLeave := int(math.Round(leave * float64(len(members))))
-	nJoin := int(math.Round(join * float64(u.Users-len(members))))
+	nJoin := min(nLeave, u.Users-len(members))
+	if join > 0 {
+		nJoin = int(math.Round(join * float64(u.Users-len(members))))
+	}
 	var cs ChangeSet
 	if nLeave > 0 {
 		for _, idx := range uniformSample(r, len(members), nLeave) {

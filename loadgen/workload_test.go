@@ -230,6 +230,11 @@ func TestChurn(t *testing.T) {
 	if len(after) != 10_300 || !slices.IsSorted(after) {
 		t.Fatalf("after: %d members, want 10300", len(after))
 	}
+	// Without a join share, as many join as leave: the size stays level.
+	level := u.Churn(2, 1, members, 0.01, 0)
+	if len(level.Leave) != 100 || len(level.Join) != 100 || len(level.Apply(members)) != len(members) {
+		t.Fatalf("level churn: leave %d join %d", len(level.Leave), len(level.Join))
+	}
 	for _, v := range cs.Leave {
 		if _, ok := slices.BinarySearch(after, v); ok {
 			t.Fatalf("leaver %d still a member", v)

@@ -25,7 +25,7 @@ func (s *Server) run(r *request) error {
 		if err := s.authAdmin(r); err != nil {
 			return err
 		}
-		if err := s.limits.allow(r.ctx, "admin"); err != nil {
+		if err := s.limits.allow(r.ctx, "admin", ""); err != nil {
 			return err
 		}
 		if rt.write {
@@ -35,7 +35,7 @@ func (s *Server) run(r *request) error {
 		if err := s.authWorkspace(r); err != nil {
 			return err
 		}
-		if err := s.limits.allow(r.ctx, "ws:"+r.ws.ID()); err != nil {
+		if err := s.limits.allow(r.ctx, "ws:", r.ws.ID()); err != nil {
 			return err
 		}
 		if rt.write {
@@ -52,27 +52,27 @@ func (s *Server) run(r *request) error {
 func checkContentType(ctx *fasthttp.RequestCtx, kind bodyKind) error {
 	mt := mediaType(ctx)
 	switch {
-	case len(mt) == 0, string(mt) == "application/json":
+	case len(mt) == 0, bytes.EqualFold(mt, []byte("application/json")):
 		return nil
-	case kind == bodyBulk && string(mt) == "application/x-ndjson":
+	case kind == bodyBulk && bytes.EqualFold(mt, []byte("application/x-ndjson")):
 		return nil
 	}
 	return errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType())
 }
 
-// mediaType is the lower-cased media type of the request's Content-Type,
-// without parameters.
+// mediaType is the media type of the request's Content-Type, without
+// parameters (compare it case-insensitively). It aliases the header.
 func mediaType(ctx *fasthttp.RequestCtx) []byte {
 	ct := ctx.Request.Header.ContentType()
 	if i := bytes.IndexByte(ct, ';'); i >= 0 {
 		ct = ct[:i]
 	}
-	return bytes.ToLower(bytes.TrimSpace(ct))
+	return bytes.TrimSpace(ct)
 }
 
 // isNDJSON reports whether the request body is NDJSON.
 func isNDJSON(ctx *fasthttp.RequestCtx) bool {
-	return string(mediaType(ctx)) == "application/x-ndjson"
+	return bytes.EqualFold(mediaType(ctx), []byte("application/x-ndjson"))
 }
 
 // bearer returns the token of an "Authorization: Bearer <token>" header,
@@ -170,6 +170,8 @@ func mapError(err error) error {
 		return errorf(fasthttp.StatusServiceUnavailable, "the replicated log is unavailable; the write may or may not be applied: retry, with the same Idempotency-Key to be safe")
 	case errors.Is(err, engine.ErrPositionTimeout):
 		return errorf(fasthttp.StatusServiceUnavailable, "this node is behind the log; retry")
+	case errors.Is(err, engine.ErrUsersChanged):
+		return errorf(fasthttp.StatusServiceUnavailable, "users changed while the request was being resolved (nothing was applied): send it again")
 	}
 	return err
 }

@@ -168,18 +168,27 @@ func malformed(c contentCoding, err error) *apiError {
 // error from r); r must not be used after that. release returns the pooled
 // decoder and drops its reference to body. body must stay valid until then.
 func decodeBody(encoding []byte, body io.Reader, limit int64) (r io.Reader, release func(), err error) {
+	return decodeBodyInto(new(limitedReader), encoding, body, limit)
+}
+
+// noRelease is the release of an identity body (a static func value).
+func noRelease() {}
+
+// decodeBodyInto is decodeBody with the limiting reader supplied by the
+// caller (a request keeps one, so that an identity body costs nothing).
+func decodeBodyInto(l *limitedReader, encoding []byte, body io.Reader, limit int64) (r io.Reader, release func(), err error) {
 	coding, err := parseContentEncoding(encoding)
 	if err != nil {
-		return nil, func() {}, err
+		return nil, noRelease, err
 	}
 	if limit < 0 {
 		limit = 0
 	}
-	l := &limitedReader{left: limit, limit: limit, coding: coding}
+	*l = limitedReader{left: limit, limit: limit, coding: coding}
 	switch coding {
 	case codingIdentity:
 		l.r = body
-		return l, func() {}, nil
+		return l, noRelease, nil
 	case codingGzip:
 		src := srcPool.Get().(*srcReader)
 		*src = srcReader{r: body}

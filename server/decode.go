@@ -17,8 +17,13 @@ import (
 //   - decode_scan.go: scanner, a streaming JSON tokenizer over an io.Reader.
 //   - decode_stream.go: bulk /v1 bodies (changes, members, users), JSON and
 //     NDJSON, decoded by the scanner as they stream in.
-//   - decode_partner.go: small bodies (partner endpoints, deletes, lookups),
-//     parsed whole with a pooled fastjson parser.
+//   - decode_query.go: segment queries (count, contains, members) and user
+//     deletes, decoded by the scanner as they stream in; the credentials of
+//     partner bodies, scanned before anything is parsed.
+//   - decode_partner.go: partner bodies (in memory, at most
+//     -partner-max-body): cohorts/users decoded by the scanner in one pass
+//     that builds no tree; the small /cohorts upsert parsed with a pooled
+//     fastjson parser.
 //
 // # Why two parsers
 //
@@ -29,9 +34,10 @@ import (
 // VM shared with other jobs, -count 6, medians) gave scanner 573/685 MiB/s
 // (JSON/NDJSON), warm pooled fastjson 197/345 MiB/s (and JSON needs the
 // whole body in memory first), encoding/json 40/32 MiB/s; 16 B and one
-// allocation per body for the scanner. Partner bodies are at most 8 MiB,
-// already in memory, and need random access (credentials may come after the
-// changes), which fastjson gives for free.
+// allocation per body for the scanner. Partner bodies are at most 8 MiB
+// and already in memory; the credentials may come after the changes, so the
+// scanner keeps the changes' identifiers (at most -partner-max-ids) while it
+// looks for them, and nothing is built before they are checked.
 //
 // A lone surrogate (\ud800) is a 400: fastjson would keep it verbatim as six
 // ASCII bytes, so fastjson callers go through parseJSON (checkEscapes).

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
-
-	"github.com/valyala/fastjson"
 )
 
 // gen writes random valid bodies in every shape we decode, with the JSON
@@ -396,8 +394,30 @@ func FuzzDecodeChangesJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecoder(t, "changes", false, body) })
 }
 
+// headlineBodies are NDJSON bodies in and around the headline shape that
+// decodeChangesNDJSON takes a fast path for (headlineLine).
+var headlineBodies = []string{
+	"{\"user_ids\":[\"u1\"]}\n{\"user_ids\":[\"u2\"],\"should_remove\":true}\n{\"user_ids\":[\"u3\"],\"should_remove\":false}\n",
+	"{\"user_ids\":[\"u1\"]}   \r\n\n{\"user_ids\":[\"u\\u0031\"]}\n{\"user_ids\":[\"é\"]}\n",
+	"{\"user_ids\":[\"u1\"]}{\"user_ids\":[\"u2\"]}\n",
+	"{\"user_ids\":[\"u1\"],\"should_remove\":true,\"x\":1}\n",
+	"{\"user_ids\":[\"\"]}\n",
+	"{\"user_ids\":[\"" + strings.Repeat("x", 513) + "\"]}\n",
+	"{\"user_ids\":[\"u1\",\"u2\"]}\n{\"user_ids\":[\"u1\"]",
+	"{\"user_ids\":[\"u\x01\"]}\n",
+}
+
+func TestHeadlineLinesMatchReference(t *testing.T) {
+	for _, b := range headlineBodies {
+		fuzzDecoder(t, "changes", true, []byte(b))
+	}
+}
+
 func FuzzDecodeChangesNDJSON(f *testing.F) {
 	addSeeds(f, "changes", true, false)
+	for _, b := range headlineBodies {
+		f.Add([]byte(b))
+	}
 	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecoder(t, "changes", true, body) })
 }
 
@@ -424,9 +444,8 @@ func FuzzPartnerUsers(f *testing.F) {
 		body = append([]byte(`{"cohort_id":"c","partner_api_key":"k",`), bytes.TrimLeft(body, " \t\r\n{")...)
 		f.Add(body, uint16(10))
 	}
-	var p fastjson.Parser
 	f.Fuzz(func(t *testing.T, body []byte, maxIDs uint16) {
-		req, err := parsePartnerUsers(&p, body, int(maxIDs))
+		req, err := parsePartnerUsers(body, int(maxIDs), 1<<20)
 		if err == nil {
 			err = req.validate()
 		}

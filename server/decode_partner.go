@@ -2,12 +2,14 @@ package server
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"github.com/cohortd/cohortd/index"
+	"sync"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 )
 
@@ -189,17 +191,50 @@ func validText(b []byte) bool {
 }
 
 // partnerUsersReq is the body of POST /partners/{partner}/cohorts/users,
-// parsed and fully validated (shape, identifier rule, cap) before anything
+// decoded and fully validated (shape, identifier rule, cap) before anything
 // is applied. As for partnerCohortReq, field errors wait in validate so
-// the handler can check the credentials first.
+// the handler checks the credentials first.
 type partnerUsersReq struct {
 	PartnerAPIKey string
 	ClientSecret  string
 	CohortID      string
 
-	changes []changeObject
+	changes []changeObject // identifiers point into sc.buf
+	sc      *partnerScratch
 	ids     int // identifiers as sent, duplicates included
 	invalid error
+}
+
+// partnerScratch is the reusable memory of parsePartnerUsers: a partner
+// request copies ~1,000 identifiers, and growing these afresh for each
+// allocated more than the rest of the request.
+type partnerScratch struct {
+	buf     []byte
+	spans   []span // of identifiers in buf
+	ranges  []partnerRanges
+	flags   []uint8 // per change: bit 0 remove, bit 1 has time
+	times   []time.Time
+	keys    [][]byte
+	changes []changeObject
+}
+
+// partnerRanges locates one change object's identifiers in spans.
+type partnerRanges struct{ users, devices, aliases [2]int }
+
+var partnerScratches = sync.Pool{New: func() any { return new(partnerScratch) }}
+
+// release gives r's memory back; r must not be used afterwards.
+func (r *partnerUsersReq) release() {
+	sc := r.sc
+	if sc == nil || cap(sc.buf) > maxPooledArena {
+		return
+	}
+	clear(sc.keys)
+	clear(sc.changes)
+	*sc = partnerScratch{buf: sc.buf[:0], spans: sc.spans[:0], ranges: sc.ranges[:0], flags: sc.flags[:0],
+		times: sc.times[:0], keys: sc.keys[:0], changes: sc.changes[:0]}
+	r.sc, r.changes = nil, nil
+	partnerScratches.Put(sc)
 }
 
 // validate returns the first field error (a 400 apiError), or nil.
@@ -207,8 +242,7 @@ func (r *partnerUsersReq) validate() error { return r.invalid }
 
 // eachChange calls fn for each change object in body order, stopping at
 // fn's first error. It must only be called when validate returned nil.
-// The change objects and their identifier bytes are owned by the parser:
-// valid until it parses again or returns to its pool.
+// The change objects and their identifier bytes are owned by r.
 func (r *partnerUsersReq) eachChange(fn func(c *changeObject) error) error {
 	for i := range r.changes {
 		if err := fn(&r.changes[i]); err != nil {
@@ -218,351 +252,171 @@ func (r *partnerUsersReq) eachChange(fn func(c *changeObject) error) error {
 	return nil
 }
 
-// parsePartnerUsers parses and validates a /partners/{partner}/cohorts/users
-// body. maxIDs caps the identifiers of the whole request as sent (user_ids +
-// device_ids + aliases over all change objects, duplicates included).
-// Only a body that is not a JSON object is an error here; see validate.
-func parsePartnerUsers(p *fastjson.Parser, body []byte, maxIDs int) (partnerUsersReq, error) {
-	var req partnerUsersReq
-	o, err := parseJSONObject(p, body)
-	if err != nil {
-		return req, err
-	}
-	var cohortID *fastjson.Value
-	var changes []*fastjson.Value
-	o.Visit(func(key []byte, v *fastjson.Value) {
-		switch string(key) {
-		case "partner_api_key":
-			req.PartnerAPIKey = stringOf(v)
-		case "client_secret":
-			req.ClientSecret = stringOf(v)
-		case "cohort_id":
-			cohortID = v
-		case "cohort_changes":
-			// A repeated cohort_changes key is concatenated, as the
-			// streaming decoder (decodeChangesJSON) must do.
-			changes = append(changes, v)
+// errStopScan ends the one-pass decode of a partner body at a field error,
+// which then waits in validate while a second scan finds the credentials.
+var errStopScan = errors.New("server: field error")
+
+// parsePartnerUsers decodes a /partners/{partner}/cohorts/users body with
+// the scanner in one pass that builds no tree (so, as scanPartnerCreds, it
+// costs an unauthenticated sender a scan): the credentials, cohort_id and
+// every change object, whose identifiers are copied out. maxIDs caps the
+// identifiers of the whole request as sent (user_ids + device_ids +
+// aliases over all change objects, duplicates included); maxValues caps the
+// JSON values skipped (a 413). Only a body that is not a JSON object, or
+// has too many values, is an error here; field errors wait in validate.
+// The fastjson parse it replaced cost a third of a partner request
+// (BenchmarkPartnerChanges, a profile of the binary under load).
+func parsePartnerUsers(body []byte, maxIDs, maxValues int) (partnerUsersReq, error) {
+	req := partnerUsersReq{sc: partnerScratches.Get().(*partnerScratch)}
+	sc := req.sc
+	br := bytesReaderPool.Get().(*bytes.Reader)
+	br.Reset(body)
+	defer func() {
+		br.Reset(nil)
+		bytesReaderPool.Put(br)
+	}()
+	d := getStream(br, false, "cohort_changes")
+	defer putStream(d)
+	s := &d.s
+	s.maxValues, s.strict = maxValues, true
+	var cohortOK, cohortSeen, changesSeen bool
+	var cohortID []byte
+	keep := func(ids [][]byte) [2]int {
+		from := len(sc.spans)
+		for _, id := range ids {
+			off := len(sc.buf)
+			sc.buf = append(sc.buf, id...)
+			sc.spans = append(sc.spans, span{off, len(sc.buf)})
 		}
-	})
-	id, ok := idOf(cohortID)
-	if !ok {
-		req.invalid = badRequest(msgCohortID)
+		return [2]int{from, len(sc.spans)}
+	}
+	change := func(c *changeObject) error {
+		if req.ids += len(c.UserIDs) + len(c.DeviceIDs) + len(c.Aliases); req.ids > maxIDs {
+			req.invalid = tooManyIDs(maxIDs)
+			return errStopScan
+		}
+		sc.ranges = append(sc.ranges, partnerRanges{keep(c.UserIDs), keep(c.DeviceIDs), keep(c.Aliases)})
+		var f uint8
+		if c.Remove {
+			f |= 1
+		}
+		if c.HasTime {
+			f |= 2
+		}
+		sc.flags, sc.times = append(sc.flags, f), append(sc.times, c.Time)
+		return nil
+	}
+	str := func(dst []byte, keepN int) ([]byte, bool, error) {
+		c, ok := s.next()
+		if !ok {
+			return dst[:0], false, s.eofError()
+		}
+		if c != '"' {
+			return dst[:0], false, s.skipValue()
+		}
+		s.values++
+		s.pos++
+		dst, fl, err := s.readString(dst[:0], keepN)
+		return dst, err == nil && fl&strOver == 0, err
+	}
+	var key, secret []byte
+	credsOnly := false
+	scan := func() error {
+		return s.object(func() error { return badRequest(msgMalformedJSON, msgBodyNotObject) }, func(k []byte) error {
+			var err error
+			var ok bool
+			switch string(k) {
+			case "partner_api_key":
+				if key, ok, err = str(key, maxSecretLen); !ok {
+					key = key[:0]
+				}
+			case "client_secret":
+				if secret, ok, err = str(secret, maxSecretLen); !ok {
+					secret = secret[:0]
+				}
+			case "cohort_id":
+				cohortSeen = true
+				cohortID, ok, err = str(cohortID, maxIDLen)
+				cohortOK = ok && validID(cohortID)
+			case "cohort_changes":
+				changesSeen = true
+				if credsOnly {
+					return s.skipValue()
+				}
+				// A repeated cohort_changes key is concatenated, as the
+				// bulk decoder (decodeChangesJSON) does.
+				err = s.array(func() error {
+					return s.shapeError(msgChangesShape, "cohort_changes", "an array of objects")
+				}, func(i int) error {
+					d.idx = i
+					return d.changeObj(change)
+				})
+				var ae *apiError
+				if err != nil && !errors.Is(err, errStopScan) && errors.As(err, &ae) && ae.status == 400 && ae.message != msgMalformedJSON {
+					req.invalid = err // a shape or rule error: later, after the credentials
+					err = errStopScan
+				}
+			default:
+				err = s.skipValue()
+			}
+			return err
+		})
+	}
+	err := scan()
+	if err == nil {
+		err = s.finish()
+	}
+	if errors.Is(err, errStopScan) {
+		// A field error: the rest of the body is scanned again for the
+		// credentials (and a later cohort_id), nothing else.
+		br.Reset(body)
+		s.reset(br, false)
+		s.maxValues, s.strict = maxValues, true
+		credsOnly = true
+		if err = scan(); err == nil {
+			err = s.finish()
+		}
+	}
+	if errors.Is(err, errTooManyValues) {
+		return partnerUsersReq{}, errorf(fasthttp.StatusRequestEntityTooLarge,
+			"request body has more than %d JSON values", maxValues)
+	}
+	if err != nil {
+		return partnerUsersReq{}, err
+	}
+	req.PartnerAPIKey, req.ClientSecret = string(key), string(secret)
+	switch {
+	case !cohortSeen || !cohortOK:
+		req.invalid = badRequest(msgCohortID) // first, as docs/API.md §3 orders the fields
+		return req, nil
+	case req.invalid != nil:
+		return req, nil
+	case !changesSeen:
+		req.invalid = badRequest(msgChangesShape, "cohort_changes is required")
 		return req, nil
 	}
-	req.CohortID = string(id)
-	req.invalid = req.parseChanges(changes, maxIDs)
+	req.CohortID = string(cohortID)
+	// The identifiers are final now: cut each change's out of buf.
+	for _, sp := range sc.spans {
+		sc.keys = append(sc.keys, sc.buf[sp.off:sp.end:sp.end])
+	}
+	keys := sc.keys
+	for i, rg := range sc.ranges {
+		sc.changes = append(sc.changes, changeObject{
+			UserIDs:   keys[rg.users[0]:rg.users[1]:rg.users[1]],
+			DeviceIDs: keys[rg.devices[0]:rg.devices[1]:rg.devices[1]],
+			Aliases:   keys[rg.aliases[0]:rg.aliases[1]:rg.aliases[1]],
+			Remove:    sc.flags[i]&1 != 0, HasTime: sc.flags[i]&2 != 0, Time: sc.times[i],
+		})
+	}
+	req.changes = sc.changes
 	return req, nil
 }
 
-// partnerRange locates one change object's identifiers while the flat
-// slices still grow.
-type partnerRange struct{ users, devices, aliases [2]int }
-
-func (r *partnerUsersReq) parseChanges(vs []*fastjson.Value, maxIDs int) error {
-	if len(vs) == 0 {
-		return badRequest(msgChangesShape, "cohort_changes is required")
-	}
-	var arr []*fastjson.Value
-	for _, v := range vs {
-		a, err := v.Array()
-		if err != nil {
-			return badRequest(msgChangesShape, "cohort_changes: expected an array of objects")
-		}
-		if arr == nil {
-			arr = a // the usual single key: no copy
-		} else {
-			arr = append(arr[:len(arr):len(arr)], a...)
-		}
-	}
-	var (
-		flat    [][]byte // user and device ids, owned by the parser
-		arena   []byte   // alias keys
-		aliases []span
-		ranges  = make([]partnerRange, len(arr))
-	)
-	r.changes = make([]changeObject, len(arr))
-	for i, cv := range arr {
-		path := func(field string) string { return fmt.Sprintf("cohort_changes[%d]%s", i, field) }
-		shape := func(field, want string) error {
-			return badRequest(msgChangesShape, path(field)+": expected "+want)
-		}
-		co, err := cv.Object()
-		if err != nil {
-			return shape("", "an object")
-		}
-		c := &r.changes[i]
-		rg := &ranges[i]
-		ids := func(v *fastjson.Value, field string) ([2]int, error) {
-			if v.Type() != fastjson.TypeArray {
-				return [2]int{}, shape("."+field, "an array of strings")
-			}
-			a, _ := v.Array()
-			if r.ids += len(a); r.ids > maxIDs {
-				return [2]int{}, tooManyIDs(maxIDs)
-			}
-			from := len(flat)
-			for j, e := range a {
-				if e.Type() != fastjson.TypeString {
-					return [2]int{}, shape(fmt.Sprintf(".%s[%d]", field, j), "a string")
-				}
-				b, ok := idOf(e)
-				if !ok {
-					return [2]int{}, ruleError(path(fmt.Sprintf(".%s[%d]", field, j)))
-				}
-				flat = append(flat, b)
-			}
-			return [2]int{from, len(flat)}, nil
-		}
-		var ferr error
-		co.Visit(func(key []byte, v *fastjson.Value) {
-			if ferr != nil {
-				return
-			}
-			switch string(key) {
-			case "user_ids":
-				rg.users, ferr = ids(v, "user_ids")
-			case "device_ids":
-				rg.devices, ferr = ids(v, "device_ids")
-			case "aliases":
-				if v.Type() != fastjson.TypeArray {
-					ferr = shape(".aliases", "an array of objects")
-					return
-				}
-				a, _ := v.Array()
-				if r.ids += len(a); r.ids > maxIDs {
-					ferr = tooManyIDs(maxIDs)
-					return
-				}
-				from := len(aliases)
-				for j, e := range a {
-					name, label, err := aliasOf(e, path(fmt.Sprintf(".aliases[%d]", j)), msgChangesShape)
-					if err != nil {
-						ferr = err
-						return
-					}
-					off := len(arena)
-					arena = index.AliasKey(arena, name, label)
-					aliases = append(aliases, span{off, len(arena)})
-				}
-				rg.aliases = [2]int{from, len(aliases)}
-			case "should_remove":
-				switch v.Type() {
-				case fastjson.TypeTrue:
-					c.Remove = true
-				case fastjson.TypeFalse:
-					c.Remove = false
-				default:
-					ferr = shape(".should_remove", "a boolean")
-				}
-			case "timestamp":
-				var t time.Time
-				ok := v.Type() == fastjson.TypeString
-				if ok {
-					b, _ := v.StringBytes()
-					t, ok = parseTime(b)
-				}
-				if !ok {
-					ferr = shape(".timestamp", "an RFC 3339 time string")
-					return
-				}
-				c.HasTime, c.Time = true, t
-			}
-		})
-		if ferr != nil {
-			return ferr
-		}
-	}
-	// The flat slices are final now: cut each change's identifiers out of
-	// them (sharing their backing arrays).
-	keys := make([][]byte, len(aliases))
-	for i, sp := range aliases {
-		keys[i] = arena[sp.off:sp.end:sp.end]
-	}
-	for i := range r.changes {
-		c, rg := &r.changes[i], &ranges[i]
-		c.UserIDs = flat[rg.users[0]:rg.users[1]:rg.users[1]]
-		c.DeviceIDs = flat[rg.devices[0]:rg.devices[1]:rg.devices[1]]
-		c.Aliases = keys[rg.aliases[0]:rg.aliases[1]:rg.aliases[1]]
-	}
-	return nil
-}
-
-// aliasOf returns the name and label of an alias object (owned by the
-// parser). path names the object in errors; shapeMsg is the 400 message
-// when it is not an object with two string fields.
-func aliasOf(v *fastjson.Value, path, shapeMsg string) (name, label []byte, err error) {
-	o, oerr := v.Object()
-	if oerr != nil {
-		return nil, nil, badRequest(shapeMsg, path+": expected an object with string alias_name and alias_label")
-	}
-	var nv, lv *fastjson.Value
-	o.Visit(func(key []byte, v *fastjson.Value) {
-		switch string(key) {
-		case "alias_name":
-			nv = v
-		case "alias_label":
-			lv = v
-		}
-	})
-	if nv == nil || lv == nil || nv.Type() != fastjson.TypeString || lv.Type() != fastjson.TypeString {
-		return nil, nil, badRequest(shapeMsg, path+": expected an object with string alias_name and alias_label")
-	}
-	name, ok := idOf(nv)
-	if !ok {
-		return nil, nil, ruleError(path + ".alias_name")
-	}
-	label, ok = idOf(lv)
-	if !ok {
-		return nil, nil, ruleError(path + ".alias_label")
-	}
-	return name, label, nil
-}
-
-// usersDeleteReq is the body of POST /v1/users/delete, grouped by kind.
-// UserIDs and DeviceIDs are owned by the parser; Aliases (alias keys) are
-// allocated per request.
+// usersDeleteReq is the body of POST /v1/users/delete, grouped by kind
+// (decodeUsersDelete).
 type usersDeleteReq struct {
 	UserIDs   [][]byte
 	DeviceIDs [][]byte
 	Aliases   [][]byte
-}
-
-// parseUsersDelete parses {"user_ids":[…],"device_ids":[…],"aliases":[…]}
-// (every array optional) and checks every identifier.
-func parseUsersDelete(p *fastjson.Parser, body []byte) (usersDeleteReq, error) {
-	var req usersDeleteReq
-	o, err := parseJSONObject(p, body)
-	if err != nil {
-		return req, err
-	}
-	// Repeated keys are concatenated, as decodeMembersJSON does.
-	var users, devices, aliases []*fastjson.Value
-	o.Visit(func(key []byte, v *fastjson.Value) {
-		switch string(key) {
-		case "user_ids":
-			users = append(users, v)
-		case "device_ids":
-			devices = append(devices, v)
-		case "aliases":
-			aliases = append(aliases, v)
-		}
-	})
-	concat := func(vs []*fastjson.Value, field, want string) ([]*fastjson.Value, error) {
-		var all []*fastjson.Value
-		for _, v := range vs {
-			a, err := v.Array()
-			if err != nil {
-				return nil, badRequest(msgIDsShape, field+": expected "+want)
-			}
-			all = append(all, a...)
-		}
-		return all, nil
-	}
-	ids := func(vs []*fastjson.Value, field string) ([][]byte, error) {
-		a, err := concat(vs, field, "an array of strings")
-		if err != nil || len(a) == 0 {
-			return nil, err
-		}
-		out := make([][]byte, 0, len(a))
-		for i, e := range a {
-			if e.Type() != fastjson.TypeString {
-				return nil, badRequest(msgIDsShape, fmt.Sprintf("%s[%d]: expected a string", field, i))
-			}
-			b, ok := idOf(e)
-			if !ok {
-				return nil, ruleError(fmt.Sprintf("%s[%d]", field, i))
-			}
-			out = append(out, b)
-		}
-		return out, nil
-	}
-	if req.UserIDs, err = ids(users, "user_ids"); err != nil {
-		return usersDeleteReq{}, err
-	}
-	if req.DeviceIDs, err = ids(devices, "device_ids"); err != nil {
-		return usersDeleteReq{}, err
-	}
-	a, err := concat(aliases, "aliases", "an array of objects")
-	if err != nil {
-		return usersDeleteReq{}, err
-	}
-	if len(a) > 0 {
-		var arena []byte
-		ends := make([]int, 0, len(a))
-		for i, e := range a {
-			name, label, err := aliasOf(e, fmt.Sprintf("aliases[%d]", i), msgIDsShape)
-			if err != nil {
-				return usersDeleteReq{}, err
-			}
-			arena = index.AliasKey(arena, name, label)
-			ends = append(ends, len(arena))
-		}
-		req.Aliases = make([][]byte, len(ends))
-		off := 0
-		for i, end := range ends {
-			req.Aliases[i] = arena[off:end:end]
-			off = end
-		}
-	}
-	return req, nil
-}
-
-// parseUserRef decodes one user reference of /v1/segments/contains:
-// {"external_id"} | {"device_id"} | {"alias_name","alias_label"}, exactly
-// one identifier (other fields ignored). External and device ids are owned
-// by the parser; an alias key is newly allocated. Errors are 400s whose
-// details the caller may prefix with the element's position.
-func parseUserRef(v *fastjson.Value) (index.Kind, []byte, error) {
-	o, err := v.Object()
-	if err != nil {
-		return 0, nil, badRequest(msgUserRef)
-	}
-	var ext, dev, name, label *fastjson.Value
-	o.Visit(func(key []byte, v *fastjson.Value) {
-		switch string(key) {
-		case "external_id":
-			ext = v
-		case "device_id":
-			dev = v
-		case "alias_name":
-			name = v
-		case "alias_label":
-			label = v
-		}
-	})
-	alias := name != nil || label != nil
-	var (
-		k     index.Kind
-		field string
-		src   *fastjson.Value
-	)
-	switch {
-	case ext != nil && dev == nil && !alias:
-		k, field, src = index.KindExternal, "external_id", ext
-	case dev != nil && ext == nil && !alias:
-		k, field, src = index.KindDevice, "device_id", dev
-	case name != nil && label != nil && ext == nil && dev == nil:
-		if name.Type() != fastjson.TypeString || label.Type() != fastjson.TypeString {
-			return 0, nil, badRequest(msgUserRef)
-		}
-		n, ok := idOf(name)
-		if !ok {
-			return 0, nil, ruleError("alias_name")
-		}
-		l, ok := idOf(label)
-		if !ok {
-			return 0, nil, ruleError("alias_label")
-		}
-		return index.KindAlias, index.AliasKey(make([]byte, 0, len(n)+1+len(l)), n, l), nil
-	default:
-		return 0, nil, badRequest(msgUserRef)
-	}
-	if src.Type() != fastjson.TypeString {
-		return 0, nil, badRequest(msgUserRef)
-	}
-	b, ok := idOf(src)
-	if !ok {
-		return 0, nil, ruleError(field)
-	}
-	return k, b, nil
 }

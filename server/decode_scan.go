@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -33,7 +34,25 @@ type scanner struct {
 	line   int // current line (NDJSON), 1-based
 	depth  int
 	key    []byte // scratch for object keys
+
+	// values counts the values skipValue consumed; past maxValues (0: no
+	// limit) it fails with errTooManyValues, so that a body of a million
+	// tiny values costs a scan, never a tree (decode_query.go).
+	values    int
+	maxValues int
+	// strict refuses a lone UTF-16 surrogate (\ud800) anywhere, as
+	// checkEscapes does for fastjson bodies.
+	strict bool
+	// While capturing, the bytes consumed are copied to cap from capFrom on
+	// (captureValue).
+	capturing bool
+	capFrom   int
+	cap       []byte
 }
+
+// errTooManyValues is returned when a scan passes scanner.maxValues; callers
+// turn it into their 4xx.
+var errTooManyValues = errors.New("server: too many JSON values")
 
 const (
 	scanBufSize = 64 << 10
@@ -57,6 +76,10 @@ func (s *scanner) reset(r io.Reader, ndjson bool) {
 func (s *scanner) fill() bool {
 	if s.eof || s.rerr != nil {
 		return false
+	}
+	if s.capturing {
+		s.cap = append(s.cap, s.buf[s.capFrom:s.pos]...)
+		s.capFrom = 0 // where s.pos is after the move below
 	}
 	if s.pos > 0 {
 		copy(s.buf, s.buf[s.pos:s.end])
@@ -264,6 +287,9 @@ func (s *scanner) readString(dst []byte, keep int) (_ []byte, flags int, err err
 			s.pos++
 			if acc >= utf8.RuneSelf {
 				flags |= strNonASCII
+			}
+			if s.strict && flags&strSurrogate != 0 {
+				return dst, flags, s.syntaxError("lone UTF-16 surrogate in \\u escape")
 			}
 			return dst, flags, nil
 		case '\\':
@@ -552,6 +578,9 @@ func (s *scanner) literal(lit string) error {
 
 // skipValue consumes and validates the next value, whatever its type.
 func (s *scanner) skipValue() error {
+	if s.values++; s.maxValues > 0 && s.values > s.maxValues {
+		return errTooManyValues
+	}
 	c, ok := s.next()
 	if !ok {
 		return s.eofError()
@@ -693,4 +722,18 @@ func (s *scanner) records(rec func() error) error {
 		s.pos++
 		s.line++
 	}
+}
+
+// captureValue consumes the next value (validated, counted as skipValue
+// counts) and appends its JSON text to dst.
+func (s *scanner) captureValue(dst []byte) ([]byte, error) {
+	if _, ok := s.next(); !ok {
+		return dst, s.eofError()
+	}
+	s.capturing, s.capFrom, s.cap = true, s.pos, dst
+	err := s.skipValue()
+	s.cap = append(s.cap, s.buf[s.capFrom:s.pos]...)
+	dst = s.cap
+	s.capturing, s.cap = false, nil
+	return dst, err
 }

@@ -473,7 +473,6 @@ func TestParsePartnerCohort(t *testing.T) {
 }
 
 func TestParsePartnerUsers(t *testing.T) {
-	var p fastjson.Parser
 	const head = `{"partner_api_key":"pk","client_secret":"cs","cohort_id":"c1",`
 	ids := func(n int, prefix string) string {
 		var b strings.Builder
@@ -528,7 +527,7 @@ func TestParsePartnerUsers(t *testing.T) {
 			if maxIDs == 0 {
 				maxIDs = 1000
 			}
-			req, err := parsePartnerUsers(&p, []byte(tc.body), maxIDs)
+			req, err := parsePartnerUsers([]byte(tc.body), maxIDs, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -555,11 +554,11 @@ func TestParsePartnerUsers(t *testing.T) {
 		})
 	}
 	// Credentials are available although cohort_changes is broken.
-	req, err := parsePartnerUsers(&p, []byte(`{"client_secret":"cs","partner_api_key":"pk","cohort_id":"c","cohort_changes":5}`), 1000)
+	req, err := parsePartnerUsers([]byte(`{"client_secret":"cs","partner_api_key":"pk","cohort_id":"c","cohort_changes":5}`), 1000, 1<<20)
 	if err != nil || req.PartnerAPIKey != "pk" || req.ClientSecret != "cs" || req.validate() == nil {
 		t.Fatalf("%+v %v", req, err)
 	}
-	_, err = parsePartnerUsers(&p, []byte(`{"cohort_changes":[{"user_ids":["\udfff"]}]}`), 1000)
+	_, err = parsePartnerUsers([]byte(`{"cohort_changes":[{"user_ids":["\udfff"]}]}`), 1000, 1<<20)
 	wantErr(t, err, 400, msgMalformedJSON, "surrogate")
 }
 
@@ -608,7 +607,6 @@ func TestParseUsersDelete(t *testing.T) {
 }
 
 func TestParseUserRef(t *testing.T) {
-	var p fastjson.Parser
 	cases := []struct {
 		body string
 		k    index.Kind
@@ -630,11 +628,10 @@ func TestParseUserRef(t *testing.T) {
 		{body: `{"alias_name":"n","alias_label":"\u0000"}`, msg: "alias_label" + rule},
 	}
 	for _, tc := range cases {
-		v, err := parseJSON(&p, []byte(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, key, err := parseUserRef(v)
+		d := getStream(strings.NewReader(tc.body), false, "")
+		k, key, err := d.userRef(0)
+		key = bytes.Clone(key)
+		putStream(d)
 		if tc.msg != "" {
 			wantErr(t, err, 400, tc.msg, "")
 			continue

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -25,34 +27,81 @@ var successReply = []byte(`{"message":"success"}`)
 // partnerAuth authenticates a partner body's credentials, applies the
 // rate limit of the client secret and the Idempotency-Key protocol.
 // replayed means the reply is already written.
-func (s *Server) partnerAuth(r *request, partnerKey, secret string, raw []byte) (replayed bool, err error) {
-	w, err := r.e.AuthPartner(r.params[0], []byte(partnerKey), []byte(secret))
+func (s *Server) partnerAuth(r *request, partnerKey, secret []byte, raw []byte) (replayed bool, err error) {
+	w, err := r.e.AuthPartner(r.params[0], partnerKey, secret)
 	if err != nil {
 		return false, err
 	}
 	r.ws = w
-	d := digest([]byte(secret))
-	if err := s.limits.allow(r.ctx, "cs:"+string(d[:])); err != nil {
+	d := digest(secret)
+	if err := s.limits.allow(r.ctx, "cs:", string(d[:])); err != nil {
 		return false, err
 	}
 	return s.partnerIdempotency(r, idemScope{e: r.e, ws: w}, raw)
 }
 
+// partnerSlot takes one of the Options.PartnerMaxInflight slots for a
+// partner or webhook body, or answers 503 with Retry-After when all are
+// taken: bodies are read and decoded before they can be authenticated, so
+// their number in flight bounds what unauthenticated senders can make the
+// server hold. (503, not 429: the limit is the server's, not the sender's,
+// and every partner sender and Mixpanel retry both.)
+func (s *Server) partnerSlot(r *request) (release func(), err error) {
+	select {
+	case s.partnerSlots <- struct{}{}:
+		return s.releasePartnerSlot, nil
+	default:
+		r.ctx.Response.Header.Set("Retry-After", "1")
+		return nil, errorf(fasthttp.StatusServiceUnavailable, "too many partner requests in flight: retry shortly")
+	}
+}
+
+func (s *Server) releasePartnerSlot() { <-s.partnerSlots }
+
+// partnerMaxValues caps the JSON values of a partner body before any tree
+// is built: far above what partner-max-ids identifiers need (a change
+// object per identifier with every field is 7 values each), so that an
+// over-cap request still gets its 400, far below what a hostile 8 MiB body
+// of [0,0,…] holds (4M values).
+func (s *Server) partnerMaxValues() int { return 64*s.opts.PartnerMaxIDs + 1024 }
+
+// partnerBody reads, authenticates and size-checks a partner body: the
+// credentials are pulled out with the scanner (scanPartnerCreds), so that
+// nothing is parsed before they are checked. replayed means the reply is
+// already written.
+func (s *Server) partnerBody(r *request) (body []byte, replayed bool, err error) {
+	body, raw, err := r.smallBody(s.opts.PartnerMaxBody)
+	if err != nil {
+		return nil, false, err
+	}
+	creds := credsPool.Get().(*partnerCreds)
+	defer credsPool.Put(creds)
+	if err := scanPartnerCreds(body, s.partnerMaxValues(), creds); err != nil {
+		return nil, false, err
+	}
+	replayed, err = s.partnerAuth(r, creds.PartnerAPIKey, creds.ClientSecret, raw)
+	return body, replayed, err
+}
+
+var credsPool = sync.Pool{New: func() any { return new(partnerCreds) }}
+
 // handlePartnerCohort serves POST /partners/{partner}/cohorts: create or
 // rename a cohort (a cheap idempotent upsert: senders call it before
 // every batch).
 func (s *Server) handlePartnerCohort(r *request) error {
-	body, raw, err := r.smallBody(s.opts.PartnerMaxBody)
+	release, err := s.partnerSlot(r)
 	if err != nil {
+		return err
+	}
+	defer release()
+	body, replayed, err := s.partnerBody(r)
+	if replayed || err != nil {
 		return err
 	}
 	p := s.parsers.Get()
 	defer s.parsers.Put(p)
 	req, err := parsePartnerCohort(p, body)
 	if err != nil {
-		return err
-	}
-	if replayed, err := s.partnerAuth(r, req.PartnerAPIKey, req.ClientSecret, raw); replayed || err != nil {
 		return err
 	}
 	if err := req.validate(); err != nil {
@@ -68,36 +117,69 @@ func (s *Server) handlePartnerCohort(r *request) error {
 // handlePartnerUsers serves POST /partners/{partner}/cohorts/users: a
 // batch of membership changes, applied whole or not at all.
 func (s *Server) handlePartnerUsers(r *request) error {
+	release, err := s.partnerSlot(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	body, raw, err := r.smallBody(s.opts.PartnerMaxBody)
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	req, err := parsePartnerUsers(p, body, s.opts.PartnerMaxIDs)
+	// One scan, no tree: the credentials are checked before anything else
+	// is looked at (parsePartnerUsers).
+	req, err := parsePartnerUsers(body, s.opts.PartnerMaxIDs, s.partnerMaxValues())
 	if err != nil {
 		return err
 	}
-	if replayed, err := s.partnerAuth(r, req.PartnerAPIKey, req.ClientSecret, raw); replayed || err != nil {
+	defer req.release()
+	if replayed, err := s.partnerAuth(r, []byte(req.PartnerAPIKey), []byte(req.ClientSecret), raw); replayed || err != nil {
 		return err
 	}
 	if err := req.validate(); err != nil {
 		return err
 	}
-	cs := r.ws.NewChangeSet()
-	cs.SetSource(engine.SourcePartner)
 	floor := r.e.RetentionFloor()
-	_ = req.eachChange(func(c *changeObject) error {
-		stageChange(cs, floor, c)
-		return nil
+	res, err := applyStaged(r.ws, r.params[0], req.CohortID, func(cs *engine.ChangeSet) {
+		cs.SetSource(engine.SourcePartner)
+		_ = req.eachChange(func(c *changeObject) error {
+			stageChange(cs, floor, c)
+			return nil
+		})
 	})
-	res, err := r.ws.ApplyChanges(r.params[0], req.CohortID, cs)
 	if err != nil {
 		return err
 	}
 	var buf [256]byte // SetBody copies
 	writeRawJSON(r.ctx, fasthttp.StatusCreated, appendApplyResult(buf[:0], &res))
 	return nil
+}
+
+// stageAttempts is how often a body held in memory is staged before the
+// last attempt keeps user changes out (engine.Workspace.HoldUsers).
+const stageAttempts = 3
+
+// applyStaged stages a batch with stage and applies it; when a concurrent
+// user change made it stale (engine.ErrUsersChanged) it stages it again,
+// the last time with user changes held off, so the answer is always one a
+// serial order gives. For bodies in memory only: stage runs up to
+// stageAttempts times.
+func applyStaged(w *engine.Workspace, partner, cohortID string, stage func(cs *engine.ChangeSet)) (engine.ApplyResult, error) {
+	for attempt := 1; ; attempt++ {
+		var release func()
+		if attempt == stageAttempts {
+			release = w.HoldUsers()
+		}
+		cs := w.NewChangeSet()
+		stage(cs)
+		res, err := w.ApplyChanges(partner, cohortID, cs)
+		if release != nil {
+			release()
+		}
+		if !errors.Is(err, engine.ErrUsersChanged) || attempt == stageAttempts {
+			return res, err
+		}
+	}
 }
 
 // stageChange stages one change object: dropped whole when it is stamped

@@ -45,12 +45,12 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/index"
@@ -97,13 +97,12 @@ func (s *Server) handleUpsertUsers(r *request) error {
 
 // handleDeleteUsers serves POST /v1/users/delete.
 func (s *Server) handleDeleteUsers(r *request) error {
-	body, _, err := r.smallBody(s.opts.MaxBody)
+	rd, release, err := r.decodedBody(s.opts.QueryMaxBody)
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	req, err := parseUsersDelete(p, body)
+	defer release()
+	req, err := decodeUsersDelete(rd)
 	if err != nil {
 		return err
 	}
@@ -295,11 +294,23 @@ func (s *Server) handleCohortChanges(r *request) error {
 	}
 	res, err := r.ws.ApplyChanges(partner, id, cs)
 	if err != nil {
-		return err
+		return streamedStale(r, err)
 	}
 	var buf [256]byte
 	writeRawJSON(r.ctx, fasthttp.StatusOK, appendApplyResult(buf[:0], &res))
 	return nil
+}
+
+// streamedStale answers engine.ErrUsersChanged on a streamed body, which
+// cannot be staged again, with 503 and Retry-After (nothing was applied;
+// the sender retries). Other errors pass through.
+func streamedStale(r *request, err error) error {
+	if errors.Is(err, engine.ErrUsersChanged) {
+		r.ctx.Response.Header.Set("Retry-After", "1")
+		return errorf(fasthttp.StatusServiceUnavailable,
+			"users changed while the body was being resolved (nothing was applied): send it again")
+	}
+	return err
 }
 
 // handleReplaceMembers serves PUT …/members: snapshot sync.
@@ -328,7 +339,7 @@ func (s *Server) handleReplaceMembers(r *request) error {
 	}
 	res, err := r.ws.ReplaceMembers(partner, id, ms)
 	if err != nil {
-		return err
+		return streamedStale(r, err)
 	}
 	return writeJSON(r.ctx, fasthttp.StatusOK, struct {
 		Added      int `json:"added"`
@@ -529,25 +540,27 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 
 // ---- segments ----
 
-// segmentRequest parses a segment query body and binds its expression.
-func (s *Server) segmentRequest(r *request, p *fastjson.Parser) (*fastjson.Object, *engine.BoundSegment, error) {
-	body, _, err := r.smallBody(s.opts.MaxBody)
+// segmentRequest decodes a segment query body (decode_query.go) into q,
+// handing its identifiers to lk (nil: a query without users), and binds
+// its expression. The caller releases the binding.
+func (s *Server) segmentRequest(r *request, q *segmentQuery, lk *engine.Lookup) (*engine.BoundSegment, error) {
+	rd, release, err := r.decodedBody(s.opts.QueryMaxBody)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	o, err := parseJSONObject(p, body)
+	err = decodeSegmentQuery(rd, q, lk)
+	release()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	v := o.Get("segment")
-	if v == nil {
-		return nil, nil, errorf(fasthttp.StatusBadRequest, "segment is required")
+	if q.segment == nil {
+		return nil, errorf(fasthttp.StatusBadRequest, "segment is required")
 	}
-	seg, err := engine.ParseSegmentValue(v)
+	seg, err := r.ws.Segment(q.segment)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return o, r.ws.Bind(seg), nil
+	return r.ws.Bind(seg), nil
 }
 
 // appendWarnings appends `,"warnings":[…]` when there are any.
@@ -570,99 +583,87 @@ func appendJSONText(dst []byte, s string) []byte { return appendJSONString(dst, 
 
 // handleSegmentCount serves POST /v1/segments/count.
 func (s *Server) handleSegmentCount(r *request) error {
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	_, b, err := s.segmentRequest(r, p)
+	q := getQuery()
+	defer putQuery(q)
+	b, err := s.segmentRequest(r, q, nil)
 	if err != nil {
 		return err
 	}
-	out := append(make([]byte, 0, 64), `{"count":`...)
-	out = strconv.AppendUint(out, b.Count(), 10)
-	out = appendWarnings(out, b.Warnings)
-	writeRawJSON(r.ctx, fasthttp.StatusOK, append(out, '}'))
+	defer b.Release()
+	out := r.getBuf()
+	*out = append((*out)[:0], `{"count":`...)
+	*out = strconv.AppendUint(*out, b.Count(), 10)
+	*out = appendWarnings(*out, b.Warnings)
+	*out = append(*out, '}')
+	writeRawJSON(r.ctx, fasthttp.StatusOK, *out)
 	return nil
 }
 
-// handleSegmentContains serves POST /v1/segments/contains. A device id
-// resolves to whoever holds it, identified or not.
+// lookups pools the resolvers of batch contains.
+var lookups sync.Pool // *engine.Lookup
+
+// handleSegmentContains serves POST /v1/segments/contains. The users (or
+// the compact external_ids / device_ids) are resolved as the body streams
+// in, stageChunk at a time (engine.Lookup); a device id resolves to whoever
+// holds it, identified or not. Answers come in the order sent.
 func (s *Server) handleSegmentContains(r *request) error {
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	o, b, err := s.segmentRequest(r, p)
+	q := getQuery()
+	defer putQuery(q)
+	lk, _ := lookups.Get().(*engine.Lookup)
+	if lk == nil {
+		lk = r.ws.NewLookup()
+	}
+	lk.Reset(r.ws)
+	defer lookups.Put(lk)
+	b, err := s.segmentRequest(r, q, lk)
 	if err != nil {
 		return err
 	}
-	uv := o.Get("users")
-	if uv == nil || uv.Type() != fastjson.TypeArray {
-		return badRequest("users must be an array of user references", "users: expected an array of objects")
+	defer b.Release()
+	if q.form == formNone {
+		return badRequest(msgContainsForm, "users: expected an array of user references, or external_ids / device_ids: an array of strings")
 	}
-	users, _ := uv.Array()
-	// Every reference is validated first; then each kind is resolved in one
-	// batch (index.ResolveMany overlaps the lookups' cache misses) and the
-	// answers are given in the order sent.
-	var keys [4][][]byte // by index.Kind
-	var pos [4][]int
-	for i, v := range users {
-		k, key, err := parseUserRef(v)
-		if err != nil {
-			if ae, ok := err.(*apiError); ok {
-				return &apiError{status: ae.status, message: ae.message, errors: append([]string{"users[" + strconv.Itoa(i) + "]"}, ae.errors...)}
-			}
-			return err
-		}
-		keys[k] = append(keys[k], key)
-		pos[k] = append(pos[k], i)
-	}
-	ids := make([]index.UserID, len(users))
-	var got []index.UserID
-	for _, k := range []index.Kind{index.KindExternal, index.KindAlias, index.KindDevice} {
-		got = r.ws.ResolveMany(k, keys[k], got[:0])
-		for j, i := range pos[k] {
-			ids[i] = got[j]
-		}
-	}
-	out := make([]byte, 0, 16+6*len(users))
-	out = append(out, `{"results":[`...)
+	ids := lk.IDs()
+	out := r.getBuf()
+	*out = append((*out)[:0], `{"results":[`...)
 	for i, id := range ids {
 		if i > 0 {
-			out = append(out, ',')
+			*out = append(*out, ',')
 		}
-		out = strconv.AppendBool(out, b.Contains(id))
+		if b.Contains(id) {
+			*out = append(*out, "true"...)
+		} else {
+			*out = append(*out, "false"...)
+		}
 	}
-	out = append(out, ']')
-	out = appendWarnings(out, b.Warnings)
-	writeRawJSON(r.ctx, fasthttp.StatusOK, append(out, '}'))
+	*out = append(*out, ']')
+	*out = appendWarnings(*out, b.Warnings)
+	*out = append(*out, '}')
+	writeRawJSON(r.ctx, fasthttp.StatusOK, *out)
 	return nil
 }
 
 // handleSegmentMembers serves POST /v1/segments/members: a page with
 // limit, else an NDJSON stream of every member.
 func (s *Server) handleSegmentMembers(r *request) error {
-	p := s.parsers.Get()
-	defer s.parsers.Put(p)
-	o, b, err := s.segmentRequest(r, p)
+	q := getQuery()
+	defer putQuery(q)
+	b, err := s.segmentRequest(r, q, nil)
 	if err != nil {
 		return err
 	}
-	lv, cv := o.Get("limit"), o.Get("cursor")
-	cursor := ""
-	if cv != nil && cv.Type() != fastjson.TypeNull {
-		if cv.Type() != fastjson.TypeString {
-			return errorf(fasthttp.StatusBadRequest, "cursor must be a string or null")
-		}
-		cb, _ := cv.StringBytes()
-		cursor = string(cb)
-	}
-	if lv == nil || lv.Type() == fastjson.TypeNull {
+	defer b.Release()
+	cursor := string(q.cursor)
+	if q.limit == nil {
 		if cursor != "" {
 			return errorf(fasthttp.StatusBadRequest, "cursor needs limit")
 		}
 		s.streamMembers(r, b.Bitmap(), nil)
 		return nil
 	}
-	limit, lerr := lv.Int()
-	if lv.Type() != fastjson.TypeNumber || lerr != nil || limit < 1 || limit > maxPageLimit {
-		return errorf(fasthttp.StatusBadRequest, "limit must be an integer from 1 to %d", maxPageLimit)
+	limit, err := parseLimit(q.limit)
+	if err != nil {
+		return err
 	}
 	ids, next, err := b.Page(cursor, limit)
 	if err != nil {

@@ -52,7 +52,7 @@ func (s *Server) handleMixpanel(r *request) error {
 	if err := waitMinPosition(r); err != nil {
 		return fail(err)
 	}
-	if mt := mediaType(ctx); len(mt) != 0 && string(mt) != "application/json" {
+	if mt := mediaType(ctx); len(mt) != 0 && !bytes.EqualFold(mt, []byte("application/json")) {
 		return fail(errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType()))
 	}
 	secret, ok := basicPassword(ctx.Request.Header.Peek("Authorization"))
@@ -69,9 +69,16 @@ func (s *Server) handleMixpanel(r *request) error {
 	}
 	r.ws = w
 	d := digest(secret)
-	if err := s.limits.allow(ctx, "cs:"+string(d[:])); err != nil {
+	if err := s.limits.allow(ctx, "cs:", string(d[:])); err != nil {
 		return fail(err)
 	}
+	// Authenticated before the body is read; still a partner body in
+	// flight.
+	release, err := s.partnerSlot(r)
+	if err != nil {
+		return fail(err)
+	}
+	defer release()
 	body, _, err := r.smallBody(s.opts.PartnerMaxBody)
 	if err != nil {
 		return fail(err)
@@ -90,18 +97,54 @@ func (s *Server) handleMixpanel(r *request) error {
 	}
 	aliasProp := string(args.Peek("alias"))
 	cands := candidates(&req, extProp, aliasProp)
+	// Resolved and applied up to stageAttempts times: a user change that
+	// lands in between makes the batch stale (engine.ErrUsersChanged); the
+	// last attempt holds user changes off (as applyStaged does). In log
+	// mode the engine resolves at the record's place, never stale.
+	stage := func(attempt int, apply func() error) error {
+		if attempt == stageAttempts {
+			defer w.HoldUsers()()
+		}
+		return apply()
+	}
+	var sres engine.StageResult
+	var ares engine.ApplyResult
+	for attempt := 1; ; attempt++ {
+		err := stage(attempt, func() error {
+			if req.Action == actionMembers {
+				ms := w.NewMemberSet()
+				ms.AddCandidates(cands)
+				// The page renames the cohort only once it passed every
+				// check (StagePage does it under the same lock).
+				var err error
+				sres, err = w.StagePage(webhookPartner, req.CohortID, req.CohortName, req.SessionID, req.PageCount, req.TotalPages, ms)
+				return err
+			}
+			if req.CohortName != "" {
+				if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
+					return err
+				}
+			}
+			cs := w.NewChangeSet()
+			cs.SetSource(engine.SourceWebhook)
+			cs.AddCandidates(cands, req.Action == actionRemove)
+			var err error
+			ares, err = w.ApplyChanges(webhookPartner, req.CohortID, cs)
+			return err
+		})
+		if errors.Is(err, engine.ErrUsersChanged) && attempt < stageAttempts {
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		break
+	}
 	out := append(make([]byte, 0, 256), `{"action":`...)
 	out = appendJSONString(out, []byte(req.Action))
 	out = append(out, `,"status":"success","matched":`...)
 	if req.Action == actionMembers {
-		ms := w.NewMemberSet()
-		ms.AddCandidates(cands)
-		// The page renames the cohort only once it passed every check
-		// (StagePage does it under the same lock as the staging).
-		res, err := w.StagePage(webhookPartner, req.CohortID, req.CohortName, req.SessionID, req.PageCount, req.TotalPages, ms)
-		if err != nil {
-			return fail(err)
-		}
+		res := sres
 		out = appendMatched(out, res.Matched, res.Unmatched)
 		out = appendCounts(out, res.Replace.Added, res.Replace.Removed, res.Replace.DataPoints)
 		out = append(out, `,"staged":`...)
@@ -111,20 +154,8 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = append(out, `,"committed":`...)
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
-		if req.CohortName != "" {
-			if err := w.UpsertCohort(webhookPartner, req.CohortID, req.CohortName, r.e.Now()); err != nil {
-				return fail(err)
-			}
-		}
-		cs := w.NewChangeSet()
-		cs.SetSource(engine.SourceWebhook)
-		cs.AddCandidates(cands, req.Action == actionRemove)
-		res, err := w.ApplyChanges(webhookPartner, req.CohortID, cs)
-		if err != nil {
-			return fail(err)
-		}
-		out = appendMatched(out, res.Matched, res.Unmatched)
-		out = appendCounts(out, res.Added, res.Removed, res.DataPoints)
+		out = appendMatched(out, ares.Matched, ares.Unmatched)
+		out = appendCounts(out, ares.Added, ares.Removed, ares.DataPoints)
 	}
 	out = append(out, '}')
 	writeRawJSON(ctx, fasthttp.StatusOK, out)

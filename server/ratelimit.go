@@ -14,14 +14,15 @@ import (
 // requests.
 type rateLimits struct{ set *ratelimit.Set }
 
-// allow takes a token for cred, or answers 429 with Retry-After (whole
-// seconds, at least 1) when the bucket is empty.
-func (l *rateLimits) allow(ctx *fasthttp.RequestCtx, cred string) error {
-	lim := l.set.Limiter(cred)
-	if lim == nil {
+// allow takes a token for the credential kind+id ("ws:" and a workspace
+// id, say), or answers 429 with Retry-After (whole seconds, at least 1)
+// when the bucket is empty. The two parts are joined only when limiting is
+// on, so that the query path allocates nothing without it.
+func (l *rateLimits) allow(ctx *fasthttp.RequestCtx, kind, id string) error {
+	if !l.set.Enabled() {
 		return nil
 	}
-	wait := ratelimit.Take(lim, time.Now(), 1)
+	wait := ratelimit.Take(l.set.Limiter(kind+id), time.Now(), 1)
 	if wait == 0 {
 		return nil
 	}

@@ -24,15 +24,22 @@ import (
 
 // Options configure a Server. Zero values get the documented defaults.
 type Options struct {
-	AdminToken     string         // required: the bearer token of admin endpoints
-	MaxBody        int64          // decoded /v1 body cap, default 256 MiB
-	PartnerMaxBody int64          // decoded partner body cap, default 8 MiB
-	PartnerMaxIDs  int            // identifiers per partner request, default 1000
-	RateLimit      float64        // requests/s per credential (token bucket); 0 = off
-	RateBurst      int            // bucket size; <1 means max(1, ceil(RateLimit))
-	Limits         *ratelimit.Set // nil → built from RateLimit, RateBurst; a Set shared with the RESP listener shares the buckets
-	Logger         *slog.Logger   // nil → slog.Default()
-	Metrics        *metrics.Set   // nil → a new set; /metrics writes it and the process metrics
+	AdminToken     string // required: the bearer token of admin endpoints
+	MaxBody        int64  // decoded /v1 body cap, default 256 MiB
+	PartnerMaxBody int64  // decoded partner body cap, default 8 MiB
+	PartnerMaxIDs  int    // identifiers per partner request, default 1000
+	// QueryMaxBody caps the decoded body of /v1/segments/* and
+	// /v1/users/delete, default 8 MiB (docs/API.md §5).
+	QueryMaxBody int64
+	// PartnerMaxInflight caps the partner and webhook bodies being read
+	// and handled at once; one more answers 503 with Retry-After.
+	// Default 16.
+	PartnerMaxInflight int
+	RateLimit          float64        // requests/s per credential (token bucket); 0 = off
+	RateBurst          int            // bucket size; <1 means max(1, ceil(RateLimit))
+	Limits             *ratelimit.Set // nil → built from RateLimit, RateBurst; a Set shared with the RESP listener shares the buckets
+	Logger             *slog.Logger   // nil → slog.Default()
+	Metrics            *metrics.Set   // nil → a new set; /metrics writes it and the process metrics
 }
 
 // Defaults of Options.
@@ -40,6 +47,10 @@ const (
 	DefaultMaxBody        = 256 << 20
 	DefaultPartnerMaxBody = 8 << 20
 	DefaultPartnerMaxIDs  = 1000
+	DefaultQueryMaxBody   = 8 << 20
+	// DefaultPartnerMaxInflight bounds the memory of partner bodies in
+	// flight to about 16 × (8 MiB raw + 8 MiB decoded + a bounded tree).
+	DefaultPartnerMaxInflight = 16
 )
 
 // Server is the HTTP server of cohortd.
@@ -77,6 +88,10 @@ type Server struct {
 	closing atomic.Bool
 	ui      map[string]*uiFile // the built-in page's files (ui.go), read-only
 
+	// partnerSlots holds a token per partner or webhook body in flight
+	// (partnerSlot).
+	partnerSlots chan struct{}
+
 	// inflight counts requests being handled (and streamed replies being
 	// written); Shutdown waits for it to reach zero.
 	inflight atomic.Int64
@@ -98,6 +113,12 @@ func New(opts Options) *Server {
 	if opts.PartnerMaxIDs <= 0 {
 		opts.PartnerMaxIDs = DefaultPartnerMaxIDs
 	}
+	if opts.QueryMaxBody <= 0 {
+		opts.QueryMaxBody = DefaultQueryMaxBody
+	}
+	if opts.PartnerMaxInflight <= 0 {
+		opts.PartnerMaxInflight = DefaultPartnerMaxInflight
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -114,6 +135,8 @@ func New(opts Options) *Server {
 		limits: &rateLimits{set: opts.Limits},
 		adminD: digest([]byte(opts.AdminToken)),
 		ui:     loadUI(),
+
+		partnerSlots: make(chan struct{}, opts.PartnerMaxInflight),
 	}
 	s.routes = s.buildRoutes()
 	s.met = newServerMetrics(opts.Metrics, s.routes, s.engine.Load)
@@ -196,7 +219,8 @@ wait:
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	s.inflight.Add(1)
-	r := &request{s: s, ctx: ctx}
+	r := requests.Get().(*request)
+	r.s, r.ctx = s, ctx
 	defer func() {
 		if v := recover(); v != nil {
 			s.met.panics.Inc()
@@ -215,8 +239,21 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if !r.streaming {
 			s.inflight.Add(-1)
 		}
+		r.recycle()
 	}()
 	s.serve(r)
+}
+
+// requests pools request values: a query must not allocate one.
+var requests = sync.Pool{New: func() any { return new(request) }}
+
+// recycle empties r (keeping its buffers) and puts it back in the pool.
+// Nothing may hold r after its Handler call: stream writers capture what
+// they need, never r.
+func (r *request) recycle() {
+	bufs := r.buffers[:0]
+	*r = request{buffers: bufs}
+	requests.Put(r)
 }
 
 // serve runs one request: route match, readiness gate, the route.
@@ -314,6 +351,11 @@ type request struct {
 	raw       io.Reader // the raw body, opened once
 	buffers   []*[]byte // pooled buffers released after the reply
 	streaming bool      // a body stream writer owns the inflight count
+
+	// Readers of the body, kept here so that opening one allocates nothing.
+	bodyReader bytes.Reader
+	rawLimited rawReader
+	decoded    limitedReader
 }
 
 func (r *request) routeName() string {
@@ -333,7 +375,9 @@ func (r *request) wsID() string {
 // rawLimit bounds the raw bytes read from any body. Compressed bodies are
 // smaller than their decoded form, so the largest decoded cap also bounds
 // the raw bytes of a legitimate request.
-func (s *Server) rawLimit() int64 { return max(s.opts.MaxBody, s.opts.PartnerMaxBody) }
+func (s *Server) rawLimit() int64 {
+	return max(s.opts.MaxBody, s.opts.PartnerMaxBody, s.opts.QueryMaxBody)
+}
 
 // rawBody opens the request body as received (still encoded), once: the
 // stream of fasthttp's StreamRequestBody, or the buffered body when the
@@ -345,9 +389,11 @@ func (r *request) rawBody(limit int64) (io.Reader, error) {
 	}
 	src := r.ctx.RequestBodyStream()
 	if src == nil {
-		src = bytes.NewReader(r.ctx.Request.Body())
+		r.bodyReader.Reset(r.ctx.Request.Body())
+		src = &r.bodyReader
 	}
-	var rd io.Reader = &rawReader{r: src, left: limit, limit: limit, counter: r.s.met.bytesIn}
+	r.rawLimited = rawReader{r: src, left: limit, limit: limit, counter: r.s.met.bytesIn}
+	var rd io.Reader = &r.rawLimited
 	if r.idemHasher != nil {
 		rd = io.TeeReader(rd, r.idemHasher)
 	}
@@ -361,7 +407,7 @@ type rawReader struct {
 	r       io.Reader
 	left    int64
 	limit   int64
-	counter interface{ Add(int) }
+	counter *metrics.Counter
 }
 
 func (l *rawReader) Read(p []byte) (int, error) {
@@ -406,7 +452,8 @@ func (r *request) releaseBuffers() {
 			r.s.bufs.Put(b)
 		}
 	}
-	r.buffers = nil
+	clear(r.buffers)
+	r.buffers = r.buffers[:0]
 }
 
 // smallBody reads the whole body into pooled buffers and decodes it
@@ -455,7 +502,7 @@ func (r *request) decodedBody(limit int64) (io.Reader, func(), error) {
 	if err != nil {
 		return nil, func() {}, err
 	}
-	return decodeBody(r.ctx.Request.Header.ContentEncoding(), src, limit)
+	return decodeBodyInto(&r.decoded, r.ctx.Request.Header.ContentEncoding(), src, limit)
 }
 
 // writeJSON writes v as a JSON reply with status.

@@ -356,7 +356,7 @@ func TestContentTypeAndEncoding(t *testing.T) {
 }
 
 func TestBodyLimits(t *testing.T) {
-	h := newHarness(t, Options{MaxBody: 64 << 10, PartnerMaxBody: 16 << 10}, true)
+	h := newHarness(t, Options{MaxBody: 64 << 10, PartnerMaxBody: 16 << 10, QueryMaxBody: 64 << 10}, true)
 	key := h.createWorkspace("acme")
 	pkey := h.createPartner("mixpanel")
 	_, secret := h.createKey("acme", "mixpanel")

@@ -74,6 +74,9 @@ func run(resultsDir, out, plotDir string) error {
 
 // variantOrder puts the known variants first.
 func variantOrder(name string) int {
+	if strings.HasPrefix(name, "crossproc") {
+		return -1 // the cross-process table comes first
+	}
 	switch name {
 	case "short":
 		return 0

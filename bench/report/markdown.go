@@ -61,6 +61,12 @@ func writeVariant(w io.Writer, v *Variant) {
 	if len(v.Files) > 0 {
 		p("Raw outputs: %s.\n\n", "`"+strings.Join(v.Files, "`, `")+"`")
 	}
+	remoteTable(w, ms)
+	if !hasInProcess(ms) {
+		return // a cross-process variant has nothing else
+	}
+	p("**In process**: the tables below run client and server in one `go test` process, sharing one core ")
+	p("(GOMAXPROCS as above); a cross-process variant, where it exists, comes first.\n\n")
 
 	ratioTable(w, ms, "Import", "Import: identifiers/s", "ids/s",
 		[]string{"shape", "flavour", "ids/request"}, func(rest string) []string {
@@ -97,6 +103,17 @@ func writeVariant(w io.Writer, v *Variant) {
 	microTable(w, v.Set)
 	microAll(w, v.Set)
 	coldStart(w, v.Set)
+}
+
+// hasInProcess reports whether ms holds in-process macro results (or ms
+// is empty: micro benchmarks only).
+func hasInProcess(ms []Macro) bool {
+	for _, m := range ms {
+		if m.Op != "Remote" {
+			return true
+		}
+	}
+	return len(ms) == 0
 }
 
 // microAll writes every engine and index micro benchmark with its own

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -263,27 +262,4 @@ func markdownAnchors(t *testing.T, path string) []string {
 		anchors = append(anchors, a.String())
 	}
 	return anchors
-}
-
-// TestOperationsDocListsEveryFlag: every flag the binary accepts is in the
-// flag tables of docs/OPERATIONS.md.
-func TestOperationsDocListsEveryFlag(t *testing.T) {
-	t.Parallel()
-	out, err := exec.Command(binPath, "-h").CombinedOutput()
-	if err != nil {
-		t.Fatalf("cohortd -h: %v\n%s", err, out)
-	}
-	doc, err := os.ReadFile("../../docs/OPERATIONS.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	flags := regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)`).FindAllStringSubmatch(string(out), -1)
-	if len(flags) < 10 {
-		t.Fatalf("found only %d flags in cohortd -h:\n%s", len(flags), out)
-	}
-	for _, f := range flags {
-		if !bytes.Contains(doc, []byte("| `-"+f[1]+"`")) && !bytes.Contains(doc, []byte("`-"+f[1]+"`, ")) && !bytes.Contains(doc, []byte(", `-"+f[1]+"`")) {
-			t.Errorf("flag -%s is not in the flag tables of docs/OPERATIONS.md", f[1])
-		}
-	}
 }

@@ -25,6 +25,8 @@ type config struct {
 	maxBody           byteSize
 	partnerMaxBody    byteSize
 	partnerMaxIDs     int
+	queryMaxBody      byteSize
+	partnerInflight   int
 	retentionFloor    time.Time
 	webhookSessionTTL time.Duration
 	shutdownTimeout   time.Duration
@@ -64,6 +66,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	c := config{
 		maxBody:          256 << 20,
 		partnerMaxBody:   8 << 20,
+		queryMaxBody:     8 << 20,
 		snapshotWALBytes: 1 << 30,
 		retentionFloor:   engine.DefaultRetentionFloor,
 	}
@@ -76,6 +79,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.Var(&c.maxBody, "max-body", "largest decoded /v1 body, `size` in bytes or with a suffix (256MiB, 8MB, 1GiB)")
 	fs.Var(&c.partnerMaxBody, "partner-max-body", "largest decoded partner or webhook body (`size`)")
 	fs.IntVar(&c.partnerMaxIDs, "partner-max-ids", 1000, "most identifiers per partner cohorts/users request")
+	fs.Var(&c.queryMaxBody, "query-max-body", "largest decoded body of /v1/segments/* and /v1/users/delete (`size`)")
+	fs.IntVar(&c.partnerInflight, "partner-max-inflight", 16, "partner and webhook bodies handled at once; one more is answered 503 with Retry-After")
 	fs.Var((*timeValue)(&c.retentionFloor), "retention-floor", "drop changes stamped before this RFC 3339 `time`")
 	fs.DurationVar(&c.webhookSessionTTL, "webhook-session-ttl", time.Hour, "drop an incomplete Mixpanel snapshot session after this long without a page")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may run after SIGTERM/SIGINT")
@@ -105,7 +110,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(usageOut, "Usage: cohortd [flags]\n"+
 				"       cohortd check -data-dir DIR      verify a data dir offline (-h for more)\n"+
-				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n\n"+
+				"       cohortd wal dump -data-dir DIR   print its WAL as JSON lines (-h for more)\n"+
+				"       cohortd healthcheck [-addr A]    exit 0 if the server at A is ready (-h for more)\n\n"+
 				"Every flag can also be set through the environment variable shown in\n"+
 				"brackets. An explicit flag wins over the environment, which wins over\n"+
 				"the default.\n\n")
@@ -155,6 +161,10 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		return c, errors.New("-partner-max-body must be positive")
 	case c.partnerMaxIDs <= 0:
 		return c, errors.New("-partner-max-ids must be positive")
+	case c.queryMaxBody <= 0:
+		return c, errors.New("-query-max-body must be positive")
+	case c.partnerInflight <= 0:
+		return c, errors.New("-partner-max-inflight must be positive")
 	case c.webhookSessionTTL <= 0:
 		return c, errors.New("-webhook-session-ttl must be positive")
 	case c.shutdownTimeout < 0:

@@ -82,3 +82,21 @@ func TestParseConfigPrecedence(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 }
+
+func TestParseConfigQueryAndPartnerCaps(t *testing.T) {
+	env := map[string]string{"COHORTD_QUERY_MAX_BODY": "2MiB", "COHORTD_PARTNER_MAX_INFLIGHT": "3"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	c, err := parseConfig(nil, lookup, io.Discard)
+	if err != nil || c.queryMaxBody != 2<<20 || c.partnerInflight != 3 {
+		t.Fatalf("%v: query-max-body %d partner-max-inflight %d", err, c.queryMaxBody, c.partnerInflight)
+	}
+	c, err = parseConfig(nil, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil || c.queryMaxBody != 8<<20 || c.partnerInflight != 16 {
+		t.Fatalf("defaults: %v %d %d", err, c.queryMaxBody, c.partnerInflight)
+	}
+	for _, args := range [][]string{{"-query-max-body", "0"}, {"-partner-max-inflight", "0"}} {
+		if _, err := parseConfig(args, func(string) (string, bool) { return "", false }, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,24 +19,17 @@ const (
 	dashboardPath  = "../../deploy/grafana/cohortd.json"
 )
 
-// exportedMetrics runs the real binary, sends a few requests so that every
-// labelled family has a series, and returns the label names seen on each
-// metric name of /metrics (histograms appear as their _bucket, _sum and
-// _count series).
+// exportedMetrics runs the real binary with every listener and some
+// traffic of every kind (scrapeLoaded), and returns the label names seen on
+// each metric name of /metrics (histograms appear as their _bucket, _sum
+// and _count series).
 func exportedMetrics(t *testing.T) map[string]map[string]bool {
 	t.Helper()
-	d := startDaemon(t, t.TempDir(), startOpts{})
-	tn := setupTenant(d, d.adminToken(), "acme", "amplitude")
-	d.must(req{method: "POST", path: "/v1/users", token: tn.apiKey, body: map[string]any{"users": []map[string]string{{"external_id": "u1"}}}}, 200)
-	d.must(req{method: "POST", path: "/partners/amplitude/cohorts/users", body: tn.changes("c", []string{"u1", "ghost"}, false)}, 201)
-	d.must(req{method: "GET", path: "/v1/usage", token: "wrong"}, 401)
-	r := d.must(req{method: "GET", path: "/metrics"}, 200)
-	d.stop(syscall.SIGTERM, 30*time.Second)
-
+	body := scrapeLoaded(t)
 	series := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? `)
 	label := regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="`)
 	m := map[string]map[string]bool{}
-	for _, ln := range strings.Split(string(r.body), "\n") {
+	for _, ln := range strings.Split(body, "\n") {
 		s := series.FindStringSubmatch(ln)
 		if s == nil {
 			continue
@@ -50,7 +42,7 @@ func exportedMetrics(t *testing.T) map[string]map[string]bool {
 		}
 	}
 	if len(m) < 20 {
-		t.Fatalf("only %d metric names in /metrics:\n%s", len(m), r.body)
+		t.Fatalf("only %d metric names in /metrics:\n%s", len(m), body)
 	}
 	return m
 }
@@ -200,6 +192,24 @@ func TestDeployMonitoring(t *testing.T) {
 	}
 	if n < 5 {
 		t.Errorf("%s: only %d rules", alertRulesPath, n)
+	}
+	// docs/OPERATIONS.md "Alerts" says what to do about each, and names no
+	// other.
+	ops, err := os.ReadFile(operationsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(Cohortd[A-Za-z0-9]+)` \\|").FindAllStringSubmatch(markdownSection(t, string(ops), "Alerts"), -1) {
+		documented[m[1]] = true
+		if !seen[m[1]] {
+			t.Errorf("%s \"Alerts\" documents %s, which %s lacks", operationsPath, m[1], alertRulesPath)
+		}
+	}
+	for a := range seen {
+		if !documented[a] {
+			t.Errorf("alert %s has no row in %s \"Alerts\"", a, operationsPath)
+		}
 	}
 
 	b, err = os.ReadFile(dashboardPath)

@@ -93,9 +93,13 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		MaxBody:        int64(cfg.maxBody),
 		PartnerMaxBody: int64(cfg.partnerMaxBody),
 		PartnerMaxIDs:  cfg.partnerMaxIDs,
-		Limits:         limits,
-		Logger:         log,
-		Metrics:        set,
+		QueryMaxBody:   int64(cfg.queryMaxBody),
+		// Bounds the partner and webhook bodies held before they are
+		// authenticated (docs/API.md §5).
+		PartnerMaxInflight: cfg.partnerInflight,
+		Limits:             limits,
+		Logger:             log,
+		Metrics:            set,
 	})
 
 	// Listen before recovery so that orchestrators see /livez 200 and

@@ -364,6 +364,9 @@ func TestOpenAPI(t *testing.T) {
 	c.check(req{method: "POST", path: "/v1/segments/contains", token: apiKey, body: map[string]any{"segment": seg,
 		"users": []map[string]string{{"external_id": "u1"}, {"device_id": "dev-1"}, {"alias_name": "email", "alias_label": "al@example.com"}, {"external_id": "ghost"}}}}, 200)
 	c.check(req{method: "POST", path: "/v1/segments/contains", token: apiKey, body: map[string]any{"segment": seg, "users": "u1"}}, 400)
+	c.check(req{method: "POST", path: "/v1/segments/contains", token: apiKey, body: map[string]any{"segment": seg, "external_ids": []string{"u1", "ghost"}}}, 200)
+	c.check(req{method: "POST", path: "/v1/segments/contains", token: apiKey, body: map[string]any{"segment": seg, "device_ids": []string{"dev-1"}}}, 200)
+	c.check(req{method: "POST", path: "/v1/segments/contains", token: apiKey, body: map[string]any{"segment": seg, "users": []any{}, "device_ids": []string{"dev-1"}}}, 400)
 	page := c.check(req{method: "POST", path: "/v1/segments/members", token: apiKey, body: map[string]any{"segment": seg, "limit": 2}}, 200).json(t)
 	c.check(req{method: "POST", path: "/v1/segments/members", token: apiKey, body: map[string]any{"segment": seg, "limit": 2, "cursor": page["next_cursor"]}}, 200)
 	c.check(req{method: "POST", path: "/v1/segments/members", token: apiKey, body: map[string]any{"segment": seg}}, 200)

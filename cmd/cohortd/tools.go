@@ -20,6 +20,8 @@ import (
 //
 // Exit status: 0 fine, 1 corruption found, 2 usage error or a directory
 // that cannot be checked (missing, or in use by a running cohortd).
+//
+// `cohortd healthcheck` (healthcheck.go) asks a running server instead.
 
 // runTool runs the tool named by args[0]; ok is false when args name none
 // (then they are the server's flags).
@@ -36,6 +38,8 @@ func runTool(args []string, lookupEnv func(string) (string, bool), stdout, stder
 			return 2, true
 		}
 		return runWALDump(args[2:], lookupEnv, stdout, stderr), true
+	case "healthcheck":
+		return runHealthcheck(args[1:], lookupEnv, stderr), true
 	}
 	return 0, false
 }
@@ -74,11 +78,14 @@ func parseTool(fs *flag.FlagSet, args []string) (code int, done bool) {
 
 func runCheck(args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs, dir := toolFlags("check", "check -data-dir DIR [-json]\n\n"+
-		"Verifies a data directory offline, as start-up would read it, changing nothing:\n"+
-		"every snapshot in full, every WAL record (checksum, sequence, payload), the\n"+
-		"replay of the WAL onto the newest snapshot, and the consistency of the result.\n"+
-		"Exit 0: sound; 1: corruption found; 2: usage, or the directory is missing or\n"+
-		"in use by a running cohortd (check a copy, e.g. a backup, instead).", lookupEnv, stderr)
+		"Verifies a data directory offline, changing nothing: every snapshot in full,\n"+
+		"every WAL record (checksum, sequence, payload). Then it rebuilds the state as\n"+
+		"start-up would — from the newest snapshot that reads back whole (start-up sets\n"+
+		"a damaged newer one aside) and the WAL after it — checks its consistency, and\n"+
+		"says whether start-up would get through despite any damage found.\n"+
+		"Exit 0: sound; 1: damage found (the report says whether the directory is still\n"+
+		"recoverable); 2: usage, or the directory is missing or in use by a running\n"+
+		"cohortd (check a copy, e.g. a backup, instead).", lookupEnv, stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if code, done := parseTool(fs, args); done {
 		return code
@@ -108,6 +115,37 @@ func countsText(c engine.StateCounts) string {
 		c.Partners, c.Workspaces, c.Users, c.Cohorts, c.Members, c.ImportKeys, c.Sessions)
 }
 
+// recoveryText says, in one line, the path start-up would take.
+func recoveryText(rep engine.CheckReport) string {
+	var aside []string
+	for _, s := range rep.Snapshots {
+		if rep.RecoverFrom == "" || s.File > rep.RecoverFrom {
+			if s.Err != nil {
+				aside = append(aside, s.File)
+			}
+		}
+	}
+	if len(rep.Snapshots) == 0 && rep.WAL.Segments == 0 {
+		return "nothing to recover: start-up would begin with an empty state"
+	}
+	var b strings.Builder
+	b.WriteString("start-up would ")
+	if len(aside) > 0 {
+		fmt.Fprintf(&b, "set %s aside as damaged (renamed *.corrupt), then ", strings.Join(aside, ", "))
+	}
+	if rep.RecoverFrom != "" {
+		fmt.Fprintf(&b, "load %s and ", rep.RecoverFrom)
+	} else {
+		b.WriteString("rebuild from the WAL alone: ")
+	}
+	if rep.WAL.Segments == 0 {
+		b.WriteString("start an empty WAL")
+	} else {
+		fmt.Fprintf(&b, "replay the WAL from lsn %d (%d records)", rep.ReplayFrom, rep.Replayed)
+	}
+	return b.String()
+}
+
 func writeCheckText(w io.Writer, dir string, rep engine.CheckReport, err error) {
 	fmt.Fprintf(w, "data dir %s\n", dir)
 	if len(rep.Snapshots) == 0 {
@@ -124,6 +162,9 @@ func writeCheckText(w io.Writer, dir string, rep engine.CheckReport, err error) 
 		}
 		fmt.Fprintf(w, "snapshot %s (%s, %d bytes, covers lsn ≤ %d): ok: %s\n", s.File, role, s.Bytes, s.LSN, countsText(s.Counts))
 	}
+	for _, f := range rep.SetAside {
+		fmt.Fprintf(w, "snapshot %s: set aside by an earlier start-up (not read; keep it for analysis or delete it)\n", f)
+	}
 	wr := rep.WAL
 	switch {
 	case wr.Segments == 0:
@@ -131,8 +172,8 @@ func writeCheckText(w io.Writer, dir string, rep engine.CheckReport, err error) 
 	case wr.Records == 0:
 		fmt.Fprintf(w, "wal: %d segments, %d bytes, no records (the next is lsn %d)\n", wr.Segments, wr.Bytes, wr.NextLSN)
 	default:
-		fmt.Fprintf(w, "wal: %d segments, %d bytes, %d records (lsn %d…%d), %d replayed after the newest snapshot\n",
-			wr.Segments, wr.Bytes, wr.Records, wr.FirstLSN, max(wr.NextLSN, 1)-1, rep.Replayed)
+		fmt.Fprintf(w, "wal: %d segments, %d bytes, %d records (lsn %d…%d)\n",
+			wr.Segments, wr.Bytes, wr.Records, wr.FirstLSN, max(wr.NextLSN, 1)-1)
 	}
 	if len(rep.Records) > 0 {
 		names := make([]string, 0, len(rep.Records))
@@ -149,26 +190,40 @@ func writeCheckText(w io.Writer, dir string, rep engine.CheckReport, err error) 
 	if wr.Torn != nil {
 		fmt.Fprintf(w, "wal: torn tail in %s at offset %d (%s): left by a crash; start-up trims it\n", wr.Torn.File, wr.Torn.Offset, wr.Torn.Reason)
 	}
+	if rep.ReplayFrom > 0 {
+		fmt.Fprintf(w, "recovery: %s\n", recoveryText(rep))
+	}
+	if rep.Recoverable {
+		fmt.Fprintf(w, "recovered state: %s\n", countsText(rep.State))
+	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			fmt.Fprintf(w, "CORRUPT: %s\n", line)
 		}
-		fmt.Fprintln(w, "result: CORRUPT (cohortd would refuse to start, or start with this damage)")
-		return
 	}
-	fmt.Fprintf(w, "recovered state: %s\n", countsText(rep.State))
-	fmt.Fprintln(w, "result: OK")
+	switch {
+	case err == nil:
+		fmt.Fprintln(w, "result: OK")
+	case rep.Recoverable:
+		fmt.Fprintln(w, "result: CORRUPT, but recoverable: start-up rebuilds the recovered state above (see recovery:); once it runs, take a new backup (POST /v1/admin/snapshot)")
+	default:
+		fmt.Fprintln(w, "result: CORRUPT, not recoverable: cohortd would refuse to start, or start with this damage; keep this directory for analysis and restore a backup")
+	}
 }
 
 // checkJSON is the -json report.
 type checkJSON struct {
-	DataDir   string          `json:"data_dir"`
-	OK        bool            `json:"ok"`
-	Errors    []string        `json:"errors"`
-	Snapshots []snapshotJSON  `json:"snapshots"`
-	WAL       walJSON         `json:"wal"`
-	Records   map[string]int  `json:"records"`
-	State     json.RawMessage `json:"state"`
+	DataDir     string          `json:"data_dir"`
+	OK          bool            `json:"ok"`
+	Recoverable bool            `json:"recoverable"`
+	RecoverFrom string          `json:"recover_from"` // "": the WAL alone
+	ReplayFrom  uint64          `json:"replay_from"`
+	Errors      []string        `json:"errors"`
+	Snapshots   []snapshotJSON  `json:"snapshots"`
+	SetAside    []string        `json:"set_aside"`
+	WAL         walJSON         `json:"wal"`
+	Records     map[string]int  `json:"records"`
+	State       json.RawMessage `json:"state"`
 }
 
 type snapshotJSON struct {
@@ -198,10 +253,15 @@ func countsJSON(c engine.StateCounts) json.RawMessage {
 }
 
 func writeCheckJSON(w io.Writer, dir string, rep engine.CheckReport, err error) {
-	out := checkJSON{DataDir: dir, OK: err == nil, Errors: []string{}, Snapshots: []snapshotJSON{}, Records: rep.Records, State: countsJSON(rep.State)}
+	out := checkJSON{DataDir: dir, OK: err == nil, Recoverable: rep.Recoverable, RecoverFrom: rep.RecoverFrom, ReplayFrom: rep.ReplayFrom,
+		Errors: []string{}, Snapshots: []snapshotJSON{}, SetAside: []string{}, Records: rep.Records, State: json.RawMessage("null")}
+	if rep.Recoverable {
+		out.State = countsJSON(rep.State)
+	}
 	if err != nil {
 		out.Errors = strings.Split(err.Error(), "\n")
 	}
+	out.SetAside = append(out.SetAside, rep.SetAside...)
 	for _, s := range rep.Snapshots {
 		sj := snapshotJSON{File: s.File, LSN: s.LSN, Bytes: s.Bytes}
 		if s.Err != nil {
@@ -225,7 +285,7 @@ func runWALDump(args []string, lookupEnv func(string) (string, bool), stdout, st
 		"Writes the WAL's records as JSON lines: lsn, type, workspace and the decoded\n"+
 		"fields. It changes nothing and may run beside a live cohortd (the record being\n"+
 		"written then shows as a torn tail). Exit 1 if a record does not decode or the\n"+
-		"log is corrupt.", lookupEnv, stderr)
+		"log is corrupt (from the segment holding -from on).", lookupEnv, stderr)
 	from := fs.Uint64("from", 1, "first `lsn` to dump")
 	ids := fs.Bool("ids", false, "list the dense user ids of membership changes, not only their counts")
 	if code, done := parseTool(fs, args); done {

@@ -12,8 +12,9 @@ type ScanReport struct {
 	Segments int
 	// Bytes is their total size.
 	Bytes int64
-	// Records is the number of valid records read, including those below
-	// Scan's from.
+	// Records is the number of valid records in the segments read: all of
+	// them from 1, else from the segment holding Scan's from on (records
+	// below from in that segment included).
 	Records int
 	// FirstLSN is the first lsn the log holds (the oldest segment's name),
 	// 0 without segments.
@@ -28,12 +29,14 @@ type ScanReport struct {
 
 // Scan reads the log in dir without changing any file and without taking
 // part in any Log: the read-only twin of Replay, for offline checks and
-// dumps of a data directory. It checks every segment (headers, checksums,
-// lsn sequence, no gap between segments) and calls fn, in lsn order, for
-// every record with lsn >= from; the payload is valid only during the call.
-// A torn tail of the last segment is reported in ScanReport.Torn; any
-// other damage returns a *CorruptionError, as Replay would. An error from
-// fn stops the scan and is returned wrapped.
+// dumps of a data directory. Like Replay, it skips the segments that hold
+// only records below from (recovery never reads them, so damage there does
+// not stop it), checks every other segment (headers, checksums, lsn
+// sequence, no gap between segments) and calls fn, in lsn order, for every
+// record with lsn >= from; the payload is valid only during the call. From
+// 1 it checks the whole log. A torn tail of the last segment is reported in
+// ScanReport.Torn; any other damage returns a *CorruptionError, as Replay
+// would. An error from fn stops the scan and is returned wrapped.
 //
 // Scan reads one whole segment into memory at a time.
 func Scan(dir string, from uint64, fn func(typ uint8, lsn uint64, payload []byte) error) (ScanReport, error) {
@@ -47,9 +50,16 @@ func Scan(dir string, from uint64, fn func(typ uint8, lsn uint64, payload []byte
 		return rep, nil
 	}
 	rep.FirstLSN = segs[0].first
-	next := segs[0].first
-	for i, sg := range segs {
+	for _, sg := range segs {
 		rep.Bytes += sg.size
+	}
+	start := 0 // as in Replay
+	for start < len(segs)-1 && segs[start+1].first <= from {
+		start++
+	}
+	next := segs[start].first
+	for i := start; i < len(segs); i++ {
+		sg := segs[i]
 		name := segmentName(sg.first)
 		if sg.first != next {
 			return rep, &CorruptionError{File: name, Reason: fmt.Sprintf("segment starts at lsn %d, but the previous segment ends at lsn %d", sg.first, next-1)}

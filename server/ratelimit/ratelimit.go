@@ -38,6 +38,9 @@ func New(perSecond float64, burst int) *Set {
 	return s
 }
 
+// Enabled reports whether the Set limits anything.
+func (s *Set) Enabled() bool { return s != nil && s.limit > 0 }
+
 // Limiter returns cred's bucket, created on first use, or nil when limiting
 // is off.
 func (s *Set) Limiter(cred string) *rate.Limiter {

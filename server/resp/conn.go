@@ -57,6 +57,36 @@ type conn struct {
 	labelCmd cmdID
 
 	wdeadline time.Time // when the write deadline needs pushing again
+
+	// Event-loop state (loop_linux.go); inLoop conns are served by a loop,
+	// the others by a goroutine of their own.
+	inLoop bool
+	loop   loopConn
+}
+
+// loopConn is the event-loop state of a conn.
+type loopConn struct {
+	fd       int
+	writing  bool      // waiting for EPOLLOUT; not reading
+	written  int       // bytes of out already written
+	deadline time.Time // the client must have read its replies by then
+}
+
+// pushWriteDeadline starts the time a client has to read its replies.
+func (c *conn) pushWriteDeadline() { c.loop.deadline = time.Now().Add(writeTimeout) }
+
+// writeOverdue reports whether the client has not read its replies in time.
+func (c *conn) writeOverdue() bool { return time.Now().After(c.loop.deadline) }
+
+// close closes the connection and forgets it (once, by its owner: its
+// goroutine or its loop).
+func (c *conn) close() {
+	c.s.met.open.Add(-1)
+	_ = c.nc.Close()
+	c.s.mu.Lock()
+	delete(c.s.mu.conns, c)
+	c.s.mu.Unlock()
+	c.s.wg.Done()
 }
 
 // batchCmd is one command of a batch: argv[lo:hi].
@@ -72,12 +102,9 @@ func newConn(s *Server, nc net.Conn) *conn {
 // serve runs the connection until the client leaves, QUIT, a protocol
 // error, a write error or shutdown.
 func (c *conn) serve() {
-	c.s.met.conns.Inc()
-	c.s.met.open.Add(1)
 	defer func() {
-		c.s.met.open.Add(-1)
 		pprof.SetGoroutineLabels(context.Background())
-		_ = c.nc.Close()
+		c.close()
 	}()
 	for {
 		if err := c.serveOnce(); err != nil {
@@ -198,7 +225,9 @@ func (c *conn) batch(draining bool) error {
 				return c.protocolError(perr)
 			}
 		}
-		if len(c.out) >= flushAt {
+		// A goroutine writes large replies as it goes; a loop keeps them
+		// (bounded by what one read brought) and writes once.
+		if len(c.out) >= flushAt && !c.inLoop {
 			if err := c.flush(); err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@
 //   - docs.go: COMMAND and COMMAND DOCS (what redis-cli reads for hints).
 //   - reply.go: the replies that differ between RESP2 and RESP3.
 //   - metrics.go: commands, errors and latency in the HTTP server's set.
+//   - loop_linux.go: the epoll event loops that serve plain TCP connections.
 //
 // # Protocol layer
 //
@@ -27,8 +28,11 @@
 //
 // # Concurrency
 //
-// A Server is safe for concurrent use; each connection has one goroutine
-// and its state is that goroutine's. Commands read published bitmaps and
+// A Server is safe for concurrent use. On Linux, plain TCP connections are
+// served by epoll event loops, one goroutine per GOMAXPROCS each owning its
+// connections (loop_linux.go); TLS connections, other systems and
+// Options.NoEventLoop get a goroutine per connection. Either way a
+// connection's state belongs to one goroutine. Commands read published bitmaps and
 // the identity tables, which the engine makes safe for concurrent readers;
 // they never take a workspace's writer lock.
 package resp

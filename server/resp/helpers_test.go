@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -87,8 +88,15 @@ func add(t testing.TB, w *engine.Workspace, cohort string, ext [][]byte, device 
 }
 
 // start serves s on a loopback port until the test ends.
+// goroutinePath makes every test server use a goroutine per connection
+// instead of the event loops (make test runs the package both ways).
+var goroutinePath = os.Getenv("COHORTD_RESP_NOLOOP") == "1"
+
 func start(t testing.TB, s *Server) string {
 	t.Helper()
+	if goroutinePath {
+		s.opts.NoEventLoop = true
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,9 @@ type Options struct {
 	// MaxCommandBytes bounds one command as received; default 128 MiB
 	// (an SMISMEMBER of a few million members).
 	MaxCommandBytes int
+	// NoEventLoop serves every connection with a goroutine of its own,
+	// also where epoll loops would serve plain TCP ones (tests of that path).
+	NoEventLoop bool
 }
 
 // Server is cohortd's read-only Redis-protocol listener (docs/API.md §6).
@@ -77,7 +81,12 @@ type Server struct {
 		ln    net.Listener
 		conns map[*conn]struct{}
 	}
-	wg sync.WaitGroup // connection goroutines
+	wg sync.WaitGroup // open connections
+
+	// loops serve plain TCP connections on Linux (loop_linux.go); nil
+	// elsewhere, with Options.NoEventLoop, or when epoll is unavailable.
+	loops    []*eventLoop
+	nextLoop int
 }
 
 // New builds a server. It starts no goroutines.
@@ -116,6 +125,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	s.mu.ln = ln
+	if _, ok := ln.(*net.TCPListener); ok && !s.opts.NoEventLoop && s.loops == nil {
+		s.loops = s.newEventLoops(runtime.GOMAXPROCS(0))
+	}
 	s.mu.Unlock()
 	for {
 		nc, err := ln.Accept()
@@ -150,13 +162,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			_ = nc.Close()
 			continue
 		}
-		go func() {
-			defer s.wg.Done()
-			c.serve()
-			s.mu.Lock()
-			delete(s.mu.conns, c)
-			s.mu.Unlock()
-		}()
+		s.met.conns.Inc()
+		s.met.open.Add(1)
+		if l := s.loopFor(nc); l != nil {
+			c.inLoop = true
+			l.adopt(c)
+			continue
+		}
+		go c.serve() // c.close (deferred in serve) ends it in s.wg
 	}
 }
 
@@ -176,10 +189,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if ln != nil {
 		_ = ln.Close()
 	}
-	// Wake connections blocked in Read: they see closing and close.
+	// Wake connections blocked in Read: they see closing and close. The
+	// loops close theirs as soon as no reply is left to write.
 	for _, c := range conns {
-		_ = c.nc.SetReadDeadline(time.Now())
+		if !c.inLoop {
+			_ = c.nc.SetReadDeadline(time.Now())
+		}
 	}
+	s.pokeLoops(false)
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -190,13 +207,39 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	// Out of time: a loop closes its own connections (a descriptor it may
+	// still act on must not be closed, and its number reused, under it).
 	s.mu.Lock()
 	for c := range s.mu.conns {
-		_ = c.nc.Close()
+		if !c.inLoop {
+			_ = c.nc.Close()
+		}
 	}
 	s.mu.Unlock()
+	s.pokeLoops(true)
 	<-done
 	return ctx.Err()
+}
+
+// loopFor picks the event loop that serves nc, or nil for a goroutine.
+func (s *Server) loopFor(nc net.Conn) *eventLoop {
+	if len(s.loops) == 0 || rawFD(nc) < 0 {
+		return nil
+	}
+	s.nextLoop = (s.nextLoop + 1) % len(s.loops)
+	return s.loops[s.nextLoop]
+}
+
+// pokeLoops wakes every loop for Shutdown; force closes their
+// connections at once.
+func (s *Server) pokeLoops(force bool) {
+	for _, l := range s.loops {
+		if force {
+			l.stop()
+		} else {
+			l.poke()
+		}
+	}
 }
 
 // b2s returns b as a string without copying, for map lookups and

@@ -1,0 +1,95 @@
+package engine
+
+import (
+	"sync"
+
+	"github.com/cohortd/cohortd/index"
+)
+
+// Lookup resolves the identifiers of a query (batch contains) in arrival
+// order, stageChunk at a time like the import stagers (stage.go), so that a
+// batch costs one ResolveMany per chunk and kind however its users are
+// spelled. Any user holding an identifier is found: the anonymous-only
+// rule of device ids is for import.
+//
+// A Lookup is used by one goroutine. Reset readies it for another query, so
+// callers may pool them.
+type Lookup struct {
+	w   *Workspace
+	q   keyQueue
+	ids []index.UserID
+}
+
+// NewLookup starts a lookup in w.
+func (w *Workspace) NewLookup() *Lookup { return &Lookup{w: w} }
+
+// Reset empties l for a lookup in w, keeping its buffers.
+func (l *Lookup) Reset(w *Workspace) {
+	l.w = w
+	l.ids = l.ids[:0]
+	l.q.reset()
+}
+
+// Add queues key (copied) of kind; its answer is IDs()[Len() before Add].
+func (l *Lookup) Add(kind index.Kind, key []byte) {
+	pos := len(l.ids)
+	l.ids = append(l.ids, index.NoUser)
+	if l.q.push(kind, key, uint32(pos)) {
+		l.flush()
+	}
+}
+
+// Len is the number of identifiers added.
+func (l *Lookup) Len() int { return len(l.ids) }
+
+func (l *Lookup) flush() {
+	l.q.resolve(l.w.users, func(_ index.Kind, tags []uint32, ids []index.UserID, _ [][]byte) {
+		for i, tag := range tags {
+			l.ids[tag] = ids[i]
+		}
+	})
+}
+
+// IDs resolves what is queued and returns one id per identifier added, in
+// order (index.NoUser for unknown ones). The slice is owned by l.
+func (l *Lookup) IDs() []index.UserID {
+	l.flush()
+	return l.ids
+}
+
+// segmentCache keeps parsed segments of a workspace by their JSON text, so
+// that an evaluator asking the same expression again (the usual case: a
+// segment is asked about user after user) skips parsing it. Binding is
+// per query: cohorts change under it.
+type segmentCache struct {
+	sync.RWMutex
+	m map[string]*Segment
+}
+
+// maxCachedSegments bounds a workspace's parsed segments; when full the
+// cache starts over (a tenant cycling through more expressions than this
+// gains nothing from keeping them).
+const maxCachedSegments = 256
+
+// Segment parses a segment expression (JSON), reusing the parse of the
+// same text asked before. The hit path allocates nothing. A Segment is
+// shared: bind it with Bind, never change it.
+func (w *Workspace) Segment(raw []byte) (*Segment, error) {
+	w.segs.RLock()
+	s := w.segs.m[string(raw)]
+	w.segs.RUnlock()
+	if s != nil {
+		return s, nil
+	}
+	s, err := ParseSegment(raw)
+	if err != nil {
+		return nil, err
+	}
+	w.segs.Lock()
+	if w.segs.m == nil || len(w.segs.m) >= maxCachedSegments {
+		w.segs.m = make(map[string]*Segment)
+	}
+	w.segs.m[string(raw)] = s
+	w.segs.Unlock()
+	return s, nil
+}
