@@ -11,7 +11,7 @@ COUNT     ?= 6
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-resp bench-crossproc fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
+.PHONY: help build run test test-race bench bench-compare bench-report bench-report-full bench-replication bench-resp bench-crossproc fuzz lint fmt vet crashtest cross tidy-check clean ui-screenshots
 
 # Every target with a "## text" comment is listed; the text is printed as
 # written (make variables in it are not expanded, so it names none).
@@ -33,6 +33,8 @@ test: ## the default test suite (short mode, what CI runs)
 	$(GO) test -short -count=1 -tags cohortd_heapmem ./index/ ./engine/
 	# Smoke of the memory-layer benchmarks (resolve, snapshot load) at a small size.
 	COHORTD_BENCH_USERS=100000 $(GO) test -run '^$$' -bench 'ResolveMany|SnapshotLoad' -benchtime 2x ./index/ ./engine/
+	# Smoke of the replication benchmarks (a group on kfake) at a small size.
+	COHORTD_BENCH_REPL_USERS=5000 COHORTD_BENCH_LAG_SECONDS=1 $(GO) test -run '^$$' -bench 'ReplicatedImport|ReplicationLag|CatchUp|ReadGroup' -benchtime 1x ./bench/
 
 test-race: ## the test suite under the race detector
 	$(GO) test -short -race -shuffle=on -count=1 -timeout 20m $(PKGS)
@@ -42,6 +44,9 @@ bench: ## micro and macro benchmarks, COUNT runs each (default 6)
 
 bench-compare: ## compare benchmarks of the work tree with REF (default main) via benchstat
 	bash bench/compare.sh $(or $(REF),main)
+
+bench-replication: ## replication on kfake: import log vs -fsync always, lag p50/p99 (in process and 3 processes under loadgen mixed), catch-up, reads 3 nodes vs 1 (COUNT runs)
+	flock /tmp/cohortd-bench.lock $(GO) test -run '^$$' -bench 'ReplicatedImport|ReplicationLag|CatchUp|ReadGroup' -benchtime 2s -count $(COUNT) -timeout 60m ./bench/
 
 bench-resp: ## RESP listener beside redis-server, separate processes pinned (USERS=1000000): Markdown to stdout
 	flock /tmp/cohortd-bench.lock bash bench/resp.sh $(or $(USERS),1000000)

@@ -88,6 +88,10 @@ func (w *Workspace) cohortCount() int {
 // import keys fail from the next request on; requests already running
 // finish against the detached workspace but can change nothing durable.
 func (e *Engine) DeleteWorkspace(id string, force bool) error {
+	if e.repl != nil {
+		_, err := e.proposeAdmin(id, 0, admWorkspaceDelete, func(enc *recordEncoder) { enc.u8(boolByte(force)) })
+		return err
+	}
 	var enc recordEncoder
 	enc.str(id)
 	e.mu.Lock()
@@ -151,12 +155,16 @@ func (e *Engine) applyWorkspaceDeleteLocked(w *Workspace, lsn uint64) {
 // (shown once). The old key fails from the next lookup on, on every
 // listener: the digest index swaps both keys under one lock.
 func (e *Engine) RotateWorkspaceKey(id string) (string, error) {
+	key := newSecret("cwk_")
+	d := digestOf([]byte(key))
+	if e.repl != nil {
+		_, err := e.proposeAdmin(id, 0, admWorkspaceKey, func(enc *recordEncoder) { enc.digest(d) })
+		return key, err
+	}
 	w := e.Workspace(id)
 	if w == nil {
 		return "", fmt.Errorf("%w: workspace %q", ErrNotFound, id)
 	}
-	key := newSecret("cwk_")
-	d := digestOf([]byte(key))
 	w.mu.Lock()
 	w.enc.reset()
 	w.enc.str(w.id)
@@ -205,6 +213,10 @@ func (e *Engine) ListPartners() []PartnerInfo {
 // good (re-registering the slug later does not revive them). Cohorts the
 // partner imported stay.
 func (e *Engine) DeletePartner(slug string) error {
+	if e.repl != nil {
+		_, err := e.proposeAdmin("", 0, admPartnerDelete, func(enc *recordEncoder) { enc.str(slug) })
+		return err
+	}
 	var enc recordEncoder
 	enc.str(slug)
 	e.mu.Lock()
@@ -272,6 +284,10 @@ func (w *Workspace) revokePartnerKeys(partnerSlug string) {
 func (e *Engine) RotatePartnerKey(slug string) (string, error) {
 	key := newSecret("cpk_")
 	d := digestOf([]byte(key))
+	if e.repl != nil {
+		_, err := e.proposeAdmin("", 0, admPartnerKey, func(enc *recordEncoder) { enc.str(slug); enc.digest(d) })
+		return key, err
+	}
 	var enc recordEncoder
 	enc.str(slug)
 	enc.digest(d)
@@ -402,7 +418,7 @@ func (e *Engine) SnapshotNow() (SnapshotInfo, error) {
 	if e.closed.Load() {
 		return SnapshotInfo{}, ErrClosed
 	}
-	if e.wal == nil {
+	if e.wal == nil && (e.repl == nil || e.opts.Dir == "") {
 		return SnapshotInfo{}, ErrNoDataDir
 	}
 	return e.snapshotInfo(false)

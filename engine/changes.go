@@ -42,6 +42,9 @@ type ChangeSet struct {
 	guard   staleGuard
 	res     ApplyResult
 	src     SyncSource // the sync source of the batch (syncs.go)
+	// cmd, in log mode, keeps the identifiers as sent instead of resolving
+	// them (commands.go): the apply resolves them at the record's place.
+	cmd *changeCmd
 }
 
 // changeSets pools ChangeSets: a partner request stages 1,000 identifiers,
@@ -68,6 +71,9 @@ func (w *Workspace) NewChangeSet() *ChangeSet {
 	}
 	cs.w = w
 	cs.guard.ver = w.ulog.ver.Load()
+	if w.e.repl != nil {
+		cs.cmd = newChangeCmd(w.e)
+	}
 	return cs
 }
 
@@ -87,6 +93,10 @@ func (cs *ChangeSet) recycle() {
 // users only (rule 3); unknown identifiers are counted, never created
 // (rule 1).
 func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
+	if cs.cmd != nil {
+		cs.cmd.add(kind, keys, remove)
+		return
+	}
 	var rm uint64
 	if remove {
 		rm = 1
@@ -164,6 +174,10 @@ func (cs *ChangeSet) finalSets() (adds, removes []uint32) {
 // effective changes only, so a retried batch is free (rule 7). cs is
 // recycled: it must not be used afterwards.
 func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (ApplyResult, error) {
+	if cs.cmd != nil {
+		defer cs.recycle()
+		return w.proposeChanges(partnerSlug, cohortID, cs)
+	}
 	adds, removes := cs.finalSets()
 	res := cs.res
 	res.Unmatched = res.Unknown + res.DeviceIdentified
@@ -193,7 +207,7 @@ func (w *Workspace) ApplyChanges(partnerSlug, cohortID string, cs *ChangeSet) (A
 		res.Added = int(effAdd.GetCardinality())
 		res.Removed = int(effRem.GetCardinality())
 		res.DataPoints = res.Added + res.Removed
-		_, err = w.recordSyncLocked(c, changeEvent(src, &res, w.e.now().UTC()))
+		_, err = w.recordSyncLocked(c, changeEvent(src, &res, w.e.writeTime().UTC()))
 		return err
 	})
 	if err != nil {
@@ -209,7 +223,7 @@ func (w *Workspace) commitMembersLocked(c *Cohort, effAdd, effRem *roaring.Bitma
 	if effAdd.IsEmpty() && effRem.IsEmpty() {
 		return 0, nil
 	}
-	now := w.e.now().UTC()
+	now := w.e.writeTime().UTC()
 	w.enc.reset()
 	w.enc.str(w.id)
 	w.enc.str(c.partner)
@@ -256,19 +270,27 @@ type MemberSet struct {
 	q          keyQueue
 	guard      staleGuard
 	unmatched  int
-	identified int // of unmatched: device ids of identified users
+	identified int        // of unmatched: device ids of identified users
+	cmd        *changeCmd // log mode: identifiers as sent (see ChangeSet)
 }
 
 // NewMemberSet starts a snapshot sync.
 func (w *Workspace) NewMemberSet() *MemberSet {
 	ms := &MemberSet{w: w}
 	ms.guard.ver = w.ulog.ver.Load()
+	if w.e.repl != nil {
+		ms.cmd = newChangeCmd(w.e)
+	}
 	return ms
 }
 
 // AddMany stages identifiers of one kind under the matching rules of §2
 // (device ids: anonymous users only). Keys are copied, not retained.
 func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
+	if ms.cmd != nil {
+		ms.cmd.add(kind, keys, false)
+		return
+	}
 	for _, k := range keys {
 		if ms.q.push(kind, k, 0) {
 			ms.flush()
@@ -314,6 +336,9 @@ func (ms *MemberSet) Unmatched() int {
 // creating it when unknown. The diff both ways is the report and the data
 // points.
 func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
+	if ms.cmd != nil {
+		return w.proposeReplace(partnerSlug, cohortID, ms)
+	}
 	target := ms.Bitmap()
 	res, err := w.replaceBitmap(partnerSlug, cohortID, target, ms)
 	res.Unmatched = ms.unmatched
@@ -337,7 +362,7 @@ func (w *Workspace) replaceBitmap(partnerSlug, cohortID string, target *roaring.
 		if res, _, err = w.replaceLocked(c, target); err != nil {
 			return err
 		}
-		_, err = w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.now().UTC()))
+		_, err = w.recordSyncLocked(c, replaceEvent(ms, n, &res, w.e.writeTime().UTC()))
 		return err
 	})
 	if err != nil {
@@ -373,6 +398,9 @@ func (w *Workspace) replaceLocked(c *Cohort, target *roaring.Bitmap) (ReplaceRes
 // changes from then on, and an unknown one counts as stale on any key
 // attached since, having no key to compare.
 func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
+	if cs.cmd != nil {
+		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
+	}
 	var rm uint64
 	if remove {
 		rm = 1
@@ -393,6 +421,9 @@ func (cs *ChangeSet) AddIDs(ids []index.UserID, remove bool) {
 // AddIDs adds users the caller resolved itself (after NewMemberSet, as for
 // ChangeSet.AddIDs); index.NoUser entries are counted as unmatched.
 func (ms *MemberSet) AddIDs(ids []index.UserID) {
+	if ms.cmd != nil {
+		panic("BUG: engine: dense ids cannot go to the replicated log; stage identifiers (AddMany, AddCandidates)")
+	}
 	for _, id := range ids {
 		if id == index.NoUser {
 			ms.unmatched++

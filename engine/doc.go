@@ -31,6 +31,19 @@
 // checks a data directory offline (CheckDir) and dumps its WAL (DumpWAL)
 // without changing a file.
 //
+// # Replication
+//
+// With Options.Log the engine is a node of a group sharing a Kafka-protocol
+// log (docs/API.md §7): a public write method encodes what the request
+// asked as a command record (commands.go, types 40–49) and produces it;
+// RunLog, the only writer, applies every partition's records in order
+// through the same single-node code, with the record's log timestamp as
+// the clock, and hands each producer the result of its own record's apply
+// (replication.go). State is a deterministic function of the log: no map
+// order, wall clock or randomness reaches an apply, and Digest hashes the
+// state to compare nodes. There is no WAL in that mode; snapshots carry
+// the offset each partition resumes from.
+//
 // # Caveats
 //
 // Identity lookups see a user as soon as an upsert creates it, before the

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/engine/wal"
 )
 
@@ -85,6 +86,21 @@ type Options struct {
 	// OnWALSync, if set, receives the duration of every WAL fdatasync on
 	// the commit path (the fsync latency metric).
 	OnWALSync func(time.Duration)
+
+	// Log, when set, makes the engine a node of a replicated group
+	// (docs/API.md §7, replication.go): every state change is a command
+	// record on the log, applied by RunLog on every node; there is no WAL,
+	// and snapshots carry the applied offsets.
+	Log *kafkalog.Log
+	// NodeID names the node in its replication status.
+	NodeID string
+	// CursorSecret keys member-page cursors instead of <Dir>/cursor.key.
+	// Every node of a group must use the same one, so that a cursor from
+	// one node pages on another.
+	CursorSecret []byte
+	// ApplyTimeout bounds how long a write waits for its committed record
+	// to be applied by this node (log mode); zero means 30 seconds.
+	ApplyTimeout time.Duration
 }
 
 // Engine holds every workspace of one cohortd process.
@@ -148,6 +164,13 @@ type Engine struct {
 	// lastSnap is the newest snapshot written or loaded (admin.go).
 	lastSnap atomic.Pointer[SnapshotInfo]
 
+	// repl is the log-mode state (replication.go), nil on a single node;
+	// loadedRepl is the replication section of the snapshot recovery
+	// loaded.
+	repl       *replicator
+	loadedRepl *replLoaded
+	openedAt   time.Time
+
 	// Counters read by the server's /metrics.
 	Stats Stats
 }
@@ -170,6 +193,11 @@ type Stats struct {
 type partner struct {
 	slug      string
 	createdAt time.Time // zero for partners recorded before creation times were
+	// gen tells this registration of the slug from earlier ones in log
+	// mode (the offset + 1 of its creation record; 0 on a single node):
+	// an import key works only while the generation it was issued under
+	// exists.
+	gen uint64
 	// digest is the partner_api_key's digest; a rotation swaps it.
 	digest atomic.Pointer[[32]byte]
 	// deleted is set, with every workspace's writer lock held, when the
@@ -234,6 +262,18 @@ func Open(opts Options) (*Engine, error) {
 	e.mu.partners = make(map[string]*partner)
 	e.keys.api = make(map[[32]byte]*Workspace)
 	e.keys.imports = make(map[[32]byte]*importKey)
+	e.openedAt = time.Now()
+	if opts.Log != nil {
+		// Log mode: recovery loads the newest snapshot; RunLog applies the
+		// log from its offsets and makes the engine ready once caught up.
+		e.repl = newReplicator(e.opts)
+		if err := e.openLog(); err != nil {
+			e.releaseUsers()
+			return nil, err
+		}
+		e.recovery = time.Since(e.openedAt)
+		return e, nil
+	}
 	if opts.Dir == "" {
 		e.cursor = newCursorCodec(randomBytes(32))
 		e.readyAt = time.Now()
@@ -264,6 +304,9 @@ func (e *Engine) RetentionFloor() time.Time { return e.floor }
 // releases every workspace's identity tables (their memory is outside the Go
 // heap: see index.Users.Close).
 func (e *Engine) Close() error {
+	if e.repl != nil {
+		return e.closeLog()
+	}
 	if e.closed.Swap(true) {
 		return nil
 	}
@@ -340,13 +383,25 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 	if !ValidWorkspaceID(id) {
 		return "", invalidf("workspace id must match [a-zA-Z0-9_-]{1,64}")
 	}
+	if e.repl != nil {
+		key := newSecret("cwk_")
+		d := digestOf([]byte(key))
+		_, err := e.proposeAdmin(id, 0, admWorkspaceCreate, func(enc *recordEncoder) { enc.digest(d) })
+		return key, err
+	}
 	return e.createKeyed(recWorkspaceCreate, "workspace", id, "cwk_",
 		func() bool { _, ok := e.mu.workspaces[id]; return ok },
 		func(d [32]byte, created time.Time, lsn uint64) { e.applyWorkspaceLocked(id, d, created, lsn) })
 }
 
 func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, created time.Time, lsn uint64) *Workspace {
-	w := newWorkspace(e, id, d)
+	return e.applyWorkspaceSeeded(id, d, created, lsn, 0)
+}
+
+// applyWorkspaceSeeded is applyWorkspaceLocked with the seed of the
+// identity table hash (0: random).
+func (e *Engine) applyWorkspaceSeeded(id string, d [32]byte, created time.Time, lsn, seed uint64) *Workspace {
+	w := newWorkspace(e, id, d, seed)
 	w.createdAt = created
 	e.mu.workspaces[id] = w
 	e.keys.Lock()
@@ -360,6 +415,12 @@ func (e *Engine) applyWorkspaceLocked(id string, d [32]byte, created time.Time, 
 func (e *Engine) CreatePartner(slug string) (string, error) {
 	if !ValidPartnerSlug(slug) {
 		return "", invalidf("partner slug must match [a-z0-9_-]{1,64}")
+	}
+	if e.repl != nil {
+		key := newSecret("cpk_")
+		d := digestOf([]byte(key))
+		_, err := e.proposeAdmin("", 0, admPartnerCreate, func(enc *recordEncoder) { enc.str(slug); enc.digest(d) })
+		return key, err
 	}
 	return e.createKeyed(recPartnerCreate, "partner", slug, "cpk_",
 		func() bool { _, ok := e.mu.partners[slug]; return ok },
@@ -472,7 +533,7 @@ func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
 	e.keys.RLock()
 	k := e.keys.imports[d]
 	e.keys.RUnlock()
-	if k == nil || k.revoked.Load() {
+	if k == nil || k.revoked.Load() || !e.keyGenLive(k) {
 		return nil, ErrBadClientSecret
 	}
 	if k.partner != slug {
@@ -484,6 +545,20 @@ func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
 	}
 	k.lastUsed.Store(e.now().UnixNano())
 	return k.ws, nil
+}
+
+// keyGenLive reports whether the partner generation an import key was
+// issued under still exists (log mode: deleting a partner does not touch
+// its keys, which live on other partitions of the log). Always true on a
+// single node, where the deletion revokes them.
+func (e *Engine) keyGenLive(k *importKey) bool {
+	if e.repl == nil {
+		return true
+	}
+	e.mu.RLock()
+	p := e.mu.partners[k.partner]
+	e.mu.RUnlock()
+	return p != nil && p.gen == k.partnerGen
 }
 
 // Now is the engine's clock (Options.Now).

@@ -233,6 +233,12 @@ func (w *Workspace) IdempotentReply(key string) (IdempotentReply, bool) {
 // returns once the record is durable. Call it only after the write itself
 // was acknowledged by the engine.
 func (w *Workspace) RememberReply(key string, r IdempotentReply) error {
+	if w.e.repl != nil {
+		var enc recordEncoder
+		encodeIdemCmd(&enc, key, r)
+		_, err := w.e.propose(cmdIdempotency, w.id, w.gen, enc.b)
+		return err
+	}
 	r.At = w.e.now().UTC()
 	return w.write(func() error {
 		w.enc.reset()
@@ -258,6 +264,12 @@ func (e *Engine) IdempotentReply(key string) (IdempotentReply, bool) {
 // RememberReply records the reply to an admin write that carried key (see
 // Workspace.RememberReply).
 func (e *Engine) RememberReply(key string, r IdempotentReply) error {
+	if e.repl != nil {
+		var enc recordEncoder
+		encodeIdemCmd(&enc, key, r)
+		_, err := e.propose(cmdIdempotency, "", 0, enc.b)
+		return err
+	}
 	r.At = e.now().UTC()
 	var enc recordEncoder
 	encodeIdempotency(&enc, "", key, r)

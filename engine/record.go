@@ -37,6 +37,9 @@ const (
 	// recIdempotency is the reply to a write that carried an
 	// Idempotency-Key (idempotency.go).
 	recIdempotency uint8 = 12
+
+	// Types 40–49 are the command records of the replicated log, never
+	// written to a WAL (commands.go).
 )
 
 // User operations inside a recUsers record.

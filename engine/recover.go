@@ -99,6 +99,10 @@ func (e *Engine) loadNewestSnapshot(walFirst uint64) (uint64, error) {
 		p := filepath.Join(e.opts.Dir, sn.name)
 		t := time.Now()
 		err := e.loadSnapshot(p)
+		if err == nil && e.loadedRepl != nil {
+			e.resetState()
+			return 0, fmt.Errorf("engine: snapshot %s was written by a node of a replicated group (-log kafka): start it with -log kafka, or restore a single node's backup", sn.name)
+		}
 		if err == nil {
 			e.noteLoadedSnapshot(p, sn.lsn)
 			top := e.maxScopeLSN()
@@ -156,6 +160,7 @@ func (e *Engine) resetState() {
 	e.keys.api = make(map[[32]byte]*Workspace)
 	e.keys.imports = make(map[[32]byte]*importKey)
 	e.idem.s = idemStore{}
+	e.loadedRepl = nil
 }
 
 // prepareDir removes what a crash may have left (snapshot-*.tmp files of

@@ -82,6 +82,7 @@ func (t *sessionTable) delete(k sessionKey) {
 // StageResult reports a staged webhook page.
 type StageResult struct {
 	Repeat        bool // the session had already committed: nothing staged
+	Matched       int  // members of this page that matched a user (duplicates included)
 	Staged        int  // members of this page matched and staged
 	Unmatched     int  // identifiers of this page that matched nobody
 	PagesReceived int  // distinct pages of the session so far
@@ -113,6 +114,9 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	if page < 1 || page > total {
 		return StageResult{}, invalidf("page_count must be between 1 and total_pages (%d)", total)
 	}
+	if ms.cmd != nil {
+		return w.proposeWebhookPage(partnerSlug, cohortID, name, sessionID, page, total, ms)
+	}
 	ids := ms.Bitmap()
 	var res StageResult
 	err := w.write(func() error {
@@ -126,14 +130,14 @@ func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, pag
 	if err != nil {
 		return StageResult{}, err
 	}
-	res.Unmatched = ms.unmatched
+	res.Matched, res.Unmatched = ms.Matched(), ms.unmatched
 	return res, nil
 }
 
 // stagePageLocked stages a page whose members are ids (matched of its
 // identifiers matched, unmatched did not) under w.mu.
 func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID string, page, total int, ids *roaring.Bitmap, matched, unmatched int) (StageResult, error) {
-	now := w.e.now().UTC()
+	now := w.e.writeTime().UTC()
 	k := sessionKey{partnerSlug, cohortID, sessionID}
 	if _, err := w.expireSessionsLocked(now); err != nil {
 		return StageResult{}, err
@@ -272,10 +276,37 @@ func (w *Workspace) expireSessionsLocked(now time.Time) (uint64, error) {
 // workspace once a minute, so an abandoned session never outlives its TTL
 // by much, whatever the traffic.
 func (w *Workspace) ExpireSessions() error {
+	if w.e.repl != nil {
+		// Log mode: a record, so that every node drops the same sessions
+		// at the same place; only when this node's clock says one is due.
+		if !w.idleSession(w.e.now()) {
+			return nil
+		}
+		_, err := w.e.propose(cmdExpireSessions, w.id, w.gen, nil)
+		return err
+	}
+	return w.expireSessions()
+}
+
+func (w *Workspace) expireSessions() error {
 	return w.write(func() error {
-		_, err := w.expireSessionsLocked(w.e.now().UTC())
+		_, err := w.expireSessionsLocked(w.e.writeTime().UTC())
 		return err
 	})
+}
+
+// idleSession reports whether an open session has had no page for the TTL
+// as of now.
+func (w *Workspace) idleSession(now time.Time) bool {
+	cutoff := now.Add(-w.e.opts.WebhookSessionTTL).UnixNano()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, s := range w.sessions.m {
+		if s.lastPage < cutoff {
+			return true
+		}
+	}
+	return false
 }
 
 // dropSessionsLocked logs and drops every session matching drop; when
@@ -390,8 +421,20 @@ func (w *Workspace) captureDoneLocked() []doneCapture {
 	for k, at := range w.sessions.done {
 		out = append(out, doneCapture{k, at})
 	}
+	// A total order: in log mode two commits can share a millisecond, and
+	// snapshots of the same state must be the same bytes on every node.
 	sort.Slice(out, func(i, j int) bool {
-		return out[i].at < out[j].at || (out[i].at == out[j].at && out[i].key.id < out[j].key.id)
+		a, b := out[i], out[j]
+		if a.at != b.at {
+			return a.at < b.at
+		}
+		if a.key.partner != b.key.partner {
+			return a.key.partner < b.key.partner
+		}
+		if a.key.cohort != b.key.cohort {
+			return a.key.cohort < b.key.cohort
+		}
+		return a.key.id < b.key.id
 	})
 	return out
 }

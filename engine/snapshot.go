@@ -61,14 +61,16 @@ func snapName(lsn uint64) string { return fmt.Sprintf("%s%020d%s", snapPrefix, l
 // set by Close (appends are already refused). Callers go through
 // snapshotLocked or snapshotInfo (admin.go), which count failures.
 func (e *Engine) writeSnapshotFile(final bool) (SnapshotInfo, error) {
-	if e.wal == nil {
+	if !e.snapshots() {
 		return SnapshotInfo{}, nil
 	}
 	e.snapMu.Lock()
 	defer e.snapMu.Unlock()
 	start := time.Now()
-	if _, err := e.wal.Cut(); err != nil {
-		return SnapshotInfo{}, fmt.Errorf("engine: snapshot: cut wal: %w", err)
+	if e.wal != nil {
+		if _, err := e.wal.Cut(); err != nil {
+			return SnapshotInfo{}, fmt.Errorf("engine: snapshot: cut wal: %w", err)
+		}
 	}
 
 	tmp, err := os.CreateTemp(e.opts.Dir, "snapshot-*.tmp")
@@ -128,6 +130,20 @@ func (e *Engine) retireBefore(newest uint64) error {
 			break
 		}
 	}
+	if keep == 0 || e.wal == nil {
+		return e.removeBefore(snaps, keep)
+	}
+	if err := e.removeBefore(snaps, keep); err != nil {
+		return err
+	}
+	if err := e.wal.Retire(keep + 1); err != nil {
+		return fmt.Errorf("retire wal: %w", err)
+	}
+	return nil
+}
+
+// removeBefore removes the snapshots older than keep (none when keep is 0).
+func (e *Engine) removeBefore(snaps []snapFile, keep uint64) error {
 	if keep == 0 {
 		return nil
 	}
@@ -138,10 +154,22 @@ func (e *Engine) retireBefore(newest uint64) error {
 			}
 		}
 	}
-	if err := e.wal.Retire(keep + 1); err != nil {
-		return fmt.Errorf("retire wal: %w", err)
-	}
 	return nil
+}
+
+// snapshots reports whether the engine writes snapshots: with a data
+// directory, on a single node or in log mode.
+func (e *Engine) snapshots() bool {
+	return e.wal != nil || (e.repl != nil && e.opts.Dir != "")
+}
+
+// logBytes is how much the log grew since the start: the WAL's size, or
+// in log mode the bytes of the records applied.
+func (e *Engine) logBytes() int64 {
+	if e.repl != nil {
+		return e.repl.bytesApplied.Load()
+	}
+	return e.wal.Size()
 }
 
 func syncDir(dir string) error {
@@ -438,8 +466,8 @@ func (e *Engine) RunSnapshots(ctx context.Context) {
 	last := time.Now()
 	lastExpiry := last
 	var base int64
-	if e.wal != nil {
-		base = e.wal.Size()
+	if e.snapshots() {
+		base = e.logBytes()
 	}
 	for {
 		select {
@@ -454,11 +482,11 @@ func (e *Engine) RunSnapshots(ctx context.Context) {
 			e.expireSessions()
 			lastExpiry = time.Now()
 		}
-		if e.wal == nil {
+		if !e.snapshots() {
 			continue
 		}
 		due := e.opts.SnapshotEvery > 0 && time.Since(last) >= e.opts.SnapshotEvery
-		due = due || (e.opts.SnapshotWALBytes > 0 && e.wal.Size()-base >= e.opts.SnapshotWALBytes)
+		due = due || (e.opts.SnapshotWALBytes > 0 && e.logBytes()-base >= e.opts.SnapshotWALBytes)
 		if !due {
 			continue
 		}
@@ -466,6 +494,6 @@ func (e *Engine) RunSnapshots(ctx context.Context) {
 			e.log.Error("snapshot failed", "err", err)
 		}
 		last = time.Now()
-		base = e.wal.Size()
+		base = e.logBytes()
 	}
 }

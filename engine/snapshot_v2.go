@@ -105,8 +105,17 @@ func (s *snapWriter) finish() error {
 // writeSnapshot captures each scope under its lock and returns the lowest
 // WAL position any scope covers: every record at or below it is inside.
 func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
+	// Log mode: every record below these offsets is applied; the scopes
+	// captured below cover them and maybe more (their lsn says how much).
+	var offsets []int64
+	if e.repl != nil {
+		offsets = e.repl.resumeOffsets()
+	}
 	e.mu.Lock()
-	engineLSN := e.wal.LastLSN()
+	engineLSN := e.mu.lsn
+	if e.wal != nil {
+		engineLSN = e.wal.LastLSN()
+	}
 	parts := make([]*partner, 0, len(e.mu.partners))
 	for _, p := range e.mu.partners {
 		parts = append(parts, p)
@@ -135,6 +144,10 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 		lsn := w.writeSnapshot(sw)
 		minLSN = min(minLSN, lsn)
 	}
+	if e.repl != nil {
+		writeRepl(sw, offsets, parts)
+		minLSN = logSnapshotName(offsets)
+	}
 	return minLSN, sw.err
 }
 
@@ -148,7 +161,10 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	w.usersMu.Lock()
 	w.mu.Lock()
-	lsn := w.e.wal.LastLSN()
+	lsn := w.lsn
+	if w.e.wal != nil {
+		lsn = w.e.wal.LastLSN()
+	}
 	keyDigest := w.keyDigest // a rotation changes it under mu
 	type cohortCap struct {
 		c  *Cohort
@@ -161,6 +177,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		caps[i] = cohortCap{c, c.meta.Load(), c.Members()}
 	}
 	sessions := w.captureSessionsLocked()
+	nextSeq := w.sessions.nextSeq
 	done := w.captureDoneLocked()
 	syncs, sessionSyncs := w.captureSyncsLocked(cohorts)
 	w.keys.RLock()
@@ -219,6 +236,9 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 		}
 	}
 	writeSessions(sw, sessions, done)
+	if w.e.repl != nil {
+		writeWorkspaceRepl(sw, w.gen, nextSeq, keys)
+	}
 	sw.end()
 	writeIdempotency(sw, w.id, idem)
 
@@ -437,6 +457,10 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 			}
 			readIdempotency(f, st, e.idemTTL(), check)
 			s.done(f)
+		case secRepl:
+			f := s.fields(h)
+			e.readRepl(f, check)
+			s.done(f)
 		case secSyncs:
 			if w == nil || !hasUser {
 				s.fail("sync history section out of place")
@@ -525,6 +549,7 @@ func (e *Engine) readWorkspaceV2(s *snapReader) *Workspace {
 		}
 	}
 	w.readSessions(s)
+	w.readWorkspaceRepl(s)
 	return w
 }
 

@@ -300,6 +300,16 @@ func (w *Workspace) finishUserOpsLocked(merges [][2]uint32, deleted []uint32) {
 // and the live-users set are published per record (userRecordSplit bytes
 // of operations, so once for all but the largest bodies).
 func (w *Workspace) UpsertUsers(b *UserBatch) (UpsertResult, error) {
+	if err := b.validate(); err != nil {
+		return UpsertResult{}, err
+	}
+	if w.e.repl != nil {
+		return w.proposeUsers(b)
+	}
+	return w.upsertUsers(b)
+}
+
+func (w *Workspace) upsertUsers(b *UserBatch) (UpsertResult, error) {
 	var res UpsertResult
 	if err := b.validate(); err != nil {
 		return res, err
@@ -421,6 +431,13 @@ type IdentifierSet struct {
 // DeleteUsers removes the users named (a device id names whoever holds it)
 // with every membership they had, and frees their identifiers.
 func (w *Workspace) DeleteUsers(set IdentifierSet) (DeleteResult, error) {
+	if w.e.repl != nil {
+		return w.proposeDeleteUsers(set)
+	}
+	return w.deleteUsers(set)
+}
+
+func (w *Workspace) deleteUsers(set IdentifierSet) (DeleteResult, error) {
 	var res DeleteResult
 	err := w.runUserOps(nil, func(ops *userOps) {
 		for _, g := range []struct {

@@ -34,8 +34,14 @@ type Workspace struct {
 	// mu is the writer lock: held while a change is appended to the WAL and
 	// applied. Fields documented "under mu" are touched only with it held.
 	mu sync.Mutex
-	// lsn is the last WAL record applied to this workspace (under mu).
+	// lsn is the last WAL record applied to this workspace (under mu); in
+	// log mode the offset + 1 of the last record of its partition applied
+	// to it (replication.go).
 	lsn uint64
+	// gen is, in log mode, the lsn of the record that created the
+	// workspace: a command produced for an earlier workspace of the same id
+	// does not apply to this one. 0 on a single node.
+	gen uint64
 	// lastLSN is the last record the live path appended for this
 	// workspace. It is stored before the record's change is applied, so
 	// whoever observes the change (under mu or through a published
@@ -80,8 +86,8 @@ type Workspace struct {
 
 type cohortKey struct{ partner, id string }
 
-func newWorkspace(e *Engine, id string, d [32]byte) *Workspace {
-	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{})}
+func newWorkspace(e *Engine, id string, d [32]byte, seed uint64) *Workspace {
+	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{Seed: seed})}
 	w.cohorts.m = make(map[cohortKey]*Cohort)
 	w.keys.byID = make(map[string]*importKey)
 	w.usage.m = make(map[string]map[int32]uint64)
@@ -171,6 +177,11 @@ func (w *Workspace) write(fn func() error) error {
 		if w.deleted {
 			return 0, fmt.Errorf("%w: workspace %q was deleted", ErrNotFound, w.id)
 		}
+		if r := w.e.repl; r != nil {
+			// Log mode: only the apply goroutine writes; the record it
+			// applies is covered by this section (see replication.go).
+			w.lsn = max(w.lsn, r.curLSN)
+		}
 		if err := fn(); err != nil {
 			return 0, err
 		}
@@ -192,6 +203,9 @@ type importKey struct {
 	createdAt time.Time
 	lastUsed  atomic.Int64 // unix nanoseconds, 0 = never
 	revoked   atomic.Bool
+	// partnerGen is the partner generation the key was issued under (log
+	// mode; see partner.gen).
+	partnerGen uint64
 }
 
 // KeyInfo describes a data import key without its secret.
@@ -214,6 +228,21 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 	keyID = "key_" + fmt.Sprintf("%x", randomBytes(8))
 	secret = newSecret("")
 	d := digestOf([]byte(secret))
+	if w.e.repl != nil {
+		// The partner is checked here, on the node that takes the request:
+		// partners live on another partition of the log, so the apply must
+		// not depend on them. The key works only under this generation.
+		_, err := w.e.proposeAdmin(w.id, w.gen, admImportKey, func(enc *recordEncoder) {
+			enc.str(partnerSlug)
+			enc.uvarint(p.gen)
+			enc.str(keyID)
+			enc.digest(d)
+		})
+		if err != nil {
+			return "", "", err
+		}
+		return keyID, secret, nil
+	}
 	now := w.e.now().UTC().Truncate(time.Second)
 	err = w.write(func() error {
 		if p.deleted.Load() {
@@ -236,7 +265,7 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 	return keyID, secret, nil
 }
 
-func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, created time.Time, revoked bool, lastUsed int64) {
+func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, created time.Time, revoked bool, lastUsed int64) *importKey {
 	k := &importKey{ws: w, id: keyID, partner: partnerSlug, digest: d, createdAt: created}
 	k.revoked.Store(revoked)
 	k.lastUsed.Store(lastUsed)
@@ -246,6 +275,7 @@ func (w *Workspace) applyImportKey(partnerSlug, keyID string, d [32]byte, create
 	w.e.keys.Lock()
 	w.e.keys.imports[d] = k
 	w.e.keys.Unlock()
+	return k
 }
 
 // ImportKeys lists the data import keys of partner, oldest first.
@@ -256,7 +286,7 @@ func (w *Workspace) ImportKeys(partnerSlug string) []KeyInfo {
 		if k.partner != partnerSlug {
 			continue
 		}
-		ki := KeyInfo{KeyID: k.id, CreatedAt: k.createdAt, Revoked: k.revoked.Load()}
+		ki := KeyInfo{KeyID: k.id, CreatedAt: k.createdAt, Revoked: k.revoked.Load() || !w.e.keyGenLive(k)}
 		if lu := k.lastUsed.Load(); lu != 0 {
 			ki.LastUsedAt = time.Unix(0, lu).UTC()
 		}
@@ -275,6 +305,14 @@ func (w *Workspace) ImportKeys(partnerSlug string) []KeyInfo {
 // RevokeImportKey invalidates a data import key; the very next request with
 // it is refused.
 func (w *Workspace) RevokeImportKey(partnerSlug, keyID string) error {
+	if w.e.repl != nil {
+		_, err := w.e.proposeAdmin(w.id, w.gen, admRevokeKey, func(enc *recordEncoder) { enc.str(partnerSlug); enc.str(keyID) })
+		return err
+	}
+	return w.revokeImportKey(partnerSlug, keyID)
+}
+
+func (w *Workspace) revokeImportKey(partnerSlug, keyID string) error {
 	return w.write(func() error {
 		w.keys.RLock()
 		k := w.keys.byID[partnerSlug+"/"+keyID]
@@ -421,6 +459,18 @@ func (w *Workspace) UpsertCohort(partnerSlug, id, name string, createdAt time.Ti
 	if id == "" || name == "" {
 		return invalidf("cohort id and name must be non-empty")
 	}
+	if w.e.repl != nil {
+		// Always a record in log mode: this node's state may lag the log,
+		// so "nothing to change" can only be decided by the apply.
+		return w.proposeCohort(cmdOpUpsert, partnerSlug, id, name, createdAt)
+	}
+	return w.upsertCohort(partnerSlug, id, name, createdAt)
+}
+
+func (w *Workspace) upsertCohort(partnerSlug, id, name string, createdAt time.Time) error {
+	if id == "" || name == "" {
+		return invalidf("cohort id and name must be non-empty")
+	}
 	if c := w.Cohort(partnerSlug, id); c != nil && c.meta.Load().name == name {
 		// Fast path: nothing to change. The state seen may come from a
 		// record not yet durable (another request's, still in group
@@ -436,7 +486,7 @@ func (w *Workspace) UpsertCohort(partnerSlug, id, name string, createdAt time.Ti
 // upsertCohortLocked writes and applies a cohort upsert unless nothing
 // would change. It returns the record's LSN (0 if none was written).
 func (w *Workspace) upsertCohortLocked(partnerSlug, id, name string, createdAt time.Time) (uint64, error) {
-	now := w.e.now().UTC()
+	now := w.e.writeTime().UTC()
 	c := w.Cohort(partnerSlug, id)
 	if c != nil {
 		m := c.meta.Load()
@@ -474,6 +524,13 @@ func (w *Workspace) applyCohortUpsert(partnerSlug, id, name string, createdAt, n
 
 // DeleteCohort removes a cohort and its members.
 func (w *Workspace) DeleteCohort(partnerSlug, id string) error {
+	if w.e.repl != nil {
+		return w.proposeCohort(cmdOpDelete, partnerSlug, id, "", time.Time{})
+	}
+	return w.deleteCohort(partnerSlug, id)
+}
+
+func (w *Workspace) deleteCohort(partnerSlug, id string) error {
 	return w.write(func() error {
 		if w.Cohort(partnerSlug, id) == nil {
 			return fmt.Errorf("%w: cohort %s/%s", ErrNotFound, partnerSlug, id)
@@ -505,7 +562,7 @@ func (w *Workspace) ensureCohortLocked(partnerSlug, id string) (*Cohort, uint64,
 	if c := w.Cohort(partnerSlug, id); c != nil {
 		return c, 0, nil
 	}
-	now := w.e.now().UTC()
+	now := w.e.writeTime().UTC()
 	lsn, err := w.upsertCohortLocked(partnerSlug, id, id, now)
 	if err != nil {
 		return nil, 0, err

@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -37,17 +41,31 @@ type call struct {
 	encoding      Encoding
 	body          []byte
 	maxRetries    int // 0 means the client's budget
+	// consistent sends X-Cohortd-Min-Position with every position this
+	// client was answered so far: a node of a group answers only once it
+	// has applied them (read your writes across nodes).
+	consistent bool
+	// base pins the call to one of the client's base URLs ("" spreads).
+	base string
 }
 
-// client sends requests to one server with retries. It is safe for
-// concurrent use.
+// client sends requests to a server, or to the nodes of a group in turn,
+// with retries. It is safe for concurrent use.
 type client struct {
 	hc      *fasthttp.Client
-	base    string
+	bases   []string
+	next    atomic.Uint64
 	timeout time.Duration
 	retries int
 	backoff backoff
 	codecs  codecs
+
+	// positions holds, per partition of a group's log, the highest
+	// X-Cohortd-Position of a reply (for consistent calls).
+	positions struct {
+		sync.Mutex
+		m map[int32]int64
+	}
 }
 
 func newClient(o Options) *client {
@@ -66,7 +84,7 @@ func newClient(o Options) *client {
 	}
 	return &client{
 		hc:      hc,
-		base:    o.Addr,
+		bases:   o.bases(),
 		timeout: o.RequestTimeout,
 		retries: o.MaxRetries,
 		backoff: backoff{base: o.BackoffBase, max: o.BackoffMax},
@@ -120,8 +138,18 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(cl.base + c.path)
+	turn := cl.next.Add(1)
+	base := c.base
+	if base == "" {
+		base = cl.bases[turn%uint64(len(cl.bases))]
+	}
+	req.SetRequestURI(base + c.path)
 	req.Header.SetMethod(c.method)
+	if c.consistent {
+		if mp := cl.minPositions(); mp != "" {
+			req.Header.Set(headerMinPosition, mp)
+		}
+	}
 	switch {
 	case c.authorization != "":
 		req.Header.Set("Authorization", c.authorization)
@@ -148,6 +176,7 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 		if err == nil {
 			status := resp.StatusCode()
 			if status >= 200 && status < 300 {
+				cl.notePosition(resp.Header.Peek(headerPosition))
 				if out != nil && len(resp.Body()) > 0 {
 					if err := json.Unmarshal(resp.Body(), out); err != nil {
 						return attempt, fmt.Errorf("%s %s: decode reply: %w", c.method, c.path, err)
@@ -177,12 +206,74 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 			return attempt, errors.Join(err, serr)
 		}
 		resp.Reset()
+		if c.base == "" && len(cl.bases) > 1 {
+			// Retry on the next node of the group: this one may be down.
+			turn++
+			req.SetRequestURI(cl.bases[turn%uint64(len(cl.bases))] + c.path)
+		}
 	}
 }
 
-// doJSON sends a small JSON body with a bearer token.
+// Headers of a replicated group (docs/API.md §7).
+const (
+	headerPosition    = "X-Cohortd-Position"
+	headerMinPosition = "X-Cohortd-Min-Position"
+)
+
+// notePosition keeps the highest position per partition of the replies.
+func (cl *client) notePosition(v []byte) {
+	p, o, ok := strings.Cut(string(v), ":")
+	if !ok {
+		return
+	}
+	pn, err1 := strconv.ParseInt(p, 10, 32)
+	on, err2 := strconv.ParseInt(o, 10, 64)
+	if err1 != nil || err2 != nil {
+		return
+	}
+	cl.positions.Lock()
+	if cl.positions.m == nil {
+		cl.positions.m = map[int32]int64{}
+	}
+	if cur, ok := cl.positions.m[int32(pn)]; !ok || on > cur {
+		cl.positions.m[int32(pn)] = on
+	}
+	cl.positions.Unlock()
+}
+
+// minPositions is the X-Cohortd-Min-Position of a consistent call: every
+// position seen ("" before the first).
+func (cl *client) minPositions() string {
+	cl.positions.Lock()
+	defer cl.positions.Unlock()
+	parts := make([]string, 0, len(cl.positions.m))
+	for p, o := range cl.positions.m {
+		parts = append(parts, strconv.Itoa(int(p))+":"+strconv.FormatInt(o, 10))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+// syncNodes makes every node of a group apply what this client wrote so
+// far (a consistent read on each), so that credentials created through one
+// node authenticate on all. A single server needs nothing.
+func (cl *client) syncNodes(ctx context.Context, apiKey string) error {
+	if len(cl.bases) < 2 {
+		return nil
+	}
+	for _, b := range cl.bases {
+		if _, err := cl.do(ctx, &call{method: "GET", path: "/v1/usage", bearer: apiKey, consistent: true, base: b}, nil); err != nil {
+			return fmt.Errorf("node %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// doJSON sends a small JSON body with a bearer token, after every write
+// this client saw (setup calls through the nodes of a group depend on each
+// other).
 func (cl *client) doJSON(ctx context.Context, method, path, bearer string, in, out any) error {
-	c := &call{method: method, path: path, bearer: bearer}
+	c := &call{method: method, path: path, bearer: bearer, consistent: true}
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {

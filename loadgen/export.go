@@ -26,7 +26,7 @@ func Export(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.setup(func() error { return r.ensureExportCredentials(ctx) }); err != nil {
+	if err := r.setup(ctx, func() error { return r.ensureExportCredentials(ctx) }); err != nil {
 		return nil, err
 	}
 	e := r.newExporter(r.o.Rate)
@@ -333,27 +333,35 @@ func (e *exporter) verify(ctx context.Context) error {
 	if r.o.Shape == ShapeMixpanelWebhook {
 		e.webhookNotes()
 	}
-	for _, c := range e.cohorts {
-		if c.stopped != "" {
-			continue // its errors fail the run already
+	// Every node of a group is checked, once it has applied every write
+	// of the run (a consistent read).
+	for _, base := range r.cl.bases {
+		node := ""
+		if len(r.cl.bases) > 1 {
+			node = " on " + base
 		}
-		var reply struct {
-			Size *int64 `json:"size"`
-		}
-		start := time.Now()
-		path := "/v1/cohorts/" + url.PathEscape(r.creds.Partner) + "/" + url.PathEscape(c.id)
-		retries, err := r.cl.do(ctx, &call{method: "GET", path: path, bearer: r.creds.APIKey}, &reply)
-		stats.record(start, time.Now(), 0, retries, err != nil)
-		switch {
-		case err != nil:
-			r.rec.fail(err)
-			r.rec.verified(fmt.Sprintf("cohort %s: size unknown: %v", c.id, err))
-		case reply.Size == nil:
-			r.rec.verified(fmt.Sprintf("cohort %s: reply without size", c.id))
-		case *reply.Size != int64(len(c.members)):
-			r.rec.verified(fmt.Sprintf("cohort %s: server size %d, expected %d", c.id, *reply.Size, len(c.members)))
-		default:
-			r.rec.verified("")
+		for _, c := range e.cohorts {
+			if c.stopped != "" {
+				continue // its errors fail the run already
+			}
+			var reply struct {
+				Size *int64 `json:"size"`
+			}
+			start := time.Now()
+			path := "/v1/cohorts/" + url.PathEscape(r.creds.Partner) + "/" + url.PathEscape(c.id)
+			retries, err := r.cl.do(ctx, &call{method: "GET", path: path, bearer: r.creds.APIKey, consistent: true, base: base}, &reply)
+			stats.record(start, time.Now(), 0, retries, err != nil)
+			switch {
+			case err != nil:
+				r.rec.fail(err)
+				r.rec.verified(fmt.Sprintf("cohort %s%s: size unknown: %v", c.id, node, err))
+			case reply.Size == nil:
+				r.rec.verified(fmt.Sprintf("cohort %s%s: reply without size", c.id, node))
+			case *reply.Size != int64(len(c.members)):
+				r.rec.verified(fmt.Sprintf("cohort %s%s: server size %d, expected %d", c.id, node, *reply.Size, len(c.members)))
+			default:
+				r.rec.verified("")
+			}
 		}
 	}
 	return nil

@@ -25,7 +25,7 @@ func Mixed(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.setup(func() error { return r.ensureExportCredentials(ctx) }); err != nil {
+	if err := r.setup(ctx, func() error { return r.ensureExportCredentials(ctx) }); err != nil {
 		return nil, err
 	}
 	return r.report("mixed", r.mixed(ctx))

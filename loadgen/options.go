@@ -37,7 +37,11 @@ type Options struct {
 	// DefaultOptions to get the defaults and set Exact in one step.
 	Exact bool
 
-	// Addr is the server's base URL, default "http://127.0.0.1:8080".
+	// Addr is the server's base URL, default "http://127.0.0.1:8080", or
+	// several joined by commas: the nodes of a replicated group
+	// (docs/API.md §7). Requests are spread over them in turn, a retry goes
+	// to the next one, and Mixed verifies the final cohort sizes on every
+	// one.
 	Addr string
 	// AdminToken authorises the admin API, used to create whatever
 	// Credentials lacks.
@@ -164,6 +168,22 @@ type Options struct {
 	ServerPID int
 }
 
+// bases returns the normalised base URLs of Addr.
+func (o Options) bases() []string {
+	var out []string
+	for _, a := range strings.Split(o.Addr, ",") {
+		a = strings.TrimRight(strings.TrimSpace(a), "/")
+		if a == "" {
+			continue
+		}
+		if !strings.Contains(a, "://") {
+			a = "http://" + a
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
 // DefaultOptions returns Options with every default filled in and Exact
 // set: start from it to state explicit zero values (no churn, no retries,
 // seed 0), which the zero-means-default rule of a plain Options literal
@@ -178,10 +198,7 @@ func DefaultOptions() Options {
 // o.Exact, and normalises Addr.
 func (o Options) withDefaults() Options {
 	setDefault(&o.Addr, "http://127.0.0.1:8080")
-	o.Addr = strings.TrimRight(o.Addr, "/")
-	if !strings.Contains(o.Addr, "://") {
-		o.Addr = "http://" + o.Addr
-	}
+	o.Addr = strings.Join(o.bases(), ",")
 	setDefault(&o.Flavour, FlavourClustered)
 	setDefault(&o.Shape, ShapePartner)
 	if o.Shape == ShapeMixpanelWebhook {

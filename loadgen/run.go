@@ -53,10 +53,14 @@ func newRun(o Options, log io.Writer) (*run, error) {
 var ErrSetup = errors.New("loadgen: setup failed")
 
 // setup runs ensure (which fills r.creds) and hands newly created
-// credentials to Options.OnCredentials. Its errors wrap ErrSetup.
-func (r *run) setup(ensure func() error) error {
+// credentials to Options.OnCredentials; with several nodes it waits until
+// each has applied them. Its errors wrap ErrSetup.
+func (r *run) setup(ctx context.Context, ensure func() error) error {
 	if err := ensure(); err != nil {
 		return &setupError{err}
+	}
+	if err := r.cl.syncNodes(ctx, r.creds.APIKey); err != nil {
+		return &setupError{fmt.Errorf("wait for every node to apply the credentials: %w", err)}
 	}
 	was, now := r.o.Credentials, r.creds
 	created := now.APIKey != was.APIKey || now.PartnerAPIKey != was.PartnerAPIKey || now.ClientSecret != was.ClientSecret

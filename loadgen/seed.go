@@ -21,7 +21,7 @@ func Seed(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.setup(func() error {
+	if err := r.setup(ctx, func() error {
 		return ensureCredentials(ctx, r.cl, r.o.AdminToken, &r.creds, true, false, r.log)
 	}); err != nil {
 		return nil, err

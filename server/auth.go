@@ -162,6 +162,14 @@ func mapError(err error) error {
 		return errorf(fasthttp.StatusInsufficientStorage, "the workspace's identity tables are full (8 GiB of identifier bytes, or 4 billion users): delete users or split the workspace")
 	case errors.Is(err, engine.ErrClosed):
 		return errorf(fasthttp.StatusServiceUnavailable, "shutting down")
+	case errors.Is(err, engine.ErrRecordTooLarge):
+		return errorf(fasthttp.StatusRequestEntityTooLarge, "the request does not fit in one record of the replicated log (-kafka-max-record): send it in smaller requests")
+	case errors.Is(err, engine.ErrUnavailable):
+		// The outcome is unknown: the record may still be applied. A retry
+		// with the same Idempotency-Key is safe (docs/API.md §7).
+		return errorf(fasthttp.StatusServiceUnavailable, "the replicated log is unavailable; the write may or may not be applied: retry, with the same Idempotency-Key to be safe")
+	case errors.Is(err, engine.ErrPositionTimeout):
+		return errorf(fasthttp.StatusServiceUnavailable, "this node is behind the log; retry")
 	case errors.Is(err, engine.ErrUsersChanged):
 		return errorf(fasthttp.StatusServiceUnavailable, "users changed while the request was being resolved (nothing was applied): send it again")
 	}

@@ -58,6 +58,9 @@ func writeError(ctx *fasthttp.RequestCtx, err error) {
 		b = []byte(`{"message":"internal error","errors":[]}`)
 	}
 	ctx.Response.Header.SetContentType("application/json")
+	if ae.status == fasthttp.StatusServiceUnavailable && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		ctx.Response.Header.Set("Retry-After", "1") // every 503 is worth a retry
+	}
 	ctx.SetStatusCode(ae.status)
 	ctx.SetBody(b)
 }

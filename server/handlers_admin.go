@@ -97,6 +97,7 @@ func (s *Server) handleCreateWorkspace(r *request) error {
 	if err != nil {
 		return err
 	}
+	r.posScope = id
 	key, err := r.e.CreateWorkspace(id)
 	if errors.Is(err, engine.ErrExists) {
 		return errorf(fasthttp.StatusConflict, "workspace %q already exists", id)

@@ -254,11 +254,13 @@ func (s *Server) handleDeleteCohort(r *request) error {
 	if err != nil {
 		return err
 	}
-	if r.ws.Cohort(partner, id) == nil {
-		return errorf(fasthttp.StatusNotFound, "cohort not found")
-	}
+	// The engine decides whether the cohort exists (in log mode this
+	// node's state may lag the log).
 	if err := r.ws.DeleteCohort(partner, id); err != nil {
-		return err // a concurrent delete: ErrNotFound → 404
+		if errors.Is(err, engine.ErrNotFound) {
+			return errorf(fasthttp.StatusNotFound, "cohort not found")
+		}
+		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusNoContent)
 	return nil

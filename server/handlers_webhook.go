@@ -49,6 +49,9 @@ func (s *Server) handleMixpanel(r *request) error {
 		ctx.Response.Header.Set("Retry-After", "1")
 		return fail(errorf(fasthttp.StatusServiceUnavailable, "not ready"))
 	}
+	if err := waitMinPosition(r); err != nil {
+		return fail(err)
+	}
 	if mt := mediaType(ctx); len(mt) != 0 && !bytes.EqualFold(mt, []byte("application/json")) {
 		return fail(errorf(fasthttp.StatusUnsupportedMediaType, "unsupported Content-Type %q", ctx.Request.Header.ContentType()))
 	}
@@ -93,10 +96,11 @@ func (s *Server) handleMixpanel(r *request) error {
 		extProp = defaultExternalIDProp
 	}
 	aliasProp := string(args.Peek("alias"))
+	cands := candidates(&req, extProp, aliasProp)
 	// Resolved and applied up to stageAttempts times: a user change that
 	// lands in between makes the batch stale (engine.ErrUsersChanged); the
-	// last attempt holds user changes off (as applyStaged does).
-	var ids []index.UserID
+	// last attempt holds user changes off (as applyStaged does). In log
+	// mode the engine resolves at the record's place, never stale.
 	stage := func(attempt int, apply func() error) error {
 		if attempt == stageAttempts {
 			defer w.HoldUsers()()
@@ -109,8 +113,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		err := stage(attempt, func() error {
 			if req.Action == actionMembers {
 				ms := w.NewMemberSet()
-				ids = resolveMembers(w, &req, extProp, aliasProp)
-				ms.AddIDs(ids)
+				ms.AddCandidates(cands)
 				// The page renames the cohort only once it passed every
 				// check (StagePage does it under the same lock).
 				var err error
@@ -124,8 +127,7 @@ func (s *Server) handleMixpanel(r *request) error {
 			}
 			cs := w.NewChangeSet()
 			cs.SetSource(engine.SourceWebhook)
-			ids = resolveMembers(w, &req, extProp, aliasProp)
-			cs.AddIDs(ids, req.Action == actionRemove)
+			cs.AddCandidates(cands, req.Action == actionRemove)
 			var err error
 			ares, err = w.ApplyChanges(webhookPartner, req.CohortID, cs)
 			return err
@@ -138,20 +140,12 @@ func (s *Server) handleMixpanel(r *request) error {
 		}
 		break
 	}
-	matched := 0
-	for _, id := range ids {
-		if id != index.NoUser {
-			matched++
-		}
-	}
 	out := append(make([]byte, 0, 256), `{"action":`...)
 	out = appendJSONString(out, []byte(req.Action))
 	out = append(out, `,"status":"success","matched":`...)
-	out = strconv.AppendInt(out, int64(matched), 10)
-	out = append(out, `,"unmatched":`...)
-	out = strconv.AppendInt(out, int64(len(ids)-matched), 10)
 	if req.Action == actionMembers {
 		res := sres
+		out = appendMatched(out, res.Matched, res.Unmatched)
 		out = appendCounts(out, res.Replace.Added, res.Replace.Removed, res.Replace.DataPoints)
 		out = append(out, `,"staged":`...)
 		out = strconv.AppendInt(out, int64(res.Staged), 10)
@@ -160,11 +154,21 @@ func (s *Server) handleMixpanel(r *request) error {
 		out = append(out, `,"committed":`...)
 		out = strconv.AppendBool(out, res.Committed || res.Repeat)
 	} else {
+		out = appendMatched(out, ares.Matched, ares.Unmatched)
 		out = appendCounts(out, ares.Added, ares.Removed, ares.DataPoints)
 	}
 	out = append(out, '}')
 	writeRawJSON(ctx, fasthttp.StatusOK, out)
+	if pos, ok := r.e.ScopePosition(w.ID()); ok {
+		ctx.Response.Header.Set(headerPosition, pos.String())
+	}
 	return nil
+}
+
+func appendMatched(out []byte, matched, unmatched int) []byte {
+	out = strconv.AppendInt(out, int64(matched), 10)
+	out = append(out, `,"unmatched":`...)
+	return strconv.AppendInt(out, int64(unmatched), 10)
 }
 
 func appendCounts(out []byte, added, removed, dataPoints int) []byte {
@@ -176,59 +180,22 @@ func appendCounts(out []byte, added, removed, dataPoints int) []byte {
 	return strconv.AppendInt(out, int64(dataPoints), 10)
 }
 
-// resolveMembers resolves every member of a page: by the external id
-// property first and, when aliasProp is set, by the alias (aliasProp,
-// value) for members whose external id is missing or matches nobody. One
-// id per member, index.NoUser when neither matches. Lookups go a batch at a
-// time through the identity tables.
-func resolveMembers(w *engine.Workspace, req *webhookReq, extProp, aliasProp string) []index.UserID {
-	n := req.Len()
+// candidates collects the identifiers each member of a page may match:
+// the external id property and, when aliasProp is set, the alias
+// (aliasProp, value). The engine applies the fallback rule
+// (engine.Candidates), at the record's place in log mode.
+func candidates(req *webhookReq, extProp, aliasProp string) *engine.Candidates {
+	var c engine.Candidates
 	var buf []byte
-	extAt := make([][2]int, n) // span of the external id in buf, -1 when none
-	aliasAt := make([][2]int, n)
-	i := 0
 	req.eachMember(extProp, aliasProp, func(ext, label []byte) {
-		extAt[i], aliasAt[i] = [2]int{-1, 0}, [2]int{-1, 0}
-		if ext != nil {
-			extAt[i] = [2]int{len(buf), len(buf) + len(ext)}
-			buf = append(buf, ext...)
-		}
+		var alias []byte
 		if label != nil {
-			start := len(buf)
-			buf = index.AliasKey(buf, []byte(aliasProp), label)
-			aliasAt[i] = [2]int{start, len(buf)}
+			buf = index.AliasKey(buf[:0], []byte(aliasProp), label)
+			alias = buf
 		}
-		i++
+		c.Add(ext, alias)
 	})
-	ids := make([]index.UserID, n)
-	var keys [][]byte
-	var pos []int
-	for j, sp := range extAt {
-		ids[j] = index.NoUser
-		if sp[0] >= 0 {
-			keys = append(keys, buf[sp[0]:sp[1]])
-			pos = append(pos, j)
-		}
-	}
-	got := w.ResolveMany(index.KindExternal, keys, nil)
-	for k, j := range pos {
-		ids[j] = got[k]
-	}
-	if aliasProp == "" {
-		return ids
-	}
-	keys, pos = keys[:0], pos[:0]
-	for j, sp := range aliasAt {
-		if ids[j] == index.NoUser && sp[0] >= 0 {
-			keys = append(keys, buf[sp[0]:sp[1]])
-			pos = append(pos, j)
-		}
-	}
-	got = w.ResolveMany(index.KindAlias, keys, got[:0])
-	for k, j := range pos {
-		ids[j] = got[k]
-	}
-	return ids
+	return &c
 }
 
 // basicPassword extracts the password of an HTTP Basic Authorization
@@ -270,6 +237,9 @@ func writeWebhookFailure(ctx *fasthttp.RequestCtx, action string, err error) {
 	out = append(out, "}}"...)
 	if ctx.Response.IsBodyStream() {
 		ctx.Response.ResetBody()
+	}
+	if status == fasthttp.StatusServiceUnavailable && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	writeRawJSON(ctx, status, out)
 }

@@ -213,6 +213,9 @@ func (s *Server) withIdempotency(r *request, sc idemScope) error {
 	if key == nil {
 		return s.invoke(r)
 	}
+	if err := catchUpIdem(r, sc.name()); err != nil {
+		return err
+	}
 	stored, e, err := s.idem.acquire(sc, string(key), idemWaitMax)
 	if err != nil {
 		return err
@@ -244,6 +247,9 @@ func (s *Server) partnerIdempotency(r *request, sc idemScope, raw []byte) (repla
 	h := newBodyHasher(r.ctx)
 	h.Write(raw)
 	sum := h.sum()
+	if err := catchUpIdem(r, sc.name()); err != nil {
+		return false, err
+	}
 	stored, e, err := s.idem.acquire(sc, string(key), idemWaitMax)
 	if err != nil {
 		return false, err

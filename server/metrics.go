@@ -110,6 +110,7 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	writeMemoryMetrics(w, e)
 	writeHealthMetrics(w, e)
 	writeSnapshotMetrics(w, e, time.Now())
+	writeReplicationMetrics(w, e)
 }
 
 // handleMetrics serves GET /metrics: Prometheus text, no token, no secrets.

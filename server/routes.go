@@ -85,6 +85,10 @@ func (s *Server) buildRoutes() []*route {
 	add("DELETE", "/v1/partners/{slug}", authAdmin, bodyJSON, s.handleDeletePartner)
 	add("POST", "/v1/partners/{slug}/api-key", authAdmin, bodyJSON, s.handleRotatePartnerKey)
 	add("POST", "/v1/admin/snapshot", authAdmin, bodyJSON, s.handleAdminSnapshot)
+	// Replication (docs/API.md §7, handlers_replication.go).
+	add("GET", "/v1/admin/snapshot", authAdmin, bodyNone, s.handleGetSnapshot)
+	add("GET", "/v1/admin/replication", authAdmin, bodyNone, s.handleReplication)
+	add("GET", "/v1/admin/digest", authAdmin, bodyNone, s.handleDigest)
 
 	// Users.
 	add("POST", "/v1/users", authWorkspace, bodyBulk, s.handleUpsertUsers)

@@ -287,10 +287,15 @@ func (s *Server) serve(r *request) {
 			s.fail(r, errorf(fasthttp.StatusServiceUnavailable, "not ready"))
 			return
 		}
+		if err := waitMinPosition(r); err != nil {
+			s.fail(r, err)
+			return
+		}
 	}
 	if err := s.run(r); err != nil {
 		s.fail(r, err)
 	}
+	notePosition(r)
 }
 
 // fail writes err as the reply: engine errors are mapped (auth.go), an
@@ -334,6 +339,9 @@ type request struct {
 	params [3]string // path parameters, percent-decoded, in pattern order
 	e      *engine.Engine
 	ws     *engine.Workspace // set by workspace (and partner) auth
+	// posScope names the workspace an admin write changes when no path
+	// parameter does (POST /v1/workspaces), for X-Cohortd-Position.
+	posScope string
 
 	// Idempotency (idempotency.go).
 	idemEnt    *idemEntry

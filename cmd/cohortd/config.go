@@ -42,6 +42,8 @@ type config struct {
 	tlsCert        string
 	tlsKey         string
 	version        bool
+	// Replication (replication.go).
+	repl replConfig
 }
 
 // envPrefix starts the environment twin of every flag.
@@ -93,6 +95,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate `file` (with -tls-key; re-read when it changes)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	c.repl.flags(fs)
 
 	fs.VisitAll(func(f *flag.Flag) {
 		if !noEnv[f.Name] {
@@ -177,6 +180,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		return c, errors.New("-admin-token must not start or end with white space")
 	}
 	if err := c.checkOps(); err != nil {
+		return c, err
+	}
+	if err := c.repl.check(); err != nil {
 		return c, err
 	}
 	return c, nil

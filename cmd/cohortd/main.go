@@ -22,10 +22,12 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/server"
 	"github.com/cohortd/cohortd/server/ratelimit"
 )
@@ -121,11 +123,32 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 
 	type opened struct {
 		e   *engine.Engine
+		lg  *kafkalog.Log
 		err error
 	}
 	openc := make(chan opened, 1)
 	go func() {
+		var lg *kafkalog.Log
+		var secret []byte
+		if cfg.repl.kafka() {
+			var err error
+			if lg, err = openLog(ctx, cfg.repl, log); err != nil {
+				openc <- opened{err: err}
+				return
+			}
+			if cfg.repl.bootstrapFrom != "" {
+				if err := bootstrap(ctx, cfg.dataDir, cfg.repl.bootstrapFrom, token, log); err != nil {
+					lg.Close()
+					openc <- opened{err: err}
+					return
+				}
+			}
+			secret = cursorSecret(token)
+		}
 		e, err := engine.Open(engine.Options{
+			Log:               lg,
+			NodeID:            cfg.repl.node(),
+			CursorSecret:      secret,
 			Dir:               cfg.dataDir,
 			Sync:              cfg.fsync,
 			RetentionFloor:    cfg.retentionFloor,
@@ -141,10 +164,14 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 				os.Exit(1)
 			},
 		})
-		openc <- opened{e, err}
+		if err != nil && lg != nil {
+			lg.Close()
+		}
+		openc <- opened{e, lg, err}
 	}()
 
 	var e *engine.Engine
+	var lg *kafkalog.Log
 	select {
 	case o := <-openc:
 		if o.err != nil {
@@ -152,7 +179,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 			rs.shutdown(context.Background(), log)
 			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
 		}
-		e = o.e
+		e, lg = o.e, o.lg
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
@@ -165,15 +192,38 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		rs.shutdown(sctx, log)
 		o := <-openc
 		if o.err != nil {
+			if errors.Is(o.err, context.Canceled) {
+				return nil
+			}
 			return fmt.Errorf("open data dir %s: %w", cfg.dataDir, o.err)
 		}
-		return o.e.Close()
+		err := o.e.Close()
+		if o.lg != nil {
+			o.lg.Close()
+		}
+		return err
+	}
+	if lg != nil {
+		defer lg.Close()
+	}
+
+	bg, cancelBG := context.WithCancel(ctx)
+	defer cancelBG()
+	// Log mode: the apply loop runs for the life of the process; the node
+	// serves once it has caught up with the log (docs/API.md §7).
+	logDone := make(chan error, 1)
+	if lg != nil {
+		go func() { logDone <- e.RunLog(bg) }()
+		if err := waitCaughtUp(ctx, e, logDone, log); err != nil {
+			cancelBG()
+			_ = srv.Shutdown(context.Background())
+			rs.shutdown(context.Background(), log)
+			return errors.Join(err, e.Close())
+		}
 	}
 	srv.SetEngine(e)
 	rs.setEngine(e)
 
-	bg, cancelBG := context.WithCancel(ctx)
-	defer cancelBG()
 	snapDone := make(chan struct{})
 	go func() {
 		defer close(snapDone)
@@ -191,6 +241,7 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		}()
 	}
 
+	var runErr error
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
@@ -199,6 +250,13 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 		_ = srv.Shutdown(context.Background())
 		rs.shutdown(context.Background(), log)
 		return errors.Join(fmt.Errorf("serve: %w", err), e.Close())
+	case err := <-logDone:
+		// The apply loop stopped for good (records deleted by retention, a
+		// record that could not be applied): this node can no longer
+		// follow the group, so it stops serving rather than serve stale
+		// state as current.
+		log.Error("the log can no longer be followed, shutting down", "err", err)
+		runErr = fmt.Errorf("log: %w", err)
 	}
 
 	log.Info("shutting down", "timeout", cfg.shutdownTimeout.String())
@@ -218,11 +276,35 @@ func run(ctx context.Context, cfg config, stdout, logOut io.Writer) error {
 	<-respDone
 	cancelBG()
 	<-snapDone
+	if lg != nil && runErr == nil {
+		<-logDone
+	}
 	if err := e.Close(); err != nil {
-		return fmt.Errorf("close engine: %w", err)
+		return errors.Join(runErr, fmt.Errorf("close engine: %w", err))
 	}
 	log.Info("stopped")
-	return nil
+	return runErr
+}
+
+// waitCaughtUp waits until a log-mode engine has caught up with the log,
+// logging progress; it fails when the apply loop stops (records deleted by
+// retention: bootstrap from a peer) or ctx ends.
+func waitCaughtUp(ctx context.Context, e *engine.Engine, logDone <-chan error, log *slog.Logger) error {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.CaughtUp():
+			return nil
+		case err := <-logDone:
+			return fmt.Errorf("catching up with the log: %w", err)
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			st := e.ReplicationCached()
+			log.Info("catching up with the log", "lag_records", st.LagRecords, "applied", st.RecordsApplied)
+		}
+	}
 }
 
 // adminToken returns the admin token and the file it lives in ("" when it
@@ -249,6 +331,10 @@ func adminToken(cfg config, stdout io.Writer, log *slog.Logger) (token, path str
 		return token, path, nil
 	case !errors.Is(err, os.ErrNotExist):
 		return "", "", fmt.Errorf("read admin token: %w", err)
+	case cfg.repl.kafka():
+		// Every node of a group must share the token: it authenticates
+		// -bootstrap-from and keys the cursors every node hands out.
+		return "", "", errors.New("-log kafka needs the group's admin token: -admin-token, -admin-token-file or COHORTD_ADMIN_TOKEN, the same on every node")
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {

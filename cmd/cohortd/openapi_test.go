@@ -251,6 +251,22 @@ func TestOpenAPI(t *testing.T) {
 		t.Errorf("snapshot reply %v", r)
 	}
 	c.check(req{method: "POST", path: "/v1/admin/snapshot", token: apiKey, body: map[string]any{}}, 403)
+	// Replication endpoints on a single node (docs/API.md §7).
+	if r := c.check(req{method: "GET", path: "/v1/admin/snapshot", token: admin}, 200); !bytes.HasPrefix(r.body, []byte("COHORTD-SNAPSHOT")) ||
+		!strings.HasPrefix(r.header.Get("X-Cohortd-Snapshot"), "snapshot-") {
+		t.Errorf("GET /v1/admin/snapshot: %d bytes, name %q", len(r.body), r.header.Get("X-Cohortd-Snapshot"))
+	}
+	c.check(req{method: "GET", path: "/v1/admin/snapshot"}, 401)
+	c.check(req{method: "GET", path: "/v1/admin/snapshot", token: apiKey}, 403)
+	if r := c.check(req{method: "GET", path: "/v1/admin/replication", token: admin}, 200).json(t); r["log"] != "local" {
+		t.Errorf("replication of a single node: %v", r)
+	}
+	c.check(req{method: "GET", path: "/v1/admin/replication", token: apiKey}, 403)
+	d1 := c.check(req{method: "GET", path: "/v1/admin/digest", token: admin}, 200).json(t)
+	if d2 := c.check(req{method: "GET", path: "/v1/admin/digest", token: admin}, 200).json(t); d1["digest"] != d2["digest"] {
+		t.Errorf("digest changed without a write: %v, %v", d1, d2)
+	}
+	c.check(req{method: "GET", path: "/v1/admin/digest"}, 401)
 
 	// Users.
 	var users []map[string]any

@@ -52,6 +52,12 @@ func scrapeLoaded(t *testing.T) string {
 	d.must(req{method: "POST", path: "/v1/admin/snapshot", token: admin}, 201)
 	body := string(d.must(req{method: "GET", path: "/metrics"}, 200).body)
 	d.stop(syscall.SIGTERM, 30*time.Second)
+	// A node of a replicated group (-log kafka) exports the cohortd_log_*
+	// families besides.
+	g := newGroup(t, 1)
+	gn := g.start(t.TempDir(), "metrics")
+	gn.must(req{method: "POST", path: "/v1/partners", token: g.admin, body: map[string]string{"slug": "amplitude"}}, 201)
+	body += string(gn.must(req{method: "GET", path: "/metrics"}, 200).body)
 	return body
 }
 

@@ -214,10 +214,10 @@ func buildBinary(t *testing.T, dir, pkg, name string) string {
 
 // startCohortd starts the binary on a free port and returns its address
 // once it listens; the process is killed when the test ends.
-func startCohortd(t *testing.T, bin, dataDir, admin string) string {
+func startCohortd(t *testing.T, bin, dataDir, admin string, extra ...string) string {
 	t.Helper()
 	var stderr syncBuf
-	srv := exec.Command(bin, "-addr", "127.0.0.1:0", "-data-dir", dataDir, "-admin-token", admin, "-fsync", "off")
+	srv := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0", "-data-dir", dataDir, "-admin-token", admin, "-fsync", "off"}, extra...)...)
 	srv.Stderr = &stderr
 	srv.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	if err := srv.Start(); err != nil {

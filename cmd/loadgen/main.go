@@ -180,7 +180,7 @@ func defineFlags(fs *flag.FlagSet, command string) (*loadgen.Options, *outputs) 
 	in := func(cmds ...string) bool { return slices.Contains(cmds, command) }
 
 	// Every command: where, who, which universe, how to retry and report.
-	fs.StringVar(&o.Addr, "addr", o.Addr, "server base URL")
+	fs.StringVar(&o.Addr, "addr", o.Addr, "server base URL, or the nodes of a replicated group joined by commas (requests spread over them; mixed verifies every node)")
 	fs.StringVar(&o.AdminToken, "admin-token", "", "admin token (default $COHORTD_ADMIN_TOKEN), used to create missing credentials")
 	fs.StringVar(&o.Credentials.Workspace, "workspace", "", "workspace id (default loadgen-<unix time> when created)")
 	fs.StringVar(&o.Credentials.APIKey, "api-key", "", "workspace API key (default $COHORTD_API_KEY; created when empty)")

@@ -73,6 +73,9 @@ type Record struct {
 	Key   []byte
 	Value []byte
 	Time  time.Time // the record's log timestamp
+	// HighWatermark is the partition's end offset (the offset the next
+	// record gets) as the fetch that returned this record saw it.
+	HighWatermark int64
 }
 
 // Errors of a Log.
@@ -196,6 +199,9 @@ func CreateTopic(ctx context.Context, brokers []string, topic string, partitions
 // Partitions is the topic's partition count, read at Open.
 func (l *Log) Partitions() int32 { return l.partitions }
 
+// MaxRecordBytes is the largest record value Produce accepts.
+func (l *Log) MaxRecordBytes() int { return l.opts.MaxRecordBytes }
+
 // Produce appends a record with key and value and returns its position
 // once every in-sync replica has it. A failure to reach the cluster or a
 // timeout is ErrUnavailable: the record may or may not be in the log, and
@@ -312,11 +318,14 @@ func (l *Log) Consume(ctx context.Context, from []int64, fn func(Record) error) 
 			return ferr
 		}
 		var cerr error
-		fs.EachRecord(func(r *kgo.Record) {
-			if cerr != nil {
-				return
+		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+			for _, r := range fp.Records {
+				if cerr != nil {
+					return
+				}
+				cerr = fn(Record{Position: Position{Partition: r.Partition, Offset: r.Offset}, Key: r.Key, Value: r.Value, Time: r.Timestamp,
+					HighWatermark: fp.HighWatermark})
 			}
-			cerr = fn(Record{Position: Position{Partition: r.Partition, Offset: r.Offset}, Key: r.Key, Value: r.Value, Time: r.Timestamp})
 		})
 		if cerr != nil {
 			return cerr
