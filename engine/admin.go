@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Tenant administration (docs/API.md §4 "Admin"): listing, deleting and
@@ -89,11 +91,11 @@ func (w *Workspace) cohortCount() int {
 // finish against the detached workspace but can change nothing durable.
 func (e *Engine) DeleteWorkspace(id string, force bool) error {
 	if e.repl != nil {
-		_, err := e.proposeAdmin(id, 0, admWorkspaceDelete, func(enc *recordEncoder) { enc.u8(boolByte(force)) })
+		_, err := e.proposeAdmin(id, 0, admWorkspaceDelete, func(enc *codec.Encoder) { enc.U8(boolByte(force)) })
 		return err
 	}
-	var enc recordEncoder
-	enc.str(id)
+	var enc codec.Encoder
+	enc.Str(id)
 	e.mu.Lock()
 	w := e.mu.workspaces[id]
 	if w == nil {
@@ -108,7 +110,7 @@ func (e *Engine) DeleteWorkspace(id string, force bool) error {
 		e.mu.Unlock()
 		return &NotEmptyError{Workspace: id, Users: users, Cohorts: cohorts}
 	}
-	lsn, err := e.appendRecord(recWorkspaceDelete, enc.b)
+	lsn, err := e.appendRecord(recWorkspaceDelete, enc.Bytes())
 	if err == nil {
 		e.applyWorkspaceDeleteLocked(w, lsn)
 	}
@@ -158,7 +160,7 @@ func (e *Engine) RotateWorkspaceKey(id string) (string, error) {
 	key := newSecret("cwk_")
 	d := digestOf([]byte(key))
 	if e.repl != nil {
-		_, err := e.proposeAdmin(id, 0, admWorkspaceKey, func(enc *recordEncoder) { enc.digest(d) })
+		_, err := e.proposeAdmin(id, 0, admWorkspaceKey, func(enc *codec.Encoder) { enc.Digest(d) })
 		return key, err
 	}
 	w := e.Workspace(id)
@@ -166,9 +168,9 @@ func (e *Engine) RotateWorkspaceKey(id string) (string, error) {
 		return "", fmt.Errorf("%w: workspace %q", ErrNotFound, id)
 	}
 	w.mu.Lock()
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.digest(d)
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Digest(d)
 	lsn, err := w.commitLocked(recWorkspaceKey, func(uint64) { w.applyKeyRotation(d) })
 	w.mu.Unlock()
 	if err != nil {
@@ -214,11 +216,11 @@ func (e *Engine) ListPartners() []PartnerInfo {
 // partner imported stay.
 func (e *Engine) DeletePartner(slug string) error {
 	if e.repl != nil {
-		_, err := e.proposeAdmin("", 0, admPartnerDelete, func(enc *recordEncoder) { enc.str(slug) })
+		_, err := e.proposeAdmin("", 0, admPartnerDelete, func(enc *codec.Encoder) { enc.Str(slug) })
 		return err
 	}
-	var enc recordEncoder
-	enc.str(slug)
+	var enc codec.Encoder
+	enc.Str(slug)
 	e.mu.Lock()
 	p := e.mu.partners[slug]
 	if p == nil {
@@ -237,7 +239,7 @@ func (e *Engine) DeletePartner(slug string) error {
 	for _, w := range wss {
 		w.mu.Lock()
 	}
-	lsn, err := e.appendRecord(recPartnerDelete, enc.b)
+	lsn, err := e.appendRecord(recPartnerDelete, enc.Bytes())
 	if err == nil {
 		e.applyPartnerDeleteLocked(p, lsn)
 	}
@@ -285,19 +287,19 @@ func (e *Engine) RotatePartnerKey(slug string) (string, error) {
 	key := newSecret("cpk_")
 	d := digestOf([]byte(key))
 	if e.repl != nil {
-		_, err := e.proposeAdmin("", 0, admPartnerKey, func(enc *recordEncoder) { enc.str(slug); enc.digest(d) })
+		_, err := e.proposeAdmin("", 0, admPartnerKey, func(enc *codec.Encoder) { enc.Str(slug); enc.Digest(d) })
 		return key, err
 	}
-	var enc recordEncoder
-	enc.str(slug)
-	enc.digest(d)
+	var enc codec.Encoder
+	enc.Str(slug)
+	enc.Digest(d)
 	e.mu.Lock()
 	p := e.mu.partners[slug]
 	if p == nil {
 		e.mu.Unlock()
 		return "", fmt.Errorf("%w: partner %q", ErrNotFound, slug)
 	}
-	lsn, err := e.appendRecord(recPartnerKey, enc.b)
+	lsn, err := e.appendRecord(recPartnerKey, enc.Bytes())
 	if err == nil {
 		p.digest.Store(&d)
 		e.mu.lsn = max(e.mu.lsn, lsn)
@@ -313,13 +315,13 @@ func (e *Engine) RotatePartnerKey(slug string) (string, error) {
 // records are skipped when the snapshot's engine section covers them,
 // workspace-scoped ones when the workspace's section does.
 func (e *Engine) replayAdmin(typ uint8, lsn uint64, payload []byte) error {
-	d := &recordDecoder{b: payload}
-	name := d.str()
+	d := codec.NewDecoder(payload)
+	name := d.Str()
 	switch typ {
 	case recWorkspaceCreate, recPartnerCreate:
-		dg := d.digest()
-		created := d.time()
-		if err := d.done(); err != nil {
+		dg := d.Digest()
+		created := d.Time()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if lsn <= e.mu.lsn {
@@ -342,7 +344,7 @@ func (e *Engine) replayAdmin(typ uint8, lsn uint64, payload []byte) error {
 		e.mu.lsn = lsn
 		return nil
 	case recWorkspaceDelete:
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if lsn <= e.mu.lsn {
@@ -356,7 +358,7 @@ func (e *Engine) replayAdmin(typ uint8, lsn uint64, payload []byte) error {
 		w.releaseUsers()
 		return nil
 	case recPartnerDelete:
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if lsn <= e.mu.lsn {
@@ -369,8 +371,8 @@ func (e *Engine) replayAdmin(typ uint8, lsn uint64, payload []byte) error {
 		e.applyPartnerDeleteLocked(p, lsn)
 		return nil
 	case recPartnerKey:
-		dg := d.digest()
-		if err := d.done(); err != nil {
+		dg := d.Digest()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if lsn <= e.mu.lsn {
@@ -384,8 +386,8 @@ func (e *Engine) replayAdmin(typ uint8, lsn uint64, payload []byte) error {
 		e.mu.lsn = lsn
 		return nil
 	case recWorkspaceKey:
-		dg := d.digest()
-		if err := d.done(); err != nil {
+		dg := d.Digest()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		w := e.mu.workspaces[name]

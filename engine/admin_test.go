@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 )
 
@@ -579,22 +580,6 @@ func TestSnapshotNowAndLastSnapshot(t *testing.T) {
 	e2.Close()
 }
 
-func TestRecordTime(t *testing.T) {
-	for _, tm := range []time.Time{{}, time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC), time.Date(2026, 1, 2, 3, 4, 5, 999999999, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), time.Date(1500, 1, 1, 0, 0, 0, 0, time.UTC)} {
-		var enc recordEncoder
-		enc.time(tm)
-		d := &recordDecoder{b: enc.b}
-		got := d.time()
-		if err := d.done(); err != nil || !got.Equal(tm) || got.IsZero() != tm.IsZero() {
-			t.Fatalf("%v → %v, %v", tm, got, err)
-		}
-	}
-	d := &recordDecoder{b: []byte{0, 0x80, 0x94, 0xeb, 0xdc, 0x03}} // 0 s, 1e9 ns
-	if d.time(); d.err == nil {
-		t.Fatal("nanoseconds ≥ 1e9 accepted")
-	}
-}
-
 // TestReplayPartnerDeleteRespectsWorkspacePosition covers a snapshot whose
 // engine section predates a partner's deletion while a workspace section
 // was captured after the slug was registered again and a key issued: the
@@ -611,16 +596,16 @@ func TestReplayPartnerDeleteRespectsWorkspacePosition(t *testing.T) {
 	e.mu.lsn = 10
 	e.Workspace("before").lsn = 12
 	e.Workspace("after").lsn = 20
-	var enc recordEncoder
-	enc.str("p")
-	if err := e.replayRecord(recPartnerDelete, 15, enc.b); err != nil {
+	var enc codec.Encoder
+	enc.Str("p")
+	if err := e.replayRecord(recPartnerDelete, 15, enc.Bytes()); err != nil {
 		t.Fatal(err)
 	}
-	enc.reset()
-	enc.str("p")
-	enc.digest(digestOf([]byte("pk")))
-	enc.time(time.Unix(100, 0))
-	if err := e.replayRecord(recPartnerCreate, 16, enc.b); err != nil {
+	enc.Reset()
+	enc.Str("p")
+	enc.Digest(digestOf([]byte("pk")))
+	enc.Time(time.Unix(100, 0))
+	if err := e.replayRecord(recPartnerCreate, 16, enc.Bytes()); err != nil {
 		t.Fatal(err)
 	}
 	if w, err := e.AuthPartner("p", []byte("pk"), []byte(newer)); err != nil || w.ID() != "after" {
@@ -633,9 +618,9 @@ func TestReplayPartnerDeleteRespectsWorkspacePosition(t *testing.T) {
 		t.Fatalf("created_at %v not from the record", got)
 	}
 	// Records the snapshot covers are skipped.
-	enc.reset()
-	enc.str("p")
-	if err := e.replayRecord(recPartnerDelete, 9, enc.b); err != nil || !e.PartnerExists("p") {
+	enc.Reset()
+	enc.Str("p")
+	if err := e.replayRecord(recPartnerDelete, 9, enc.Bytes()); err != nil || !e.PartnerExists("p") {
 		t.Fatalf("covered record applied: %v", err)
 	}
 }
@@ -643,17 +628,17 @@ func TestReplayPartnerDeleteRespectsWorkspacePosition(t *testing.T) {
 // FuzzReplayAdmin feeds arbitrary payloads of the admin record types to
 // replay: errors are fine, panics are not, and the engine stays consistent.
 func FuzzReplayAdmin(f *testing.F) {
-	var enc recordEncoder
-	enc.str("ws")
-	enc.digest(digestOf([]byte("k")))
-	enc.time(time.Unix(5, 6))
-	f.Add(recWorkspaceCreate, bytes.Clone(enc.b))
-	f.Add(recPartnerCreate, bytes.Clone(enc.b))
-	enc.reset()
-	enc.str("ws")
-	enc.digest(digestOf([]byte("k2")))
-	f.Add(recWorkspaceKey, bytes.Clone(enc.b))
-	f.Add(recPartnerKey, append([]byte("\x01p"), enc.b[3:]...))
+	var enc codec.Encoder
+	enc.Str("ws")
+	enc.Digest(digestOf([]byte("k")))
+	enc.Time(time.Unix(5, 6))
+	f.Add(recWorkspaceCreate, bytes.Clone(enc.Bytes()))
+	f.Add(recPartnerCreate, bytes.Clone(enc.Bytes()))
+	enc.Reset()
+	enc.Str("ws")
+	enc.Digest(digestOf([]byte("k2")))
+	f.Add(recWorkspaceKey, bytes.Clone(enc.Bytes()))
+	f.Add(recPartnerKey, append([]byte("\x01p"), enc.Bytes()[3:]...))
 	f.Add(recWorkspaceDelete, []byte("\x02ws"))
 	f.Add(recPartnerDelete, []byte("\x01p"))
 	f.Fuzz(func(t *testing.T, typ uint8, payload []byte) {

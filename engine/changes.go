@@ -224,13 +224,13 @@ func (w *Workspace) commitMembersLocked(c *Cohort, effAdd, effRem *roaring.Bitma
 		return 0, nil
 	}
 	now := w.e.writeTime().UTC()
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(c.partner)
-	w.enc.str(c.id)
-	w.enc.varint(now.UnixNano())
-	w.enc.bitmap(effAdd)
-	w.enc.bitmap(effRem)
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Str(c.partner)
+	w.enc.Str(c.id)
+	w.enc.Varint(now.UnixNano())
+	w.enc.Bitmap(effAdd)
+	w.enc.Bitmap(effRem)
 	return w.commitLocked(recMembers, func(uint64) { w.applyMembers(c, effAdd, effRem, now) })
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/index"
 )
@@ -84,19 +85,19 @@ func (e *Engine) applyCommand(rec kafkalog.Record) (h cmdHeader, res cmdResult, 
 	}
 	typ := rec.Value[0]
 	copy(h.origin[:], rec.Value[1:])
-	d := &recordDecoder{b: rec.Value[1+len(h.origin):]}
-	h.seq = d.uvarint()
-	h.scope = d.str()
-	h.gen = d.uvarint()
-	if d.err != nil {
-		e.log.Warn("skipping a malformed record of the log", "position", rec.Position.String(), "err", d.err)
+	d := codec.NewDecoder(rec.Value[1+len(h.origin):])
+	h.seq = d.Uvarint()
+	h.scope = d.Str()
+	h.gen = d.Uvarint()
+	if d.Err() != nil {
+		e.log.Warn("skipping a malformed record of the log", "position", rec.Position.String(), "err", d.Err())
 		return h, res, false
 	}
 	lsn := uint64(rec.Offset) + 1
 	res = e.dispatchCommand(typ, h, d, lsn)
-	if d.err != nil {
+	if d.Err() != nil {
 		// Every node meets the same bytes and skips them alike.
-		e.log.Warn("skipping a malformed record of the log", "position", rec.Position.String(), "type", typ, "err", d.err)
+		e.log.Warn("skipping a malformed record of the log", "position", rec.Position.String(), "type", typ, "err", d.Err())
 	}
 	return h, res, true
 }
@@ -113,13 +114,13 @@ func engineScoped(typ uint8, op uint8, scope string) bool {
 	return false
 }
 
-func (e *Engine) dispatchCommand(typ uint8, h cmdHeader, d *recordDecoder, lsn uint64) cmdResult {
+func (e *Engine) dispatchCommand(typ uint8, h cmdHeader, d *codec.Decoder, lsn uint64) cmdResult {
 	if typ < cmdFirst || typ > cmdLast {
 		return cmdResult{err: invalidf("unknown command record type %d", typ)}
 	}
 	var op uint8
 	if typ == cmdAdmin || typ == cmdUsers || typ == cmdCohort {
-		op = d.u8()
+		op = d.U8()
 	}
 	if engineScoped(typ, op, h.scope) {
 		if lsn <= e.mu.lsn {
@@ -166,7 +167,7 @@ func (e *Engine) dispatchCommand(typ uint8, h cmdHeader, d *recordDecoder, lsn u
 		r.At = w.e.writeTime()
 		return cmdResult{err: w.write(func() error { w.applyIdempotency(key, r); return nil })}
 	case cmdExpireSessions:
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		return cmdResult{err: w.expireSessions()}
@@ -177,13 +178,13 @@ func (e *Engine) dispatchCommand(typ uint8, h cmdHeader, d *recordDecoder, lsn u
 // ---- admin ----
 
 // proposeAdmin produces a cmdAdmin record of op with fields.
-func (e *Engine) proposeAdmin(scope string, gen uint64, op uint8, fields func(enc *recordEncoder)) (any, error) {
-	var enc recordEncoder
-	enc.u8(op)
+func (e *Engine) proposeAdmin(scope string, gen uint64, op uint8, fields func(enc *codec.Encoder)) (any, error) {
+	var enc codec.Encoder
+	enc.U8(op)
 	if fields != nil {
 		fields(&enc)
 	}
-	return e.propose(cmdAdmin, scope, gen, enc.b)
+	return e.propose(cmdAdmin, scope, gen, enc.Bytes())
 }
 
 // workspaceSeed seeds the identity table hash of a workspace created by
@@ -198,9 +199,9 @@ func workspaceSeed(id string, lsn uint64) uint64 {
 	return s | 1
 }
 
-func (e *Engine) applyWorkspaceCreate(id string, d *recordDecoder, lsn uint64) cmdResult {
-	dg := d.digest()
-	if err := d.done(); err != nil {
+func (e *Engine) applyWorkspaceCreate(id string, d *codec.Decoder, lsn uint64) cmdResult {
+	dg := d.Digest()
+	if err := d.Done(); err != nil {
 		return cmdResult{err: err}
 	}
 	if !ValidWorkspaceID(id) {
@@ -216,12 +217,12 @@ func (e *Engine) applyWorkspaceCreate(id string, d *recordDecoder, lsn uint64) c
 	return cmdResult{}
 }
 
-func (w *Workspace) applyWorkspaceAdmin(op uint8, d *recordDecoder, lsn uint64) cmdResult {
+func (w *Workspace) applyWorkspaceAdmin(op uint8, d *codec.Decoder, lsn uint64) cmdResult {
 	e := w.e
 	switch op {
 	case admWorkspaceDelete:
-		force := d.u8() == 1
-		if err := d.done(); err != nil {
+		force := d.U8() == 1
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		e.mu.Lock()
@@ -239,15 +240,15 @@ func (w *Workspace) applyWorkspaceAdmin(op uint8, d *recordDecoder, lsn uint64) 
 		w.releaseUsers()
 		return cmdResult{}
 	case admWorkspaceKey:
-		dg := d.digest()
-		if err := d.done(); err != nil {
+		dg := d.Digest()
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		return cmdResult{err: w.write(func() error { w.applyKeyRotation(dg); return nil })}
 	case admImportKey:
-		p, pgen, kid := d.str(), d.uvarint(), d.str()
-		dg := d.digest()
-		if err := d.done(); err != nil {
+		p, pgen, kid := d.Str(), d.Uvarint(), d.Str()
+		dg := d.Digest()
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		created := e.writeTime().Truncate(time.Second)
@@ -257,8 +258,8 @@ func (w *Workspace) applyWorkspaceAdmin(op uint8, d *recordDecoder, lsn uint64) 
 			return nil
 		})}
 	case admRevokeKey:
-		p, kid := d.str(), d.str()
-		if err := d.done(); err != nil {
+		p, kid := d.Str(), d.Str()
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		return cmdResult{err: w.revokeImportKey(p, kid)}
@@ -266,13 +267,13 @@ func (w *Workspace) applyWorkspaceAdmin(op uint8, d *recordDecoder, lsn uint64) 
 	return cmdResult{err: invalidf("unknown admin operation %d", op)}
 }
 
-func (e *Engine) applyPartnerCmd(op uint8, d *recordDecoder, lsn uint64) cmdResult {
-	slug := d.str()
+func (e *Engine) applyPartnerCmd(op uint8, d *codec.Decoder, lsn uint64) cmdResult {
+	slug := d.Str()
 	var dg [32]byte
 	if op != admPartnerDelete {
-		dg = d.digest()
+		dg = d.Digest()
 	}
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return cmdResult{err: err}
 	}
 	e.mu.Lock()
@@ -312,22 +313,22 @@ func (e *Engine) applyPartnerCmd(op uint8, d *recordDecoder, lsn uint64) cmdResu
 
 // ---- idempotency ----
 
-func encodeIdemCmd(enc *recordEncoder, key string, r IdempotentReply) {
-	enc.str(key)
-	enc.digest(r.Sum)
-	enc.uvarint(uint64(r.Status))
-	enc.str(r.ContentType)
-	enc.bytes(r.Body)
+func encodeIdemCmd(enc *codec.Encoder, key string, r IdempotentReply) {
+	enc.Str(key)
+	enc.Digest(r.Sum)
+	enc.Uvarint(uint64(r.Status))
+	enc.Str(r.ContentType)
+	enc.Blob(r.Body)
 }
 
-func decodeIdemCmd(d *recordDecoder) (string, IdempotentReply, error) {
+func decodeIdemCmd(d *codec.Decoder) (string, IdempotentReply, error) {
 	var r IdempotentReply
-	key := d.str()
-	r.Sum = d.digest()
-	status := d.uvarint()
-	r.ContentType = d.str()
-	r.Body = append([]byte(nil), d.bytes()...)
-	if err := d.done(); err != nil {
+	key := d.Str()
+	r.Sum = d.Digest()
+	status := d.Uvarint()
+	r.ContentType = d.Str()
+	r.Body = append([]byte(nil), d.Blob()...)
+	if err := d.Done(); err != nil {
 		return "", r, err
 	}
 	if status < 100 || status > 599 {
@@ -337,7 +338,7 @@ func decodeIdemCmd(d *recordDecoder) (string, IdempotentReply, error) {
 	return key, r, nil
 }
 
-func (e *Engine) applyAdminIdempotency(d *recordDecoder, lsn uint64) cmdResult {
+func (e *Engine) applyAdminIdempotency(d *codec.Decoder, lsn uint64) cmdResult {
 	key, r, err := decodeIdemCmd(d)
 	if err != nil {
 		return cmdResult{err: err}
@@ -353,19 +354,19 @@ func (e *Engine) applyAdminIdempotency(d *recordDecoder, lsn uint64) cmdResult {
 // ---- users ----
 
 func (w *Workspace) proposeUsers(b *UserBatch) (UpsertResult, error) {
-	var enc recordEncoder
-	enc.u8(cmdOpUpsert)
-	enc.uvarint(uint64(len(b.recs)))
+	var enc codec.Encoder
+	enc.U8(cmdOpUpsert)
+	enc.Uvarint(uint64(len(b.recs)))
 	for i := range b.recs {
 		r := &b.recs[i]
-		enc.optBytes(b.get(r.ext))
-		enc.optBytes(b.get(r.dev))
-		enc.uvarint(uint64(len(r.aliases)))
+		enc.OptBlob(b.get(r.ext))
+		enc.OptBlob(b.get(r.dev))
+		enc.Uvarint(uint64(len(r.aliases)))
 		for _, a := range r.aliases {
-			enc.bytes(b.get(a))
+			enc.Blob(b.get(a))
 		}
 	}
-	v, err := w.e.propose(cmdUsers, w.id, w.gen, enc.b)
+	v, err := w.e.propose(cmdUsers, w.id, w.gen, enc.Bytes())
 	if err != nil {
 		return UpsertResult{}, err
 	}
@@ -373,76 +374,38 @@ func (w *Workspace) proposeUsers(b *UserBatch) (UpsertResult, error) {
 }
 
 func (w *Workspace) proposeDeleteUsers(set IdentifierSet) (DeleteResult, error) {
-	var enc recordEncoder
-	enc.u8(cmdOpDelete)
+	var enc codec.Encoder
+	enc.U8(cmdOpDelete)
 	for _, keys := range [][][]byte{set.ExternalIDs, set.DeviceIDs, set.Aliases} {
-		enc.uvarint(uint64(len(keys)))
+		enc.Uvarint(uint64(len(keys)))
 		for _, k := range keys {
-			enc.bytes(k)
+			enc.Blob(k)
 		}
 	}
-	v, err := w.e.propose(cmdUsers, w.id, w.gen, enc.b)
+	v, err := w.e.propose(cmdUsers, w.id, w.gen, enc.Bytes())
 	if err != nil {
 		return DeleteResult{}, err
 	}
 	return v.(DeleteResult), nil
 }
 
-// optBytes appends an optional byte string: 0 for absent, else length+1
-// and the bytes.
-func (e *recordEncoder) optBytes(v []byte) {
-	if v == nil {
-		e.uvarint(0)
-		return
-	}
-	e.uvarint(uint64(len(v)) + 1)
-	e.b = append(e.b, v...)
-}
-
-// optBytes reads what recordEncoder.optBytes wrote (nil when absent).
-func (d *recordDecoder) optBytes() []byte {
-	n := d.uvarint()
-	if d.err != nil || n == 0 {
-		return nil
-	}
-	n--
-	if n > maxRecordString || n > uint64(len(d.b)) {
-		d.fail(errShortRecord)
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
-// count reads a count of items that take at least one byte each, bounded
-// by the bytes left (a corrupt count must not allocate).
-func (d *recordDecoder) count() int {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.fail(errShortRecord)
-		return 0
-	}
-	return int(n)
-}
-
-func (w *Workspace) applyUsersCmd(op uint8, d *recordDecoder) cmdResult {
+func (w *Workspace) applyUsersCmd(op uint8, d *codec.Decoder) cmdResult {
 	switch op {
 	case cmdOpUpsert:
 		var b UserBatch
-		n := d.count()
-		for i := 0; i < n && d.err == nil; i++ {
-			ext, dev := d.optBytes(), d.optBytes()
-			na := d.count()
+		n := d.Count()
+		for i := 0; i < n && d.Err() == nil; i++ {
+			ext, dev := d.OptBlob(), d.OptBlob()
+			na := d.Count()
 			aliases := make([][]byte, 0, na)
-			for j := 0; j < na && d.err == nil; j++ {
-				aliases = append(aliases, d.bytes())
+			for j := 0; j < na && d.Err() == nil; j++ {
+				aliases = append(aliases, d.Blob())
 			}
-			if d.err == nil {
+			if d.Err() == nil {
 				b.Add(ext, dev, aliases)
 			}
 		}
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		res, err := w.upsertUsers(&b)
@@ -450,12 +413,12 @@ func (w *Workspace) applyUsersCmd(op uint8, d *recordDecoder) cmdResult {
 	case cmdOpDelete:
 		var set IdentifierSet
 		for _, dst := range []*[][]byte{&set.ExternalIDs, &set.DeviceIDs, &set.Aliases} {
-			n := d.count()
-			for i := 0; i < n && d.err == nil; i++ {
-				*dst = append(*dst, d.bytes())
+			n := d.Count()
+			for i := 0; i < n && d.Err() == nil; i++ {
+				*dst = append(*dst, d.Blob())
 			}
 		}
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		res, err := w.deleteUsers(set)
@@ -467,30 +430,30 @@ func (w *Workspace) applyUsersCmd(op uint8, d *recordDecoder) cmdResult {
 // ---- cohorts ----
 
 func (w *Workspace) proposeCohort(op uint8, partnerSlug, id, name string, createdAt time.Time) error {
-	var enc recordEncoder
-	enc.u8(op)
-	enc.str(partnerSlug)
-	enc.str(id)
+	var enc codec.Encoder
+	enc.U8(op)
+	enc.Str(partnerSlug)
+	enc.Str(id)
 	if op == cmdOpUpsert {
-		enc.str(name)
-		enc.time(createdAt)
+		enc.Str(name)
+		enc.Time(createdAt)
 	}
-	_, err := w.e.propose(cmdCohort, w.id, w.gen, enc.b)
+	_, err := w.e.propose(cmdCohort, w.id, w.gen, enc.Bytes())
 	return err
 }
 
-func (w *Workspace) applyCohortCmd(op uint8, d *recordDecoder) cmdResult {
-	p, id := d.str(), d.str()
+func (w *Workspace) applyCohortCmd(op uint8, d *codec.Decoder) cmdResult {
+	p, id := d.Str(), d.Str()
 	switch op {
 	case cmdOpUpsert:
-		name := d.str()
-		created := d.time()
-		if err := d.done(); err != nil {
+		name := d.Str()
+		created := d.Time()
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		return cmdResult{err: w.upsertCohort(p, id, name, created)}
 	case cmdOpDelete:
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return cmdResult{err: err}
 		}
 		return cmdResult{err: w.deleteCohort(p, id)}
@@ -507,7 +470,7 @@ func (w *Workspace) applyCohortCmd(op uint8, d *recordDecoder) cmdResult {
 // record limit nothing more is kept: the write fails with
 // ErrRecordTooLarge once the body was read.
 type changeCmd struct {
-	enc    recordEncoder
+	enc    codec.Encoder
 	groups int
 	max    int
 	over   bool
@@ -521,11 +484,11 @@ func (c *changeCmd) add(kind index.Kind, keys [][]byte, remove bool) {
 	if c.over || len(keys) == 0 {
 		return
 	}
-	c.enc.u8(uint8(kind))
-	c.enc.u8(boolByte(remove))
-	c.enc.uvarint(uint64(len(keys)))
+	c.enc.U8(uint8(kind))
+	c.enc.U8(boolByte(remove))
+	c.enc.Uvarint(uint64(len(keys)))
 	for _, k := range keys {
-		c.enc.bytes(k)
+		c.enc.Blob(k)
 	}
 	c.groups++
 	c.checkSize()
@@ -536,21 +499,21 @@ func (c *changeCmd) addCandidates(cands *Candidates, remove bool) {
 	if c.over || cands.Len() == 0 {
 		return
 	}
-	c.enc.u8(groupCandidates)
-	c.enc.u8(boolByte(remove))
-	c.enc.uvarint(uint64(cands.Len()))
+	c.enc.U8(groupCandidates)
+	c.enc.U8(boolByte(remove))
+	c.enc.Uvarint(uint64(cands.Len()))
 	for i := range cands.ext {
-		c.enc.optBytes(cands.buf.get(cands.ext[i]))
-		c.enc.optBytes(cands.buf.get(cands.alias[i]))
+		c.enc.OptBlob(cands.buf.get(cands.ext[i]))
+		c.enc.OptBlob(cands.buf.get(cands.alias[i]))
 	}
 	c.groups++
 	c.checkSize()
 }
 
 func (c *changeCmd) checkSize() {
-	if len(c.enc.b) > c.max {
+	if c.enc.Len() > c.max {
 		c.over = true
-		c.enc.b = nil
+		c.enc = codec.Encoder{}
 	}
 }
 
@@ -570,42 +533,42 @@ func boolByte(b bool) uint8 {
 }
 
 // groups appends the staged groups, counted, to enc.
-func (c *changeCmd) appendGroups(enc *recordEncoder) {
-	enc.uvarint(uint64(c.groups))
-	enc.b = append(enc.b, c.enc.b...)
+func (c *changeCmd) appendGroups(enc *codec.Encoder) {
+	enc.Uvarint(uint64(c.groups))
+	enc.Raw(c.enc.Bytes())
 }
 
 // readGroups decodes the groups of a change or replace command and hands
 // each to stage (keys or candidates).
-func readGroups(d *recordDecoder, stage func(kind uint8, remove bool, keys [][]byte, cands *Candidates)) {
-	n := d.count()
+func readGroups(d *codec.Decoder, stage func(kind uint8, remove bool, keys [][]byte, cands *Candidates)) {
+	n := d.Count()
 	var keys [][]byte
-	for i := 0; i < n && d.err == nil; i++ {
-		kind, remove := d.u8(), d.u8()
-		m := d.count()
-		if d.err != nil {
+	for i := 0; i < n && d.Err() == nil; i++ {
+		kind, remove := d.U8(), d.U8()
+		m := d.Count()
+		if d.Err() != nil {
 			return
 		}
 		if remove > 1 || (kind != groupCandidates && (kind < uint8(index.KindExternal) || kind > uint8(index.KindDevice))) {
-			d.fail(invalidf("change group of kind %d, remove %d", kind, remove))
+			d.FailWith(invalidf("change group of kind %d, remove %d", kind, remove))
 			return
 		}
 		if kind == groupCandidates {
 			var c Candidates
-			for j := 0; j < m && d.err == nil; j++ {
-				ext, alias := d.optBytes(), d.optBytes()
+			for j := 0; j < m && d.Err() == nil; j++ {
+				ext, alias := d.OptBlob(), d.OptBlob()
 				c.Add(ext, alias)
 			}
-			if d.err == nil {
+			if d.Err() == nil {
 				stage(kind, remove == 1, nil, &c)
 			}
 			continue
 		}
 		keys = keys[:0]
-		for j := 0; j < m && d.err == nil; j++ {
-			keys = append(keys, d.bytes())
+		for j := 0; j < m && d.Err() == nil; j++ {
+			keys = append(keys, d.Blob())
 		}
-		if d.err == nil {
+		if d.Err() == nil {
 			stage(kind, remove == 1, keys, nil)
 		}
 	}
@@ -615,26 +578,26 @@ func (w *Workspace) proposeChanges(partnerSlug, cohortID string, cs *ChangeSet) 
 	if err := cs.cmd.err(); err != nil {
 		return ApplyResult{}, err
 	}
-	var enc recordEncoder
-	enc.b = make([]byte, 0, len(cs.cmd.enc.b)+len(partnerSlug)+len(cohortID)+32)
-	enc.str(partnerSlug)
-	enc.str(cohortID)
-	enc.u8(uint8(cs.src))
-	enc.uvarint(uint64(cs.res.DroppedBeforeFloor))
+	var enc codec.Encoder
+	enc.Grow(cs.cmd.enc.Len() + len(partnerSlug) + len(cohortID) + 32)
+	enc.Str(partnerSlug)
+	enc.Str(cohortID)
+	enc.U8(uint8(cs.src))
+	enc.Uvarint(uint64(cs.res.DroppedBeforeFloor))
 	cs.cmd.appendGroups(&enc)
-	v, err := w.e.propose(cmdChanges, w.id, w.gen, enc.b)
+	v, err := w.e.propose(cmdChanges, w.id, w.gen, enc.Bytes())
 	if err != nil {
 		return ApplyResult{}, err
 	}
 	return v.(ApplyResult), nil
 }
 
-func (w *Workspace) applyChangesCmd(d *recordDecoder) cmdResult {
-	p, cid := d.str(), d.str()
-	src := SyncSource(d.u8())
-	dropped := d.uvarint()
-	if d.err == nil && (src >= numSources || dropped > 1<<40) {
-		d.fail(invalidf("change command with source %d, %d dropped", src, dropped))
+func (w *Workspace) applyChangesCmd(d *codec.Decoder) cmdResult {
+	p, cid := d.Str(), d.Str()
+	src := SyncSource(d.U8())
+	dropped := d.Uvarint()
+	if d.Err() == nil && (src >= numSources || dropped > 1<<40) {
+		d.FailWith(invalidf("change command with source %d, %d dropped", src, dropped))
 	}
 	cs := w.localChangeSet()
 	cs.SetSource(src)
@@ -646,7 +609,7 @@ func (w *Workspace) applyChangesCmd(d *recordDecoder) cmdResult {
 		}
 		cs.AddMany(index.Kind(kind), keys, remove)
 	})
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return cmdResult{err: err}
 	}
 	res, err := w.ApplyChanges(p, cid, cs)
@@ -657,12 +620,12 @@ func (w *Workspace) proposeReplace(partnerSlug, cohortID string, ms *MemberSet) 
 	if err := ms.cmd.err(); err != nil {
 		return ReplaceResult{}, err
 	}
-	var enc recordEncoder
-	enc.b = make([]byte, 0, len(ms.cmd.enc.b)+len(partnerSlug)+len(cohortID)+16)
-	enc.str(partnerSlug)
-	enc.str(cohortID)
+	var enc codec.Encoder
+	enc.Grow(ms.cmd.enc.Len() + len(partnerSlug) + len(cohortID) + 16)
+	enc.Str(partnerSlug)
+	enc.Str(cohortID)
 	ms.cmd.appendGroups(&enc)
-	v, err := w.e.propose(cmdReplace, w.id, w.gen, enc.b)
+	v, err := w.e.propose(cmdReplace, w.id, w.gen, enc.Bytes())
 	if err != nil {
 		return ReplaceResult{}, err
 	}
@@ -683,11 +646,11 @@ func stageMembers(ms *MemberSet) func(kind uint8, remove bool, keys [][]byte, ca
 	}
 }
 
-func (w *Workspace) applyReplaceCmd(d *recordDecoder) cmdResult {
-	p, cid := d.str(), d.str()
+func (w *Workspace) applyReplaceCmd(d *codec.Decoder) cmdResult {
+	p, cid := d.Str(), d.Str()
 	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return cmdResult{err: err}
 	}
 	res, err := w.ReplaceMembers(p, cid, ms)
@@ -698,31 +661,31 @@ func (w *Workspace) proposeWebhookPage(partnerSlug, cohortID, name, sessionID st
 	if err := ms.cmd.err(); err != nil {
 		return StageResult{}, err
 	}
-	var enc recordEncoder
-	enc.b = make([]byte, 0, len(ms.cmd.enc.b)+len(partnerSlug)+len(cohortID)+len(name)+len(sessionID)+32)
-	enc.str(partnerSlug)
-	enc.str(cohortID)
-	enc.str(name)
-	enc.str(sessionID)
-	enc.uvarint(uint64(page))
-	enc.uvarint(uint64(total))
+	var enc codec.Encoder
+	enc.Grow(ms.cmd.enc.Len() + len(partnerSlug) + len(cohortID) + len(name) + len(sessionID) + 32)
+	enc.Str(partnerSlug)
+	enc.Str(cohortID)
+	enc.Str(name)
+	enc.Str(sessionID)
+	enc.Uvarint(uint64(page))
+	enc.Uvarint(uint64(total))
 	ms.cmd.appendGroups(&enc)
-	v, err := w.e.propose(cmdWebhookPage, w.id, w.gen, enc.b)
+	v, err := w.e.propose(cmdWebhookPage, w.id, w.gen, enc.Bytes())
 	if err != nil {
 		return StageResult{}, err
 	}
 	return v.(StageResult), nil
 }
 
-func (w *Workspace) applyWebhookPageCmd(d *recordDecoder) cmdResult {
-	p, cid, name, sid := d.str(), d.str(), d.str(), d.str()
-	page, total := d.uvarint(), d.uvarint()
-	if d.err == nil && (page > 1<<31 || total > 1<<31) {
-		d.fail(invalidf("webhook page %d of %d", page, total))
+func (w *Workspace) applyWebhookPageCmd(d *codec.Decoder) cmdResult {
+	p, cid, name, sid := d.Str(), d.Str(), d.Str(), d.Str()
+	page, total := d.Uvarint(), d.Uvarint()
+	if d.Err() == nil && (page > 1<<31 || total > 1<<31) {
+		d.FailWith(invalidf("webhook page %d of %d", page, total))
 	}
 	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return cmdResult{err: err}
 	}
 	res, err := w.StagePage(p, cid, name, sid, int(page), int(total), ms)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 	"github.com/cohortd/cohortd/index"
 )
@@ -198,9 +199,9 @@ func TestSnapshotCorruptionFallsBack(t *testing.T) {
 		flip(sn.name)
 	}
 	_, err = Open(opts)
-	var ce *SnapshotCorruptError
+	var ce *codec.CorruptError
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), snaps[0].name) {
-		t.Fatalf("want a SnapshotCorruptError naming %s, got %v", snaps[0].name, err)
+		t.Fatalf("want a *codec.CorruptError naming %s, got %v", snaps[0].name, err)
 	}
 }
 
@@ -231,21 +232,21 @@ func FuzzReadSnapshot(f *testing.F) {
 // FuzzReplayRecord feeds arbitrary record payloads to replay: errors are
 // fine, panics are not, and what is accepted leaves a consistent engine.
 func FuzzReplayRecord(f *testing.F) {
-	var enc recordEncoder
-	enc.str("ws")
-	enc.str("p")
-	enc.str("c")
-	enc.varint(1)
-	f.Add(recCohortUpsert, append(bytes.Clone(enc.b), 0x02, 0x02))
-	enc.reset()
-	enc.str("ws")
-	enc.u8(opCreate)
-	enc.uvarint(0)
-	enc.u8(opAttach)
-	enc.uvarint(0)
-	enc.u8(1)
-	enc.str("user-1")
-	f.Add(recUsers, bytes.Clone(enc.b))
+	var enc codec.Encoder
+	enc.Str("ws")
+	enc.Str("p")
+	enc.Str("c")
+	enc.Varint(1)
+	f.Add(recCohortUpsert, append(bytes.Clone(enc.Bytes()), 0x02, 0x02))
+	enc.Reset()
+	enc.Str("ws")
+	enc.U8(opCreate)
+	enc.Uvarint(0)
+	enc.U8(opAttach)
+	enc.Uvarint(0)
+	enc.U8(1)
+	enc.Str("user-1")
+	f.Add(recUsers, bytes.Clone(enc.Bytes()))
 	f.Add(recMembers, []byte("\x02ws\x01p\x01c\x02\x08"))
 	f.Fuzz(func(t *testing.T, typ uint8, payload []byte) {
 		e, _ := Open(Options{})

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/engine/wal"
 )
@@ -386,7 +387,7 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 	if e.repl != nil {
 		key := newSecret("cwk_")
 		d := digestOf([]byte(key))
-		_, err := e.proposeAdmin(id, 0, admWorkspaceCreate, func(enc *recordEncoder) { enc.digest(d) })
+		_, err := e.proposeAdmin(id, 0, admWorkspaceCreate, func(enc *codec.Encoder) { enc.Digest(d) })
 		return key, err
 	}
 	return e.createKeyed(recWorkspaceCreate, "workspace", id, "cwk_",
@@ -419,7 +420,7 @@ func (e *Engine) CreatePartner(slug string) (string, error) {
 	if e.repl != nil {
 		key := newSecret("cpk_")
 		d := digestOf([]byte(key))
-		_, err := e.proposeAdmin("", 0, admPartnerCreate, func(enc *recordEncoder) { enc.str(slug); enc.digest(d) })
+		_, err := e.proposeAdmin("", 0, admPartnerCreate, func(enc *codec.Encoder) { enc.Str(slug); enc.Digest(d) })
 		return key, err
 	}
 	return e.createKeyed(recPartnerCreate, "partner", slug, "cpk_",
@@ -438,10 +439,10 @@ func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func()
 	key := newSecret(prefix)
 	d := digestOf([]byte(key))
 	created := e.now().UTC()
-	var enc recordEncoder
-	enc.str(name)
-	enc.digest(d)
-	enc.time(created)
+	var enc codec.Encoder
+	enc.Str(name)
+	enc.Digest(d)
+	enc.Time(created)
 	e.mu.Lock()
 	if e.closed.Load() {
 		e.mu.Unlock()
@@ -451,7 +452,7 @@ func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func()
 		e.mu.Unlock()
 		return "", fmt.Errorf("%w: %s %q", ErrExists, what, name)
 	}
-	lsn, err := e.appendRecord(typ, enc.b)
+	lsn, err := e.appendRecord(typ, enc.Bytes())
 	if err != nil {
 		e.mu.Unlock()
 		return "", err

@@ -55,8 +55,8 @@ func TestUserOpsSplitIntoRecords(t *testing.T) {
 	if n := e.wal.LastLSN() - before; n < 3 {
 		t.Fatalf("12 MiB of user operations in %d record(s); want records of at most %d bytes", n, userRecordSplit)
 	}
-	if cap(w.enc.b) > maxScratch {
-		t.Fatalf("the record encoder keeps %d bytes after the request", cap(w.enc.b))
+	if w.enc.Cap() > maxScratch {
+		t.Fatalf("the record encoder keeps %d bytes after the request", w.enc.Cap())
 	}
 	want := dumpState(e)
 	crash(e)

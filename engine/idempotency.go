@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Idempotency records (docs/API.md §4 "Write endpoints"): the reply of a
@@ -156,37 +158,36 @@ func writeIdempotency(sw *snapWriter, scope string, entries idemCapture) {
 		return
 	}
 	sw.begin(secIdem)
-	sw.str(scope)
-	sw.uvarint(uint64(len(entries)))
+	sw.Str(scope)
+	sw.Uvarint(uint64(len(entries)))
 	for _, e := range entries {
-		sw.str(e.key)
-		sw.write(e.r.Sum[:])
-		sw.uvarint(uint64(e.r.Status))
-		sw.str(e.r.ContentType)
-		sw.uvarint(uint64(len(e.r.Body)))
-		sw.write(e.r.Body)
-		sw.time(e.r.At)
+		sw.Str(e.key)
+		sw.Digest(e.r.Sum)
+		sw.Uvarint(uint64(e.r.Status))
+		sw.Str(e.r.ContentType)
+		sw.Blob(e.r.Body)
+		sw.Time(e.r.At)
 	}
 	sw.end()
 }
 
 // readIdempotency reads a section written by writeIdempotency into st
 // (nothing with check), oldest first, as the records put them.
-func readIdempotency(f *snapReader, st *idemStore, ttl time.Duration, check bool) {
-	n := f.uvarint()
-	for i := uint64(0); i < n && f.err == nil; i++ {
-		key := f.str()
+func readIdempotency(f *codec.Decoder, st *idemStore, ttl time.Duration, check bool) {
+	n := f.Uvarint()
+	for i := uint64(0); i < n && f.Err() == nil; i++ {
+		key := f.Str()
 		var r IdempotentReply
-		r.Sum = f.digest()
-		status := f.uvarint()
-		r.ContentType = f.str()
-		r.Body = append([]byte(nil), f.bytes()...)
-		r.At = f.time()
-		if f.err == nil && (status < 100 || status > 599) {
-			f.fail(fmt.Sprintf("idempotency reply with status %d", status))
+		r.Sum = f.Digest()
+		status := f.Uvarint()
+		r.ContentType = f.Str()
+		r.Body = append([]byte(nil), f.Blob()...)
+		r.At = f.Time()
+		if f.Err() == nil && (status < 100 || status > 599) {
+			f.Fail(fmt.Sprintf("idempotency reply with status %d", status))
 		}
 		r.Status = int(status)
-		if f.err == nil && !check && st != nil {
+		if f.Err() == nil && !check && st != nil {
 			st.put(key, r, ttl)
 		}
 	}
@@ -194,24 +195,24 @@ func readIdempotency(f *snapReader, st *idemStore, ttl time.Duration, check bool
 
 // encodeIdempotency appends a recIdempotency payload: scope ("" for the
 // admin scope, else the workspace id), key, reply.
-func encodeIdempotency(enc *recordEncoder, scope, key string, r IdempotentReply) {
-	enc.str(scope)
-	enc.str(key)
-	enc.digest(r.Sum)
-	enc.uvarint(uint64(r.Status))
-	enc.str(r.ContentType)
-	enc.bytes(r.Body)
-	enc.time(r.At)
+func encodeIdempotency(enc *codec.Encoder, scope, key string, r IdempotentReply) {
+	enc.Str(scope)
+	enc.Str(key)
+	enc.Digest(r.Sum)
+	enc.Uvarint(uint64(r.Status))
+	enc.Str(r.ContentType)
+	enc.Blob(r.Body)
+	enc.Time(r.At)
 }
 
-func decodeIdempotency(d *recordDecoder) (key string, r IdempotentReply, err error) {
-	key = d.str()
-	r.Sum = d.digest()
-	status := d.uvarint()
-	r.ContentType = d.str()
-	r.Body = append([]byte(nil), d.bytes()...)
-	r.At = d.time()
-	if err := d.done(); err != nil {
+func decodeIdempotency(d *codec.Decoder) (key string, r IdempotentReply, err error) {
+	key = d.Str()
+	r.Sum = d.Digest()
+	status := d.Uvarint()
+	r.ContentType = d.Str()
+	r.Body = append([]byte(nil), d.Blob()...)
+	r.At = d.Time()
+	if err := d.Done(); err != nil {
 		return "", IdempotentReply{}, err
 	}
 	if status < 100 || status > 599 {
@@ -234,14 +235,14 @@ func (w *Workspace) IdempotentReply(key string) (IdempotentReply, bool) {
 // was acknowledged by the engine.
 func (w *Workspace) RememberReply(key string, r IdempotentReply) error {
 	if w.e.repl != nil {
-		var enc recordEncoder
+		var enc codec.Encoder
 		encodeIdemCmd(&enc, key, r)
-		_, err := w.e.propose(cmdIdempotency, w.id, w.gen, enc.b)
+		_, err := w.e.propose(cmdIdempotency, w.id, w.gen, enc.Bytes())
 		return err
 	}
 	r.At = w.e.now().UTC()
 	return w.write(func() error {
-		w.enc.reset()
+		w.enc.Reset()
 		encodeIdempotency(&w.enc, w.id, key, r)
 		_, err := w.commitLocked(recIdempotency, func(uint64) { w.applyIdempotency(key, r) })
 		return err
@@ -265,20 +266,20 @@ func (e *Engine) IdempotentReply(key string) (IdempotentReply, bool) {
 // Workspace.RememberReply).
 func (e *Engine) RememberReply(key string, r IdempotentReply) error {
 	if e.repl != nil {
-		var enc recordEncoder
+		var enc codec.Encoder
 		encodeIdemCmd(&enc, key, r)
-		_, err := e.propose(cmdIdempotency, "", 0, enc.b)
+		_, err := e.propose(cmdIdempotency, "", 0, enc.Bytes())
 		return err
 	}
 	r.At = e.now().UTC()
-	var enc recordEncoder
+	var enc codec.Encoder
 	encodeIdempotency(&enc, "", key, r)
 	e.mu.Lock()
 	if e.closed.Load() {
 		e.mu.Unlock()
 		return ErrClosed
 	}
-	lsn, err := e.appendRecord(recIdempotency, enc.b)
+	lsn, err := e.appendRecord(recIdempotency, enc.Bytes())
 	if err != nil {
 		e.mu.Unlock()
 		return err

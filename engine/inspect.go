@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 	"github.com/cohortd/cohortd/index"
 )
@@ -98,10 +99,10 @@ func AppendRecordJSON(dst []byte, typ uint8, lsn uint64, payload []byte, ids boo
 	var o jsonObject
 	o.add("lsn", lsn)
 	o.add("type", RecordTypeName(typ))
-	d := &recordDecoder{b: payload}
+	d := codec.NewDecoder(payload)
 	bitmap := func(name string) {
-		bm := d.bitmap()
-		if d.err != nil {
+		bm := d.Bitmap()
+		if d.Err() != nil {
 			return
 		}
 		o.add(name, bm.GetCardinality())
@@ -111,7 +112,7 @@ func AppendRecordJSON(dst []byte, typ uint8, lsn uint64, payload []byte, ids boo
 	}
 	switch typ {
 	case recWorkspace, recPartner, recWorkspaceCreate, recPartnerCreate:
-		name, dg := d.str(), d.digest()
+		name, dg := d.Str(), d.Digest()
 		if typ == recWorkspace || typ == recWorkspaceCreate {
 			o.add("workspace", name)
 		} else {
@@ -119,130 +120,127 @@ func AppendRecordJSON(dst []byte, typ uint8, lsn uint64, payload []byte, ids boo
 		}
 		o.add("key_digest", digestPrefix(dg))
 		if typ >= recWorkspaceCreate {
-			o.add("created_at", jsonTime(d.time()))
+			o.add("created_at", jsonTime(d.Time()))
 		}
 	case recWorkspaceDelete:
-		o.add("workspace", d.str())
+		o.add("workspace", d.Str())
 	case recPartnerDelete:
-		o.add("partner", d.str())
+		o.add("partner", d.Str())
 	case recPartnerKey:
-		o.add("partner", d.str())
-		o.add("key_digest", digestPrefix(d.digest()))
+		o.add("partner", d.Str())
+		o.add("key_digest", digestPrefix(d.Digest()))
 	case recWorkspaceKey:
-		o.add("workspace", d.str())
-		o.add("key_digest", digestPrefix(d.digest()))
+		o.add("workspace", d.Str())
+		o.add("key_digest", digestPrefix(d.Digest()))
 	case recImportKey:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("key_id", d.str())
-		o.add("key_digest", digestPrefix(d.digest()))
-		o.add("created_at", jsonTime(time.Unix(d.varint(), 0)))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("key_id", d.Str())
+		o.add("key_digest", digestPrefix(d.Digest()))
+		o.add("created_at", jsonTime(time.Unix(d.Varint(), 0)))
 	case recRevokeKey:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("key_id", d.str())
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("key_id", d.Str())
 	case recUsers:
-		o.add("workspace", d.str())
+		o.add("workspace", d.Str())
 		o.add("ops", describeUserOps(d))
 	case recCohortUpsert:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("name", d.str())
-		o.add("created_at", jsonTime(time.Unix(0, d.varint())))
-		o.add("updated_at", jsonTime(time.Unix(0, d.varint())))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("name", d.Str())
+		o.add("created_at", jsonTime(time.Unix(0, d.Varint())))
+		o.add("updated_at", jsonTime(time.Unix(0, d.Varint())))
 	case recCohortUpsertV2:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("name", d.str())
-		o.add("created_at", jsonTime(d.time()))
-		o.add("updated_at", jsonTime(d.time()))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("name", d.Str())
+		o.add("created_at", jsonTime(d.Time()))
+		o.add("updated_at", jsonTime(d.Time()))
 	case recIdempotency:
-		scope := d.str()
+		scope := d.Str()
 		if scope != "" {
 			o.add("workspace", scope)
 		}
-		o.add("key", d.str())
-		o.add("request_digest", digestPrefix(d.digest()))
-		o.add("status", d.uvarint())
-		o.add("content_type", d.str())
-		o.add("body_bytes", len(d.bytes()))
-		o.add("at", jsonTime(d.time()))
+		o.add("key", d.Str())
+		o.add("request_digest", digestPrefix(d.Digest()))
+		o.add("status", d.Uvarint())
+		o.add("content_type", d.Str())
+		o.add("body_bytes", len(d.Blob()))
+		o.add("at", jsonTime(d.Time()))
 	case recSync:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("source", SyncSource(d.u8()).String())
-		o.add("whole_session", d.u8()&1 != 0)
-		o.add("started_at", jsonTime(d.time()))
-		o.add("ended_at", jsonTime(d.time()))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("source", SyncSource(d.U8()).String())
+		o.add("whole_session", d.U8()&1 != 0)
+		o.add("started_at", jsonTime(d.Time()))
+		o.add("ended_at", jsonTime(d.Time()))
 		for _, name := range [...]string{"requests", "matched", "unknown", "device_id_identified", "dropped_before_floor", "added", "removed"} {
-			o.add(name, d.uvarint())
+			o.add(name, d.Uvarint())
 		}
 	case recSyncPage:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("session", d.str())
-		o.add("at", jsonTime(d.time()))
-		o.add("matched", d.uvarint())
-		o.add("unmatched", d.uvarint())
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("session", d.Str())
+		o.add("at", jsonTime(d.Time()))
+		o.add("matched", d.Uvarint())
+		o.add("unmatched", d.Uvarint())
 	case recCohortDelete:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
 	case recMembers:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("at", jsonTime(time.Unix(0, d.varint())))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("at", jsonTime(time.Unix(0, d.Varint())))
 		bitmap("added")
 		bitmap("removed")
 	case recSession:
-		o.add("workspace", d.str())
-		o.add("partner", d.str())
-		o.add("cohort_id", d.str())
-		o.add("session", d.str())
-		o.add("total_pages", d.uvarint())
-		o.add("page", d.uvarint())
-		o.add("seq", d.uvarint())
-		o.add("at", jsonTime(time.Unix(0, d.varint())))
+		o.add("workspace", d.Str())
+		o.add("partner", d.Str())
+		o.add("cohort_id", d.Str())
+		o.add("session", d.Str())
+		o.add("total_pages", d.Uvarint())
+		o.add("page", d.Uvarint())
+		o.add("seq", d.Uvarint())
+		o.add("at", jsonTime(time.Unix(0, d.Varint())))
 		bitmap("members")
 	case recSessionDrop:
-		o.add("workspace", d.str())
-		n := d.uvarint()
-		if n > uint64(len(d.b)) {
-			d.fail(errShortRecord)
-		}
+		o.add("workspace", d.Str())
+		n := d.Count()
 		dropped := []json.RawMessage{}
-		for i := uint64(0); i < n && d.err == nil; i++ {
+		for i := 0; i < n && d.Err() == nil; i++ {
 			dropped = append(dropped, describeSessionKey(d))
 		}
 		o.add("dropped", dropped)
 		committed := describeSessionKey(d)
 		o.add("committed", committed)
-		o.add("at", jsonTime(time.Unix(0, d.varint())))
+		o.add("at", jsonTime(time.Unix(0, d.Varint())))
 	default:
 		o.add("bytes", len(payload))
 		return append(dst, o.raw()...), nil
 	}
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return dst, fmt.Errorf("engine: record %d (%s): %w", lsn, RecordTypeName(typ), err)
 	}
 	return append(dst, o.raw()...), nil
 }
 
-func describeSessionKey(d *recordDecoder) json.RawMessage {
+func describeSessionKey(d *codec.Decoder) json.RawMessage {
 	var o jsonObject
-	o.add("partner", d.str())
-	o.add("cohort_id", d.str())
-	o.add("session", d.str())
+	o.add("partner", d.Str())
+	o.add("cohort_id", d.Str())
+	o.add("session", d.Str())
 	return o.raw()
 }
 
 // describeUserOps decodes the operations of a users record.
-func describeUserOps(d *recordDecoder) []json.RawMessage {
+func describeUserOps(d *codec.Decoder) []json.RawMessage {
 	ops := []json.RawMessage{}
 	key := func(o *jsonObject, kind index.Kind, k []byte) {
 		o.add("kind", kind.String())
@@ -254,32 +252,32 @@ func describeUserOps(d *recordDecoder) []json.RawMessage {
 		}
 		o.add("key", string(k))
 	}
-	for d.err == nil && len(d.b) > 0 {
+	for d.Err() == nil && d.Len() > 0 {
 		var o jsonObject
-		switch op := d.u8(); op {
+		switch op := d.U8(); op {
 		case opCreate:
 			o.add("op", "create")
-			o.add("id", d.u32())
+			o.add("id", d.U32())
 		case opAttach:
 			o.add("op", "attach")
-			o.add("id", d.u32())
-			kind := index.Kind(d.u8())
-			key(&o, kind, d.bytes())
+			o.add("id", d.U32())
+			kind := index.Kind(d.U8())
+			key(&o, kind, d.Blob())
 		case opDetach:
 			o.add("op", "detach")
-			kind := index.Kind(d.u8())
-			key(&o, kind, d.bytes())
+			kind := index.Kind(d.U8())
+			key(&o, kind, d.Blob())
 		case opMerge:
 			o.add("op", "merge")
-			o.add("from", d.u32())
-			o.add("into", d.u32())
+			o.add("from", d.U32())
+			o.add("into", d.U32())
 		case opDelete:
 			o.add("op", "delete")
-			o.add("id", d.u32())
+			o.add("id", d.U32())
 		default:
-			d.fail(fmt.Errorf("engine: unknown user op %d", op))
+			d.Fail(fmt.Sprintf("unknown user op %d", op))
 		}
-		if d.err == nil {
+		if d.Err() == nil {
 			ops = append(ops, o.raw())
 		}
 	}
@@ -290,7 +288,7 @@ func describeUserOps(d *recordDecoder) []json.RawMessage {
 // as JSON lines (AppendRecordJSON). A record that does not decode is
 // written as {"lsn","type","error"} and the dump goes on; the error
 // returned then names the first one. Corruption of the log itself stops
-// the dump with a *wal.CorruptionError.
+// the dump with a *codec.CorruptError.
 func DumpWAL(dataDir string, from uint64, out io.Writer, ids bool) (wal.ScanReport, error) {
 	var (
 		line     []byte

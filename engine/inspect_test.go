@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 )
 
@@ -128,17 +129,17 @@ func TestCheckDirFindsCorruption(t *testing.T) {
 	t.Run("snapshot", func(t *testing.T) {
 		dir := flip(t, snaps[0].name, 100)
 		rep, err := CheckDir(dir)
-		var ce *SnapshotCorruptError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) || rep.Snapshots[0].Err == nil {
-			t.Fatalf("want SnapshotCorruptError, got %v", err)
+			t.Fatalf("want *codec.CorruptError, got %v", err)
 		}
 	})
 	t.Run("wal record in an older segment", func(t *testing.T) {
 		dir := flip(t, filepath.Join("wal", filepath.Base(walFiles[1])), 40)
 		_, err := CheckDir(dir)
-		var ce *wal.CorruptionError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) {
-			t.Fatalf("want wal.CorruptionError, got %v", err)
+			t.Fatalf("want *codec.CorruptError, got %v", err)
 		}
 	})
 	t.Run("torn tail is not corruption", func(t *testing.T) {
@@ -246,15 +247,15 @@ func TestDumpWAL(t *testing.T) {
 // FuzzAppendRecordJSON feeds arbitrary payloads to the dump decoder: an
 // error or valid JSON, never a panic.
 func FuzzAppendRecordJSON(f *testing.F) {
-	var enc recordEncoder
-	enc.str("ws")
-	enc.u8(opCreate)
-	enc.uvarint(0)
-	enc.u8(opAttach)
-	enc.uvarint(0)
-	enc.u8(2)
-	enc.str("email\x00a@x")
-	f.Add(recUsers, bytes.Clone(enc.b))
+	var enc codec.Encoder
+	enc.Str("ws")
+	enc.U8(opCreate)
+	enc.Uvarint(0)
+	enc.U8(opAttach)
+	enc.Uvarint(0)
+	enc.U8(2)
+	enc.Str("email\x00a@x")
+	f.Add(recUsers, bytes.Clone(enc.Bytes()))
 	f.Add(recMembers, []byte("\x02ws\x01p\x01c\x02\x08"))
 	f.Add(recSessionDrop, []byte("\x02ws\x01\x01p\x01c\x01s\x00\x00\x00\x02"))
 	f.Add(recWorkspaceCreate, append([]byte("\x02ws"), make([]byte, 34)...))

@@ -1,18 +1,16 @@
 package engine
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 	"github.com/cohortd/cohortd/index"
 )
-
-func newByteReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // recover loads the newest snapshot that reads back whole, then replays
 // the WAL records it does not cover, then opens the WAL for appends.
@@ -270,12 +268,12 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 	if typ >= recAdminFirst && typ <= recAdminLast {
 		return e.replayAdmin(typ, lsn, payload)
 	}
-	d := &recordDecoder{b: payload}
+	d := codec.NewDecoder(payload)
 	switch typ {
 	case recWorkspace, recPartner:
-		name := d.str()
-		dg := d.digest()
-		if err := d.done(); err != nil {
+		name := d.Str()
+		dg := d.Digest()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if lsn <= e.mu.lsn {
@@ -291,9 +289,9 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 		e.mu.lsn = lsn
 		return nil
 	}
-	wsID := d.str()
-	if d.err != nil {
-		return d.err
+	wsID := d.Str()
+	if d.Err() != nil {
+		return d.Err()
 	}
 	if typ == recIdempotency && wsID == "" {
 		// The admin scope's replies belong to the engine, not a workspace.
@@ -315,16 +313,16 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 	w.lsn = lsn
 	switch typ {
 	case recImportKey:
-		p, kid := d.str(), d.str()
-		dg := d.digest()
-		created := time.Unix(d.varint(), 0).UTC()
-		if err := d.done(); err != nil {
+		p, kid := d.Str(), d.Str()
+		dg := d.Digest()
+		created := time.Unix(d.Varint(), 0).UTC()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		w.applyImportKey(p, kid, dg, created, false, 0)
 	case recRevokeKey:
-		p, kid := d.str(), d.str()
-		if err := d.done(); err != nil {
+		p, kid := d.Str(), d.Str()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		w.keys.RLock()
@@ -336,30 +334,30 @@ func (e *Engine) replayRecord(typ uint8, lsn uint64, payload []byte) error {
 	case recUsers:
 		return w.replayUsers(d)
 	case recCohortUpsert, recCohortUpsertV2:
-		p, cid, name := d.str(), d.str(), d.str()
+		p, cid, name := d.Str(), d.Str(), d.Str()
 		var created, now time.Time
 		if typ == recCohortUpsert {
-			created = time.Unix(0, d.varint()).UTC()
-			now = time.Unix(0, d.varint()).UTC()
+			created = time.Unix(0, d.Varint()).UTC()
+			now = time.Unix(0, d.Varint()).UTC()
 		} else {
-			created, now = d.time(), d.time()
+			created, now = d.Time(), d.Time()
 		}
-		if err := d.done(); err != nil {
+		if err := d.Done(); err != nil {
 			return err
 		}
 		w.applyCohortUpsert(p, cid, name, created, now)
 	case recCohortDelete:
-		p, cid := d.str(), d.str()
-		if err := d.done(); err != nil {
+		p, cid := d.Str(), d.Str()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		w.applyCohortDelete(p, cid)
 	case recMembers:
-		p, cid := d.str(), d.str()
-		now := time.Unix(0, d.varint()).UTC()
-		add := d.bitmap()
-		rem := d.bitmap()
-		if err := d.done(); err != nil {
+		p, cid := d.Str(), d.Str()
+		now := time.Unix(0, d.Varint()).UTC()
+		add := d.Bitmap()
+		rem := d.Bitmap()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		c := w.Cohort(p, cid)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/kafkalog"
 )
 
@@ -157,16 +158,16 @@ func (e *Engine) propose(typ uint8, scope string, gen uint64, body []byte) (any,
 		return nil, ErrClosed
 	}
 	seq := r.seq.Add(1)
-	var enc recordEncoder
-	enc.b = make([]byte, 0, 1+len(r.origin)+2*binaryMax+len(scope)+len(body))
-	enc.u8(typ)
-	enc.b = append(enc.b, r.origin[:]...)
-	enc.uvarint(seq)
-	enc.str(scope)
-	enc.uvarint(gen)
-	enc.b = append(enc.b, body...)
-	if len(enc.b) > r.maxRec {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrRecordTooLarge, len(enc.b), r.maxRec)
+	var enc codec.Encoder
+	enc.Grow(1 + len(r.origin) + 2*binaryMax + len(scope) + len(body))
+	enc.U8(typ)
+	enc.Raw(r.origin[:])
+	enc.Uvarint(seq)
+	enc.Str(scope)
+	enc.Uvarint(gen)
+	enc.Raw(body)
+	if enc.Len() > r.maxRec {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrRecordTooLarge, enc.Len(), r.maxRec)
 	}
 	ch := make(chan cmdResult, 1)
 	r.mu.Lock()
@@ -183,7 +184,7 @@ func (e *Engine) propose(typ uint8, scope string, gen uint64, body []byte) (any,
 	}()
 	// The key must not be nil: a nil key is spread over partitions.
 	key := append(make([]byte, 0, len(scope)), scope...)
-	pos, err := r.log.Produce(context.Background(), key, enc.b)
+	pos, err := r.log.Produce(context.Background(), key, enc.Bytes())
 	if err != nil {
 		if errors.Is(err, kafkalog.ErrTooLarge) {
 			return nil, fmt.Errorf("%w: %v", ErrRecordTooLarge, err)
@@ -627,47 +628,47 @@ const secRepl uint32 = 7
 // partition (captured before any scope) and the partners' generations.
 func writeRepl(sw *snapWriter, offsets []int64, parts []*partner) {
 	sw.begin(secRepl)
-	sw.uvarint(uint64(len(offsets)))
+	sw.Uvarint(uint64(len(offsets)))
 	for _, o := range offsets {
-		sw.varint(o)
+		sw.Varint(o)
 	}
-	sw.uvarint(uint64(len(parts)))
+	sw.Uvarint(uint64(len(parts)))
 	for _, p := range parts {
-		sw.str(p.slug)
-		sw.uvarint(p.gen)
+		sw.Str(p.slug)
+		sw.Uvarint(p.gen)
 	}
 	sw.end()
 }
 
 // readRepl reads a replication section (nothing is kept with check).
-func (e *Engine) readRepl(f *snapReader, check bool) {
-	n := f.uvarint()
+func (e *Engine) readRepl(f *codec.Decoder, check bool) {
+	n := f.Uvarint()
 	if n > 1<<20 {
-		f.fail(fmt.Sprintf("replication section with %d partitions", n))
+		f.Fail(fmt.Sprintf("replication section with %d partitions", n))
 		return
 	}
 	offsets := make([]int64, 0, n)
-	for i := uint64(0); i < n && f.err == nil; i++ {
-		o := f.varint()
+	for i := uint64(0); i < n && f.Err() == nil; i++ {
+		o := f.Varint()
 		if o < 0 {
-			f.fail(fmt.Sprintf("partition %d resumes at offset %d", i, o))
+			f.Fail(fmt.Sprintf("partition %d resumes at offset %d", i, o))
 		}
 		offsets = append(offsets, o)
 	}
-	np := f.uvarint()
-	for i := uint64(0); i < np && f.err == nil; i++ {
-		slug, gen := f.str(), f.uvarint()
-		if f.err != nil || check {
+	np := f.Uvarint()
+	for i := uint64(0); i < np && f.Err() == nil; i++ {
+		slug, gen := f.Str(), f.Uvarint()
+		if f.Err() != nil || check {
 			continue
 		}
 		p := e.mu.partners[slug]
 		if p == nil {
-			f.fail(fmt.Sprintf("generation of unknown partner %q", slug))
+			f.Fail(fmt.Sprintf("generation of unknown partner %q", slug))
 			return
 		}
 		p.gen = gen
 	}
-	if f.err == nil && !check {
+	if f.Err() == nil && !check {
 		e.loadedRepl = &replLoaded{offsets: offsets}
 	}
 }
@@ -678,47 +679,38 @@ func (e *Engine) readRepl(f *snapReader, check bool) {
 // continue where the others are) and, per import key, its partner's
 // generation.
 func writeWorkspaceRepl(sw *snapWriter, gen, nextSeq uint64, keys []*importKey) {
-	sw.uvarint(gen)
-	sw.uvarint(nextSeq)
-	sw.uvarint(uint64(len(keys)))
+	sw.Uvarint(gen)
+	sw.Uvarint(nextSeq)
+	sw.Uvarint(uint64(len(keys)))
 	for _, k := range keys {
-		sw.str(k.partner)
-		sw.str(k.id)
-		sw.uvarint(k.partnerGen)
+		sw.Str(k.partner)
+		sw.Str(k.id)
+		sw.Uvarint(k.partnerGen)
 	}
 }
 
 // readWorkspaceRepl reads what writeWorkspaceRepl appended, when present.
-func (w *Workspace) readWorkspaceRepl(s *snapReader) {
-	if !s.more() {
+func (w *Workspace) readWorkspaceRepl(s *codec.Decoder) {
+	if s.Err() != nil || s.Len() == 0 {
 		return
 	}
-	w.gen = s.uvarint()
-	w.sessions.nextSeq = max(w.sessions.nextSeq, s.uvarint())
-	n := s.uvarint()
-	for i := uint64(0); i < n && s.err == nil; i++ {
-		p, kid, gen := s.str(), s.str(), s.uvarint()
-		if s.err != nil {
+	w.gen = s.Uvarint()
+	w.sessions.nextSeq = max(w.sessions.nextSeq, s.Uvarint())
+	n := s.Uvarint()
+	for i := uint64(0); i < n && s.Err() == nil; i++ {
+		p, kid, gen := s.Str(), s.Str(), s.Uvarint()
+		if s.Err() != nil {
 			return
 		}
 		w.keys.RLock()
 		k := w.keys.byID[p+"/"+kid]
 		w.keys.RUnlock()
 		if k == nil {
-			s.fail(fmt.Sprintf("generation of unknown key %s/%s", p, kid))
+			s.Fail(fmt.Sprintf("generation of unknown key %s/%s", p, kid))
 			return
 		}
 		k.partnerGen = gen
 	}
-}
-
-// more reports whether a field section has bytes left.
-func (s *snapReader) more() bool {
-	if s.err != nil {
-		return false
-	}
-	_, err := s.r.Peek(1)
-	return err == nil
 }
 
 // resumeOffsets are the offsets a snapshot taken now resumes from: every

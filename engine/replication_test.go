@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/index"
 )
@@ -745,22 +746,22 @@ func applyEngine(t testing.TB) *Engine {
 
 // commandValue builds a record value: type, header and fields.
 func commandValue(typ uint8, scope string, gen uint64, fields []byte) []byte {
-	var enc recordEncoder
-	enc.u8(typ)
-	enc.b = append(enc.b, "origin!!"...)
-	enc.uvarint(1)
-	enc.str(scope)
-	enc.uvarint(gen)
-	return append(enc.b, fields...)
+	var enc codec.Encoder
+	enc.U8(typ)
+	enc.Raw([]byte("origin!!"))
+	enc.Uvarint(1)
+	enc.Str(scope)
+	enc.Uvarint(gen)
+	return append(enc.Bytes(), fields...)
 }
 
 // FuzzApplyCommand feeds arbitrary records of the log to the apply: errors
 // are fine, panics are not, and the engine stays consistent.
 func FuzzApplyCommand(f *testing.F) {
-	var enc recordEncoder
-	enc.u8(admWorkspaceCreate)
-	enc.digest([32]byte{1})
-	f.Add(commandValue(cmdAdmin, "w2", 0, enc.b))
+	var enc codec.Encoder
+	enc.U8(admWorkspaceCreate)
+	enc.Digest([32]byte{1})
+	f.Add(commandValue(cmdAdmin, "w2", 0, enc.Bytes()))
 	cc := &changeCmd{max: 1 << 20}
 	cc.add(index.KindExternal, idKeys("u1", "u2"), false)
 	cc.add(index.KindDevice, idKeys("d1"), true)
@@ -768,33 +769,33 @@ func FuzzApplyCommand(f *testing.F) {
 	cands.Add([]byte("u1"), index.AliasKey(nil, []byte("email"), []byte("a@x")))
 	cands.Add(nil, nil)
 	cc.addCandidates(&cands, false)
-	enc.reset()
-	enc.str("p")
-	enc.str("c")
-	enc.u8(1)
-	enc.uvarint(2)
+	enc.Reset()
+	enc.Str("p")
+	enc.Str("c")
+	enc.U8(1)
+	enc.Uvarint(2)
 	cc.appendGroups(&enc)
-	f.Add(commandValue(cmdChanges, "ws", 0, enc.b))
-	enc.reset()
-	enc.str("mixpanel")
-	enc.str("7")
-	enc.str("name")
-	enc.str("s1")
-	enc.uvarint(1)
-	enc.uvarint(1)
+	f.Add(commandValue(cmdChanges, "ws", 0, enc.Bytes()))
+	enc.Reset()
+	enc.Str("mixpanel")
+	enc.Str("7")
+	enc.Str("name")
+	enc.Str("s1")
+	enc.Uvarint(1)
+	enc.Uvarint(1)
 	cc.appendGroups(&enc)
-	f.Add(commandValue(cmdWebhookPage, "ws", 0, enc.b))
-	enc.reset()
-	enc.u8(cmdOpUpsert)
-	enc.uvarint(2)
-	enc.optBytes([]byte("u1"))
-	enc.optBytes(nil)
-	enc.uvarint(0)
-	enc.optBytes([]byte("u3"))
-	enc.optBytes([]byte("d1"))
-	enc.uvarint(1)
-	enc.bytes(index.AliasKey(nil, []byte("email"), []byte("a@x")))
-	f.Add(commandValue(cmdUsers, "ws", 0, enc.b))
+	f.Add(commandValue(cmdWebhookPage, "ws", 0, enc.Bytes()))
+	enc.Reset()
+	enc.U8(cmdOpUpsert)
+	enc.Uvarint(2)
+	enc.OptBlob([]byte("u1"))
+	enc.OptBlob(nil)
+	enc.Uvarint(0)
+	enc.OptBlob([]byte("u3"))
+	enc.OptBlob([]byte("d1"))
+	enc.Uvarint(1)
+	enc.Blob(index.AliasKey(nil, []byte("email"), []byte("a@x")))
+	f.Add(commandValue(cmdUsers, "ws", 0, enc.Bytes()))
 	f.Add(commandValue(cmdExpireSessions, "ws", 0, nil))
 	f.Fuzz(func(t *testing.T, value []byte) {
 		e := applyEngine(t)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Webhook snapshot sessions (docs/API.md §3b). Mixpanel sends a full cohort as
@@ -165,16 +167,16 @@ func (w *Workspace) stagePageLocked(partnerSlug, cohortID, name, sessionID strin
 	} else if err := w.makeRoomLocked(k, now); err != nil {
 		return StageResult{}, err
 	}
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(partnerSlug)
-	w.enc.str(cohortID)
-	w.enc.str(sessionID)
-	w.enc.uvarint(uint64(total))
-	w.enc.uvarint(uint64(page))
-	w.enc.uvarint(seq)
-	w.enc.varint(now.UnixNano())
-	w.enc.bitmap(ids)
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Str(partnerSlug)
+	w.enc.Str(cohortID)
+	w.enc.Str(sessionID)
+	w.enc.Uvarint(uint64(total))
+	w.enc.Uvarint(uint64(page))
+	w.enc.Uvarint(seq)
+	w.enc.Varint(now.UnixNano())
+	w.enc.Bitmap(ids)
 	if _, err := w.commitLocked(recSession, func(uint64) { s = w.applyStage(k, total, page, seq, now.UnixNano(), ids) }); err != nil {
 		return StageResult{}, err
 	}
@@ -323,18 +325,18 @@ func (w *Workspace) dropSessionsLocked(committed sessionKey, at int64, drop func
 		return 0, nil
 	}
 	sort.Slice(keys, func(i, j int) bool { return w.sessions.m[keys[i]].seq < w.sessions.m[keys[j]].seq })
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.uvarint(uint64(len(keys)))
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Uvarint(uint64(len(keys)))
 	for _, k := range keys {
-		w.enc.str(k.partner)
-		w.enc.str(k.cohort)
-		w.enc.str(k.id)
+		w.enc.Str(k.partner)
+		w.enc.Str(k.cohort)
+		w.enc.Str(k.id)
 	}
-	w.enc.str(committed.partner)
-	w.enc.str(committed.cohort)
-	w.enc.str(committed.id)
-	w.enc.varint(at)
+	w.enc.Str(committed.partner)
+	w.enc.Str(committed.cohort)
+	w.enc.Str(committed.id)
+	w.enc.Varint(at)
 	return w.commitLocked(recSessionDrop, func(uint64) { w.applySessionDrop(keys, committed, at) })
 }
 
@@ -355,14 +357,14 @@ func (w *Workspace) applySessionDrop(keys []sessionKey, committed sessionKey, at
 func (w *Workspace) OpenSessions() int { return int(w.sessions.open.Load()) }
 
 // replaySession re-applies a recSession or recSessionDrop record.
-func (w *Workspace) replaySession(typ uint8, d *recordDecoder) error {
+func (w *Workspace) replaySession(typ uint8, d *codec.Decoder) error {
 	if typ == recSession {
-		p, cid, sid := d.str(), d.str(), d.str()
-		total, page := int(d.u32()), int(d.u32())
-		seq := d.uvarint()
-		at := d.varint()
-		ids := d.bitmap()
-		if err := d.done(); err != nil {
+		p, cid, sid := d.Str(), d.Str(), d.Str()
+		total, page := int(d.U32()), int(d.U32())
+		seq := d.Uvarint()
+		at := d.Varint()
+		ids := d.Bitmap()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		if total < 1 || page < 1 || page > total {
@@ -371,17 +373,17 @@ func (w *Workspace) replaySession(typ uint8, d *recordDecoder) error {
 		w.applyStage(sessionKey{p, cid, sid}, total, page, seq, at, ids)
 		return nil
 	}
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		return errShortRecord
+	n := d.Count()
+	if err := d.Err(); err != nil {
+		return err
 	}
 	keys := make([]sessionKey, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		keys = append(keys, sessionKey{d.str(), d.str(), d.str()})
+	for i := 0; i < n && d.Err() == nil; i++ {
+		keys = append(keys, sessionKey{d.Str(), d.Str(), d.Str()})
 	}
-	committed := sessionKey{d.str(), d.str(), d.str()}
-	at := d.varint()
-	if err := d.done(); err != nil {
+	committed := sessionKey{d.Str(), d.Str(), d.Str()}
+	at := d.Varint()
+	if err := d.Done(); err != nil {
 		return err
 	}
 	// Replay prunes remembered commits by the record's own clock, as the
@@ -440,48 +442,48 @@ func (w *Workspace) captureDoneLocked() []doneCapture {
 }
 
 func writeSessions(sw *snapWriter, ss []sessionCapture, done []doneCapture) {
-	sw.uvarint(uint64(len(done)))
+	sw.Uvarint(uint64(len(done)))
 	for _, d := range done {
-		sw.str(d.key.partner)
-		sw.str(d.key.cohort)
-		sw.str(d.key.id)
-		sw.varint(d.at)
+		sw.Str(d.key.partner)
+		sw.Str(d.key.cohort)
+		sw.Str(d.key.id)
+		sw.Varint(d.at)
 	}
-	sw.uvarint(uint64(len(ss)))
+	sw.Uvarint(uint64(len(ss)))
 	for _, s := range ss {
-		sw.str(s.key.partner)
-		sw.str(s.key.cohort)
-		sw.str(s.key.id)
-		sw.uvarint(uint64(s.total))
-		sw.uvarint(s.seq)
-		sw.varint(s.lastPage)
-		sw.bitmap(s.pages)
-		sw.bitmap(s.members)
+		sw.Str(s.key.partner)
+		sw.Str(s.key.cohort)
+		sw.Str(s.key.id)
+		sw.Uvarint(uint64(s.total))
+		sw.Uvarint(s.seq)
+		sw.Varint(s.lastPage)
+		sw.Bitmap(s.pages)
+		sw.Bitmap(s.members)
 	}
 }
 
-func (w *Workspace) readSessions(s *snapReader) {
-	nd := s.uvarint()
-	for i := uint64(0); i < nd && s.err == nil; i++ {
-		k := sessionKey{s.str(), s.str(), s.str()}
-		at := s.varint()
-		if s.err == nil {
+func (w *Workspace) readSessions(s *codec.Decoder) {
+	nd := s.Uvarint()
+	for i := uint64(0); i < nd && s.Err() == nil; i++ {
+		k := sessionKey{s.Str(), s.Str(), s.Str()}
+		at := s.Varint()
+		if s.Err() == nil {
 			w.applySessionDrop(nil, k, at)
 		}
 	}
-	n := s.uvarint()
-	for i := uint64(0); i < n && s.err == nil; i++ {
-		k := sessionKey{s.str(), s.str(), s.str()}
-		total := s.uvarint()
-		seq := s.uvarint()
-		last := s.varint()
-		pages := s.bitmap()
-		members := s.bitmap()
-		if s.err != nil {
+	n := s.Uvarint()
+	for i := uint64(0); i < n && s.Err() == nil; i++ {
+		k := sessionKey{s.Str(), s.Str(), s.Str()}
+		total := s.Uvarint()
+		seq := s.Uvarint()
+		last := s.Varint()
+		pages := s.Bitmap()
+		members := s.Bitmap()
+		if s.Err() != nil {
 			return
 		}
 		if total < 1 || total > 1<<31 {
-			s.fail("session with invalid total_pages")
+			s.Fail("session with invalid total_pages")
 			return
 		}
 		w.sessions.put(&session{key: k, total: int(total), pages: pages, members: members, seq: seq, lastPage: last})

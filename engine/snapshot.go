@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/RoaringBitmap/roaring/v2"
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Snapshot files hold the whole state: engine-level records (partners,
@@ -32,20 +30,6 @@ const (
 	snapPrefix  = "snapshot-"
 	snapSuffix  = ".snap"
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// SnapshotCorruptError reports a snapshot that fails its checks; start-up
-// refuses to continue.
-type SnapshotCorruptError struct {
-	File   string
-	Offset int64
-	Reason string
-}
-
-func (e *SnapshotCorruptError) Error() string {
-	return fmt.Sprintf("engine: corrupt snapshot %s at offset %d: %s", e.File, e.Offset, e.Reason)
-}
 
 // Snapshot writes a snapshot now and retires the WAL segments it covers.
 func (e *Engine) Snapshot() error {
@@ -209,17 +193,17 @@ func listSnapshots(dir string) ([]snapFile, error) {
 }
 
 // snapWriter writes a version 2 snapshot: the file header, then sections
-// (snapshot_v2.go). Field methods (uvarint, str, bitmap, …) append to the open
-// section, which is written with its length and CRC when it ends; raw writes
-// a whole array as a section of its own.
+// (snapshot_v2.go). Fields (Uvarint, Str, Bitmap, …) are appended to the
+// open section by the embedded codec.Encoder, and the section is written
+// with its length and CRC when it ends; raw writes a whole array as a
+// section of its own.
 type snapWriter struct {
-	w    *bufio.Writer
-	n    int64  // bytes written to the file
-	buf  []byte // scratch for varints
-	sec  []byte // payload of the open section
-	kind uint32 // kind of the open section, 0 if none
-	nsec uint64 // sections written
-	err  error
+	codec.Encoder // payload of the open section
+	w             *bufio.Writer
+	n             int64  // bytes written to the file
+	kind          uint32 // kind of the open section, 0 if none
+	nsec          uint64 // sections written
+	err           error
 }
 
 func newSnapWriter(f io.Writer) *snapWriter {
@@ -239,66 +223,21 @@ func (s *snapWriter) fileWrite(p []byte) {
 	s.err = err
 }
 
-// write appends p to the open section.
-func (s *snapWriter) write(p []byte) {
-	if s.kind == 0 {
-		panic("BUG: engine: snapshot field written outside a section")
-	}
-	s.sec = append(s.sec, p...)
-}
-
-func (s *snapWriter) uvarint(v uint64) {
-	s.buf = binary.AppendUvarint(s.buf[:0], v)
-	s.write(s.buf)
-}
-
-func (s *snapWriter) varint(v int64) {
-	s.buf = binary.AppendVarint(s.buf[:0], v)
-	s.write(s.buf)
-}
-
-func (s *snapWriter) str(v string) {
-	s.uvarint(uint64(len(v)))
-	s.sec = append(s.sec, v...)
-}
-
-// time writes t as unix seconds (varint) and nanoseconds (uvarint).
-func (s *snapWriter) time(t time.Time) {
-	s.varint(t.Unix())
-	s.uvarint(uint64(t.Nanosecond()))
-}
-
-func (s *snapWriter) bitmap(bm *roaring.Bitmap) {
-	s.uvarint(bm.GetSerializedSizeInBytes())
-	if _, err := bm.WriteTo((*appendWriter)(&s.sec)); err != nil && s.err == nil {
-		s.err = err
-	}
-}
-
-// appendWriter is an io.Writer that appends to a byte slice.
-type appendWriter []byte
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	*w = append(*w, p...)
-	return len(p), nil
-}
-
-// snapReader reads a snapshot written by snapWriter, checking bounds.
+// snapReader reads the framing of a snapshot file (header, section
+// headers, raw arrays), checking bounds; the fields of a section are read
+// by a codec.Decoder over its payload (fields, snapshot_v2.go).
 type snapReader struct {
 	size int64 // bytes in the file (bounds allocation hints)
 	r    *bufio.Reader
-	crc  hash.Hash32
-	// noCRC skips the running CRC of version 1 (version 2 checks each section).
-	noCRC bool
-	name  string
-	off   int64
-	err   error
-	buf   []byte
+	name string
+	off  int64
+	err  error
+	buf  []byte
 }
 
 func (s *snapReader) fail(reason string) {
 	if s.err == nil {
-		s.err = &SnapshotCorruptError{File: s.name, Offset: s.off, Reason: reason}
+		s.err = &codec.CorruptError{File: s.name, Offset: s.off, Reason: reason}
 	}
 }
 
@@ -307,31 +246,8 @@ func (s *snapReader) ReadByte() (byte, error) {
 	if err != nil {
 		return 0, err
 	}
-	s.crc.Write([]byte{b})
 	s.off++
 	return b, nil
-}
-
-func (s *snapReader) uvarint() uint64 {
-	if s.err != nil {
-		return 0
-	}
-	v, err := binary.ReadUvarint(s)
-	if err != nil {
-		s.fail("truncated varint")
-	}
-	return v
-}
-
-func (s *snapReader) varint() int64 {
-	if s.err != nil {
-		return 0
-	}
-	v, err := binary.ReadVarint(s)
-	if err != nil {
-		s.fail("truncated varint")
-	}
-	return v
 }
 
 // full reads n bytes into a reused buffer (valid until the next call).
@@ -359,45 +275,29 @@ func (s *snapReader) full(n uint64) []byte {
 		}
 	}
 	s.buf = b
-	if !s.noCRC {
-		s.crc.Write(b)
-	}
 	s.off += int64(n)
 	return b
 }
 
-func (s *snapReader) bytes() []byte {
-	n := s.uvarint()
-	if n > maxRecordString {
-		s.fail(fmt.Sprintf("string length %d too large", n))
-		return nil
+// newSnapReader reads the magic and the version of a snapshot file of size
+// bytes and returns a reader positioned after them.
+func newSnapReader(f io.Reader, size int64, name string) (*snapReader, uint64, error) {
+	s := &snapReader{size: size, r: bufio.NewReaderSize(f, 1<<20), name: name}
+	if string(s.full(uint64(len(snapMagic)))) != snapMagic {
+		s.err = nil
+		s.fail("bad magic")
+		return nil, 0, s.err
 	}
-	return s.full(n)
-}
-
-func (s *snapReader) str() string { return string(s.bytes()) }
-
-func (s *snapReader) digest() (d [32]byte) {
-	copy(d[:], s.full(32))
-	return d
-}
-
-func (s *snapReader) bitmap() *roaring.Bitmap {
-	n := s.uvarint()
-	raw := s.full(n)
-	if s.err != nil {
-		return nil
+	v, err := binary.ReadUvarint(s)
+	if err != nil {
+		s.fail("truncated varint")
+		return nil, 0, s.err
 	}
-	bm := roaring.New()
-	if _, err := bm.ReadFrom(newByteReader(raw)); err != nil {
-		s.fail("bitmap: " + err.Error())
-		return nil
+	if v != snapVersionV1 && v != snapVersion {
+		s.fail(fmt.Sprintf("unsupported version %d", v))
+		return nil, 0, s.err
 	}
-	if err := bm.Validate(); err != nil {
-		s.fail("bitmap invalid: " + err.Error())
-		return nil
-	}
-	return bm
+	return s, v, nil
 }
 
 // loadSnapshot reads a snapshot file into the (empty) engine. The CRC is
@@ -416,26 +316,17 @@ func (e *Engine) loadSnapshot(path string) error {
 }
 
 // readSnapshot reads a snapshot of any supported version into the (empty)
-// engine; a malformed or damaged file is refused with a *SnapshotCorruptError
+// engine; a malformed or damaged file is refused with a *codec.CorruptError
 // naming the file and the byte offset.
 func (e *Engine) readSnapshot(f io.Reader, size int64, name string) error {
-	s := &snapReader{size: size, r: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(castagnoli), name: name}
-	if string(s.full(uint64(len(snapMagic)))) != snapMagic {
-		s.err = nil
-		s.fail("bad magic")
-		return s.err
+	s, v, err := newSnapReader(f, size, name)
+	if err != nil {
+		return err
 	}
-	switch v := s.uvarint(); {
-	case s.err != nil:
-		return s.err
-	case v == snapVersionV1:
+	if v == snapVersionV1 {
 		return e.readSnapshotV1(s)
-	case v == snapVersion:
-		return e.readSnapshotV2(s, false)
-	default:
-		s.fail(fmt.Sprintf("unsupported version %d", v))
-		return s.err
 	}
+	return e.readSnapshotV2(s, false)
 }
 
 // expireSessions drops idle webhook sessions in every workspace that has

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/index"
 )
 
@@ -16,103 +17,106 @@ import (
 const snapVersionV1 = 1
 
 // readSnapshotV1 reads the rest of a version 1 snapshot (after magic and
-// version): fields through one running CRC-32C checked at the end.
+// version): fields, then a CRC-32C of every byte before it. The file is
+// read into memory whole — it is read once, when a data dir is upgraded —
+// and its fields decoded with codec.Decoder like any payload.
 func (e *Engine) readSnapshotV1(s *snapReader) error {
-	e.mu.lsn = s.uvarint()
-	np := s.uvarint()
-	for i := uint64(0); i < np && s.err == nil; i++ {
-		slug := s.str()
-		d := s.digest()
-		e.mu.partners[slug] = newPartner(slug, d, time.Time{})
-	}
-	nw := s.uvarint()
-	for i := uint64(0); i < nw && s.err == nil; i++ {
-		e.readWorkspaceV1(s)
-	}
-	if s.err != nil {
+	body, err := io.ReadAll(s.r)
+	if err != nil {
+		s.fail("read: " + err.Error())
 		return s.err
 	}
-	want := s.crc.Sum32()
-	var tail [4]byte
-	if _, err := io.ReadFull(s.r, tail[:]); err != nil {
-		s.fail("missing checksum")
-		return s.err
+	d := codec.NewFileDecoder(body, s.name, s.off)
+	e.mu.lsn = d.Uvarint()
+	np := d.Uvarint()
+	for i := uint64(0); i < np && d.Err() == nil; i++ {
+		slug := d.Str()
+		dg := d.Digest()
+		e.mu.partners[slug] = newPartner(slug, dg, time.Time{})
 	}
-	if binary.LittleEndian.Uint32(tail[:]) != want {
-		s.fail("checksum mismatch")
-		return s.err
+	nw := d.Uvarint()
+	for i := uint64(0); i < nw && d.Err() == nil; i++ {
+		e.readWorkspaceV1(d)
 	}
-	if _, err := s.r.ReadByte(); err != io.EOF {
-		s.off += 4
-		s.fail("trailing bytes after checksum")
-		return s.err
+	if err := d.Err(); err != nil {
+		return err
+	}
+	tail := d.Rest()
+	if len(tail) < 4 {
+		d.Fail("missing checksum")
+		return d.Err()
+	}
+	header := binary.AppendUvarint([]byte(snapMagic), snapVersionV1)
+	want := codec.UpdateChecksum(codec.Checksum(header), body[:len(body)-len(tail)])
+	if binary.LittleEndian.Uint32(tail) != want {
+		d.Fail("checksum mismatch")
+		return d.Err()
+	}
+	if len(tail) > 4 {
+		return &codec.CorruptError{File: s.name, Offset: d.Offset() + 4, Reason: "trailing bytes after checksum"}
 	}
 	return nil
 }
 
 // readWorkspaceV1 reads one workspace of a version 1 snapshot: users are
 // re-attached key by key.
-func (e *Engine) readWorkspaceV1(s *snapReader) {
-	id := s.str()
-	d := s.digest()
-	if s.err != nil {
+func (e *Engine) readWorkspaceV1(d *codec.Decoder) {
+	id := d.Str()
+	dg := d.Digest()
+	if d.Err() != nil {
 		return
 	}
 	if !ValidWorkspaceID(id) {
-		s.fail(fmt.Sprintf("invalid workspace id %q", id))
+		d.Fail(fmt.Sprintf("invalid workspace id %q", id))
 		return
 	}
-	w := e.applyWorkspaceLocked(id, d, time.Time{}, 0)
-	w.lsn = s.uvarint()
-	nk := s.uvarint()
-	for i := uint64(0); i < nk && s.err == nil; i++ {
-		p, kid := s.str(), s.str()
-		kd := s.digest()
-		created := time.Unix(s.varint(), 0).UTC()
-		lastUsed := s.varint()
-		revoked := s.uvarint() == 1
+	w := e.applyWorkspaceLocked(id, dg, time.Time{}, 0)
+	w.lsn = d.Uvarint()
+	nk := d.Uvarint()
+	for i := uint64(0); i < nk && d.Err() == nil; i++ {
+		p, kid := d.Str(), d.Str()
+		kd := d.Digest()
+		created := time.Unix(d.Varint(), 0).UTC()
+		lastUsed := d.Varint()
+		revoked := d.Uvarint() == 1
 		w.applyImportKey(p, kid, kd, created, revoked, lastUsed)
 	}
-	np := s.uvarint()
-	for i := uint64(0); i < np && s.err == nil; i++ {
-		p := s.str()
-		nd := s.uvarint()
-		for j := uint64(0); j < nd && s.err == nil; j++ {
-			day := int32(s.varint())
-			w.addUsage(p, day, s.uvarint())
+	np := d.Uvarint()
+	for i := uint64(0); i < np && d.Err() == nil; i++ {
+		p := d.Str()
+		nd := d.Uvarint()
+		for j := uint64(0); j < nd && d.Err() == nil; j++ {
+			day := int32(d.Varint())
+			w.addUsage(p, day, d.Uvarint())
 		}
 	}
-	next := s.uvarint()
+	next := d.Uvarint()
 	if next > uint64(index.NoUser) {
-		s.fail("user count too large")
+		d.Fail("user count too large")
 		return
 	}
 	// Size the identity table once for every user instead of growing it
 	// through a dozen rehashes (most users hold one key). Every user takes
 	// at least two bytes of the file, so a corrupt count cannot reserve
-	// more than the file could describe.
+	// more than the rest of the file could describe.
 	w.users.Close()
-	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(s.size/2)))})
-	for id := uint64(0); id < next && s.err == nil; id++ {
-		nkeys := s.uvarint()
-		deleted := s.uvarint() == 1
+	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(d.Len()/2)))})
+	for id := uint64(0); id < next && d.Err() == nil; id++ {
+		nkeys := d.Uvarint()
+		deleted := d.Uvarint() == 1
 		uid := w.users.Create()
 		if uint64(uid) != id {
-			s.fail(fmt.Sprintf("user id %d restored as %d", id, uid))
+			d.Fail(fmt.Sprintf("user id %d restored as %d", id, uid))
 			return
 		}
-		for k := uint64(0); k < nkeys && s.err == nil; k++ {
-			kind, err := s.ReadByte()
-			if err != nil {
-				s.fail("truncated user key")
-				return
-			}
-			key := s.bytes()
-			if s.err != nil {
+		for k := uint64(0); k < nkeys && d.Err() == nil; k++ {
+			kind := d.U8()
+			key := d.Blob()
+			if d.Err() != nil {
 				return
 			}
 			if err := w.users.Attach(uid, index.Kind(kind), key); err != nil {
-				s.fail(fmt.Sprintf("user %d: %v", id, err))
+				d.Fail(fmt.Sprintf("user %d: %v", id, err))
 				return
 			}
 		}
@@ -121,17 +125,17 @@ func (e *Engine) readWorkspaceV1(s *snapReader) {
 		}
 	}
 	w.users.Publish()
-	nc := s.uvarint()
-	for i := uint64(0); i < nc && s.err == nil; i++ {
-		p, cid, name := s.str(), s.str(), s.str()
-		created := time.Unix(0, s.varint()).UTC()
-		updated := time.Unix(0, s.varint()).UTC()
-		bm := s.bitmap()
-		if s.err != nil {
+	nc := d.Uvarint()
+	for i := uint64(0); i < nc && d.Err() == nil; i++ {
+		p, cid, name := d.Str(), d.Str(), d.Str()
+		created := time.Unix(0, d.Varint()).UTC()
+		updated := time.Unix(0, d.Varint()).UTC()
+		bm := d.Bitmap()
+		if d.Err() != nil {
 			return
 		}
 		c := w.applyCohortUpsert(p, cid, name, created, updated)
 		c.members.Reset(bm)
 	}
-	w.readSessions(s)
+	w.readSessions(d)
 }

@@ -1,21 +1,19 @@
 package engine
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"sort"
-	"time"
 
 	"github.com/RoaringBitmap/roaring/v2"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/index"
 )
 
@@ -58,15 +56,19 @@ func (s *snapWriter) begin(kind uint32) {
 	if s.kind != 0 {
 		panic("BUG: engine: snapshot section opened inside another")
 	}
-	s.kind, s.sec = kind, s.sec[:0]
+	if s.Len() != 0 {
+		panic("BUG: engine: snapshot field written outside a section")
+	}
+	s.kind = kind
 }
 
 // end writes the open section.
 func (s *snapWriter) end() {
-	s.emit(s.kind, s.sec, 0)
+	s.emit(s.kind, s.Bytes(), 0)
 	s.kind = 0
-	if cap(s.sec) > 64<<20 {
-		s.sec = nil // don't keep a big cohort's buffer for the rest of the run
+	s.Reset()
+	if s.Cap() > 64<<20 {
+		s.Encoder = codec.Encoder{} // don't keep a big cohort's buffer for the rest of the run
 	}
 }
 
@@ -82,8 +84,8 @@ func (s *snapWriter) emit(kind uint32, payload []byte, align int64) {
 	binary.LittleEndian.PutUint32(h[0:], kind)
 	binary.LittleEndian.PutUint32(h[4:], uint32(pad))
 	binary.LittleEndian.PutUint64(h[8:], uint64(len(payload)))
-	binary.LittleEndian.PutUint32(h[16:], crc32.Checksum(payload, castagnoli))
-	binary.LittleEndian.PutUint32(h[20:], crc32.Checksum(h[:20], castagnoli))
+	binary.LittleEndian.PutUint32(h[16:], codec.Checksum(payload))
+	binary.LittleEndian.PutUint32(h[20:], codec.Checksum(h[:20]))
 	s.fileWrite(h[:])
 	s.fileWrite(zeroPad[:pad])
 	s.fileWrite(payload)
@@ -94,7 +96,7 @@ func (s *snapWriter) emit(kind uint32, payload []byte, align int64) {
 func (s *snapWriter) finish() error {
 	n := s.nsec
 	s.begin(secEnd)
-	s.uvarint(n)
+	s.Uvarint(n)
 	s.end()
 	if s.err != nil {
 		return s.err
@@ -129,14 +131,14 @@ func (e *Engine) writeSnapshot(sw *snapWriter) (uint64, error) {
 	sort.Slice(parts, func(i, j int) bool { return parts[i].slug < parts[j].slug })
 	sort.Slice(wss, func(i, j int) bool { return wss[i].id < wss[j].id })
 	sw.begin(secEngine)
-	sw.uvarint(engineLSN)
-	sw.uvarint(uint64(len(parts)))
+	sw.Uvarint(engineLSN)
+	sw.Uvarint(uint64(len(parts)))
 	for _, p := range parts {
-		sw.str(p.slug)
-		sw.write(p.digest.Load()[:])
-		sw.time(p.createdAt)
+		sw.Str(p.slug)
+		sw.Digest(*p.digest.Load())
+		sw.Time(p.createdAt)
 	}
-	sw.uvarint(uint64(len(wss)))
+	sw.Uvarint(uint64(len(wss)))
 	sw.end()
 	writeIdempotency(sw, "", adminIdem)
 	minLSN := engineLSN
@@ -200,39 +202,39 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	w.mu.Unlock()
 
 	sw.begin(secWorkspace)
-	sw.str(w.id)
-	sw.write(keyDigest[:])
-	sw.time(w.createdAt)
-	sw.uvarint(lsn)
+	sw.Str(w.id)
+	sw.Digest(keyDigest)
+	sw.Time(w.createdAt)
+	sw.Uvarint(lsn)
 	sort.Slice(keys, func(i, j int) bool { return keys[i].partner+"/"+keys[i].id < keys[j].partner+"/"+keys[j].id })
-	sw.uvarint(uint64(len(keys)))
+	sw.Uvarint(uint64(len(keys)))
 	for _, k := range keys {
-		sw.str(k.partner)
-		sw.str(k.id)
-		sw.write(k.digest[:])
-		sw.time(k.createdAt)
+		sw.Str(k.partner)
+		sw.Str(k.id)
+		sw.Digest(k.digest)
+		sw.Time(k.createdAt)
 		lu := k.lastUsed.Load()
-		sw.varint(lu / 1e9) // unix nanoseconds in memory: split without a time.Time
-		sw.uvarint(uint64(lu % 1e9))
+		sw.Varint(lu / 1e9) // unix nanoseconds in memory: split without a time.Time
+		sw.Uvarint(uint64(lu % 1e9))
 		if k.revoked.Load() {
-			sw.uvarint(1)
+			sw.Uvarint(1)
 		} else {
-			sw.uvarint(0)
+			sw.Uvarint(0)
 		}
 	}
 	sort.Slice(usage, func(i, j int) bool { return usage[i].partner < usage[j].partner })
-	sw.uvarint(uint64(len(usage)))
+	sw.Uvarint(uint64(len(usage)))
 	for _, u := range usage {
-		sw.str(u.partner)
+		sw.Str(u.partner)
 		days := make([]int32, 0, len(u.days))
 		for d := range u.days {
 			days = append(days, d)
 		}
 		sort.Slice(days, func(i, j int) bool { return days[i] < days[j] })
-		sw.uvarint(uint64(len(days)))
+		sw.Uvarint(uint64(len(days)))
 		for _, d := range days {
-			sw.varint(int64(d))
-			sw.uvarint(u.days[d])
+			sw.Varint(int64(d))
+			sw.Uvarint(u.days[d])
 		}
 	}
 	writeSessions(sw, sessions, done)
@@ -245,7 +247,7 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 	h, arrays := w.users.Image()
 	sw.begin(secUsers)
 	for _, v := range imageFields(&h) {
-		sw.uvarint(*v)
+		sw.Uvarint(*v)
 	}
 	sw.end()
 	for i, a := range arrays {
@@ -255,12 +257,12 @@ func (w *Workspace) writeSnapshot(sw *snapWriter) uint64 {
 
 	for _, c := range caps {
 		sw.begin(secCohort)
-		sw.str(c.c.partner)
-		sw.str(c.c.id)
-		sw.str(c.m.name)
-		sw.time(c.m.createdAt)
-		sw.time(c.m.updatedAt)
-		sw.bitmap(c.bm)
+		sw.Str(c.c.partner)
+		sw.Str(c.c.id)
+		sw.Str(c.m.name)
+		sw.Time(c.m.createdAt)
+		sw.Time(c.m.updatedAt)
+		sw.Bitmap(c.bm)
 		sw.end()
 	}
 	if len(syncs) > 0 || len(sessionSyncs) > 0 {
@@ -296,7 +298,7 @@ func (s *snapReader) section() secHeader {
 		return secHeader{}
 	}
 	s.off += secHeaderSize
-	if crc32.Checksum(h[:20], castagnoli) != binary.LittleEndian.Uint32(h[20:]) {
+	if codec.Checksum(h[:20]) != binary.LittleEndian.Uint32(h[20:]) {
 		s.off = at
 		s.fail("section header checksum mismatch")
 		return secHeader{}
@@ -322,42 +324,30 @@ func (s *snapReader) section() secHeader {
 	return sh
 }
 
-// fields reads a field section's payload, checks its CRC, and returns a reader
-// over it whose offsets are the file's. done must be called after parsing.
-func (s *snapReader) fields(h secHeader) *snapReader {
+// fields reads a field section's payload, checks its CRC, and returns a
+// decoder over it whose offsets are the file's. done must be called after
+// parsing.
+func (s *snapReader) fields(h secHeader) *codec.Decoder {
 	p := s.full(h.length)
-	if s.err != nil {
-		return &snapReader{err: s.err}
-	}
-	if crc32.Checksum(p, castagnoli) != h.crc {
+	if s.err == nil && codec.Checksum(p) != h.crc {
 		s.off = h.at
 		s.fail(fmt.Sprintf("section of kind %d: checksum mismatch", h.kind))
-		return &snapReader{err: s.err}
 	}
-	// p is s's buffer, which the next read of s reuses: the section is parsed first.
-	return &snapReader{size: int64(len(p)), r: bufio.NewReader(bytes.NewReader(p)), crc: crc32.New(castagnoli), noCRC: true, name: s.name, off: h.at}
+	if s.err != nil {
+		d := codec.NewFileDecoder(nil, s.name, h.at)
+		d.Fail("section unread")
+		return d
+	}
+	// p is s's buffer, which the next read of s reuses: the section is
+	// parsed first, and what is kept of it is copied.
+	return codec.NewFileDecoder(p, s.name, h.at)
 }
 
 // done ends a field section: its error, or trailing bytes, become the file's.
-func (s *snapReader) done(sub *snapReader) {
-	if sub.err == nil {
-		if _, err := sub.r.ReadByte(); err != io.EOF {
-			sub.fail("trailing bytes in section")
-		}
+func (s *snapReader) done(f *codec.Decoder) {
+	if err := f.Done(); err != nil && s.err == nil {
+		s.err = err
 	}
-	if sub.err != nil && s.err == nil {
-		s.err = sub.err
-	}
-}
-
-// time reads unix seconds (varint) and nanoseconds (uvarint).
-func (s *snapReader) time() time.Time {
-	sec := s.varint()
-	ns := s.uvarint()
-	if ns >= 1e9 {
-		s.fail(fmt.Sprintf("nanoseconds %d out of range", ns))
-	}
-	return time.Unix(sec, int64(ns)).UTC()
 }
 
 // readSnapshotV2 reads the sections of a version 2 snapshot (after magic and
@@ -365,7 +355,6 @@ func (s *snapReader) time() time.Time {
 // checksum and bound, the users' arrays streamed through index.ArrayCheck
 // rather than loaded, cohorts validated and dropped.
 func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
-	s.noCRC = true
 	var (
 		w       *Workspace
 		hasUser bool
@@ -395,15 +384,15 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 				break
 			}
 			f := s.fields(h)
-			e.mu.lsn = f.uvarint()
-			np := f.uvarint()
-			for i := uint64(0); i < np && f.err == nil; i++ {
-				slug := f.str()
-				d := f.digest()
-				created := f.time()
+			e.mu.lsn = f.Uvarint()
+			np := f.Uvarint()
+			for i := uint64(0); i < np && f.Err() == nil; i++ {
+				slug := f.Str()
+				d := f.Digest()
+				created := f.Time()
 				e.mu.partners[slug] = newPartner(slug, d, created)
 			}
-			nw = f.uvarint()
+			nw = f.Uvarint()
 			s.done(f)
 		case secWorkspace:
 			endWorkspace()
@@ -420,7 +409,7 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 			f := s.fields(h)
 			var ih index.ImageHeader
 			for _, v := range imageFields(&ih) {
-				*v = f.uvarint()
+				*v = f.Uvarint()
 			}
 			s.done(f)
 			if s.err == nil {
@@ -445,7 +434,7 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 			}
 		case secIdem:
 			f := s.fields(h)
-			scope := f.str()
+			scope := f.Str()
 			var st *idemStore
 			switch {
 			case scope == "" && nsec == 2:
@@ -453,7 +442,7 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 			case w != nil && scope == w.id && !hasUser:
 				st = &w.idem.s
 			default:
-				f.fail(fmt.Sprintf("idempotency section of scope %q out of place", scope))
+				f.Fail(fmt.Sprintf("idempotency section of scope %q out of place", scope))
 			}
 			readIdempotency(f, st, e.idemTTL(), check)
 			s.done(f)
@@ -475,9 +464,9 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 				break
 			}
 			f := s.fields(h)
-			p, cid, name := f.str(), f.str(), f.str()
-			created, updated := f.time(), f.time()
-			bm := f.bitmap()
+			p, cid, name := f.Str(), f.Str(), f.Str()
+			created, updated := f.Time(), f.Time()
+			bm := f.Bitmap()
 			s.done(f)
 			if s.err == nil && !check {
 				c := w.applyCohortUpsert(p, cid, name, created, updated)
@@ -486,8 +475,8 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 		case secEnd:
 			endWorkspace()
 			f := s.fields(h)
-			if n := f.uvarint(); f.err == nil && n != nsec-1 {
-				f.fail(fmt.Sprintf("end section counts %d sections, file has %d", n, nsec-1))
+			if n := f.Uvarint(); f.Err() == nil && n != nsec-1 {
+				f.Fail(fmt.Sprintf("end section counts %d sections, file has %d", n, nsec-1))
 			}
 			s.done(f)
 			if s.err == nil && nws != nw {
@@ -509,43 +498,43 @@ func (e *Engine) readSnapshotV2(s *snapReader, check bool) error {
 
 // readWorkspaceV2 reads a workspace section (its users and cohorts follow in
 // sections of their own).
-func (e *Engine) readWorkspaceV2(s *snapReader) *Workspace {
-	id := s.str()
-	d := s.digest()
-	created := s.time()
-	if s.err != nil {
+func (e *Engine) readWorkspaceV2(s *codec.Decoder) *Workspace {
+	id := s.Str()
+	d := s.Digest()
+	created := s.Time()
+	if s.Err() != nil {
 		return nil
 	}
 	if !ValidWorkspaceID(id) {
-		s.fail(fmt.Sprintf("invalid workspace id %q", id))
+		s.Fail(fmt.Sprintf("invalid workspace id %q", id))
 		return nil
 	}
 	if e.mu.workspaces[id] != nil {
-		s.fail(fmt.Sprintf("workspace %q twice", id))
+		s.Fail(fmt.Sprintf("workspace %q twice", id))
 		return nil
 	}
 	w := e.applyWorkspaceLocked(id, d, created, 0)
-	w.lsn = s.uvarint()
-	nk := s.uvarint()
-	for i := uint64(0); i < nk && s.err == nil; i++ {
-		p, kid := s.str(), s.str()
-		kd := s.digest()
-		created := s.time()
-		luSec := s.varint()
-		luNs := s.uvarint()
-		revoked := s.uvarint() == 1
+	w.lsn = s.Uvarint()
+	nk := s.Uvarint()
+	for i := uint64(0); i < nk && s.Err() == nil; i++ {
+		p, kid := s.Str(), s.Str()
+		kd := s.Digest()
+		created := s.Time()
+		luSec := s.Varint()
+		luNs := s.Uvarint()
+		revoked := s.Uvarint() == 1
 		if luNs >= 1e9 {
-			s.fail("last_used nanoseconds out of range")
+			s.Fail("last_used nanoseconds out of range")
 		}
 		w.applyImportKey(p, kid, kd, created, revoked, luSec*1e9+int64(luNs))
 	}
-	np := s.uvarint()
-	for i := uint64(0); i < np && s.err == nil; i++ {
-		p := s.str()
-		nd := s.uvarint()
-		for j := uint64(0); j < nd && s.err == nil; j++ {
-			day := int32(s.varint())
-			w.addUsage(p, day, s.uvarint())
+	np := s.Uvarint()
+	for i := uint64(0); i < np && s.Err() == nil; i++ {
+		p := s.Str()
+		nd := s.Uvarint()
+		for j := uint64(0); j < nd && s.Err() == nil; j++ {
+			day := int32(s.Varint())
+			w.addUsage(p, day, s.Uvarint())
 		}
 	}
 	w.readSessions(s)
@@ -576,7 +565,7 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 					s.fail("truncated array")
 					break
 				}
-				crc = crc32.Update(crc, castagnoli, buf[:n])
+				crc = codec.UpdateChecksum(crc, buf[:n])
 				c.Write(buf[:n])
 				s.off += int64(n)
 				left -= n
@@ -595,7 +584,7 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 			return s.err
 		}
 		s.off += int64(len(dst))
-		s.arrayDone(h, crc32.Checksum(dst, castagnoli), nil)
+		s.arrayDone(h, codec.Checksum(dst), nil)
 		return s.err
 	})
 	if err != nil {
@@ -629,7 +618,7 @@ func (s *snapReader) arrayDone(h secHeader, crc uint32, checkErr error) {
 // an engine: a version 2 file is streamed (its user arrays are never held in
 // memory; one cohort bitmap at a time is); a version 1 file is read into a
 // scratch in-memory engine that is then dropped. A damaged file gives a
-// *SnapshotCorruptError naming the file and the offset.
+// *codec.CorruptError naming the file and the offset.
 func checkSnapshotFile(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -650,21 +639,12 @@ func checkSnapshot(f io.Reader, size int64, name string) error {
 		return fmt.Errorf("engine: check snapshot: %w", err)
 	}
 	defer scratch.Close()
-	s := &snapReader{size: size, r: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(castagnoli), name: name}
-	if string(s.full(uint64(len(snapMagic)))) != snapMagic {
-		s.err = nil
-		s.fail("bad magic")
-		return s.err
+	s, v, err := newSnapReader(f, size, name)
+	if err != nil {
+		return err
 	}
-	switch v := s.uvarint(); {
-	case s.err != nil:
-		return s.err
-	case v == snapVersionV1:
+	if v == snapVersionV1 {
 		return scratch.readSnapshotV1(s)
-	case v == snapVersion:
-		return scratch.readSnapshotV2(s, true)
-	default:
-		s.fail(fmt.Sprintf("unsupported version %d", v))
-		return s.err
 	}
+	return scratch.readSnapshotV2(s, true)
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"io"
 	"maps"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 	"github.com/cohortd/cohortd/index"
 )
@@ -34,8 +34,18 @@ type v1Writer struct {
 	err error
 }
 
+// crcWriter is a running codec.Checksum of what is written to it.
+type crcWriter struct{ sum uint32 }
+
+func (c *crcWriter) Write(p []byte) (int, error) {
+	c.sum = codec.UpdateChecksum(c.sum, p)
+	return len(p), nil
+}
+
+func (c *crcWriter) Sum32() uint32 { return c.sum }
+
 func newV1Writer(f io.Writer) *v1Writer {
-	c := crc32.New(castagnoli)
+	c := new(crcWriter)
 	sw := &v1Writer{crc: c, w: bufio.NewWriter(io.MultiWriter(f, c))}
 	sw.write([]byte(snapMagic))
 	sw.uvarint(snapVersionV1)
@@ -72,7 +82,7 @@ func (s *v1Writer) finish() error {
 	return s.w.Flush()
 }
 
-// snapshotV1 does what snapshotLocked did with the version 1 writer: cut the
+// snapshotV1 does what a snapshot did with the version 1 writer: cut the
 // WAL, write snapshot-<lsn>.snap, retire what it covers.
 func snapshotV1(t *testing.T, e *Engine) string {
 	t.Helper()
@@ -366,9 +376,9 @@ func TestSnapshotV2SectionCorruption(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := checkSnapshotFile(p)
-		var ce *SnapshotCorruptError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) {
-			t.Fatalf("%s (byte %d): want SnapshotCorruptError, got %v", what, off, err)
+			t.Fatalf("%s (byte %d): want *codec.CorruptError, got %v", what, off, err)
 		}
 		if ce.File != name || ce.Offset < int64(lo) || ce.Offset > int64(hi) {
 			t.Fatalf("%s (byte %d): error at %s offset %d, want %s within [%d, %d]: %v", what, off, ce.File, ce.Offset, name, lo, hi, err)
@@ -397,7 +407,7 @@ func TestSnapshotV2SectionCorruption(t *testing.T) {
 	if err := os.WriteFile(p, orig[:secs[len(secs)-1].start], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var ce *SnapshotCorruptError
+	var ce *codec.CorruptError
 	if err := checkSnapshotFile(p); !errors.As(err, &ce) {
 		t.Fatalf("truncated file: %v", err)
 	}
@@ -416,8 +426,8 @@ func fixSectionCRCs(b []byte) {
 		if pad >= rawAlign || n > uint64(len(b)) || at+int(n) > len(b) {
 			return
 		}
-		binary.LittleEndian.PutUint32(b[off+16:], crc32.Checksum(b[at:at+int(n)], castagnoli))
-		binary.LittleEndian.PutUint32(b[off+20:], crc32.Checksum(b[off:off+20], castagnoli))
+		binary.LittleEndian.PutUint32(b[off+16:], codec.Checksum(b[at:at+int(n)]))
+		binary.LittleEndian.PutUint32(b[off+20:], codec.Checksum(b[off:off+20]))
 		off = at + int(n)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Sync history and health (docs/API.md §8).
@@ -591,39 +593,39 @@ func replaceEvent(ms *MemberSet, target int, res *ReplaceResult, now time.Time) 
 // recordSyncLocked logs a sync event of c and applies it. The caller holds
 // w.mu and has applied the event's membership change.
 func (w *Workspace) recordSyncLocked(c *Cohort, ev syncEvent) (uint64, error) {
-	w.enc.reset()
+	w.enc.Reset()
 	encodeSyncEvent(&w.enc, w.id, c.partner, c.id, &ev)
 	return w.commitLocked(recSync, func(uint64) { c.syncs.observe(&ev, c.Members().GetCardinality()) })
 }
 
 // encodeSyncEvent appends the payload of a recSync record.
-func encodeSyncEvent(enc *recordEncoder, ws, partnerSlug, cohortID string, ev *syncEvent) {
-	enc.str(ws)
-	enc.str(partnerSlug)
-	enc.str(cohortID)
-	enc.u8(uint8(ev.source))
+func encodeSyncEvent(enc *codec.Encoder, ws, partnerSlug, cohortID string, ev *syncEvent) {
+	enc.Str(ws)
+	enc.Str(partnerSlug)
+	enc.Str(cohortID)
+	enc.U8(uint8(ev.source))
 	var flags uint8
 	if ev.whole {
 		flags |= 1
 	}
-	enc.u8(flags)
-	enc.time(ev.start)
-	enc.time(ev.end)
+	enc.U8(flags)
+	enc.Time(ev.start)
+	enc.Time(ev.end)
 	for _, v := range [...]uint64{ev.requests, ev.matched, ev.unknown, ev.devIdent, ev.dropped, ev.added, ev.removed} {
-		enc.uvarint(v)
+		enc.Uvarint(v)
 	}
 }
 
 // stagePageSyncLocked logs and applies the counts of a staged webhook page.
 func (w *Workspace) stagePageSyncLocked(k sessionKey, at time.Time, matched, unmatched int) (uint64, error) {
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(k.partner)
-	w.enc.str(k.cohort)
-	w.enc.str(k.id)
-	w.enc.time(at)
-	w.enc.uvarint(uint64(matched))
-	w.enc.uvarint(uint64(unmatched))
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Str(k.partner)
+	w.enc.Str(k.cohort)
+	w.enc.Str(k.id)
+	w.enc.Time(at)
+	w.enc.Uvarint(uint64(matched))
+	w.enc.Uvarint(uint64(unmatched))
 	var err error
 	lsn, cerr := w.commitLocked(recSyncPage, func(uint64) { err = w.applySyncPage(k, at, uint64(matched), uint64(unmatched)) })
 	if cerr != nil {
@@ -670,24 +672,24 @@ func (w *Workspace) commitSessionSyncLocked(c *Cohort, s *session, res *ReplaceR
 }
 
 // replaySync re-applies a recSync or recSyncPage record.
-func (w *Workspace) replaySync(typ uint8, d *recordDecoder) error {
-	p, cid := d.str(), d.str()
+func (w *Workspace) replaySync(typ uint8, d *codec.Decoder) error {
+	p, cid := d.Str(), d.Str()
 	if typ == recSyncPage {
-		sid := d.str()
-		at := d.time()
-		matched, unmatched := d.uvarint(), d.uvarint()
-		if err := d.done(); err != nil {
+		sid := d.Str()
+		at := d.Time()
+		matched, unmatched := d.Uvarint(), d.Uvarint()
+		if err := d.Done(); err != nil {
 			return err
 		}
 		return w.applySyncPage(sessionKey{p, cid, sid}, at, matched, unmatched)
 	}
-	src, flags := d.u8(), d.u8()
+	src, flags := d.U8(), d.U8()
 	ev := syncEvent{source: SyncSource(src), whole: flags&1 != 0}
-	ev.start, ev.end = d.time(), d.time()
+	ev.start, ev.end = d.Time(), d.Time()
 	for _, v := range [...]*uint64{&ev.requests, &ev.matched, &ev.unknown, &ev.devIdent, &ev.dropped, &ev.added, &ev.removed} {
-		*v = d.uvarint()
+		*v = d.Uvarint()
 	}
-	if err := d.done(); err != nil {
+	if err := d.Done(); err != nil {
 		return err
 	}
 	if src >= numSources || flags > 1 || ev.requests >= 1<<62 {
@@ -748,69 +750,68 @@ func (w *Workspace) captureSyncsLocked(cohorts []*Cohort) ([]syncCapture, []sess
 // writeSyncHistory writes the sync section of a workspace: the histories,
 // then the page counts of open webhook sessions.
 func writeSyncHistory(sw *snapWriter, hs []syncCapture, ss []sessionSyncCapture) {
-	sw.uvarint(uint64(len(hs)))
+	sw.Uvarint(uint64(len(hs)))
 	for i := range hs {
 		h := &hs[i]
-		sw.str(h.partner)
-		sw.str(h.id)
-		sw.uvarint(uint64(len(h.blocks)))
+		sw.Str(h.partner)
+		sw.Str(h.id)
+		sw.Uvarint(uint64(len(h.blocks)))
 		for _, b := range h.blocks {
-			sw.uvarint(uint64(b.n))
-			sw.varint(b.baseStart)
-			sw.uvarint(b.baseSize)
-			sw.uvarint(uint64(len(b.b)))
-			sw.write(b.b)
+			sw.Uvarint(uint64(b.n))
+			sw.Varint(b.baseStart)
+			sw.Uvarint(b.baseSize)
+			sw.Blob(b.b)
 		}
-		sw.varint(h.tailStart)
-		sw.uvarint(h.tailSize)
+		sw.Varint(h.tailStart)
+		sw.Uvarint(h.tailSize)
 		var flags uint64
 		if h.openWhole {
 			flags = 1
 		}
-		sw.uvarint(flags)
-		sw.write(appendSyncRec(nil, &h.open, 0, 0))
+		sw.Uvarint(flags)
+		sw.Raw(appendSyncRec(nil, &h.open, 0, 0))
 	}
-	sw.uvarint(uint64(len(ss)))
+	sw.Uvarint(uint64(len(ss)))
 	for _, s := range ss {
-		sw.str(s.key.partner)
-		sw.str(s.key.cohort)
-		sw.str(s.key.id)
-		sw.varint(s.s.first)
-		sw.uvarint(s.s.requests)
-		sw.uvarint(s.s.matched)
-		sw.uvarint(s.s.unknown)
+		sw.Str(s.key.partner)
+		sw.Str(s.key.cohort)
+		sw.Str(s.key.id)
+		sw.Varint(s.s.first)
+		sw.Uvarint(s.s.requests)
+		sw.Uvarint(s.s.matched)
+		sw.Uvarint(s.s.unknown)
 	}
 }
 
 // readSyncHistory reads the section written by writeSyncHistory. Every
 // block is decoded once to refuse a damaged one. With check (an offline
 // check of the file, which loads no cohorts) nothing is kept.
-func (w *Workspace) readSyncHistory(s *snapReader, check bool) {
-	n := s.uvarint()
-	for i := uint64(0); i < n && s.err == nil; i++ {
-		p, cid := s.str(), s.str()
-		nb := s.uvarint()
+func (w *Workspace) readSyncHistory(s *codec.Decoder, check bool) {
+	n := s.Uvarint()
+	for i := uint64(0); i < n && s.Err() == nil; i++ {
+		p, cid := s.Str(), s.Str()
+		nb := s.Uvarint()
 		if nb > MaxSyncs {
-			s.fail(fmt.Sprintf("sync history of %s/%s has %d blocks", p, cid, nb))
+			s.Fail(fmt.Sprintf("sync history of %s/%s has %d blocks", p, cid, nb))
 			return
 		}
 		var h syncHistory
 		var scratch []syncRec
-		for j := uint64(0); j < nb && s.err == nil; j++ {
-			bn := s.uvarint()
-			blk := syncBlock{baseStart: s.varint(), baseSize: s.uvarint()}
-			raw := s.bytes()
-			if s.err != nil {
+		for j := uint64(0); j < nb && s.Err() == nil; j++ {
+			bn := s.Uvarint()
+			blk := syncBlock{baseStart: s.Varint(), baseSize: s.Uvarint()}
+			raw := s.Blob()
+			if s.Err() != nil {
 				return
 			}
 			if bn == 0 || bn > syncBlockLen {
-				s.fail(fmt.Sprintf("sync block of %d entries", bn))
+				s.Fail(fmt.Sprintf("sync block of %d entries", bn))
 				return
 			}
 			blk.n, blk.b = int(bn), slices.Clone(raw)
 			var err error
 			if scratch, err = decodeBlock(scratch[:0], &blk); err != nil {
-				s.fail(fmt.Sprintf("sync history of %s/%s: %v", p, cid, err))
+				s.Fail(fmt.Sprintf("sync history of %s/%s: %v", p, cid, err))
 				return
 			}
 			h.blocks = append(h.blocks, blk)
@@ -819,14 +820,14 @@ func (w *Workspace) readSyncHistory(s *snapReader, check bool) {
 				h.pushRecent(&scratch[k])
 			}
 		}
-		h.tailStart, h.tailSize = s.varint(), s.uvarint()
-		flags := s.uvarint()
+		h.tailStart, h.tailSize = s.Varint(), s.Uvarint()
+		flags := s.Uvarint()
 		open, err := readSyncRec(s)
-		if s.err != nil {
+		if s.Err() != nil {
 			return
 		}
 		if err != nil || flags > 1 {
-			s.fail(fmt.Sprintf("sync history of %s/%s: malformed newest sync", p, cid))
+			s.Fail(fmt.Sprintf("sync history of %s/%s: malformed newest sync", p, cid))
 			return
 		}
 		h.open, h.hasOpen, h.openWhole = open, true, flags == 1
@@ -835,7 +836,7 @@ func (w *Workspace) readSyncHistory(s *snapReader, check bool) {
 		}
 		c := w.Cohort(p, cid)
 		if c == nil {
-			s.fail(fmt.Sprintf("sync history of unknown cohort %s/%s", p, cid))
+			s.Fail(fmt.Sprintf("sync history of unknown cohort %s/%s", p, cid))
 			return
 		}
 		c.syncs.blocks, c.syncs.closed = h.blocks, h.closed
@@ -844,11 +845,11 @@ func (w *Workspace) readSyncHistory(s *snapReader, check bool) {
 		c.syncs.recent, c.syncs.recentN = h.recent, h.recentN
 		c.syncs.factsValid = false
 	}
-	ns := s.uvarint()
-	for i := uint64(0); i < ns && s.err == nil; i++ {
-		k := sessionKey{s.str(), s.str(), s.str()}
-		acc := sessionSync{first: s.varint(), requests: s.uvarint(), matched: s.uvarint(), unknown: s.uvarint()}
-		if s.err != nil {
+	ns := s.Uvarint()
+	for i := uint64(0); i < ns && s.Err() == nil; i++ {
+		k := sessionKey{s.Str(), s.Str(), s.Str()}
+		acc := sessionSync{first: s.Varint(), requests: s.Uvarint(), matched: s.Uvarint(), unknown: s.Uvarint()}
+		if s.Err() != nil {
 			return
 		}
 		if sess := w.sessions.get(k); sess != nil && !check {
@@ -857,25 +858,17 @@ func (w *Workspace) readSyncHistory(s *snapReader, check bool) {
 	}
 }
 
-// readSyncRec reads one sync encoded against zero bases.
-func readSyncRec(s *snapReader) (syncRec, error) {
-	var buf [10 * binary.MaxVarintLen64]byte
-	b := buf[:0]
-	for f := 0; f < 10 && s.err == nil; f++ {
-		start := len(b)
-		for {
-			c, err := s.ReadByte()
-			if err != nil {
-				s.fail("truncated sync")
-				return syncRec{}, err
-			}
-			b = append(b, c)
-			if c < 0x80 || len(b)-start == binary.MaxVarintLen64 {
-				break
-			}
-		}
+// readSyncRec reads one sync encoded against zero bases: ten varints,
+// written with Raw (the block decoder reads them).
+func readSyncRec(s *codec.Decoder) (syncRec, error) {
+	start := s.Rest()
+	for range 10 {
+		s.Uvarint()
 	}
-	recs, err := decodeBlock(nil, &syncBlock{b: b, n: 1})
+	if err := s.Err(); err != nil {
+		return syncRec{}, err
+	}
+	recs, err := decodeBlock(nil, &syncBlock{b: start[:len(start)-s.Len()], n: 1})
 	if err != nil {
 		return syncRec{}, err
 	}

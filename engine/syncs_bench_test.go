@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // syncShape is a kind of sync stream, for the memory figures of the
@@ -93,10 +95,10 @@ func TestSyncHistoryBytes(t *testing.T) {
 	// The WAL cost of one sync event: a partner request of 1,000
 	// identifiers to cohort amplitude/power_users of workspace acme (the
 	// record framing adds 17 bytes).
-	var enc recordEncoder
+	var enc codec.Encoder
 	ev := syncEvent{source: SourcePartner, start: time.Now(), end: time.Now(), requests: 1, matched: 990, unknown: 10, added: 500, removed: 490}
 	encodeSyncEvent(&enc, "acme", "amplitude", "power_users", &ev)
-	t.Logf("WAL: %d payload bytes a sync event (+17 framing)", len(enc.b))
+	t.Logf("WAL: %d payload bytes a sync event (+17 framing)", len(enc.Bytes()))
 }
 
 // BenchmarkHealthCounts is the cost of the /metrics health gauges: every

@@ -12,6 +12,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/wal"
 	"github.com/cohortd/cohortd/index"
 )
@@ -442,27 +443,27 @@ func TestSnapshotVersion1StillRead(t *testing.T) {
 // to replay: errors are fine, panics are not, and an accepted record leaves
 // a history that lists and rates.
 func FuzzReplaySyncRecord(f *testing.F) {
-	var enc recordEncoder
-	enc.str("ws")
-	enc.str("p")
-	enc.str("c")
-	enc.u8(uint8(SourcePartner))
-	enc.u8(0)
-	enc.time(time.Unix(1_800_000_000, 5))
-	enc.time(time.Unix(1_800_000_060, 0))
+	var enc codec.Encoder
+	enc.Str("ws")
+	enc.Str("p")
+	enc.Str("c")
+	enc.U8(uint8(SourcePartner))
+	enc.U8(0)
+	enc.Time(time.Unix(1_800_000_000, 5))
+	enc.Time(time.Unix(1_800_000_060, 0))
 	for i := 0; i < 7; i++ {
-		enc.uvarint(uint64(i + 1))
+		enc.Uvarint(uint64(i + 1))
 	}
-	f.Add(recSync, bytes.Clone(enc.b))
-	enc.reset()
-	enc.str("ws")
-	enc.str("p")
-	enc.str("c")
-	enc.str("s")
-	enc.time(time.Unix(1_800_000_000, 0))
-	enc.uvarint(3)
-	enc.uvarint(1)
-	f.Add(recSyncPage, bytes.Clone(enc.b))
+	f.Add(recSync, bytes.Clone(enc.Bytes()))
+	enc.Reset()
+	enc.Str("ws")
+	enc.Str("p")
+	enc.Str("c")
+	enc.Str("s")
+	enc.Time(time.Unix(1_800_000_000, 0))
+	enc.Uvarint(3)
+	enc.Uvarint(1)
+	f.Add(recSyncPage, bytes.Clone(enc.Bytes()))
 	f.Fuzz(func(t *testing.T, typ uint8, payload []byte) {
 		clk := newClock()
 		e, w := syncFixture(t, Options{}, clk, 3)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/index"
 )
 
@@ -122,7 +123,7 @@ type UpsertResult struct {
 //     rather than acknowledging or keeping state the log lacks.
 type userOps struct {
 	w       *Workspace
-	enc     *recordEncoder
+	enc     *codec.Encoder
 	merges  [][2]uint32 // (from, into)
 	deleted []uint32
 	ops     int        // operations in the record being built
@@ -134,15 +135,15 @@ const userRecordSplit = 4 << 20
 
 // begin starts a record.
 func (o *userOps) begin() {
-	o.enc.reset()
-	o.enc.str(o.w.id)
+	o.enc.Reset()
+	o.enc.Str(o.w.id)
 	o.merges, o.deleted, o.ops = o.merges[:0], o.deleted[:0], 0
 }
 
 // op is called before each operation is applied and encoded: it cuts the
 // record when it is full.
 func (o *userOps) op() {
-	if len(o.enc.b) >= userRecordSplit {
+	if o.enc.Len() >= userRecordSplit {
 		o.flush()
 	}
 	o.ops++
@@ -153,7 +154,7 @@ func (o *userOps) op() {
 func (o *userOps) flush() {
 	if o.ops > 0 {
 		w := o.w
-		lsn, err := w.e.appendRecord(recUsers, o.enc.b)
+		lsn, err := w.e.appendRecord(recUsers, o.enc.Bytes())
 		if err != nil {
 			w.e.fatal(fmt.Errorf("workspace %s: user operations applied but not logged: %w", w.id, err))
 			return
@@ -170,8 +171,8 @@ func (o *userOps) flush() {
 func (o *userOps) create() index.UserID {
 	o.op()
 	id := o.w.users.Create()
-	o.enc.u8(opCreate)
-	o.enc.uvarint(uint64(id))
+	o.enc.U8(opCreate)
+	o.enc.Uvarint(uint64(id))
 	return id
 }
 
@@ -186,19 +187,19 @@ func (o *userOps) attach(id index.UserID, kind index.Kind, key []byte) {
 		o.w.e.fatal(fmt.Errorf("workspace %s: attach %v to user %d: %w", o.w.id, kind, id, err))
 		return
 	}
-	o.enc.u8(opAttach)
-	o.enc.uvarint(uint64(id))
-	o.enc.u8(uint8(kind))
-	o.enc.bytes(key)
+	o.enc.U8(opAttach)
+	o.enc.Uvarint(uint64(id))
+	o.enc.U8(uint8(kind))
+	o.enc.Blob(key)
 }
 
 func (o *userOps) detach(kind index.Kind, key []byte) {
 	o.op()
 	holder, _ := o.w.users.Detach(kind, key)
 	o.w.ulog.noteDetach(holder, kind, key)
-	o.enc.u8(opDetach)
-	o.enc.u8(uint8(kind))
-	o.enc.bytes(key)
+	o.enc.U8(opDetach)
+	o.enc.U8(uint8(kind))
+	o.enc.Blob(key)
 }
 
 // move gives key to id, taking it from its current holder (if any).
@@ -230,9 +231,9 @@ func (o *userOps) merge(from, into index.UserID) {
 	o.op()
 	o.w.users.Delete(from)
 	o.w.ulog.noteUser(from)
-	o.enc.u8(opMerge)
-	o.enc.uvarint(uint64(from))
-	o.enc.uvarint(uint64(into))
+	o.enc.U8(opMerge)
+	o.enc.Uvarint(uint64(from))
+	o.enc.Uvarint(uint64(into))
 	o.merges = append(o.merges, [2]uint32{uint32(from), uint32(into)})
 }
 
@@ -240,8 +241,8 @@ func (o *userOps) delete(id index.UserID) {
 	o.op()
 	o.w.users.Delete(id)
 	o.w.ulog.noteUser(id)
-	o.enc.u8(opDelete)
-	o.enc.uvarint(uint64(id))
+	o.enc.U8(opDelete)
+	o.enc.Uvarint(uint64(id))
 	o.deleted = append(o.deleted, uint32(id))
 }
 
@@ -463,52 +464,52 @@ func (w *Workspace) deleteUsers(set IdentifierSet) (DeleteResult, error) {
 }
 
 // replayUsers re-executes a recUsers record.
-func (w *Workspace) replayUsers(d *recordDecoder) error {
+func (w *Workspace) replayUsers(d *codec.Decoder) error {
 	var merges [][2]uint32
 	var deleted []uint32
-	for d.err == nil && len(d.b) > 0 {
-		switch op := d.u8(); op {
+	for d.Err() == nil && d.Len() > 0 {
+		switch op := d.U8(); op {
 		case opCreate:
-			want := index.UserID(d.u32())
-			if d.err != nil {
+			want := index.UserID(d.U32())
+			if d.Err() != nil {
 				break
 			}
 			if got := w.users.Create(); got != want {
-				d.fail(invalidf("replay: created user %d, record says %d", got, want))
+				d.FailWith(invalidf("replay: created user %d, record says %d", got, want))
 			}
 		case opAttach:
-			id := index.UserID(d.u32())
-			kind := index.Kind(d.u8())
-			key := d.bytes()
-			if d.err == nil {
+			id := index.UserID(d.U32())
+			kind := index.Kind(d.U8())
+			key := d.Blob()
+			if d.Err() == nil {
 				if err := w.users.Attach(id, kind, key); err != nil {
-					d.fail(err)
+					d.FailWith(err)
 				}
 			}
 		case opDetach:
-			kind := index.Kind(d.u8())
-			key := d.bytes()
-			if d.err == nil {
+			kind := index.Kind(d.U8())
+			key := d.Blob()
+			if d.Err() == nil {
 				w.users.Detach(kind, key)
 			}
 		case opMerge:
-			from, into := d.u32(), d.u32()
-			if d.err == nil {
+			from, into := d.U32(), d.U32()
+			if d.Err() == nil {
 				w.users.Delete(index.UserID(from))
 				merges = append(merges, [2]uint32{from, into})
 			}
 		case opDelete:
-			id := d.u32()
-			if d.err == nil {
+			id := d.U32()
+			if d.Err() == nil {
 				w.users.Delete(index.UserID(id))
 				deleted = append(deleted, id)
 			}
 		default:
-			d.fail(invalidf("replay: unknown user op %d", op))
+			d.FailWith(invalidf("replay: unknown user op %d", op))
 		}
 	}
 	w.finishUserOpsLocked(merges, deleted)
-	return d.err
+	return d.Err()
 }
 
 // ---- lookups ----

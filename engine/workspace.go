@@ -9,6 +9,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2"
 
+	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/index"
 )
 
@@ -81,7 +82,7 @@ type Workspace struct {
 	segs segmentCache // parsed segments by their JSON (lookup.go)
 
 	// scratch buffers reused under mu.
-	enc recordEncoder
+	enc codec.Encoder
 }
 
 type cohortKey struct{ partner, id string }
@@ -127,7 +128,7 @@ func (w *Workspace) commitLocked(typ uint8, apply func(lsn uint64)) (uint64, err
 	if w.deleted {
 		return 0, fmt.Errorf("%w: workspace %q was deleted", ErrNotFound, w.id)
 	}
-	lsn, err := w.e.appendRecord(typ, w.enc.b)
+	lsn, err := w.e.appendRecord(typ, w.enc.Bytes())
 	w.shrinkScratch()
 	if err != nil {
 		return 0, err
@@ -152,8 +153,8 @@ func (w *Workspace) noteLSNLocked(lsn uint64) {
 const maxScratch = 1 << 20
 
 func (w *Workspace) shrinkScratch() {
-	if cap(w.enc.b) > maxScratch {
-		w.enc.b = nil
+	if w.enc.Cap() > maxScratch {
+		w.enc = codec.Encoder{}
 	}
 }
 
@@ -232,11 +233,11 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 		// The partner is checked here, on the node that takes the request:
 		// partners live on another partition of the log, so the apply must
 		// not depend on them. The key works only under this generation.
-		_, err := w.e.proposeAdmin(w.id, w.gen, admImportKey, func(enc *recordEncoder) {
-			enc.str(partnerSlug)
-			enc.uvarint(p.gen)
-			enc.str(keyID)
-			enc.digest(d)
+		_, err := w.e.proposeAdmin(w.id, w.gen, admImportKey, func(enc *codec.Encoder) {
+			enc.Str(partnerSlug)
+			enc.Uvarint(p.gen)
+			enc.Str(keyID)
+			enc.Digest(d)
 		})
 		if err != nil {
 			return "", "", err
@@ -250,12 +251,12 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 			// every writer lock while it revokes the partner's keys).
 			return fmt.Errorf("%w: partner %q", ErrNotFound, partnerSlug)
 		}
-		w.enc.reset()
-		w.enc.str(w.id)
-		w.enc.str(partnerSlug)
-		w.enc.str(keyID)
-		w.enc.digest(d)
-		w.enc.varint(now.Unix())
+		w.enc.Reset()
+		w.enc.Str(w.id)
+		w.enc.Str(partnerSlug)
+		w.enc.Str(keyID)
+		w.enc.Digest(d)
+		w.enc.Varint(now.Unix())
 		_, err := w.commitLocked(recImportKey, func(uint64) { w.applyImportKey(partnerSlug, keyID, d, now, false, 0) })
 		return err
 	})
@@ -306,7 +307,7 @@ func (w *Workspace) ImportKeys(partnerSlug string) []KeyInfo {
 // it is refused.
 func (w *Workspace) RevokeImportKey(partnerSlug, keyID string) error {
 	if w.e.repl != nil {
-		_, err := w.e.proposeAdmin(w.id, w.gen, admRevokeKey, func(enc *recordEncoder) { enc.str(partnerSlug); enc.str(keyID) })
+		_, err := w.e.proposeAdmin(w.id, w.gen, admRevokeKey, func(enc *codec.Encoder) { enc.Str(partnerSlug); enc.Str(keyID) })
 		return err
 	}
 	return w.revokeImportKey(partnerSlug, keyID)
@@ -320,10 +321,10 @@ func (w *Workspace) revokeImportKey(partnerSlug, keyID string) error {
 		if k == nil {
 			return fmt.Errorf("%w: key %q of partner %q", ErrNotFound, keyID, partnerSlug)
 		}
-		w.enc.reset()
-		w.enc.str(w.id)
-		w.enc.str(partnerSlug)
-		w.enc.str(keyID)
+		w.enc.Reset()
+		w.enc.Str(w.id)
+		w.enc.Str(partnerSlug)
+		w.enc.Str(keyID)
 		_, err := w.commitLocked(recRevokeKey, func(uint64) { k.revoked.Store(true) })
 		return err
 	})
@@ -495,13 +496,13 @@ func (w *Workspace) upsertCohortLocked(partnerSlug, id, name string, createdAt t
 		}
 		createdAt = m.createdAt
 	}
-	w.enc.reset()
-	w.enc.str(w.id)
-	w.enc.str(partnerSlug)
-	w.enc.str(id)
-	w.enc.str(name)
-	w.enc.time(createdAt)
-	w.enc.time(now)
+	w.enc.Reset()
+	w.enc.Str(w.id)
+	w.enc.Str(partnerSlug)
+	w.enc.Str(id)
+	w.enc.Str(name)
+	w.enc.Time(createdAt)
+	w.enc.Time(now)
 	return w.commitLocked(recCohortUpsertV2, func(uint64) { w.applyCohortUpsert(partnerSlug, id, name, createdAt, now) })
 }
 
@@ -535,10 +536,10 @@ func (w *Workspace) deleteCohort(partnerSlug, id string) error {
 		if w.Cohort(partnerSlug, id) == nil {
 			return fmt.Errorf("%w: cohort %s/%s", ErrNotFound, partnerSlug, id)
 		}
-		w.enc.reset()
-		w.enc.str(w.id)
-		w.enc.str(partnerSlug)
-		w.enc.str(id)
+		w.enc.Reset()
+		w.enc.Str(w.id)
+		w.enc.Str(partnerSlug)
+		w.enc.Str(id)
 		_, err := w.commitLocked(recCohortDelete, func(uint64) { w.applyCohortDelete(partnerSlug, id) })
 		return err
 	})

@@ -76,7 +76,7 @@ func TestCheckSnapshotFallback(t *testing.T) {
 	code, out, _ = runBin(t, nil, "check", "-data-dir", dir)
 	for _, want := range []string{
 		"snapshot " + newest + " (newest",
-		"CORRUPT: engine: corrupt snapshot " + newest,
+		"CORRUPT: corrupt " + newest + " at offset ",
 		"recovery: start-up would set " + newest + " aside as damaged (renamed *.corrupt), then load " + older + " and replay the WAL from lsn",
 		"recovered state: 1 partners, 1 workspaces, 50 users, 1 cohorts, 35 memberships",
 		"result: CORRUPT, but recoverable",

@@ -54,8 +54,9 @@
 // # Recovery
 //
 // Replay trims a torn tail in the last segment (a crash in the middle of a
-// write) and returns a *CorruptionError for any other damage; see
-// Log.Replay for the exact rule.
+// write) and returns a *codec.CorruptError (package engine/codec) naming
+// the file and offset for any other damage; see Log.Replay for the exact
+// rule.
 //
 // # Caveats
 //

@@ -3,7 +3,8 @@ package wal
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // MaxRecordSize is the largest payload, in bytes, that a record may carry.
@@ -28,34 +29,15 @@ const (
 // segmentMagic opens every segment file.
 var segmentMagic = [4]byte{'C', 'D', 'W', 'L'}
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// CorruptionError reports a record or segment header that failed validation
-// somewhere other than the torn tail of the last segment. The log cannot be
-// opened past it; an operator has to look at the file.
-type CorruptionError struct {
-	// File is the segment's base name.
-	File string
-	// Offset is the byte offset of the bad record (or header) in File.
-	Offset int64
-	// Reason says what was wrong, e.g. "checksum mismatch".
-	Reason string
-}
-
-// Error implements error.
-func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("wal: corrupt record in %s at offset %d: %s", e.File, e.Offset, e.Reason)
-}
-
 // appendRecord appends one encoded record to dst. payloadCRC must be
-// crc32.Checksum(payload, castagnoli); it is passed in so that callers can
+// codec.Checksum(payload); it is passed in so that callers can
 // compute it before taking a lock.
 func appendRecord(dst []byte, typ uint8, lsn uint64, payload []byte, payloadCRC uint32) []byte {
 	start := len(dst)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(payload)))
 	dst = append(dst, typ)
 	dst = binary.LittleEndian.AppendUint64(dst, lsn)
-	crc := crc32.Update(payloadCRC, castagnoli, dst[start:])
+	crc := codec.UpdateChecksum(payloadCRC, dst[start:])
 	dst = append(dst, payload...)
 	return binary.LittleEndian.AppendUint32(dst, crc)
 }
@@ -110,8 +92,7 @@ func decodeRecord(b []byte) (record, int, decodeStatus) {
 		return record{}, 0, decodeShort
 	}
 	payload := b[recordHeaderSize : recordHeaderSize+int(n)]
-	crc := crc32.Checksum(payload, castagnoli)
-	crc = crc32.Update(crc, castagnoli, b[:recordHeaderSize])
+	crc := codec.UpdateChecksum(codec.Checksum(payload), b[:recordHeaderSize])
 	if crc != binary.LittleEndian.Uint32(b[recordHeaderSize+int(n):total]) {
 		return record{}, total, decodeChecksum
 	}

@@ -5,14 +5,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 func encode(typ uint8, lsn uint64, payload []byte) []byte {
-	return appendRecord(nil, typ, lsn, payload, crc32.Checksum(payload, castagnoli))
+	return appendRecord(nil, typ, lsn, payload, codec.Checksum(payload))
 }
 
 func TestRecordLayout(t *testing.T) {
@@ -26,7 +27,7 @@ func TestRecordLayout(t *testing.T) {
 	if !bytes.Equal(b[:len(want)], want) {
 		t.Fatalf("encoded % x, want prefix % x", b, want)
 	}
-	crc := crc32.Checksum(append([]byte("abc"), b[:recordHeaderSize]...), castagnoli)
+	crc := codec.Checksum(append([]byte("abc"), b[:recordHeaderSize]...))
 	if got := binary.LittleEndian.Uint32(b[len(want):]); got != crc {
 		t.Fatalf("crc %08x, want %08x", got, crc)
 	}
@@ -142,7 +143,7 @@ func TestDecodeRecordAllocs(t *testing.T) {
 // FuzzReplaySegment writes arbitrary bytes after a valid header as the only
 // segment and replays it: Replay must either succeed (after trimming a torn
 // tail) and leave a log that appends and replays cleanly, or return a
-// *CorruptionError; it must never panic.
+// *codec.CorruptError; it must never panic.
 func FuzzReplaySegment(f *testing.F) {
 	f.Add(encode(1, 1, []byte("hello")))
 	f.Add(append(encode(1, 1, nil), encode(2, 2, []byte("xyz"))[:9]...))
@@ -157,9 +158,9 @@ func FuzzReplaySegment(f *testing.F) {
 		opts := Options{Dir: dir, Sync: SyncOff, Logger: quietLogger(), OnFatal: func(err error) { t.Error(err) }}
 		got, l, err := replayAll(t, opts, 1)
 		if err != nil {
-			var ce *CorruptionError
+			var ce *codec.CorruptError
 			if !errors.As(err, &ce) {
-				t.Fatalf("Replay = %v, want nil or *CorruptionError", err)
+				t.Fatalf("Replay = %v, want nil or *codec.CorruptError", err)
 			}
 			l.Close()
 			return

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // Replay calls fn, in lsn order, for every record with lsn >= from, and
@@ -27,7 +29,7 @@ import (
 // or all zeros is rewritten as an empty segment. Anything else — a bad record in an older segment, a bad
 // record in the last segment followed by more data, a declared length over
 // MaxRecordSize, an lsn out of sequence, a bad segment header — returns a
-// *CorruptionError naming the file and byte offset.
+// *codec.CorruptError naming the file and byte offset.
 //
 // Segments whose records all have lsn < from are not read. from must not be
 // below the first lsn still on disk (those records were retired) nor above
@@ -75,7 +77,7 @@ func (l *Log) Replay(from uint64, fn func(typ uint8, lsn uint64, payload []byte)
 	for i := start; i < len(segs); i++ {
 		last := i == len(segs)-1
 		if segs[i].first != next {
-			return &CorruptionError{
+			return &codec.CorruptError{
 				File:   segmentName(segs[i].first),
 				Reason: fmt.Sprintf("segment starts at lsn %d, but the previous segment ends at lsn %d", segs[i].first, next-1),
 			}
@@ -171,7 +173,7 @@ type tornTail struct {
 // it calls fn for each record with lsn >= from, advances *next past every
 // record, and returns the size of the good prefix. For the last segment a
 // torn tail is returned rather than an error; any other damage is a
-// *CorruptionError.
+// *codec.CorruptError.
 func parseSegment(name string, data []byte, first uint64, last bool, from uint64, next *uint64, fn func(uint8, uint64, []byte) error) (int64, *tornTail, error) {
 	if len(data) < segmentHeaderSize || allZero(data[:segmentHeaderSize]) {
 		torn := allZero(data) || bytes.HasPrefix(appendSegmentHeader(nil, first), data)
@@ -180,12 +182,12 @@ func parseSegment(name string, data []byte, first uint64, last bool, from uint64
 			if reason == "" {
 				reason = "bad segment header"
 			}
-			return 0, nil, &CorruptionError{File: name, Offset: 0, Reason: reason}
+			return 0, nil, &codec.CorruptError{File: name, Offset: 0, Reason: reason}
 		}
 		return 0, &tornTail{header: true, reason: "segment header cut short"}, nil
 	}
 	if reason := checkSegmentHeader(data, first); reason != "" {
-		return 0, nil, &CorruptionError{File: name, Offset: 0, Reason: reason}
+		return 0, nil, &codec.CorruptError{File: name, Offset: 0, Reason: reason}
 	}
 
 	off := segmentHeaderSize
@@ -194,7 +196,7 @@ func parseSegment(name string, data []byte, first uint64, last bool, from uint64
 		rec, n, st := decodeRecord(rest)
 		if st == decodeOK {
 			if rec.lsn != *next {
-				return 0, nil, &CorruptionError{File: name, Offset: int64(off), Reason: fmt.Sprintf("lsn %d out of sequence, expected %d", rec.lsn, *next)}
+				return 0, nil, &codec.CorruptError{File: name, Offset: int64(off), Reason: fmt.Sprintf("lsn %d out of sequence, expected %d", rec.lsn, *next)}
 			}
 			if rec.lsn >= from {
 				if err := fn(rec.typ, rec.lsn, rec.payload); err != nil {
@@ -208,7 +210,7 @@ func parseSegment(name string, data []byte, first uint64, last bool, from uint64
 		torn := last && (allZero(rest) || st == decodeShort ||
 			(st == decodeChecksum && allZero(rest[n:])))
 		if !torn {
-			return 0, nil, &CorruptionError{File: name, Offset: int64(off), Reason: st.String()}
+			return 0, nil, &codec.CorruptError{File: name, Offset: int64(off), Reason: st.String()}
 		}
 		return int64(off), &tornTail{reason: st.String()}, nil
 	}

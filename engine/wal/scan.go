@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // ScanReport summarizes a log read by Scan.
@@ -24,7 +26,7 @@ type ScanReport struct {
 	// Torn is the torn tail of the last segment that Replay would trim (or
 	// rewrite, for a torn header), nil if none. It is not corruption: a
 	// crash in the middle of a write leaves one.
-	Torn *CorruptionError
+	Torn *codec.CorruptError
 }
 
 // Scan reads the log in dir without changing any file and without taking
@@ -35,7 +37,7 @@ type ScanReport struct {
 // sequence, no gap between segments) and calls fn, in lsn order, for every
 // record with lsn >= from; the payload is valid only during the call. From
 // 1 it checks the whole log. A torn tail of the last segment is reported in
-// ScanReport.Torn; any other damage returns a *CorruptionError, as Replay
+// ScanReport.Torn; any other damage returns a *codec.CorruptError, as Replay
 // would. An error from fn stops the scan and is returned wrapped.
 //
 // Scan reads one whole segment into memory at a time.
@@ -62,7 +64,7 @@ func Scan(dir string, from uint64, fn func(typ uint8, lsn uint64, payload []byte
 		sg := segs[i]
 		name := segmentName(sg.first)
 		if sg.first != next {
-			return rep, &CorruptionError{File: name, Reason: fmt.Sprintf("segment starts at lsn %d, but the previous segment ends at lsn %d", sg.first, next-1)}
+			return rep, &codec.CorruptError{File: name, Reason: fmt.Sprintf("segment starts at lsn %d, but the previous segment ends at lsn %d", sg.first, next-1)}
 		}
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -75,7 +77,7 @@ func Scan(dir string, from uint64, fn func(typ uint8, lsn uint64, payload []byte
 			return rep, err
 		}
 		if torn != nil {
-			rep.Torn = &CorruptionError{File: name, Offset: end, Reason: torn.reason}
+			rep.Torn = &codec.CorruptError{File: name, Offset: end, Reason: torn.reason}
 		}
 	}
 	rep.NextLSN = next

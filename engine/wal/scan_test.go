@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // dirBytes reads every file of dir, to check that Scan changed nothing.
@@ -119,9 +121,9 @@ func TestScan(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, _, err := scanAll(t, dir, 1)
-		var ce *CorruptionError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) || ce.File != segmentName(segs[0].first) {
-			t.Fatalf("want CorruptionError in the first segment, got %v", err)
+			t.Fatalf("want *codec.CorruptError in the first segment, got %v", err)
 		}
 	})
 
@@ -154,9 +156,9 @@ func TestScan(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, _, err := scanAll(t, dir, 1)
-		var ce *CorruptionError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) {
-			t.Fatalf("want CorruptionError for a gap, got %v", err)
+			t.Fatalf("want *codec.CorruptError for a gap, got %v", err)
 		}
 	})
 

@@ -3,7 +3,6 @@ package wal
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 // SyncMode says when appended records are forced to stable storage.
@@ -265,7 +266,7 @@ func (l *Log) Append(typ uint8, payload []byte) (lsn uint64, err error) {
 	}
 	// The payload CRC is computed outside the lock; the header, which holds
 	// the lsn, is folded in under it.
-	crc := crc32.Checksum(payload, castagnoli)
+	crc := codec.Checksum(payload)
 	size := int64(recordOverhead + len(payload))
 
 	l.mu.Lock()

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/cohortd/cohortd/engine/codec"
 )
 
 type rec struct {
@@ -675,12 +677,12 @@ func TestCorruption(t *testing.T) {
 		t.Helper()
 		_, l, err := replayAll(t, Options{Dir: dir}, 1)
 		defer l.Close()
-		var ce *CorruptionError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) {
-			t.Fatalf("Replay = %v, want *CorruptionError", err)
+			t.Fatalf("Replay = %v, want *codec.CorruptError", err)
 		}
 		if ce.File != file || ce.Offset != int64(off) {
-			t.Fatalf("CorruptionError %q: want file %s offset %d", ce, file, off)
+			t.Fatalf("CorruptError %q: want file %s offset %d", ce, file, off)
 		}
 		if _, err := l.Append(1, nil); err == nil {
 			t.Fatal("Append after a failed Replay succeeded")
@@ -751,14 +753,14 @@ func TestCorruption(t *testing.T) {
 		os.Remove(filepath.Join(dir, older))
 		_, l, err := replayAll(t, Options{Dir: dir}, 1)
 		defer l.Close()
-		var ce *CorruptionError
+		var ce *codec.CorruptError
 		if !errors.As(err, &ce) || ce.File != segmentName(segs[2].first) {
-			t.Fatalf("Replay = %v, want *CorruptionError for the segment after the gap", err)
+			t.Fatalf("Replay = %v, want *codec.CorruptError for the segment after the gap", err)
 		}
 	})
 	t.Run("message", func(t *testing.T) {
-		e := &CorruptionError{File: segmentName(1), Offset: 123, Reason: "checksum mismatch"}
-		if got, want := e.Error(), "wal: corrupt record in 00000000000000000001.wal at offset 123: checksum mismatch"; got != want {
+		e := &codec.CorruptError{File: segmentName(1), Offset: 123, Reason: "checksum mismatch"}
+		if got, want := e.Error(), "corrupt 00000000000000000001.wal at offset 123: checksum mismatch"; got != want {
 			t.Fatalf("Error() = %q, want %q", got, want)
 		}
 	})
