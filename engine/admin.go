@@ -158,7 +158,7 @@ func (e *Engine) applyWorkspaceDeleteLocked(w *Workspace, lsn uint64) {
 // listener: the digest index swaps both keys under one lock.
 func (e *Engine) RotateWorkspaceKey(id string) (string, error) {
 	key := newSecret("cwk_")
-	d := digestOf([]byte(key))
+	d := SecretDigest([]byte(key))
 	if e.repl != nil {
 		_, err := e.proposeAdmin(id, 0, admWorkspaceKey, func(enc *codec.Encoder) { enc.Digest(d) })
 		return key, err
@@ -285,7 +285,7 @@ func (w *Workspace) revokePartnerKeys(partnerSlug string) {
 // (shown once); the old one fails from the next request on.
 func (e *Engine) RotatePartnerKey(slug string) (string, error) {
 	key := newSecret("cpk_")
-	d := digestOf([]byte(key))
+	d := SecretDigest([]byte(key))
 	if e.repl != nil {
 		_, err := e.proposeAdmin("", 0, admPartnerKey, func(enc *codec.Encoder) { enc.Str(slug); enc.Digest(d) })
 		return key, err
@@ -423,18 +423,13 @@ func (e *Engine) SnapshotNow() (SnapshotInfo, error) {
 	if e.wal == nil && (e.repl == nil || e.opts.Dir == "") {
 		return SnapshotInfo{}, ErrNoDataDir
 	}
-	return e.snapshotInfo(false)
+	return e.takeSnapshot(false)
 }
 
-// snapshotLocked writes a snapshot (see writeSnapshotFile).
-func (e *Engine) snapshotLocked(final bool) error {
-	_, err := e.snapshotInfo(final)
-	return err
-}
-
-// snapshotInfo writes a snapshot and counts a failure in
-// Stats.SnapshotFailures.
-func (e *Engine) snapshotInfo(final bool) (SnapshotInfo, error) {
+// takeSnapshot writes a snapshot and counts a failure in
+// Stats.SnapshotFailures. The caller holds no lock: writeSnapshotFile
+// takes snapMu, then each scope's lock in turn.
+func (e *Engine) takeSnapshot(final bool) (SnapshotInfo, error) {
 	info, err := e.writeSnapshotFile(final)
 	if err != nil {
 		e.Stats.SnapshotFailures.Add(1)

@@ -603,7 +603,7 @@ func TestReplayPartnerDeleteRespectsWorkspacePosition(t *testing.T) {
 	}
 	enc.Reset()
 	enc.Str("p")
-	enc.Digest(digestOf([]byte("pk")))
+	enc.Digest(SecretDigest([]byte("pk")))
 	enc.Time(time.Unix(100, 0))
 	if err := e.replayRecord(recPartnerCreate, 16, enc.Bytes()); err != nil {
 		t.Fatal(err)
@@ -630,13 +630,13 @@ func TestReplayPartnerDeleteRespectsWorkspacePosition(t *testing.T) {
 func FuzzReplayAdmin(f *testing.F) {
 	var enc codec.Encoder
 	enc.Str("ws")
-	enc.Digest(digestOf([]byte("k")))
+	enc.Digest(SecretDigest([]byte("k")))
 	enc.Time(time.Unix(5, 6))
 	f.Add(recWorkspaceCreate, bytes.Clone(enc.Bytes()))
 	f.Add(recPartnerCreate, bytes.Clone(enc.Bytes()))
 	enc.Reset()
 	enc.Str("ws")
-	enc.Digest(digestOf([]byte("k2")))
+	enc.Digest(SecretDigest([]byte("k2")))
 	f.Add(recWorkspaceKey, bytes.Clone(enc.Bytes()))
 	f.Add(recPartnerKey, append([]byte("\x01p"), enc.Bytes()[3:]...))
 	f.Add(recWorkspaceDelete, []byte("\x02ws"))

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -316,7 +315,7 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	var errs []error
-	if err := e.snapshotLocked(true); err != nil {
+	if _, err := e.takeSnapshot(true); err != nil {
 		errs = append(errs, fmt.Errorf("final snapshot: %w", err))
 	}
 	errs = append(errs, e.wal.Close(), e.unlock())
@@ -365,9 +364,6 @@ func (e *Engine) waitDurable(lsn uint64) error {
 	return nil
 }
 
-// digestOf returns the SHA-256 digest under which a secret is stored.
-func digestOf(secret []byte) [32]byte { return sha256.Sum256(secret) }
-
 // newSecret returns a random secret with a readable prefix.
 func newSecret(prefix string) string { return prefix + hex.EncodeToString(randomBytes(24)) }
 
@@ -386,7 +382,7 @@ func (e *Engine) CreateWorkspace(id string) (string, error) {
 	}
 	if e.repl != nil {
 		key := newSecret("cwk_")
-		d := digestOf([]byte(key))
+		d := SecretDigest([]byte(key))
 		_, err := e.proposeAdmin(id, 0, admWorkspaceCreate, func(enc *codec.Encoder) { enc.Digest(d) })
 		return key, err
 	}
@@ -419,7 +415,7 @@ func (e *Engine) CreatePartner(slug string) (string, error) {
 	}
 	if e.repl != nil {
 		key := newSecret("cpk_")
-		d := digestOf([]byte(key))
+		d := SecretDigest([]byte(key))
 		_, err := e.proposeAdmin("", 0, admPartnerCreate, func(enc *codec.Encoder) { enc.Str(slug); enc.Digest(d) })
 		return key, err
 	}
@@ -437,7 +433,7 @@ func (e *Engine) CreatePartner(slug string) (string, error) {
 // and apply run with e.mu held. It returns the secret, shown once.
 func (e *Engine) createKeyed(typ uint8, what, name, prefix string, exists func() bool, apply func(d [32]byte, created time.Time, lsn uint64)) (string, error) {
 	key := newSecret(prefix)
-	d := digestOf([]byte(key))
+	d := SecretDigest([]byte(key))
 	created := e.now().UTC()
 	var enc codec.Encoder
 	enc.Str(name)
@@ -495,7 +491,7 @@ func (e *Engine) WorkspaceByAPIKey(key []byte) *Workspace {
 	if len(key) == 0 {
 		return nil
 	}
-	d := digestOf(key)
+	d := SecretDigest(key)
 	// The digest is compared under the lock: a rotation swaps keyDigest and
 	// the index together, so the old key fails from the next lookup on.
 	e.keys.RLock()
@@ -514,7 +510,7 @@ func (e *Engine) WorkspaceByAPIKey(key []byte) *Workspace {
 // ErrBadClientSecret (unknown or revoked secret) or *PartnerNotEnabledError
 // (a secret of another partner). A successful call records the key's use.
 func (e *Engine) AuthPartner(slug string, partnerKey, secret []byte) (*Workspace, error) {
-	pd := digestOf(partnerKey)
+	pd := SecretDigest(partnerKey)
 	e.mu.RLock()
 	p := e.mu.partners[slug]
 	e.mu.RUnlock()
@@ -530,7 +526,7 @@ func (e *Engine) AuthImportKey(slug string, secret []byte) (*Workspace, error) {
 	if len(secret) == 0 {
 		return nil, ErrBadClientSecret
 	}
-	d := digestOf(secret)
+	d := SecretDigest(secret)
 	e.keys.RLock()
 	k := e.keys.imports[d]
 	e.keys.RUnlock()

@@ -483,7 +483,7 @@ func (e *Engine) closeLog() error {
 		return nil
 	}
 	var errs []error
-	if err := e.snapshotLocked(true); err != nil {
+	if _, err := e.takeSnapshot(true); err != nil {
 		errs = append(errs, fmt.Errorf("final snapshot: %w", err))
 	}
 	errs = append(errs, e.unlock())

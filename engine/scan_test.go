@@ -97,11 +97,11 @@ func TestWorkspaceByKeyDigest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := APIKeyDigest([]byte(key))
+	d := SecretDigest([]byte(key))
 	if w := e.WorkspaceByKeyDigest(d); w == nil || w.ID() != "a" || w != e.WorkspaceByAPIKey([]byte(key)) {
 		t.Fatalf("WorkspaceByKeyDigest = %v", w)
 	}
-	if w := e.WorkspaceByKeyDigest(APIKeyDigest([]byte(key + "x"))); w != nil {
+	if w := e.WorkspaceByKeyDigest(SecretDigest([]byte(key + "x"))); w != nil {
 		t.Fatalf("wrong digest found %s", w.ID())
 	}
 	// What rotation and deletion do to the index: the digest no longer resolves.

@@ -36,14 +36,15 @@ func (e *Engine) Snapshot() error {
 	if e.closed.Load() {
 		return ErrClosed
 	}
-	return e.snapshotLocked(false)
+	_, err := e.takeSnapshot(false)
+	return err
 }
 
 func snapName(lsn uint64) string { return fmt.Sprintf("%s%020d%s", snapPrefix, lsn, snapSuffix) }
 
 // writeSnapshotFile writes a snapshot and returns what it wrote. final is
 // set by Close (appends are already refused). Callers go through
-// snapshotLocked or snapshotInfo (admin.go), which count failures.
+// takeSnapshot (admin.go), which counts failures.
 func (e *Engine) writeSnapshotFile(final bool) (SnapshotInfo, error) {
 	if !e.snapshots() {
 		return SnapshotInfo{}, nil

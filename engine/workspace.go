@@ -228,7 +228,7 @@ func (w *Workspace) CreateImportKey(partnerSlug string) (keyID, secret string, e
 	}
 	keyID = "key_" + fmt.Sprintf("%x", randomBytes(8))
 	secret = newSecret("")
-	d := digestOf([]byte(secret))
+	d := SecretDigest([]byte(secret))
 	if w.e.repl != nil {
 		// The partner is checked here, on the node that takes the request:
 		// partners live on another partition of the log, so the apply must

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 
@@ -86,15 +85,13 @@ func bearer(ctx *fasthttp.RequestCtx) []byte {
 	return bytes.TrimSpace(h[len(scheme):])
 }
 
-func digest(b []byte) [32]byte { return sha256.Sum256(b) }
-
 // isAdmin compares tok with the admin token in constant time (as digests,
 // so the time does not depend on the length either).
 func (s *Server) isAdmin(tok []byte) bool {
 	if len(tok) == 0 || s.opts.AdminToken == "" {
 		return false
 	}
-	d := digest(tok)
+	d := engine.SecretDigest(tok)
 	return subtle.ConstantTimeCompare(d[:], s.adminD[:]) == 1
 }
 

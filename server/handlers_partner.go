@@ -33,7 +33,7 @@ func (s *Server) partnerAuth(r *request, partnerKey, secret []byte, raw []byte) 
 		return false, err
 	}
 	r.ws = w
-	d := digest(secret)
+	d := engine.SecretDigest(secret)
 	if err := s.limits.allow(r.ctx, "cs:", string(d[:])); err != nil {
 		return false, err
 	}

@@ -68,7 +68,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		return fail(errorf(fasthttp.StatusUnauthorized, "invalid credentials: the password must be a data import key of partner mixpanel"))
 	}
 	r.ws = w
-	d := digest(secret)
+	d := engine.SecretDigest(secret)
 	if err := s.limits.allow(ctx, "cs:", string(d[:])); err != nil {
 		return fail(err)
 	}

@@ -133,7 +133,7 @@ func New(opts Options) *Server {
 		log:    opts.Logger,
 		idem:   newIdemStore(),
 		limits: &rateLimits{set: opts.Limits},
-		adminD: digest([]byte(opts.AdminToken)),
+		adminD: engine.SecretDigest([]byte(opts.AdminToken)),
 		ui:     loadUI(),
 
 		partnerSlots: make(chan struct{}, opts.PartnerMaxInflight),

@@ -271,7 +271,7 @@ func (c *conn) login(id cmdID, user, key []byte) bool {
 		return false
 	}
 	var w *engine.Workspace
-	d := engine.APIKeyDigest(key)
+	d := engine.SecretDigest(key)
 	if user == nil || string(user) == "default" {
 		w = c.s.workspace(c.e, d)
 	}

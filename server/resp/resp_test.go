@@ -285,7 +285,7 @@ func TestRevokedKeyStopsOpenConnection(t *testing.T) {
 	s := New(Options{})
 	s.SetEngine(f.e)
 	var revoked atomic.Bool
-	dA := engine.APIKeyDigest([]byte(f.keyA))
+	dA := engine.SecretDigest([]byte(f.keyA))
 	s.workspace = func(e *engine.Engine, d [32]byte) *engine.Workspace {
 		if revoked.Load() && d == dA {
 			return nil
