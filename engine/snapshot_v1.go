@@ -81,15 +81,7 @@ func (e *Engine) readWorkspaceV1(d *codec.Decoder) {
 		revoked := d.Uvarint() == 1
 		w.applyImportKey(p, kid, kd, created, revoked, lastUsed)
 	}
-	np := d.Uvarint()
-	for i := uint64(0); i < np && d.Err() == nil; i++ {
-		p := d.Str()
-		nd := d.Uvarint()
-		for j := uint64(0); j < nd && d.Err() == nil; j++ {
-			day := int32(d.Varint())
-			w.addUsage(p, day, d.Uvarint())
-		}
-	}
+	w.readUsage(d)
 	next := d.Uvarint()
 	if next > uint64(index.NoUser) {
 		d.Fail("user count too large")

@@ -528,18 +528,24 @@ func (e *Engine) readWorkspaceV2(s *codec.Decoder) *Workspace {
 		}
 		w.applyImportKey(p, kid, kd, created, revoked, luSec*1e9+int64(luNs))
 	}
-	np := s.Uvarint()
-	for i := uint64(0); i < np && s.Err() == nil; i++ {
-		p := s.Str()
-		nd := s.Uvarint()
-		for j := uint64(0); j < nd && s.Err() == nil; j++ {
-			day := int32(s.Varint())
-			w.addUsage(p, day, s.Uvarint())
-		}
-	}
+	w.readUsage(s)
 	w.readSessions(s)
 	w.readWorkspaceRepl(s)
 	return w
+}
+
+// readUsage reads a workspace's usage counters (both snapshot versions):
+// per partner, its days and their data points.
+func (w *Workspace) readUsage(d *codec.Decoder) {
+	np := d.Uvarint()
+	for i := uint64(0); i < np && d.Err() == nil; i++ {
+		p := d.Str()
+		nd := d.Uvarint()
+		for j := uint64(0); j < nd && d.Err() == nil; j++ {
+			day := int32(d.Varint())
+			w.addUsage(p, day, d.Uvarint())
+		}
+	}
 }
 
 // readUsers reads the users image's array sections: straight into the

@@ -253,17 +253,14 @@ func (d *Decoder) Uvarint() uint64 {
 	return v
 }
 
-// Varint reads a signed varint.
+// Varint reads a signed varint: a zig-zag encoded Uvarint, as
+// binary.Varint reads it.
 func (d *Decoder) Varint() int64 {
-	if d.err != nil {
-		return 0
+	u := d.Uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
 	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.Fail("truncated varint")
-		return 0
-	}
-	d.b = d.b[n:]
 	return v
 }
 
