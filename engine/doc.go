@@ -13,8 +13,9 @@
 // the effective change is computed, appended to the WAL as one record and
 // applied to memory; the caller waits for durability after the lock is
 // released, so concurrent requests share one fsync. Every state change is a
-// record (record.go), and replay applies records through the same code as
-// the live path.
+// record (record.go; its payload's fields, like a snapshot section's, are
+// encoded by package engine/codec), and replay applies records through the
+// same code as the live path.
 //
 // # Concurrency
 //
