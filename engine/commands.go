@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -191,7 +192,7 @@ func (e *Engine) proposeAdmin(scope string, gen uint64, op uint8, fields func(en
 // the log record at (scope's partition) lsn, so that every node builds the
 // same table.
 func workspaceSeed(id string, lsn uint64) uint64 {
-	h := SecretDigest(fmt.Appendf(nil, "cohortd workspace seed\x00%s\x00%d", id, lsn))
+	h := sha256.Sum256(fmt.Appendf(nil, "cohortd workspace seed\x00%s\x00%d", id, lsn))
 	s := uint64(0)
 	for _, b := range h[:8] {
 		s = s<<8 | uint64(b)

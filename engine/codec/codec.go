@@ -19,8 +19,10 @@
 // # Errors
 //
 // Decoder methods never panic on bad input: the first failure is kept,
-// every later read returns a zero value, and Err or Done returns it as a
-// *CorruptError. Callers check once after a group of fields.
+// every later read returns a zero value, and Err or Done returns it — a
+// *CorruptError naming the offset (and the file, for a snapshot section),
+// or the caller's own error given to FailWith. Callers check once after a
+// group of fields.
 //
 // # Concurrency
 //
