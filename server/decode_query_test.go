@@ -238,6 +238,9 @@ func FuzzPartnerCreds(f *testing.F) {
 			if errors.As(err, &ae) && len(ae.errors) > 0 && strings.Contains(ae.errors[0], "control character") {
 				return // fastjson keeps raw control characters in strings; JSON does not allow them
 			}
+			if !json.Valid(body) {
+				return // fastjson is lax about numbers ("[.]" parses); the scanner follows RFC 8259
+			}
 			t.Fatalf("fastjson accepts the object, the scanner says %v", err)
 		}
 		var key, secret string
