@@ -416,10 +416,7 @@ func millis(s benchmath.Summary, ok bool) string {
 	if !ok {
 		return dash
 	}
-	if s.Center >= 1000 {
-		return trim(s.Center/1000) + " s" + interval(s)
-	}
-	return trim(s.Center) + " ms" + interval(s)
+	return scaled(s.Center, fromMS) + interval(s)
 }
 
 const dash = "—"
@@ -449,17 +446,35 @@ func rate(s benchmath.Summary, ok bool) string {
 	return count(s.Center) + interval(s)
 }
 
-func count(v float64) string {
-	switch a := math.Abs(v); {
-	case a >= 1e9:
-		return trim(v/1e9) + " G"
-	case a >= 1e6:
-		return trim(v/1e6) + " M"
-	case a >= 1e3:
-		return trim(v/1e3) + " k"
-	}
-	return trim(v)
+// step is a unit a value is written in from size up: the tables' k, M
+// and G, or ms and s for durations.
+type step struct {
+	size   float64
+	suffix string
 }
+
+var (
+	decimal = []step{{1e9, " G"}, {1e6, " M"}, {1e3, " k"}, {1, ""}}
+	fromUS  = []step{{1e6, " s"}, {1e3, " ms"}, {1, " µs"}}
+	fromMS  = []step{{1e3, " s"}, {1, " ms"}}
+)
+
+// scaled writes v in the largest of steps (largest first, ending with the
+// base unit, size 1) it reaches; below the base unit, in the base unit.
+func scaled(v float64, steps []step) string {
+	for _, s := range steps {
+		if math.Abs(v) >= s.size {
+			return trim(v/s.size) + s.suffix
+		}
+	}
+	return trim(v) + steps[len(steps)-1].suffix
+}
+
+// count writes a figure with a k/M/G suffix.
+func count(v float64) string { return scaled(v, decimal) }
+
+// duration writes microseconds as µs, ms or s.
+func duration(us float64) string { return scaled(us, fromUS) }
 
 // trim prints 3 significant digits without trailing zeros.
 func trim(v float64) string {
@@ -488,17 +503,6 @@ func micros(s benchmath.Summary, ok bool) string {
 		return dash
 	}
 	return duration(s.Center) + interval(s)
-}
-
-// duration writes microseconds as µs, ms or s.
-func duration(us float64) string {
-	switch a := math.Abs(us); {
-	case a >= 1e6:
-		return trim(us/1e6) + " s"
-	case a >= 1000:
-		return trim(us/1000) + " ms"
-	}
-	return trim(us) + " µs"
 }
 
 func bytesStr(s benchmath.Summary, ok bool) string {
