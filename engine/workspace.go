@@ -117,9 +117,6 @@ func (w *Workspace) releaseUsers() {
 // ID returns the workspace id.
 func (w *Workspace) ID() string { return w.id }
 
-// Users returns the workspace's identity and user tables (read-only use).
-func (w *Workspace) Users() *index.Users { return w.users }
-
 // commitLocked appends the record in w.enc, then runs apply. The caller
 // holds w.mu (through write) and nothing is changed yet, so a failed
 // append is an ordinary error.

@@ -47,13 +47,12 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // maxPageLimit bounds the limit of a segment members page.
@@ -131,7 +130,7 @@ func (s *Server) handleLookupUser(r *request) error {
 	hasName, hasLabel := args.Has("alias_name"), args.Has("alias_label")
 	alias := hasName || hasLabel
 	var (
-		k   index.Kind
+		k   engine.Kind
 		key []byte
 	)
 	check := func(field string) ([]byte, error) {
@@ -144,16 +143,16 @@ func (s *Server) handleLookupUser(r *request) error {
 	var err error
 	switch {
 	case hasExt && !hasDev && !alias:
-		k = index.KindExternal
+		k = engine.KindExternal
 		key, err = check("external_id")
 	case hasDev && !hasExt && !alias:
-		k = index.KindDevice
+		k = engine.KindDevice
 		key, err = check("device_id")
 	case hasName && hasLabel && !hasExt && !hasDev:
 		var n, l []byte
 		if n, err = check("alias_name"); err == nil {
 			if l, err = check("alias_label"); err == nil {
-				k, key = index.KindAlias, index.AliasKey(nil, n, l)
+				k, key = engine.KindAlias, engine.AliasKey(nil, n, l)
 			}
 		}
 	default:
@@ -163,7 +162,7 @@ func (s *Server) handleLookupUser(r *request) error {
 		return err
 	}
 	id := r.ws.Resolve(k, key)
-	if id == index.NoUser {
+	if id == engine.NoUser {
 		return errorf(fasthttp.StatusNotFound, "user not found")
 	}
 	info := r.ws.UserInfo(id)
@@ -325,7 +324,7 @@ func (s *Server) handleReplaceMembers(r *request) error {
 	}
 	defer release()
 	ms := r.ws.NewMemberSet()
-	add := func(k index.Kind, keys [][]byte) error {
+	add := func(k engine.Kind, keys [][]byte) error {
 		ms.AddMany(k, keys)
 		return nil
 	}
@@ -360,17 +359,17 @@ func (s *Server) handleListMembers(r *request) error {
 	if c == nil {
 		return errorf(fasthttp.StatusNotFound, "cohort not found")
 	}
-	s.streamMembers(r, c.Members(), r.ws.Users().Live())
+	s.streamMembers(r, c.Set(), r.ws.Live().Contains)
 	return nil
 }
 
-// streamMembers streams the members of bm (an immutable bitmap: only read
-// through iterators) as NDJSON of M, skipping ids not in live (nil: all),
-// compressed per Accept-Encoding. The stream runs after the handler
-// returns; it holds the inflight count until done so Shutdown waits for it.
-func (s *Server) streamMembers(r *request, bm, live *roaring.Bitmap) {
+// streamMembers streams the users of set as NDJSON of M, skipping those
+// keep refuses (nil: none), compressed per Accept-Encoding. The stream runs
+// after the handler returns; it holds the inflight count until done so
+// Shutdown waits for it.
+func (s *Server) streamMembers(r *request, set engine.Set, keep func(engine.UserID) bool) {
 	ctx := r.ctx
-	users := r.ws.Users()
+	ws := r.ws
 	coding := acceptEncoding(ctx)
 	ctx.SetContentType("application/x-ndjson")
 	ctx.Response.Header.Set("Vary", "Accept-Encoding")
@@ -397,26 +396,16 @@ func (s *Server) streamMembers(r *request, bm, live *roaring.Bitmap) {
 			}
 			out, close = zw, zw.Close
 		}
-		it := bm.ManyIterator()
-		ids := make([]uint32, 1024)
 		line := make([]byte, 0, 256)
-	loop:
-		for {
-			n := it.NextMany(ids)
-			if n == 0 {
-				break
+		set.Each(func(id engine.UserID) bool {
+			if keep != nil && !keep(id) {
+				return true
 			}
-			for _, id := range ids[:n] {
-				if live != nil && !live.Contains(id) {
-					continue
-				}
-				line = appendMember(line[:0], users, index.UserID(id))
-				line = append(line, '\n')
-				if _, err := out.Write(line); err != nil {
-					break loop // the client went away
-				}
-			}
-		}
+			line = appendMember(line[:0], ws, id)
+			line = append(line, '\n')
+			_, err := out.Write(line)
+			return err == nil // else the client went away
+		})
 		if close != nil {
 			_ = close()
 		}
@@ -483,7 +472,7 @@ func toLowerASCII(b []byte) []byte {
 // appendMember appends M, the identifiers of user id, as one JSON object.
 // Identifiers calls back external ids first, then aliases, then device ids,
 // so the object is written in one pass.
-func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
+func appendMember(dst []byte, ws *engine.Workspace, id engine.UserID) []byte {
 	const (
 		none = iota
 		ext
@@ -492,16 +481,16 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 	)
 	state := none
 	dst = append(dst, '{')
-	users.Identifiers(id, func(k index.Kind, key []byte) {
+	ws.Identifiers(id, func(k engine.Kind, key []byte) {
 		switch k {
-		case index.KindExternal:
+		case engine.KindExternal:
 			if state != none {
 				dst = append(dst, ',')
 			}
 			dst = append(dst, `"external_id":`...)
 			dst = appendJSONString(dst, key)
 			state = ext
-		case index.KindAlias:
+		case engine.KindAlias:
 			switch state {
 			case aliases:
 				dst = append(dst, ',')
@@ -510,14 +499,14 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 			default:
 				dst = append(dst, `,"aliases":[`...)
 			}
-			n, l := index.SplitAlias(key)
+			n, l := engine.SplitAlias(key)
 			dst = append(dst, `{"alias_name":`...)
 			dst = appendJSONString(dst, n)
 			dst = append(dst, `,"alias_label":`...)
 			dst = appendJSONString(dst, l)
 			dst = append(dst, '}')
 			state = aliases
-		case index.KindDevice:
+		case engine.KindDevice:
 			switch state {
 			case devices:
 				dst = append(dst, ',')
@@ -556,7 +545,7 @@ func (s *Server) segmentRequest(r *request, q *segmentQuery, lk *engine.Lookup) 
 	if q.segment == nil {
 		return nil, errorf(fasthttp.StatusBadRequest, "segment is required")
 	}
-	seg, err := r.ws.Segment(q.segment)
+	seg, err := r.ws.Segment(q.segment, segment.Parse)
 	if err != nil {
 		return nil, err
 	}
@@ -658,7 +647,7 @@ func (s *Server) handleSegmentMembers(r *request) error {
 		if cursor != "" {
 			return errorf(fasthttp.StatusBadRequest, "cursor needs limit")
 		}
-		s.streamMembers(r, b.Bitmap(), nil)
+		s.streamMembers(r, b.Set(), nil)
 		return nil
 	}
 	limit, err := parseLimit(q.limit)
@@ -669,14 +658,13 @@ func (s *Server) handleSegmentMembers(r *request) error {
 	if err != nil {
 		return err
 	}
-	users := r.ws.Users()
 	out := make([]byte, 0, 64+64*len(ids))
 	out = append(out, `{"members":[`...)
 	for i, id := range ids {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = appendMember(out, users, id)
+		out = appendMember(out, r.ws, id)
 	}
 	out = append(out, `],"next_cursor":`...)
 	if next == "" {

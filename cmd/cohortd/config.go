@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/engine/wal"
 )
 
 // config is the parsed command line and environment.
@@ -21,7 +20,7 @@ type config struct {
 	dataDir           string
 	adminToken        string
 	fsyncName         string
-	fsync             wal.SyncMode
+	fsync             engine.SyncMode
 	maxBody           byteSize
 	partnerMaxBody    byteSize
 	partnerMaxIDs     int
@@ -144,7 +143,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 
 	var err error
-	if c.fsync, err = wal.ParseSyncMode(c.fsyncName); err != nil {
+	if c.fsync, err = engine.ParseSyncMode(c.fsyncName); err != nil {
 		return c, fmt.Errorf("-fsync: %w", err)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
