@@ -78,7 +78,7 @@ type Workspace struct {
 	// resolved meanwhile can tell whether they went stale (userlog.go).
 	ulog usersLog
 
-	segs segmentCache // parsed segments by their JSON (lookup.go)
+	segs segmentCache // segments by their JSON text (lookup.go)
 
 	// scratch buffers reused under mu.
 	enc recordEncoder
