@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Query runs segment evaluators in the Options.Mix for Options.Duration
@@ -133,7 +135,7 @@ func (q *querier) appendExpr(dst []byte, r *rand.Rand) []byte {
 			dst = append(dst, `{"not":`...)
 		}
 		dst = append(dst, `{"cohort":`...)
-		dst = appendJSONStr(dst, q.refs[r.IntN(len(q.refs))])
+		dst = jsonstr.Append(dst, q.refs[r.IntN(len(q.refs))])
 		dst = append(dst, '}')
 		if neg {
 			dst = append(dst, '}')
@@ -171,7 +173,7 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 	default:
 		dst = append(dst, `{"external_id":`...)
 	}
-	dst = appendJSONString(dst, q.r.u.appendValue(tmp[:0], ref))
+	dst = jsonstr.Append(dst, q.r.u.appendValue(tmp[:0], ref))
 	return append(dst, '}')
 }
 
@@ -210,7 +212,7 @@ func (q *querier) build(dst []byte, kind string, r *rand.Rand) (string, []byte) 
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJSONString(dst, q.r.u.appendValue(tmp[:0], q.externalRef(r)))
+			dst = jsonstr.Append(dst, q.r.u.appendValue(tmp[:0], q.externalRef(r)))
 		}
 		return "/v1/segments/contains", append(dst, "]}"...)
 	case opCount:

@@ -5,7 +5,6 @@ import (
 	"regexp"
 	"slices"
 	"testing"
-	"unicode/utf8"
 )
 
 func TestBlockKindsExactShares(t *testing.T) {
@@ -252,19 +251,6 @@ func TestChurn(t *testing.T) {
 	next := u.Churn(2, 2, members, 0.01, 0.01)
 	if slices.Equal(next.Join, cs.Join) {
 		t.Error("intervals give the same change set")
-	}
-}
-
-func TestAppendJSONString(t *testing.T) {
-	for _, s := range []string{"plain", `q"uote\back`, "nl\n\ttab\x01", "ünï€", "bad\xffutf8"} {
-		got := appendJSONString(nil, []byte(s))
-		var back string
-		if err := json.Unmarshal(got, &back); err != nil {
-			t.Fatalf("%q: invalid JSON %s: %v", s, got, err)
-		}
-		if utf8.ValidString(s) && back != s {
-			t.Errorf("%q round-trips to %q", s, back)
-		}
 	}
 }
 

@@ -54,6 +54,7 @@ import (
 
 	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // maxPageLimit bounds the limit of a segment members page.
@@ -499,7 +500,7 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 				dst = append(dst, ',')
 			}
 			dst = append(dst, `"external_id":`...)
-			dst = appendJSONString(dst, key)
+			dst = jsonstr.Append(dst, key)
 			state = ext
 		case index.KindAlias:
 			switch state {
@@ -512,9 +513,9 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 			}
 			n, l := index.SplitAlias(key)
 			dst = append(dst, `{"alias_name":`...)
-			dst = appendJSONString(dst, n)
+			dst = jsonstr.Append(dst, n)
 			dst = append(dst, `,"alias_label":`...)
-			dst = appendJSONString(dst, l)
+			dst = jsonstr.Append(dst, l)
 			dst = append(dst, '}')
 			state = aliases
 		case index.KindDevice:
@@ -528,7 +529,7 @@ func appendMember(dst []byte, users *index.Users, id index.UserID) []byte {
 			default:
 				dst = append(dst, `,"device_ids":[`...)
 			}
-			dst = appendJSONString(dst, key)
+			dst = jsonstr.Append(dst, key)
 			state = devices
 		}
 	})
@@ -573,13 +574,10 @@ func appendWarnings(dst []byte, ws []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendJSONText(dst, w)
+		dst = jsonstr.Append(dst, w)
 	}
 	return append(dst, ']')
 }
-
-// appendJSONText appends a string that may hold any valid UTF-8.
-func appendJSONText(dst []byte, s string) []byte { return appendJSONString(dst, []byte(s)) }
 
 // handleSegmentCount serves POST /v1/segments/count.
 func (s *Server) handleSegmentCount(r *request) error {
@@ -682,7 +680,7 @@ func (s *Server) handleSegmentMembers(r *request) error {
 	if next == "" {
 		out = append(out, "null"...)
 	} else {
-		out = appendJSONText(out, next)
+		out = jsonstr.Append(out, next)
 	}
 	out = appendWarnings(out, b.Warnings)
 	writeRawJSON(r.ctx, fasthttp.StatusOK, append(out, '}'))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Mixpanel's cohort webhook (docs/API.md §3b):
@@ -141,7 +142,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		break
 	}
 	out := append(make([]byte, 0, 256), `{"action":`...)
-	out = appendJSONString(out, []byte(req.Action))
+	out = jsonstr.Append(out, req.Action)
 	out = append(out, `,"status":"success","matched":`...)
 	if req.Action == actionMembers {
 		res := sres
@@ -228,10 +229,10 @@ func writeWebhookFailure(ctx *fasthttp.RequestCtx, action string, err error) {
 	if action == "" {
 		out = append(out, "null"...)
 	} else {
-		out = appendJSONString(out, []byte(action))
+		out = jsonstr.Append(out, action)
 	}
 	out = append(out, `,"status":"failure","error":{"message":`...)
-	out = appendJSONString(out, []byte(msg))
+	out = jsonstr.Append(out, msg)
 	out = append(out, `,"code":`...)
 	out = strconv.AppendInt(out, int64(status), 10)
 	out = append(out, "}}"...)
