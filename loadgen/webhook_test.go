@@ -122,7 +122,7 @@ func TestMixedMixpanelWebhookRealServer(t *testing.T) {
 	cl := newClient(o.withDefaults())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": webhookPartner}, nil); err != nil {
+	if _, err := cl.admin(admin).CreatePartner(ctx, webhookPartner); err != nil {
 		t.Fatal(err)
 	}
 	var log bytes.Buffer
