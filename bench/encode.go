@@ -20,9 +20,9 @@ func appendChange(dst []byte, c Change) []byte {
 	var ext, dev, ali []Ident
 	for _, id := range c.IDs {
 		switch id.Kind {
-		case loadgen.IDDevice:
+		case loadgen.KindDevice:
 			dev = append(dev, id)
-		case loadgen.IDAlias:
+		case loadgen.KindAlias:
 			ali = append(ali, id)
 		default:
 			ext = append(ext, id)
@@ -109,12 +109,12 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 	keys := [...]string{`"user_ids":[`, `"device_ids":[`, `"aliases":[`}
 	dst = append(dst, '{')
 	sep := false
-	for ki, kind := range []loadgen.IDKind{loadgen.IDExternal, loadgen.IDDevice, loadgen.IDAlias} {
+	for ki, kind := range []loadgen.Kind{loadgen.KindExternal, loadgen.KindDevice, loadgen.KindAlias} {
 		open := false
 		for _, id := range ids {
 			k := id.Kind
-			if k == loadgen.IDUnknown {
-				k = loadgen.IDExternal
+			if k == loadgen.KindUnknown {
+				k = loadgen.KindExternal
 			}
 			if k != kind {
 				continue
@@ -129,7 +129,7 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 				dst = append(dst, keys[ki]...)
 				open, sep = true, true
 			}
-			if kind == loadgen.IDAlias {
+			if kind == loadgen.KindAlias {
 				dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
 				dst = jsonstr.Append(dst, id.Value)
 				dst = append(dst, '}')
@@ -153,9 +153,9 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 // appendUser appends a contains user object.
 func appendUser(dst []byte, id Ident) []byte {
 	switch id.Kind {
-	case loadgen.IDDevice:
+	case loadgen.KindDevice:
 		dst = append(dst, `{"device_id":`...)
-	case loadgen.IDAlias:
+	case loadgen.KindAlias:
 		dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
 	default:
 		dst = append(dst, `{"external_id":`...)
@@ -196,9 +196,9 @@ func MembersBody(ids []Ident) []byte {
 	var ext, dev, ali []Ident
 	for _, id := range ids {
 		switch id.Kind {
-		case loadgen.IDDevice:
+		case loadgen.KindDevice:
 			dev = append(dev, id)
-		case loadgen.IDAlias:
+		case loadgen.KindAlias:
 			ali = append(ali, id)
 		default:
 			ext = append(ext, id)

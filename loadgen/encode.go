@@ -17,7 +17,7 @@ func (u Universe) appendChange(dst []byte, refs []Ref, remove bool) []byte {
 	dst = append(dst, `{"user_ids":[`...)
 	first := true
 	for _, r := range refs {
-		if r.Kind == IDExternal || r.Kind == IDUnknown {
+		if r.Kind == KindExternal || r.Kind == KindUnknown {
 			if !first {
 				dst = append(dst, ',')
 			}
@@ -28,7 +28,7 @@ func (u Universe) appendChange(dst []byte, refs []Ref, remove bool) []byte {
 	dst = append(dst, `],"device_ids":[`...)
 	first = true
 	for _, r := range refs {
-		if r.Kind == IDDevice {
+		if r.Kind == KindDevice {
 			if !first {
 				dst = append(dst, ',')
 			}
@@ -39,7 +39,7 @@ func (u Universe) appendChange(dst []byte, refs []Ref, remove bool) []byte {
 	dst = append(dst, `],"aliases":[`...)
 	first = true
 	for _, r := range refs {
-		if r.Kind == IDAlias {
+		if r.Kind == KindAlias {
 			if !first {
 				dst = append(dst, ',')
 			}
@@ -134,12 +134,12 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 	var tmp [64]byte
 	dst = append(dst, '{')
 	sep := false
-	for _, kind := range []IDKind{IDExternal, IDDevice, IDAlias} {
+	for _, kind := range []Kind{KindExternal, KindDevice, KindAlias} {
 		open := false
 		for _, r := range refs {
 			k := r.Kind
-			if k == IDUnknown {
-				k = IDExternal
+			if k == KindUnknown {
+				k = KindExternal
 			}
 			if k != kind {
 				continue
@@ -149,9 +149,9 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 					dst = append(dst, ',')
 				}
 				switch kind {
-				case IDExternal:
+				case KindExternal:
 					dst = append(dst, `"user_ids":[`...)
-				case IDDevice:
+				case KindDevice:
 					dst = append(dst, `"device_ids":[`...)
 				default:
 					dst = append(dst, `"aliases":[`...)
@@ -160,7 +160,7 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 			} else {
 				dst = append(dst, ',')
 			}
-			if kind == IDAlias {
+			if kind == KindAlias {
 				dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
 				dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 				dst = append(dst, '}')

@@ -166,9 +166,9 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 	var tmp [64]byte
 	ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users))
 	switch ref.Kind {
-	case IDAlias:
+	case KindAlias:
 		dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
-	case IDDevice:
+	case KindDevice:
 		dst = append(dst, `{"device_id":`...)
 	default:
 		dst = append(dst, `{"external_id":`...)
@@ -181,7 +181,7 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 // compact form names users by external id only).
 func (q *querier) externalRef(r *rand.Rand) Ref {
 	for {
-		if ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users)); ref.Kind == IDExternal {
+		if ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users)); ref.Kind == KindExternal {
 			return ref
 		}
 	}

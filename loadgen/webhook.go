@@ -140,7 +140,7 @@ func basicAuth(user, password string) string {
 func (u Universe) nameable(users []uint32) ([]uint32, int) {
 	out := make([]uint32, 0, len(users))
 	for _, n := range users {
-		if u.Kind(int(n)) != KindAnonymous {
+		if u.Kind(int(n)) != KindDevice {
 			out = append(out, n)
 		}
 	}
@@ -196,20 +196,20 @@ func (u Universe) appendWebhookMember(dst []byte, r Ref) []byte {
 	n := strconv.AppendUint(tmp[:0], r.N, 10)
 	dst = append(dst, `{"mixpanel_distinct_id":`...)
 	switch r.Kind {
-	case IDExternal:
+	case KindExternal:
 		dst = append(dst, '"')
 		dst = appendExternalID(dst, int(r.N))
 		dst = append(dst, '"')
 		dst = append(dst, `,"email":"`...)
 		dst = append(dst, n...)
 		dst = append(dst, `@example.com"`...)
-	case IDAlias:
+	case KindAlias:
 		dst = append(dst, `"$device:`...)
 		dst = u.appendDeviceID(dst, int(r.N))
 		dst = append(dst, `","email":"`...)
 		dst = append(dst, n...)
 		dst = append(dst, `@example.com"`...)
-	case IDDevice:
+	case KindDevice:
 		dst = append(dst, '"')
 		dst = u.appendDeviceID(dst, int(r.N))
 		dst = append(dst, '"')
