@@ -12,9 +12,9 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/index"
 	"github.com/cohortd/cohortd/loadgen"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // The systems, in the order the report shows them (see doc.go).
@@ -239,7 +239,7 @@ func newContains(b *testing.B, users int, sys string, fl loadgen.Flavour, q Quer
 		}
 	case "engine":
 		f := engineFixture(b, users)
-		seg, err := engine.ParseSegment([]byte(expr))
+		seg, err := segment.Parse([]byte(expr))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -391,7 +391,7 @@ func BenchmarkCount(b *testing.B) {
 				for _, q := range CountQueries {
 					b.Run(fmt.Sprintf("users_%d/%s/%s/%s", users, sys, fl, q.Name), func(b *testing.B) {
 						expr := q.Expr(fl)
-						seg, err := engine.ParseSegment([]byte(expr))
+						seg, err := segment.Parse([]byte(expr))
 						if err != nil {
 							b.Fatal(err)
 						}

@@ -406,8 +406,8 @@ func BenchmarkCatchUp(b *testing.B) {
 				b.Fatal(err)
 			}
 			elapsed += time.Since(start)
-			if got := e.Workspace("bench").Users().Len(); got != src.e.Workspace("bench").Users().Len() {
-				b.Fatalf("caught up with %d users, the source has %d", got, src.e.Workspace("bench").Users().Len())
+			if got := e.Workspace("bench").UserCount(); got != src.e.Workspace("bench").UserCount() {
+				b.Fatalf("caught up with %d users, the source has %d", got, src.e.Workspace("bench").UserCount())
 			}
 			cancel()
 			<-done

@@ -74,7 +74,9 @@ bench() { # dir file command...
 	shift 2
 	local line
 	line=$(printf '%q ' "$@")
-	echo "command: ${line% }" >>"$dir/meta.txt"
+	# The checkout's own path means nothing in another one: record <repo>,
+	# as bench/crossproc.sh records <tmp> (bench/report rewrites old ones).
+	echo "command: ${line% }" | sed "s|$root/|<repo>/|g" >>"$dir/meta.txt"
 	echo "+ ${line% }" >&2
 	env "$@" 2>&1 | tee "$dir/$file"
 }

@@ -6,8 +6,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/cohortd/cohortd/engine"
 	"github.com/cohortd/cohortd/loadgen"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // TestMacroSmoke starts the in-process server over a small universe and
@@ -86,7 +86,7 @@ func TestMacroSmoke(t *testing.T) {
 		if err := s.postReply("/v1/segments/count", s.APIKey, "application/json", "", CountBody(expr), 200, &reply); err != nil {
 			t.Fatal(err)
 		}
-		seg, err := engine.ParseSegment([]byte(expr))
+		seg, err := segment.Parse([]byte(expr))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +126,7 @@ func TestMacroSmoke(t *testing.T) {
 		}
 		for _, q := range CountQueries {
 			got, err := RedisCount(ctx, r.c, loadgen.FlavourClustered, q.Name, "tmp:smoke")
-			seg, _ := engine.ParseSegment([]byte(q.Expr(loadgen.FlavourClustered)))
+			seg, _ := segment.Parse([]byte(q.Expr(loadgen.FlavourClustered)))
 			if want := s.W.Bind(seg).Count(); err != nil || uint64(got) != want {
 				t.Errorf("redis count %s = %d, %v; engine %d", q.Name, got, err, want)
 			}

@@ -40,8 +40,8 @@ var (
 // NotEmptyError refuses to delete a workspace that still holds users or
 // cohorts without force.
 type NotEmptyError struct {
-	Workspace      string
-	Users, Cohorts int
+	Workspace      string // the workspace id
+	Users, Cohorts int    // live users and cohorts it holds
 }
 
 func (e *NotEmptyError) Error() string {
@@ -50,10 +50,10 @@ func (e *NotEmptyError) Error() string {
 
 // WorkspaceInfo describes a workspace for the admin listing.
 type WorkspaceInfo struct {
-	ID        string
+	ID        string    // the workspace id
 	CreatedAt time.Time // zero if the workspace predates recorded creation times
 	Users     int       // live users
-	Cohorts   int
+	Cohorts   int       // cohorts of every partner
 }
 
 // ListWorkspaces describes every workspace, sorted by id.
@@ -192,7 +192,7 @@ func (w *Workspace) applyKeyRotation(d [32]byte) {
 
 // PartnerInfo describes a partner for the admin listing.
 type PartnerInfo struct {
-	Slug      string
+	Slug      string    // the partner slug, [a-z0-9_-]{1,64}
 	CreatedAt time.Time // zero if the partner predates recorded creation times
 }
 

@@ -121,7 +121,7 @@ func TestWorkspaceAdmin(t *testing.T) {
 	if _, err := e.CreateWorkspace("acme"); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.Workspace("acme").Users().Len(); n != 0 {
+	if n := e.Workspace("acme").UserCount(); n != 0 {
 		t.Fatalf("re-created workspace has %d users", n)
 	}
 }

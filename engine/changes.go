@@ -11,14 +11,14 @@ import (
 
 // ApplyResult reports what a change batch did (docs/API.md §2 rule 6).
 type ApplyResult struct {
-	Matched            int
-	Unmatched          int
+	Matched            int // identifiers that matched a user, as sent (a user named twice counts twice)
+	Unmatched          int // identifiers that matched nobody: Unknown + DeviceIdentified
 	Unknown            int // unmatched: no user holds the identifier
 	DeviceIdentified   int // unmatched: a device id held by an identified user
-	Added              int
-	Removed            int
-	DroppedBeforeFloor int
-	DataPoints         int
+	Added              int // users who became members
+	Removed            int // users who stopped being members
+	DroppedBeforeFloor int // identifiers of changes stamped before the retention floor (neither matched nor unmatched)
+	DataPoints         int // the effective changes metered (Added + Removed)
 }
 
 // ChangeSet stages a batch of membership changes for one cohort while the
@@ -254,11 +254,11 @@ func (e *Engine) countApply(res *ApplyResult) {
 
 // ReplaceResult reports a snapshot sync (PUT …/members).
 type ReplaceResult struct {
-	Added      int
-	Removed    int
-	Unchanged  int
-	Unmatched  int
-	DataPoints int
+	Added      int // users who became members
+	Removed    int // members not in the new set, removed
+	Unchanged  int // members before and after
+	Unmatched  int // identifiers that matched nobody (device ids of identified users included)
+	DataPoints int // the effective changes metered (Added + Removed)
 }
 
 // MemberSet stages the full membership of a snapshot sync as resolved ids,

@@ -79,7 +79,7 @@ func TestConcurrentReadersNeverSeeHalfABatch(t *testing.T) {
 		}
 	}()
 	var readers sync.WaitGroup
-	seg, _ := ParseSegment([]byte(`{"or":[{"cohort":"p/c"},{"and":[{"cohort":"p/d"},{"not":{"cohort":"p/c"}}]}]}`))
+	seg, _ := parseSegment([]byte(`{"or":[{"cohort":"p/c"},{"and":[{"cohort":"p/d"},{"not":{"cohort":"p/c"}}]}]}`))
 	for r := 0; r < 2; r++ {
 		readers.Add(1)
 		go func() {

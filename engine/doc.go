@@ -3,7 +3,13 @@
 // docs/API.md §2, atomic change batches and snapshot replaces, segment queries,
 // data-point metering, Mixpanel webhook sessions, the sync history and sync
 // health of cohorts (syncs.go), and durability (WAL records, snapshots,
-// recovery). It knows nothing of HTTP or flags.
+// recovery). It knows nothing of HTTP, JSON request bodies or flags.
+//
+// It is the only package above index that touches index: callers get the
+// identifier vocabulary as aliases (Kind, UserID, AliasKey) and read-only
+// views (Set, Workspace.Identifiers, Resolve), never the user table or a
+// mutable bitmap (identifiers.go). Segment expressions arrive as
+// SegmentExpr trees; their JSON syntax is parsed by server/segment.
 //
 // # Write path
 //

@@ -33,7 +33,9 @@ var (
 
 // InvalidError is a request the engine refuses as malformed; Message is
 // meant for the client (the server answers 400 with it).
-type InvalidError struct{ Message string }
+type InvalidError struct {
+	Message string // the explanation for the client
+}
 
 func (e *InvalidError) Error() string { return e.Message }
 
@@ -44,7 +46,9 @@ func invalidf(format string, args ...any) error {
 // PartnerNotEnabledError is returned by AuthPartner when the client secret is
 // valid but belongs to another partner. Prefix holds the first four
 // characters of the secret, as the wire contract's message shows them.
-type PartnerNotEnabledError struct{ Prefix string }
+type PartnerNotEnabledError struct {
+	Prefix string // the secret's first four characters
+}
 
 func (e *PartnerNotEnabledError) Error() string {
 	return "engine: partner not enabled for client with client secret: " + e.Prefix + "..."
@@ -177,17 +181,17 @@ type Engine struct {
 
 // Stats are cumulative counters of the engine, exported as metrics.
 type Stats struct {
-	IdentifiersReceived atomic.Uint64
-	IdentifiersMatched  atomic.Uint64
-	IdentifiersUnknown  atomic.Uint64
-	IdentifiedDevice    atomic.Uint64
-	DataPoints          atomic.Uint64
-	DroppedBeforeFloor  atomic.Uint64
-	Snapshots           atomic.Uint64
+	IdentifiersReceived atomic.Uint64 // identifiers of applied change batches, as sent
+	IdentifiersMatched  atomic.Uint64 // of those, the ones that matched a user
+	IdentifiersUnknown  atomic.Uint64 // unmatched: no user holds the identifier
+	IdentifiedDevice    atomic.Uint64 // unmatched: a device id of an identified user
+	DataPoints          atomic.Uint64 // effective membership changes metered
+	DroppedBeforeFloor  atomic.Uint64 // identifiers of changes stamped before the retention floor
+	Snapshots           atomic.Uint64 // snapshots written
 	// SessionsEvicted counts open webhook sessions dropped to stay within
 	// the per-cohort and per-workspace limits (not expiries).
 	SessionsEvicted  atomic.Uint64
-	SnapshotFailures atomic.Uint64
+	SnapshotFailures atomic.Uint64 // snapshot attempts that failed
 }
 
 type partner struct {

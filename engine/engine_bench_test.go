@@ -214,7 +214,7 @@ func BenchmarkSegmentCount(b *testing.B) {
 			{"and2", `{"and":[{"cohort":"p/A"},{"cohort":"p/B"}]}`},
 		} {
 			b.Run(fmt.Sprintf("members_%d/%s/%s", members, flavour, q.name), func(b *testing.B) {
-				seg, err := ParseSegment([]byte(q.expr))
+				seg, err := parseSegment([]byte(q.expr))
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -570,3 +570,53 @@ func TestScrapesTakeNoWriterLock(t *testing.T) {
 		t.Fatalf("staged bytes after the commit: %v", got)
 	}
 }
+
+// TestWriterSectionReleasesLockOnPanic: a panic inside a writer section
+// (a bug, recovered by the server's handler) must not leave the
+// workspace's lock held: writes and snapshots would hang for good.
+func TestWriterSectionReleasesLockOnPanic(t *testing.T) {
+	e, _ := Open(Options{})
+	if _, err := e.CreateWorkspace("ws"); err != nil {
+		t.Fatal(err)
+	}
+	w := e.Workspace("ws")
+	func() {
+		defer func() { _ = recover() }()
+		_ = w.write(func() error { panic("injected") })
+	}()
+	done := make(chan error, 1)
+	go func() {
+		var b UserBatch
+		b.Add([]byte("after-panic"), nil, nil)
+		_, err := w.UpsertUsers(&b)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer lock stayed held after a panic in a writer section")
+	}
+}
+
+// TestHugeRecordDoesNotPinScratch: the workspace's record encoder grows
+// to the largest record written; after a huge user upsert it is dropped,
+// so one request does not pin its record's memory for the workspace's life.
+func TestHugeRecordDoesNotPinScratch(t *testing.T) {
+	e, _ := Open(Options{})
+	if _, err := e.CreateWorkspace("ws"); err != nil {
+		t.Fatal(err)
+	}
+	w := e.Workspace("ws")
+	if _, err := w.UpsertUsers(pingPong(4000, 512)); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	c := cap(w.enc.b)
+	w.mu.Unlock()
+	if c > maxScratch {
+		t.Fatalf("record encoder keeps %d bytes after the request (cap %d)", c, maxScratch)
+	}
+}

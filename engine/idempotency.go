@@ -40,10 +40,10 @@ const (
 
 // IdempotentReply is a stored reply.
 type IdempotentReply struct {
-	Sum         [32]byte // SHA-256 of the request (method, path, body as received)
-	Status      int
-	ContentType string
-	Body        []byte
+	Sum         [32]byte  // SHA-256 of the request (method, path, body as received)
+	Status      int       // the HTTP status
+	ContentType string    // the reply's Content-Type
+	Body        []byte    // the reply body
 	At          time.Time // when the reply was recorded
 }
 

@@ -318,10 +318,10 @@ func DumpWAL(dataDir string, from uint64, out io.Writer, ids bool) (wal.ScanRepo
 
 // StateCounts counts what a state holds.
 type StateCounts struct {
-	Partners   int
-	Workspaces int
-	Users      int // live users
-	Cohorts    int
+	Partners   int    // registered partners
+	Workspaces int    // workspaces
+	Users      int    // live users
+	Cohorts    int    // cohorts, over every workspace
 	Members    uint64 // memberships, over every cohort
 	ImportKeys int    // revoked ones included
 	Sessions   int    // open webhook sessions
@@ -346,9 +346,9 @@ func countState(e *Engine) StateCounts {
 
 // SnapshotCheck is the verdict on one snapshot file.
 type SnapshotCheck struct {
-	File   string
-	LSN    uint64
-	Bytes  int64
+	File   string      // the snapshot's path
+	LSN    uint64      // the last WAL record it covers
+	Bytes  int64       // its size
 	Counts StateCounts // what it holds (when Err is nil)
 	Err    error       // corruption, nil if the file is good
 }

@@ -71,17 +71,18 @@ type segmentCache struct {
 // gains nothing from keeping them).
 const maxCachedSegments = 256
 
-// Segment parses a segment expression (JSON), reusing the parse of the
-// same text asked before. The hit path allocates nothing. A Segment is
-// shared: bind it with Bind, never change it.
-func (w *Workspace) Segment(raw []byte) (*Segment, error) {
+// Segment returns the segment written raw, parsed by parse the first time
+// the workspace is asked it (parse holds the syntax: server/segment). The
+// hit path allocates nothing. A Segment is shared: bind it with Bind, never
+// change it.
+func (w *Workspace) Segment(raw []byte, parse func(raw []byte) (*Segment, error)) (*Segment, error) {
 	w.segs.RLock()
 	s := w.segs.m[string(raw)]
 	w.segs.RUnlock()
 	if s != nil {
 		return s, nil
 	}
-	s, err := ParseSegment(raw)
+	s, err := parse(raw)
 	if err != nil {
 		return nil, err
 	}

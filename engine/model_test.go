@@ -510,7 +510,7 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 			}
 		default: // segment queries
 			ex := m.randExpr(r, 0)
-			seg, err := ParseSegment([]byte(ex.json))
+			seg, err := parseSegment([]byte(ex.json))
 			if err != nil {
 				return e, fmt.Errorf("op %d parse %s: %v", i, ex.json, err)
 			}
@@ -600,7 +600,7 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 	for id, u := range m.users {
 		info := w.UserInfo(index.UserID(id))
 		if u.deleted {
-			if !w.Users().Deleted(index.UserID(id)) {
+			if !w.users.Deleted(index.UserID(id)) {
 				return e, fmt.Errorf("user %d should be deleted", id)
 			}
 			continue

@@ -413,12 +413,12 @@ type PartitionStatus struct {
 
 // ReplicationStatus describes this node's place in its group.
 type ReplicationStatus struct {
-	Replicated    bool // log mode (-log kafka)
-	NodeID        string
+	Replicated    bool              // log mode (-log kafka)
+	NodeID        string            // this node's name in the group
 	Partitions    []PartitionStatus // indexed by partition; empty on a single node
-	LagRecords    int64
-	LastAppliedAt time.Time // zero before the first record
-	Ready         bool
+	LagRecords    int64             // records of the log not yet applied here, over every partition
+	LastAppliedAt time.Time         // zero before the first record
+	Ready         bool              // Engine.Ready: recovered and, in log mode, caught up with the log
 	// RecordsApplied counts the records applied since the process started.
 	RecordsApplied int64
 }

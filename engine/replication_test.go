@@ -329,7 +329,7 @@ func TestReplicationWrites(t *testing.T) {
 		t.Fatal("no position for the workspace")
 	}
 	// A member-page cursor handed out by one node pages on another.
-	seg, err := ParseSegment([]byte(`{"all":true}`))
+	seg, err := parseSegment([]byte(`{"all":true}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,156 +6,65 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"fmt"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
-	"github.com/valyala/fastjson"
 
 	"github.com/cohortd/cohortd/index"
 )
 
-// Segment is a parsed segment expression (docs/API.md §4 "Segments"):
+// Segment is a segment expression (docs/API.md §4 "Segments"), ready to
+// bind:
 //
 //	{"cohort":"<partner>/<cohort_id>"} · {"not":E} · {"and":[E,…]} · {"or":[E,…]} · {"all":true}
 //
-// It is independent of any workspace; Workspace.Bind resolves its cohorts.
+// The engine holds expressions as trees of SegmentExpr; their JSON syntax
+// is the server's to parse (server/segment). A Segment is independent of
+// any workspace; Workspace.Bind resolves its cohorts.
 type Segment struct {
-	root  *segNode
-	flat  []*segNode // preorder
+	root  *SegmentExpr
+	flat  []*SegmentExpr // preorder
 	nkids int
 	pool  sync.Pool // *BoundSegment
 }
 
-type segNode struct {
+// SegmentExpr is one node of a segment expression, made by CohortExpr,
+// NotExpr, AndExpr, OrExpr or AllExpr. Expressions form trees: a node is
+// used once, in one expression, and not changed once NewSegment has it.
+type SegmentExpr struct {
 	op      index.Op // OpSet names a cohort by partner and id
 	partner string
 	id      string
 	warning string // OpSet: the warning when the cohort is unknown
-	kids    []*segNode
+	kids    []*SegmentExpr
 }
 
-// Limits that keep a hostile expression from costing unbounded stack or
-// time: real segment builders produce a few levels and tens of operands.
-const (
-	maxSegmentDepth    = 32
-	maxSegmentOperands = 1024
-)
-
-// ParseSegment parses a segment expression from JSON.
-func ParseSegment(data []byte) (*Segment, error) {
-	var p fastjson.Parser
-	v, err := p.ParseBytes(data)
-	if err != nil {
-		return nil, invalidf("segment must be a JSON expression: %v", err)
-	}
-	return ParseSegmentValue(v)
+// CohortExpr is the members of cohort (partner, id). An unknown cohort is
+// an empty set and adds a warning when bound.
+func CohortExpr(partnerSlug, id string) *SegmentExpr {
+	return &SegmentExpr{op: index.OpSet, partner: partnerSlug, id: id}
 }
 
-// ParseSegmentValue parses a segment expression from a parsed JSON value.
-// The Segment does not refer to v afterwards.
-func ParseSegmentValue(v *fastjson.Value) (*Segment, error) {
-	operands := 0
-	root, err := parseSegNode(v, 0, &operands, "segment")
-	if err != nil {
-		return nil, err
-	}
+// NotExpr is the live users not in e.
+func NotExpr(e *SegmentExpr) *SegmentExpr {
+	return &SegmentExpr{op: index.OpNot, kids: []*SegmentExpr{e}}
+}
+
+// AndExpr is the users in every one of es (at least one).
+func AndExpr(es ...*SegmentExpr) *SegmentExpr { return &SegmentExpr{op: index.OpAnd, kids: es} }
+
+// OrExpr is the users in any of es (at least one).
+func OrExpr(es ...*SegmentExpr) *SegmentExpr { return &SegmentExpr{op: index.OpOr, kids: es} }
+
+// AllExpr is every live user.
+func AllExpr() *SegmentExpr { return &SegmentExpr{op: index.OpAll} }
+
+// NewSegment makes a Segment of the expression root, which it takes over.
+func NewSegment(root *SegmentExpr) *Segment {
 	seg := &Segment{root: root}
 	seg.flatten()
-	return seg, nil
-}
-
-func parseSegNode(v *fastjson.Value, depth int, operands *int, path string) (*segNode, error) {
-	if depth > maxSegmentDepth {
-		return nil, invalidf("%s: expression nested deeper than %d levels", path, maxSegmentDepth)
-	}
-	*operands++
-	if *operands > maxSegmentOperands {
-		return nil, invalidf("segment: more than %d operands", maxSegmentOperands)
-	}
-	obj, err := v.Object()
-	if err != nil {
-		return nil, invalidf("%s must be an object with one of cohort, not, and, or, all", path)
-	}
-	var n *segNode
-	var ferr error
-	found := 0
-	obj.Visit(func(k []byte, fv *fastjson.Value) {
-		if ferr != nil {
-			return
-		}
-		key := string(k)
-		switch key {
-		case "cohort", "not", "and", "or", "all":
-		default:
-			return // unknown fields are ignored
-		}
-		found++
-		if found > 1 {
-			ferr = invalidf("%s must have exactly one of cohort, not, and, or, all", path)
-			return
-		}
-		sub := path + "." + key
-		switch key {
-		case "cohort":
-			s, err := fv.StringBytes()
-			if err != nil {
-				ferr = invalidf("%s must be a string \"<partner>/<cohort_id>\"", sub)
-				return
-			}
-			p, id, ok := strings.Cut(string(s), "/")
-			if !ok || !ValidPartnerSlug(p) || id == "" {
-				ferr = invalidf("%s must be \"<partner>/<cohort_id>\" with a partner slug [a-z0-9_-]{1,64} and a non-empty cohort id", sub)
-				return
-			}
-			n = &segNode{op: index.OpSet, partner: p, id: id}
-		case "not":
-			kid, err := parseSegNode(fv, depth+1, operands, sub)
-			if err != nil {
-				ferr = err
-				return
-			}
-			n = &segNode{op: index.OpNot, kids: []*segNode{kid}}
-		case "and", "or":
-			arr, err := fv.Array()
-			if err != nil {
-				ferr = invalidf("%s must be an array of expressions", sub)
-				return
-			}
-			if len(arr) == 0 {
-				ferr = invalidf("%s needs at least one operand", sub)
-				return
-			}
-			op := index.OpAnd
-			if key == "or" {
-				op = index.OpOr
-			}
-			n = &segNode{op: op, kids: make([]*segNode, 0, len(arr))}
-			for i, e := range arr {
-				kid, err := parseSegNode(e, depth+1, operands, fmt.Sprintf("%s[%d]", sub, i))
-				if err != nil {
-					ferr = err
-					return
-				}
-				n.kids = append(n.kids, kid)
-			}
-		case "all":
-			if fv.Type() != fastjson.TypeTrue {
-				ferr = invalidf("%s must be true", sub)
-				return
-			}
-			n = &segNode{op: index.OpAll}
-		}
-	})
-	if ferr != nil {
-		return nil, ferr
-	}
-	if n == nil {
-		return nil, invalidf("%s must have one of cohort, not, and, or, all", path)
-	}
-	return n, nil
+	return seg
 }
 
 // BoundSegment is a segment evaluated against one workspace: every cohort
@@ -180,8 +89,8 @@ var emptyBitmap = roaring.New()
 
 // flatten numbers the segment's nodes in preorder (once, at parse).
 func (s *Segment) flatten() {
-	var walk func(n *segNode)
-	walk = func(n *segNode) {
+	var walk func(n *SegmentExpr)
+	walk = func(n *SegmentExpr) {
 		s.flat = append(s.flat, n)
 		s.nkids += len(n.kids)
 		if n.op == index.OpSet {
@@ -197,7 +106,7 @@ func (s *Segment) flatten() {
 // newBound builds the expression tree of s for pooling.
 func (s *Segment) newBound() *BoundSegment {
 	b := &BoundSegment{seg: s, nodes: make([]index.Expr, len(s.flat)), kids: make([]*index.Expr, 0, s.nkids)}
-	pos := make(map[*segNode]int, len(s.flat))
+	pos := make(map[*SegmentExpr]int, len(s.flat))
 	for i, n := range s.flat {
 		pos[n] = i
 	}
@@ -265,6 +174,9 @@ func (b *BoundSegment) Count() uint64 { return b.expr.Count(b.live) }
 
 // Bitmap materialises the segment as a new bitmap owned by the caller.
 func (b *BoundSegment) Bitmap() *roaring.Bitmap { return b.expr.Bitmap(b.live) }
+
+// Set materialises the segment as a Set.
+func (b *BoundSegment) Set() Set { return Set{b.Bitmap()} }
 
 // ---- member cursors ----
 

@@ -81,13 +81,13 @@ func (t *sessionTable) delete(k sessionKey) {
 
 // StageResult reports a staged webhook page.
 type StageResult struct {
-	Repeat        bool // the session had already committed: nothing staged
-	Matched       int  // members of this page that matched a user (duplicates included)
-	Staged        int  // members of this page matched and staged
-	Unmatched     int  // identifiers of this page that matched nobody
-	PagesReceived int  // distinct pages of the session so far
-	Committed     bool // the page completed the session: the cohort was replaced
-	Replace       ReplaceResult
+	Repeat        bool          // the session had already committed: nothing staged
+	Matched       int           // members of this page that matched a user (duplicates included)
+	Staged        int           // members of this page matched and staged
+	Unmatched     int           // identifiers of this page that matched nobody
+	PagesReceived int           // distinct pages of the session so far
+	Committed     bool          // the page completed the session: the cohort was replaced
+	Replace       ReplaceResult // what the replacement did (when Committed)
 }
 
 // Limits on open sessions, so that abandoned syncs cannot pile up: a

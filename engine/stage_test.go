@@ -336,7 +336,7 @@ func TestPageDoesNotBuildTheSegment(t *testing.T) {
 		c := w.applyCohortUpsert("p", name, name, time.Now(), time.Now())
 		c.members.Reset(cohortBitmap("uniform", universe/5, universe, uint64(20+i)))
 	}
-	seg, err := ParseSegment([]byte(`{"and":[{"cohort":"p/A"},{"not":{"cohort":"p/B"}}]}`))
+	seg, err := parseSegment([]byte(`{"and":[{"cohort":"p/A"},{"not":{"cohort":"p/B"}}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,15 +93,15 @@ func (s SyncSource) String() string {
 
 // Sync is one sync of a cohort.
 type Sync struct {
-	StartedAt, EndedAt time.Time // first and last request (millisecond precision)
-	Source             SyncSource
-	Requests           uint64
-	Matched            uint64 // identifiers matched, as sent
-	Added, Removed     uint64 // users whose membership changed
-	Unknown            uint64 // unmatched: no user holds the identifier
-	DeviceIdentified   uint64 // unmatched: a device id of an identified user
-	DroppedBeforeFloor uint64
-	SizeAfter          uint64 // the cohort's size after the sync
+	StartedAt, EndedAt time.Time  // first and last request (millisecond precision)
+	Source             SyncSource // the API that carried it
+	Requests           uint64     // requests of the sync
+	Matched            uint64     // identifiers matched, as sent
+	Added, Removed     uint64     // users whose membership changed
+	Unknown            uint64     // unmatched: no user holds the identifier
+	DeviceIdentified   uint64     // unmatched: a device id of an identified user
+	DroppedBeforeFloor uint64     // identifiers of changes stamped before the retention floor
+	SizeAfter          uint64     // the cohort's size after the sync
 }
 
 // DataPoints is the effective changes of the sync (docs/API.md §2 rule 7).
@@ -403,15 +403,15 @@ const (
 
 // Health is a cohort's sync health at a moment.
 type Health struct {
-	Status  HealthStatus
-	Reasons []string // why the status is not ok, one sentence per failed rule
+	Status  HealthStatus // ok, or the first failed rule in precedence order
+	Reasons []string     // why the status is not ok, one sentence per failed rule
 	// LastSyncAt is when the newest sync's last request arrived (zero
 	// before the first sync).
 	LastSyncAt time.Time
 	// ExpectedInterval is the median interval between the starts of the
 	// last syncs; HasInterval is false with fewer than two syncs.
 	ExpectedInterval time.Duration
-	HasInterval      bool
+	HasInterval      bool // ExpectedInterval is known
 }
 
 // healthFacts are what the rules need from the newest syncs; they change

@@ -78,7 +78,7 @@ type Workspace struct {
 	// resolved meanwhile can tell whether they went stale (userlog.go).
 	ulog usersLog
 
-	segs segmentCache // parsed segments by their JSON (lookup.go)
+	segs segmentCache // segments by their JSON text (lookup.go)
 
 	// scratch buffers reused under mu.
 	enc recordEncoder
@@ -116,9 +116,6 @@ func (w *Workspace) releaseUsers() {
 
 // ID returns the workspace id.
 func (w *Workspace) ID() string { return w.id }
-
-// Users returns the workspace's identity and user tables (read-only use).
-func (w *Workspace) Users() *index.Users { return w.users }
 
 // commitLocked appends the record in w.enc, then runs apply. The caller
 // holds w.mu (through write) and nothing is changed yet, so a failed
@@ -210,10 +207,10 @@ type importKey struct {
 
 // KeyInfo describes a data import key without its secret.
 type KeyInfo struct {
-	KeyID      string
-	CreatedAt  time.Time
+	KeyID      string    // "key_" and 16 hex digits; not the secret
+	CreatedAt  time.Time // when the key was issued
 	LastUsedAt time.Time // zero if never used
-	Revoked    bool
+	Revoked    bool      // revoked, or its partner was deleted since
 }
 
 // CreateImportKey issues a data import key (client_secret) for partner and
@@ -350,15 +347,15 @@ func (w *Workspace) addUsage(partnerSlug string, day int32, n uint64) {
 
 // Usage is the data points metered for a workspace.
 type Usage struct {
-	Total    uint64
-	Partners map[string]PartnerUsage
+	Total    uint64                  // data points of every partner
+	Partners map[string]PartnerUsage // by partner slug
 }
 
 // PartnerUsage is one partner's data points, in total and per UTC day
 // ("2006-01-02").
 type PartnerUsage struct {
-	Total uint64
-	Days  map[string]uint64
+	Total uint64            // the partner's data points
+	Days  map[string]uint64 // by UTC day, "2006-01-02"
 }
 
 // Usage returns the workspace's data points per partner and UTC day.
@@ -407,12 +404,12 @@ func (c *Cohort) Members() *roaring.Bitmap { return c.members.Load() }
 
 // CohortInfo describes a cohort.
 type CohortInfo struct {
-	Partner   string
-	CohortID  string
-	Name      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	Size      uint64
+	Partner   string    // the partner slug
+	CohortID  string    // the partner's cohort id
+	Name      string    // the display name (the id until one is given)
+	CreatedAt time.Time // when created (the time its first upsert gave)
+	UpdatedAt time.Time // the last rename or membership change
+	Size      uint64    // members now
 }
 
 // Info returns the cohort's description and current size.

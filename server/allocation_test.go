@@ -9,7 +9,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 )
 
 // The single-user query path (contains, count) must not allocate once warm,
@@ -40,7 +39,7 @@ func allocServer(t testing.TB) (*Server, string) {
 	for name, every := range map[string]int{"a": 2, "b": 3} {
 		ms := w.NewMemberSet()
 		for i := 0; i < 100; i += every {
-			ms.AddMany(index.KindExternal, [][]byte{fmt.Appendf(nil, "u%d", i)})
+			ms.AddMany(engine.KindExternal, [][]byte{fmt.Appendf(nil, "u%d", i)})
 		}
 		if _, err := w.ReplaceMembers("p", name, ms); err != nil {
 			t.Fatal(err)

@@ -82,7 +82,7 @@ func validID(b []byte) bool {
 type changeObject struct {
 	UserIDs   [][]byte
 	DeviceIDs [][]byte
-	Aliases   [][]byte // index.AliasKey(alias_name, alias_label)
+	Aliases   [][]byte // engine.AliasKey(alias_name, alias_label)
 	Remove    bool
 	HasTime   bool
 	Time      time.Time
@@ -93,7 +93,7 @@ type changeObject struct {
 type userRecord struct {
 	ExternalID []byte   // nil if absent
 	DeviceID   []byte   // nil if absent
-	Aliases    [][]byte // index.AliasKey(alias_name, alias_label)
+	Aliases    [][]byte // engine.AliasKey(alias_name, alias_label)
 }
 
 // Fixed 400 messages. The cohort_changes one is wire-compatible (docs/API.md §3);

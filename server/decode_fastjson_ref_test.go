@@ -5,7 +5,7 @@ import (
 
 	"github.com/valyala/fastjson"
 
-	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/engine"
 )
 
 // The fastjson decoder of user deletes that the streaming one
@@ -109,7 +109,7 @@ func parseUsersDelete(p *fastjson.Parser, body []byte) (usersDeleteReq, error) {
 			if err != nil {
 				return usersDeleteReq{}, err
 			}
-			arena = index.AliasKey(arena, name, label)
+			arena = engine.AliasKey(arena, name, label)
 			ends = append(ends, len(arena))
 		}
 		req.Aliases = make([][]byte, len(ends))

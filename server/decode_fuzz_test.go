@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/cohortd/cohortd/index"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/cohortd/cohortd/engine"
 )
 
 // gen writes random valid bodies in every shape we decode, with the JSON
@@ -336,7 +337,7 @@ func scanAny(shape string, ndjson bool, body []byte, oneByte bool) (*decoded, er
 	r := iotestReader(string(body), oneByte)
 	change := func(c *changeObject) error { d.addChange(c); return nil }
 	user := func(u *userRecord) error { d.addUser(u); return nil }
-	member := func(k index.Kind, keys [][]byte) error {
+	member := func(k engine.Kind, keys [][]byte) error {
 		for _, key := range keys {
 			d.addMember(k, key)
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 )
 
 // Bodies decoded with the scanner before (or instead of) building a tree:
@@ -104,7 +103,7 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 		q.form = f
 		return nil
 	}
-	addID := func(k index.Kind, key []byte) error {
+	addID := func(k engine.Kind, key []byte) error {
 		if q.ids++; q.ids > maxQueryIDs {
 			return badRequest(msgTooManyQueryID)
 		}
@@ -142,9 +141,9 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 				return addID(k, v)
 			})
 		case "external_ids", "device_ids":
-			k, f, field := index.KindExternal, formExternalIDs, "external_ids"
+			k, f, field := engine.KindExternal, formExternalIDs, "external_ids"
 			if string(key) == "device_ids" {
-				k, f, field = index.KindDevice, formDeviceIDs, "device_ids"
+				k, f, field = engine.KindDevice, formDeviceIDs, "device_ids"
 			}
 			if err := form(f); err != nil {
 				return err
@@ -221,7 +220,7 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 // userRef reads one user reference of a contains body:
 // {"external_id"} | {"device_id"} | {"alias_name","alias_label"}, exactly one
 // identifier (other fields ignored). The key is valid until the next call.
-func (d *streamDecoder) userRef(i int) (index.Kind, []byte, error) {
+func (d *streamDecoder) userRef(i int) (engine.Kind, []byte, error) {
 	s := &d.s
 	at := func() string { return "users[" + strconv.Itoa(i) + "]" }
 	shape := func() error { return badRequest(msgUserRef, at()) }
@@ -230,16 +229,16 @@ func (d *streamDecoder) userRef(i int) (index.Kind, []byte, error) {
 		var err error
 		switch string(key) {
 		case "external_id":
-			has[index.KindExternal] = true
+			has[engine.KindExternal] = true
 			d.ext, err = s.idString(d.ext[:0], shape, func() string { return "external_id" })
 		case "device_id":
-			has[index.KindDevice] = true
+			has[engine.KindDevice] = true
 			d.dev, err = s.idString(d.dev[:0], shape, func() string { return "device_id" })
 		case "alias_name":
 			has[0] = true
 			d.name, err = s.idString(d.name[:0], shape, func() string { return "alias_name" })
 		case "alias_label":
-			has[index.KindAlias] = true
+			has[engine.KindAlias] = true
 			d.label, err = s.idString(d.label[:0], shape, func() string { return "alias_label" })
 		default:
 			err = s.skipValue()
@@ -252,15 +251,15 @@ func (d *streamDecoder) userRef(i int) (index.Kind, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	alias := has[0] || has[index.KindAlias]
+	alias := has[0] || has[engine.KindAlias]
 	switch {
-	case has[index.KindExternal] && !has[index.KindDevice] && !alias:
-		return index.KindExternal, d.ext, nil
-	case has[index.KindDevice] && !has[index.KindExternal] && !alias:
-		return index.KindDevice, d.dev, nil
-	case has[0] && has[index.KindAlias] && !has[index.KindExternal] && !has[index.KindDevice]:
-		d.arena = index.AliasKey(d.arena[:0], d.name, d.label)
-		return index.KindAlias, d.arena, nil
+	case has[engine.KindExternal] && !has[engine.KindDevice] && !alias:
+		return engine.KindExternal, d.ext, nil
+	case has[engine.KindDevice] && !has[engine.KindExternal] && !alias:
+		return engine.KindDevice, d.dev, nil
+	case has[0] && has[engine.KindAlias] && !has[engine.KindExternal] && !has[engine.KindDevice]:
+		d.arena = engine.AliasKey(d.arena[:0], d.name, d.label)
+		return engine.KindAlias, d.arena, nil
 	}
 	return 0, nil, shape()
 }
@@ -293,7 +292,7 @@ func decodeUsersDelete(r io.Reader) (usersDeleteReq, error) {
 	var bufs [4][]byte
 	var ends [4][]int
 	n := 0
-	err := decodeMembersJSON(r, func(k index.Kind, keys [][]byte) error {
+	err := decodeMembersJSON(r, func(k engine.Kind, keys [][]byte) error {
 		if n += len(keys); n > maxQueryIDs {
 			return badRequest(msgTooManyQueryID)
 		}
@@ -306,7 +305,7 @@ func decodeUsersDelete(r io.Reader) (usersDeleteReq, error) {
 	if err != nil {
 		return usersDeleteReq{}, err
 	}
-	cut := func(k index.Kind) [][]byte {
+	cut := func(k engine.Kind) [][]byte {
 		if len(ends[k]) == 0 {
 			return nil
 		}
@@ -318,7 +317,7 @@ func decodeUsersDelete(r io.Reader) (usersDeleteReq, error) {
 		}
 		return out
 	}
-	req.UserIDs, req.DeviceIDs, req.Aliases = cut(index.KindExternal), cut(index.KindDevice), cut(index.KindAlias)
+	req.UserIDs, req.DeviceIDs, req.Aliases = cut(engine.KindExternal), cut(engine.KindDevice), cut(engine.KindAlias)
 	return req, nil
 }
 

@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cohortd/cohortd/index"
 	"io"
 	"strings"
 	"time"
+
+	"github.com/cohortd/cohortd/engine"
 )
 
 // A reference decoder built on encoding/json, for differential tests and
@@ -29,7 +30,7 @@ func (d *decoded) add(prefix string, id []byte) {
 		d.fffd = true
 	}
 	valid := validID(id)
-	if prefix == "a:" || prefix == fmt.Sprintf("%d:", index.KindAlias) {
+	if prefix == "a:" || prefix == fmt.Sprintf("%d:", engine.KindAlias) {
 		name, label, ok := bytes.Cut(id, []byte{0})
 		valid = ok && validID(name) && validID(label)
 	}
@@ -82,7 +83,7 @@ func (d *decoded) addUser(r *userRecord) {
 	}
 }
 
-func (d *decoded) addMember(k index.Kind, id []byte) {
+func (d *decoded) addMember(k engine.Kind, id []byte) {
 	d.add(fmt.Sprintf("%d:", k), id)
 }
 
@@ -190,7 +191,7 @@ func refAlias(d *decoded, raw json.RawMessage) ([]byte, error) {
 	if name == nil || label == nil {
 		return nil, errRef
 	}
-	return index.AliasKey(nil, name, label), nil
+	return engine.AliasKey(nil, name, label), nil
 }
 
 func refAliases(d *decoded, raw json.RawMessage) ([][]byte, error) {
@@ -370,16 +371,16 @@ func refMembersJSON(body []byte) (*decoded, error) {
 	err := refTop(body, func(key string, raw json.RawMessage) error {
 		var ids [][]byte
 		var err error
-		var k index.Kind
+		var k engine.Kind
 		switch key {
 		case "user_ids":
-			k = index.KindExternal
+			k = engine.KindExternal
 			ids, err = refStrings(&d, raw)
 		case "device_ids":
-			k = index.KindDevice
+			k = engine.KindDevice
 			ids, err = refStrings(&d, raw)
 		case "aliases":
-			k = index.KindAlias
+			k = engine.KindAlias
 			ids, err = refAliases(&d, raw)
 		default:
 			return nil
@@ -418,11 +419,11 @@ func refMembersNDJSON(body []byte) (*decoded, error) {
 		alias := name != nil || label != nil
 		switch {
 		case ext != nil && dev == nil && !alias:
-			d.addMember(index.KindExternal, ext)
+			d.addMember(engine.KindExternal, ext)
 		case dev != nil && ext == nil && !alias:
-			d.addMember(index.KindDevice, dev)
+			d.addMember(engine.KindDevice, dev)
 		case name != nil && label != nil && ext == nil && dev == nil:
-			d.addMember(index.KindAlias, index.AliasKey(nil, name, label))
+			d.addMember(engine.KindAlias, engine.AliasKey(nil, name, label))
 		default:
 			return errRef
 		}
@@ -488,7 +489,7 @@ func scanChanges(body []byte, ndjson bool) (*decoded, error) {
 func scanMembers(body []byte, ndjson bool) (*decoded, error) {
 	var d decoded
 	var batchErr error
-	fn := func(k index.Kind, keys [][]byte) error {
+	fn := func(k engine.Kind, keys [][]byte) error {
 		if len(keys) == 0 || len(keys) > maxBatch {
 			batchErr = fmt.Errorf("batch of %d keys", len(keys))
 		}

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/engine"
 )
 
 // Bulk /v1 bodies, decoded by the scanner as they stream in. Only the
@@ -32,7 +32,7 @@ type streamDecoder struct {
 	ext   []byte    // external_id scratch
 	dev   []byte    // device_id scratch
 	keys  [][]byte
-	batch index.Kind // kind of the members batch in spans[0]
+	batch engine.Kind // kind of the members batch in spans[0]
 
 	container string // "cohort_changes" or "users" in JSON bodies, for paths
 	idx       int    // index of the current unit in container
@@ -141,7 +141,7 @@ func (d *streamDecoder) aliasObj(shape func() error, path func() string) error {
 
 // idArray reads an array of identifiers into the arena, replacing
 // d.spans[k] (the last of duplicate keys wins).
-func (d *streamDecoder) idArray(k index.Kind, field string, shape func(path string, want string) error) error {
+func (d *streamDecoder) idArray(k engine.Kind, field string, shape func(path string, want string) error) error {
 	d.spans[k] = d.spans[k][:0]
 	return d.stringArray(k, field, shape, &d.spans[k], nil)
 }
@@ -155,7 +155,7 @@ func (d *streamDecoder) idArray(k index.Kind, field string, shape func(path stri
 // ASCII without escapes and lies whole in the buffer is copied in one
 // append. Anything else (escapes, non-ASCII, a string cut by the buffer
 // end) takes the slow path, readString, from the same position.
-func (d *streamDecoder) stringArray(k index.Kind, field string, shape func(path string, want string) error,
+func (d *streamDecoder) stringArray(k engine.Kind, field string, shape func(path string, want string) error,
 	spans *[]span, flush func() error) error {
 	s := &d.s
 	c, ok := s.next()
@@ -234,10 +234,10 @@ func (d *streamDecoder) stringArray(k index.Kind, field string, shape func(path 
 }
 
 // aliasArray reads an array of alias objects into the arena as alias keys,
-// replacing d.spans[index.KindAlias].
+// replacing d.spans[engine.KindAlias].
 func (d *streamDecoder) aliasArray(shape func(path string, want string) error) error {
 	s := &d.s
-	d.spans[index.KindAlias] = d.spans[index.KindAlias][:0]
+	d.spans[engine.KindAlias] = d.spans[engine.KindAlias][:0]
 	notArray := func() error { return shape(d.path("aliases", -1), "an array of objects") }
 	return s.array(notArray, func(i int) error {
 		err := d.aliasObj(func() error {
@@ -247,8 +247,8 @@ func (d *streamDecoder) aliasArray(shape func(path string, want string) error) e
 			return err
 		}
 		off := len(d.arena)
-		d.arena = index.AliasKey(d.arena, d.name, d.label)
-		d.spans[index.KindAlias] = append(d.spans[index.KindAlias], span{off, len(d.arena)})
+		d.arena = engine.AliasKey(d.arena, d.name, d.label)
+		d.spans[engine.KindAlias] = append(d.spans[engine.KindAlias], span{off, len(d.arena)})
 		return nil
 	})
 }
@@ -269,9 +269,9 @@ func (d *streamDecoder) changeObj(fn func(c *changeObject) error) error {
 	err := s.object(func() error { return d.changeShape(d.path("", -1), "an object") }, func(key []byte) error {
 		switch string(key) {
 		case "user_ids":
-			return d.idArray(index.KindExternal, "user_ids", d.changeShape)
+			return d.idArray(engine.KindExternal, "user_ids", d.changeShape)
 		case "device_ids":
-			return d.idArray(index.KindDevice, "device_ids", d.changeShape)
+			return d.idArray(engine.KindDevice, "device_ids", d.changeShape)
 		case "aliases":
 			return d.aliasArray(d.changeShape)
 		case "should_remove":
@@ -297,9 +297,9 @@ func (d *streamDecoder) changeObj(fn func(c *changeObject) error) error {
 	if err != nil {
 		return err
 	}
-	c.UserIDs = d.slices(c.UserIDs[:0], d.spans[index.KindExternal])
-	c.DeviceIDs = d.slices(c.DeviceIDs[:0], d.spans[index.KindDevice])
-	c.Aliases = d.slices(c.Aliases[:0], d.spans[index.KindAlias])
+	c.UserIDs = d.slices(c.UserIDs[:0], d.spans[engine.KindExternal])
+	c.DeviceIDs = d.slices(c.DeviceIDs[:0], d.spans[engine.KindDevice])
+	c.Aliases = d.slices(c.Aliases[:0], d.spans[engine.KindAlias])
 	return fn(c)
 }
 
@@ -435,7 +435,7 @@ func headlineRecord(b []byte) (id []byte, remove bool, used int) {
 }
 
 // flush hands the members batch to fn and empties it.
-func (d *streamDecoder) flush(fn func(k index.Kind, keys [][]byte) error) error {
+func (d *streamDecoder) flush(fn func(k engine.Kind, keys [][]byte) error) error {
 	if len(d.spans[0]) == 0 {
 		return nil
 	}
@@ -449,7 +449,7 @@ func (d *streamDecoder) flush(fn func(k index.Kind, keys [][]byte) error) error 
 // addKey appends one identifier of kind k to the members batch, flushing
 // first if the batch holds another kind, and after if it is full. appendKey
 // appends the identifier to the arena.
-func (d *streamDecoder) addKey(k index.Kind, fn func(k index.Kind, keys [][]byte) error, appendKey func(dst []byte) ([]byte, error)) error {
+func (d *streamDecoder) addKey(k engine.Kind, fn func(k engine.Kind, keys [][]byte) error, appendKey func(dst []byte) ([]byte, error)) error {
 	if d.batch != k {
 		if err := d.flush(fn); err != nil {
 			return err
@@ -476,14 +476,14 @@ func (d *streamDecoder) idsShape(path, want string) error {
 // {"user_ids":[…],"device_ids":[…],"aliases":[…]} (every array optional) as
 // it streams from r, calling fn with batches of at most maxBatch
 // identifiers of one kind, in body order; alias keys are
-// index.AliasKey(alias_name, alias_label). keys and their bytes are owned by the
+// engine.AliasKey(alias_name, alias_label). keys and their bytes are owned by the
 // decoder and valid only during the call. Errors as for decodeChangesJSON.
-func decodeMembersJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error) error {
+func decodeMembersJSON(r io.Reader, fn func(k engine.Kind, keys [][]byte) error) error {
 	d := getStream(r, false, "")
 	defer putStream(d)
 	s := &d.s
 	flush := func() error { return d.flush(fn) }
-	ids := func(k index.Kind, field string) error {
+	ids := func(k engine.Kind, field string) error {
 		if d.batch != k {
 			if err := d.flush(fn); err != nil {
 				return err
@@ -495,9 +495,9 @@ func decodeMembersJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error) 
 	err := s.object(func() error { return d.idsShape("", "an object") }, func(key []byte) error {
 		switch string(key) {
 		case "user_ids":
-			return ids(index.KindExternal, "user_ids")
+			return ids(engine.KindExternal, "user_ids")
 		case "device_ids":
-			return ids(index.KindDevice, "device_ids")
+			return ids(engine.KindDevice, "device_ids")
 		case "aliases":
 			notArray := func() error { return d.idsShape("aliases", "an array of objects") }
 			return s.array(notArray, func(i int) error {
@@ -507,8 +507,8 @@ func decodeMembersJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error) 
 				if err != nil {
 					return err
 				}
-				return d.addKey(index.KindAlias, fn, func(dst []byte) ([]byte, error) {
-					return index.AliasKey(dst, d.name, d.label), nil
+				return d.addKey(engine.KindAlias, fn, func(dst []byte) ([]byte, error) {
+					return engine.AliasKey(dst, d.name, d.label), nil
 				})
 			})
 		}
@@ -527,7 +527,7 @@ func decodeMembersJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error) 
 // {"external_id":…}, {"device_id":…} or {"alias_name":…,"alias_label":…}
 // (exactly one identifier; other fields ignored), as it streams from r,
 // calling fn as decodeMembersJSON does.
-func decodeMembersNDJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error) error {
+func decodeMembersNDJSON(r io.Reader, fn func(k engine.Kind, keys [][]byte) error) error {
 	d := getStream(r, true, "")
 	defer putStream(d)
 	s := &d.s
@@ -538,16 +538,16 @@ func decodeMembersNDJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error
 			var err error
 			switch string(key) {
 			case "external_id":
-				has[index.KindExternal] = true
+				has[engine.KindExternal] = true
 				d.ext, err = s.idString(d.ext[:0], lineShape, func() string { return "external_id" })
 			case "device_id":
-				has[index.KindDevice] = true
+				has[engine.KindDevice] = true
 				d.dev, err = s.idString(d.dev[:0], lineShape, func() string { return "device_id" })
 			case "alias_name":
 				has[0] = true
 				d.name, err = s.idString(d.name[:0], lineShape, func() string { return "alias_name" })
 			case "alias_label":
-				has[index.KindAlias] = true
+				has[engine.KindAlias] = true
 				d.label, err = s.idString(d.label[:0], lineShape, func() string { return "alias_label" })
 			default:
 				err = s.skipValue()
@@ -557,14 +557,14 @@ func decodeMembersNDJSON(r io.Reader, fn func(k index.Kind, keys [][]byte) error
 		if err != nil {
 			return err
 		}
-		alias := has[0] || has[index.KindAlias]
+		alias := has[0] || has[engine.KindAlias]
 		switch {
-		case has[index.KindExternal] && !has[index.KindDevice] && !alias:
-			return d.addKey(index.KindExternal, fn, func(dst []byte) ([]byte, error) { return append(dst, d.ext...), nil })
-		case has[index.KindDevice] && !has[index.KindExternal] && !alias:
-			return d.addKey(index.KindDevice, fn, func(dst []byte) ([]byte, error) { return append(dst, d.dev...), nil })
-		case has[0] && has[index.KindAlias] && !has[index.KindExternal] && !has[index.KindDevice]:
-			return d.addKey(index.KindAlias, fn, func(dst []byte) ([]byte, error) { return index.AliasKey(dst, d.name, d.label), nil })
+		case has[engine.KindExternal] && !has[engine.KindDevice] && !alias:
+			return d.addKey(engine.KindExternal, fn, func(dst []byte) ([]byte, error) { return append(dst, d.ext...), nil })
+		case has[engine.KindDevice] && !has[engine.KindExternal] && !alias:
+			return d.addKey(engine.KindDevice, fn, func(dst []byte) ([]byte, error) { return append(dst, d.dev...), nil })
+		case has[0] && has[engine.KindAlias] && !has[engine.KindExternal] && !has[engine.KindDevice]:
+			return d.addKey(engine.KindAlias, fn, func(dst []byte) ([]byte, error) { return engine.AliasKey(dst, d.name, d.label), nil })
 		}
 		return lineShape()
 	})
@@ -582,7 +582,7 @@ func (d *streamDecoder) usersShape(path, want string) error {
 func (d *streamDecoder) userRec(fn func(rec *userRecord) error) error {
 	s := &d.s
 	d.arena = d.arena[:0]
-	d.spans[index.KindAlias] = d.spans[index.KindAlias][:0]
+	d.spans[engine.KindAlias] = d.spans[engine.KindAlias][:0]
 	hasExt, hasDev := false, false
 	err := s.object(func() error { return d.usersShape(d.path("", -1), "an object") }, func(key []byte) error {
 		var err error
@@ -615,7 +615,7 @@ func (d *streamDecoder) userRec(fn func(rec *userRecord) error) error {
 	if hasDev {
 		rec.DeviceID = d.dev
 	}
-	rec.Aliases = d.slices(rec.Aliases[:0], d.spans[index.KindAlias])
+	rec.Aliases = d.slices(rec.Aliases[:0], d.spans[engine.KindAlias])
 	if !hasExt && !hasDev && len(rec.Aliases) == 0 {
 		if p := d.path("", -1); p != "" {
 			return badRequest(msgUserEmpty, s.where()+": "+p)

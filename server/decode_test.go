@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"errors"
-	"github.com/cohortd/cohortd/index"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/cohortd/cohortd/engine"
 )
 
 // wantErr checks that err is an *apiError with status whose message
@@ -264,13 +265,13 @@ func TestDecodeChangesLargeObject(t *testing.T) {
 
 func TestDecodeMembers(t *testing.T) {
 	type batch struct {
-		k index.Kind
+		k engine.Kind
 		n int
 	}
 	collect := func(ndjson bool, body string) ([]batch, string, error) {
 		var bs []batch
 		var d decoded
-		fn := func(k index.Kind, keys [][]byte) error {
+		fn := func(k engine.Kind, keys [][]byte) error {
 			bs = append(bs, batch{k, len(keys)})
 			for _, key := range keys {
 				d.addMember(k, key)
@@ -299,7 +300,7 @@ func TestDecodeMembers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := []batch{{index.KindExternal, 4096}, {index.KindExternal, 4096}, {index.KindExternal, 1808}, {index.KindAlias, 1}, {index.KindExternal, 1}}
+		want := []batch{{engine.KindExternal, 4096}, {engine.KindExternal, 4096}, {engine.KindExternal, 1808}, {engine.KindAlias, 1}, {engine.KindExternal, 1}}
 		if len(bs) != len(want) {
 			t.Fatalf("batches %v, want %v", bs, want)
 		}
@@ -609,13 +610,13 @@ func TestParseUsersDelete(t *testing.T) {
 func TestParseUserRef(t *testing.T) {
 	cases := []struct {
 		body string
-		k    index.Kind
+		k    engine.Kind
 		key  string
 		msg  string
 	}{
-		{body: `{"external_id":"e"}`, k: index.KindExternal, key: "e"},
-		{body: `{"device_id":"d","x":1}`, k: index.KindDevice, key: "d"},
-		{body: `{"alias_label":"l","alias_name":"n"}`, k: index.KindAlias, key: "n\x00l"},
+		{body: `{"external_id":"e"}`, k: engine.KindExternal, key: "e"},
+		{body: `{"device_id":"d","x":1}`, k: engine.KindDevice, key: "d"},
+		{body: `{"alias_label":"l","alias_name":"n"}`, k: engine.KindAlias, key: "n\x00l"},
 		{body: `{}`, msg: msgUserRef},
 		{body: `"e"`, msg: msgUserRef},
 		{body: `{"external_id":"e","device_id":"d"}`, msg: msgUserRef},

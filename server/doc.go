@@ -8,16 +8,23 @@
 //   - server.go: Options, Server, the request life cycle (readiness gate,
 //     graceful shutdown, panic recovery, logging, metrics).
 //   - routes.go: the route table, built in New, and path matching.
-//   - auth.go: bearer tokens (admin token, workspace API keys) and the
-//     mapping of engine errors to replies.
-//   - handlers_partner.go, handlers_v1.go, handlers_admin.go,
-//     handlers_tenants.go: the endpoints.
-//   - idempotency.go: the Idempotency-Key store.
-//   - ratelimit.go: token buckets per credential.
-//   - metrics.go, metrics_ops.go: /metrics, the per-route counters and
-//     histograms, the engine's gauges.
-//   - errors.go, body.go, decode*.go: error replies, bounded decompression
-//     and the request body decoders.
+//   - middleware.go: the chain every matched route runs (Content-Type,
+//     auth, rate limit, Idempotency-Key, handler).
+//   - auth.go: bearer tokens (admin token, workspace API keys).
+//   - errors.go: error replies and the mapping of engine errors to them.
+//   - handlers_*.go: the endpoints, one file per resource or API family;
+//     handlers_v1.go has the overview of the /v1 reply shapes.
+//   - idempotency.go, ratelimit.go: the Idempotency-Key store and the use
+//     of the token buckets of server/ratelimit.
+//   - metrics*.go: /metrics, the per-route counters and histograms, the
+//     engine's gauges.
+//   - body.go, decode*.go: bounded decompression and the request body
+//     decoders.
+//   - ui.go: the embedded page (ui/).
+//
+// Subpackages: ratelimit (token buckets shared with the Redis-protocol
+// listener), resp (that listener) and segment (the JSON syntax of segment
+// expressions, for both listeners).
 //
 // # Concurrency
 //
@@ -26,7 +33,8 @@
 // pointer), and every piece of shared state (idempotency store, rate
 // limiters, metric caches) has its own lock. Handlers never keep a
 // *fasthttp.RequestCtx past their return, except streamed replies, which
-// only keep immutable bitmaps and the workspace they read from.
+// only keep an engine.Set (one immutable version) and the workspace they
+// read from.
 //
 // # Caveats
 //

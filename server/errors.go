@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/cohortd/cohortd/engine"
 	"github.com/valyala/fasthttp"
 )
 
@@ -63,4 +64,44 @@ func writeError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	ctx.SetStatusCode(ae.status)
 	ctx.SetBody(b)
+}
+
+// mapError turns engine errors into API errors (docs/API.md §5). Other errors
+// pass through unchanged (an apiError, or a 500 for fail to log).
+func mapError(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return err
+	}
+	var inv *engine.InvalidError
+	var pne *engine.PartnerNotEnabledError
+	switch {
+	case errors.As(err, &inv):
+		return errorf(fasthttp.StatusBadRequest, "%s", inv.Message)
+	case errors.As(err, &pne):
+		return errorf(fasthttp.StatusUnauthorized, "Partner not enabled for client with client secret: %s...", pne.Prefix)
+	case errors.Is(err, engine.ErrBadPartnerKey):
+		return errorf(fasthttp.StatusUnauthorized, "Invalid Partner API key")
+	case errors.Is(err, engine.ErrBadClientSecret):
+		return errorf(fasthttp.StatusUnauthorized, "Invalid client secret")
+	case errors.Is(err, engine.ErrNotFound):
+		return errorf(fasthttp.StatusNotFound, "not found")
+	case errors.Is(err, engine.ErrExists):
+		return errorf(fasthttp.StatusConflict, "already exists")
+	case errors.Is(err, engine.ErrCapacity):
+		return errorf(fasthttp.StatusInsufficientStorage, "the workspace's identity tables are full (8 GiB of identifier bytes, or 4 billion users): delete users or split the workspace")
+	case errors.Is(err, engine.ErrClosed):
+		return errorf(fasthttp.StatusServiceUnavailable, "shutting down")
+	case errors.Is(err, engine.ErrRecordTooLarge):
+		return errorf(fasthttp.StatusRequestEntityTooLarge, "the request does not fit in one record of the replicated log (-kafka-max-record): send it in smaller requests")
+	case errors.Is(err, engine.ErrUnavailable):
+		// The outcome is unknown: the record may still be applied. A retry
+		// with the same Idempotency-Key is safe (docs/API.md §7).
+		return errorf(fasthttp.StatusServiceUnavailable, "the replicated log is unavailable; the write may or may not be applied: retry, with the same Idempotency-Key to be safe")
+	case errors.Is(err, engine.ErrPositionTimeout):
+		return errorf(fasthttp.StatusServiceUnavailable, "this node is behind the log; retry")
+	case errors.Is(err, engine.ErrUsersChanged):
+		return errorf(fasthttp.StatusServiceUnavailable, "users changed while the request was being resolved (nothing was applied): send it again")
+	}
+	return err
 }

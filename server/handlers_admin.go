@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"time"
 
@@ -56,21 +57,16 @@ func (s *Server) adminObject(r *request, p *fastjson.Parser, allowEmpty bool) (*
 	if err != nil {
 		return nil, err
 	}
-	if allowEmpty && len(trimSpace(body)) == 0 {
+	if allowEmpty && len(bytes.Trim(body, jsonSpace)) == 0 {
 		body = []byte("{}")
 	}
 	return parseJSONObject(p, body)
 }
 
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
-		b = b[1:]
-	}
-	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
+// jsonSpace is JSON's whitespace (RFC 8259), also the spaces trimmed around
+// header list items: bytes.TrimSpace would take \v, \f and Unicode spaces
+// too.
+const jsonSpace = " \t\n\r"
 
 // stringField returns the string field name of o, or a 400.
 func stringField(o *fastjson.Object, name string) (string, error) {

@@ -9,7 +9,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 )
 
 // Partner endpoints (docs/API.md §3), wire-compatible with the partner cohort
@@ -190,9 +189,9 @@ func stageChange(cs *engine.ChangeSet, floor time.Time, c *changeObject) {
 		cs.Drop(len(c.UserIDs) + len(c.DeviceIDs) + len(c.Aliases))
 		return
 	}
-	cs.AddMany(index.KindExternal, c.UserIDs, c.Remove)
-	cs.AddMany(index.KindDevice, c.DeviceIDs, c.Remove)
-	cs.AddMany(index.KindAlias, c.Aliases, c.Remove)
+	cs.AddMany(engine.KindExternal, c.UserIDs, c.Remove)
+	cs.AddMany(engine.KindDevice, c.DeviceIDs, c.Remove)
+	cs.AddMany(engine.KindAlias, c.Aliases, c.Remove)
 }
 
 // appendApplyResult appends the reply of a change batch (partner and

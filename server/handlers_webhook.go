@@ -9,7 +9,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
@@ -191,7 +190,7 @@ func candidates(req *webhookReq, extProp, aliasProp string) *engine.Candidates {
 	req.eachMember(extProp, aliasProp, func(ext, label []byte) {
 		var alias []byte
 		if label != nil {
-			buf = index.AliasKey(buf[:0], []byte(aliasProp), label)
+			buf = engine.AliasKey(buf[:0], []byte(aliasProp), label)
 			alias = buf
 		}
 		c.Add(ext, alias)

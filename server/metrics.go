@@ -98,7 +98,7 @@ func writeEngineMetrics(w io.Writer, e *engine.Engine) {
 	var users, cohorts, sessions uint64
 	wss := e.Workspaces()
 	for _, ws := range wss {
-		users += uint64(ws.Users().Len())
+		users += uint64(ws.UserCount())
 		cohorts += uint64(ws.CohortCount())
 		sessions += uint64(ws.OpenSessions())
 	}

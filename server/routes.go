@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -146,7 +147,7 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (rt *route, params [3]string, a
 			}
 			continue
 		}
-		if !contains(methods, cand.method) {
+		if !slices.Contains(methods, cand.method) {
 			methods = append(methods, cand.method)
 		}
 	}
@@ -166,15 +167,6 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (rt *route, params [3]string, a
 		n++
 	}
 	return rt, params, "", nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func isParam(seg string) bool { return strings.HasPrefix(seg, "{") }

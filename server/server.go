@@ -298,7 +298,7 @@ func (s *Server) serve(r *request) {
 	notePosition(r)
 }
 
-// fail writes err as the reply: engine errors are mapped (auth.go), an
+// fail writes err as the reply: engine errors are mapped (errors.go), an
 // unknown error is logged here and answered with a bare 500.
 func (s *Server) fail(r *request, err error) {
 	if errors.Is(err, errReplied) {

@@ -20,7 +20,6 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 )
 
 const testAdmin = "test-admin-token"
@@ -483,7 +482,7 @@ func TestShutdownDrains(t *testing.T) {
 	if err := <-h.served; err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if h.e.Workspace("acme").Resolve(index.KindExternal, []byte("slow")) == index.NoUser {
+	if h.e.Workspace("acme").Resolve(engine.KindExternal, []byte("slow")) == engine.NoUser {
 		t.Error("in-flight write lost")
 	}
 }

@@ -7,12 +7,19 @@
 // Each subdirectory of -results is a variant (short, full, …) holding
 // meta.txt (machine, Go version, commands; written by run.sh) and *.txt
 // benchmark outputs. Every figure in the report comes from those files.
+//
+// The outputs are read with golang.org/x/perf/benchfmt and each figure is
+// summarised with benchmath as benchstat does: the median of the runs and
+// its 95% confidence interval (printed ±4%), or the median alone when
+// fewer than 6 runs leave the interval unbounded. Result lines that do
+// not parse are not guessed at: the report names them, file and line.
 package main
 
 import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +31,7 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "Markdown file to write")
 	plots := flag.String("plots", "bench/plots", "directory for the SVG plots")
 	flag.Parse()
-	if err := run(*results, *out, *plots); err != nil {
+	if err := run(*results, *out, *plots, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
@@ -39,13 +46,20 @@ type Variant struct {
 	Files []string
 }
 
-func run(resultsDir, out, plotDir string) error {
+// run writes the report and its plots; warn gets the result lines that
+// were skipped as malformed (the report lists them too).
+func run(resultsDir, out, plotDir string, warn io.Writer) error {
 	vs, err := LoadVariants(resultsDir)
 	if err != nil {
 		return err
 	}
 	if len(vs) == 0 {
 		return fmt.Errorf("no results in %s: run bench/run.sh first", resultsDir)
+	}
+	for _, v := range vs {
+		for _, e := range v.Set.Skipped {
+			fmt.Fprintf(warn, "report: skipped %v\n", e)
+		}
 	}
 	if err := os.MkdirAll(plotDir, 0o755); err != nil {
 		return err
@@ -59,7 +73,7 @@ func run(resultsDir, out, plotDir string) error {
 		return err
 	}
 	var buf bytes.Buffer
-	WriteMarkdown(&buf, vs, filepath.ToSlash(resultsDir), filepath.ToSlash(rel), plots)
+	WriteMarkdown(&buf, vs, findCheckout(resultsDir).rel(resultsDir), filepath.ToSlash(rel), plots)
 	// The analysis — targets, how close each figure came and what limits
 	// it — is written by people in ANALYSIS.md beside the results and
 	// appended as is; the tables above it are generated.
@@ -92,6 +106,7 @@ func LoadVariants(dir string) ([]*Variant, error) {
 	if err != nil {
 		return nil, err
 	}
+	co := findCheckout(dir)
 	var vs []*Variant
 	for _, e := range entries {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), "compare-") {
@@ -105,6 +120,12 @@ func LoadVariants(dir string) ([]*Variant, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s/meta.txt: %w", sub, err)
 			}
+			for k, val := range v.Meta.Values {
+				v.Meta.Values[k] = co.relPaths(val)
+			}
+			for i, c := range v.Meta.Commands {
+				v.Meta.Commands[i] = co.relPaths(c)
+			}
 		}
 		files, _ := filepath.Glob(filepath.Join(sub, "*.txt"))
 		slices.Sort(files)
@@ -116,7 +137,7 @@ func LoadVariants(dir string) ([]*Variant, error) {
 			if err != nil {
 				return nil, err
 			}
-			err = v.Set.Parse(f)
+			err = v.Set.Parse(f, co.rel(p))
 			f.Close()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)

@@ -1,14 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/perf/benchfmt"
+	"golang.org/x/perf/benchmath"
 )
+
+// confidence is the level of the intervals the report prints, benchstat's.
+const confidence = 0.95
 
 // Result is one benchmark's samples: every value of every unit over the
 // runs (-count) found in the raw outputs.
@@ -16,20 +20,32 @@ type Result struct {
 	Pkg   string // import path from the "pkg:" line above it
 	Name  string // full name without "Benchmark" and the -procs suffix
 	Procs int    // GOMAXPROCS of the run (1 when go test printed no suffix)
+	// Units maps a unit as the benchmark printed it (ns/op, p99-us, …:
+	// benchfmt's untidied unit, so that the tables keep the benchmarks'
+	// own units) to its samples, one a run.
 	Units map[string][]float64
+}
+
+// Summary returns the median of unit's samples with its 95% confidence
+// interval, as benchstat computes them (benchmath.AssumeNothing: no
+// assumption about the distribution), and whether the result has the
+// unit. With fewer than 6 samples the interval is infinite: too few runs
+// to bound the median at that level, and the report prints the median
+// alone.
+func (r *Result) Summary(unit string) (benchmath.Summary, bool) {
+	v := r.Units[unit]
+	if len(v) == 0 {
+		return benchmath.Summary{}, false
+	}
+	// NewSample sorts its argument in place; keep the runs in order.
+	s := benchmath.NewSample(slices.Clone(v), &benchmath.DefaultThresholds)
+	return benchmath.AssumeNothing.Summary(s, confidence), true
 }
 
 // Median returns the median sample of unit and whether there is one.
 func (r *Result) Median(unit string) (float64, bool) {
-	v := slices.Clone(r.Units[unit])
-	if len(v) == 0 {
-		return 0, false
-	}
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2], true
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2, true
+	s, ok := r.Summary(unit)
+	return s.Center, ok
 }
 
 // Runs returns how many samples the result has (of its ns/op or first unit).
@@ -45,63 +61,75 @@ func (r *Result) Runs() int {
 type Set struct {
 	Results []*Result
 	CPU     string // the "cpu:" line of go test
+	// Skipped are the lines that start like a result but are not one
+	// (a value without a unit, a count that is not a number), with file
+	// and line: they give no figure, and the report says so on stderr
+	// rather than guess.
+	Skipped []error
 	byKey   map[string]*Result
 }
 
-var procsSuffix = regexp.MustCompile(`-(\d+)$`)
-
 // Parse reads go-bench output (go test -bench, any number of packages and
-// runs) into s. Lines that are not benchmark results are skipped, so raw
-// outputs with logs and PASS lines parse as they are.
-func (s *Set) Parse(r io.Reader) error {
+// runs) from r, named file in messages, into s with benchfmt. Lines that
+// are not benchmark results are skipped, so raw outputs with logs and PASS
+// lines parse as they are; malformed result lines go to s.Skipped.
+func (s *Set) Parse(r io.Reader, file string) error {
 	if s.byKey == nil {
 		s.byKey = map[string]*Result{}
 	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	pkg := ""
-	for line := 1; sc.Scan(); line++ {
-		text := sc.Text()
-		if v, ok := strings.CutPrefix(text, "pkg: "); ok {
-			pkg = strings.TrimSpace(v)
+	br := benchfmt.NewReader(r, file)
+	for br.Scan() {
+		var res *benchfmt.Result
+		switch rec := br.Result().(type) {
+		case *benchfmt.SyntaxError:
+			s.Skipped = append(s.Skipped, rec)
 			continue
+		case *benchfmt.Result:
+			res = rec
+		default:
+			continue // unit metadata: the report has no use for it
 		}
-		if v, ok := strings.CutPrefix(text, "cpu: "); ok && s.CPU == "" {
-			s.CPU = strings.TrimSpace(v)
-			continue
+		if s.CPU == "" {
+			s.CPU = strings.TrimSpace(res.GetConfig("cpu"))
 		}
-		if !strings.HasPrefix(text, "Benchmark") {
-			continue
-		}
-		f := strings.Fields(text)
-		// name, iterations, then value-unit pairs.
-		if len(f) < 4 || len(f)%2 != 0 {
-			continue
-		}
-		if _, err := strconv.ParseInt(f[1], 10, 64); err != nil {
-			continue
-		}
-		name, procs := strings.TrimPrefix(f[0], "Benchmark"), 1
-		if m := procsSuffix.FindStringSubmatch(name); m != nil {
-			procs, _ = strconv.Atoi(m[1])
-			name = name[:len(name)-len(m[0])]
-		}
+		name, procs := splitProcs(res.Name)
+		pkg := res.GetConfig("pkg")
 		key := fmt.Sprintf("%s\x00%s\x00%d", pkg, name, procs)
-		res := s.byKey[key]
-		if res == nil {
-			res = &Result{Pkg: pkg, Name: name, Procs: procs, Units: map[string][]float64{}}
-			s.byKey[key] = res
-			s.Results = append(s.Results, res)
+		out := s.byKey[key]
+		if out == nil {
+			out = &Result{Pkg: pkg, Name: name, Procs: procs, Units: map[string][]float64{}}
+			s.byKey[key] = out
+			s.Results = append(s.Results, out)
 		}
-		for i := 2; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				return fmt.Errorf("line %d: value %q: %w", line, f[i], err)
+		for _, v := range res.Values {
+			unit, val := v.Unit, v.Value
+			if v.OrigUnit != "" { // benchfmt tidied ns/op to sec/op: keep the unit as printed
+				unit, val = v.OrigUnit, v.OrigValue
 			}
-			res.Units[f[i+1]] = append(res.Units[f[i+1]], v)
+			out.Units[unit] = append(out.Units[unit], val)
 		}
 	}
-	return sc.Err()
+	return br.Err()
+}
+
+// splitProcs returns a benchmark name without its -procs suffix, and the
+// GOMAXPROCS it names (1 without one, as go test prints at -cpu 1).
+func splitProcs(n benchfmt.Name) (string, int) {
+	base, parts := n.Parts()
+	procs := 1
+	if len(parts) > 0 {
+		if p, ok := strings.CutPrefix(string(parts[len(parts)-1]), "-"); ok {
+			if v, err := strconv.Atoi(p); err == nil {
+				procs, parts = v, parts[:len(parts)-1]
+			}
+		}
+	}
+	var b strings.Builder
+	b.Write(base)
+	for _, p := range parts {
+		b.Write(p)
+	}
+	return b.String(), procs
 }
 
 // Macro is a result of the bench package split by its name layout

@@ -5,6 +5,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"golang.org/x/perf/benchmath"
 )
 
 // remoteTable writes the cross-process results (BenchmarkRemote,
@@ -66,11 +68,11 @@ func remoteTable(w io.Writer, ms []Macro) {
 			unit, cpuUnit = "req/s", "req/server-cpu-s"
 		}
 		p("| %s | %s | %s |", count(float64(k.users)), k.rest, unit)
-		get := func(sys, u string) (float64, bool) {
+		get := func(sys, u string) (benchmath.Summary, bool) {
 			if m := vals[k][sys]; m != nil {
-				return m.Median(u)
+				return m.Summary(u)
 			}
-			return 0, false
+			return benchmath.Summary{}, false
 		}
 		for _, s := range systems {
 			v, ok := get(s, unit)
@@ -95,7 +97,7 @@ func remoteTable(w io.Writer, ms []Macro) {
 		p("| users | system | max (closed) | offered | achieved | p50 | p90 | p99 | p99.9 | max |\n")
 		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range lat {
-			g := func(unit string) (float64, bool) { return m.Median(unit) }
+			g := func(unit string) (benchmath.Summary, bool) { return m.Summary(unit) }
 			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", count(float64(m.Users)), m.System,
 				rate(g("max-req/s")), rate(g("offered-req/s")), rate(g("req/s")),
 				micros(g("p50-us")), micros(g("p90-us")), micros(g("p99-us")), micros(g("p99.9-us")), micros(g("max-us")))

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/engine/wal"
 )
 
 // config is the parsed command line and environment.
@@ -21,7 +20,7 @@ type config struct {
 	dataDir           string
 	adminToken        string
 	fsyncName         string
-	fsync             wal.SyncMode
+	fsync             engine.SyncMode
 	maxBody           byteSize
 	partnerMaxBody    byteSize
 	partnerMaxIDs     int
@@ -81,14 +80,14 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&c.partnerMaxIDs, "partner-max-ids", 1000, "most identifiers per partner cohorts/users request")
 	fs.Var(&c.queryMaxBody, "query-max-body", "largest decoded body of /v1/segments/* and /v1/users/delete (`size`)")
 	fs.IntVar(&c.partnerInflight, "partner-max-inflight", 16, "partner and webhook bodies handled at once; one more is answered 503 with Retry-After")
-	fs.Var((*timeValue)(&c.retentionFloor), "retention-floor", "drop changes stamped before this RFC 3339 `time`")
+	fs.TextVar(&c.retentionFloor, "retention-floor", c.retentionFloor, "drop changes stamped before this RFC 3339 `time`")
 	fs.DurationVar(&c.webhookSessionTTL, "webhook-session-ttl", time.Hour, "drop an incomplete Mixpanel snapshot session after this long without a page")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may run after SIGTERM/SIGINT")
 	fs.Float64Var(&c.rateLimit, "rate-limit", 0, "requests per second per credential (0 = no limit)")
 	fs.IntVar(&c.rateBurst, "rate-burst", 0, "burst allowed above -rate-limit (0 = the rate rounded up)")
 	fs.DurationVar(&c.snapshotInterval, "snapshot-interval", 5*time.Minute, "take a snapshot this often (0 = only on WAL growth and shutdown)")
 	fs.Var(&c.snapshotWALBytes, "snapshot-wal-bytes", "take a snapshot after the WAL grew by this `size` (0 = off)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.BoolVar(&c.demo, "demo", false, "on first start create a demo workspace with 100k users and cohorts; print curl commands")
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "read the admin token from this `file` (keeps it out of ps); excludes -admin-token")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "log format: text, json, or auto (text when stderr is a terminal, else json)")
@@ -144,11 +143,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 
 	var err error
-	if c.fsync, err = wal.ParseSyncMode(c.fsyncName); err != nil {
+	if c.fsync, err = engine.ParseSyncMode(c.fsyncName); err != nil {
 		return c, fmt.Errorf("-fsync: %w", err)
-	}
-	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
-		return c, fmt.Errorf("-log-level: %w", err)
 	}
 	switch {
 	case c.addr == "":
@@ -236,24 +232,5 @@ func (b *byteSize) Set(s string) error {
 		return fmt.Errorf("byte size too large")
 	}
 	*b = byteSize(n * mult)
-	return nil
-}
-
-// timeValue is an RFC 3339 time flag.
-type timeValue time.Time
-
-func (t *timeValue) String() string {
-	if t == nil {
-		return ""
-	}
-	return time.Time(*t).UTC().Format(time.RFC3339)
-}
-
-func (t *timeValue) Set(s string) error {
-	v, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(s))
-	if err != nil {
-		return fmt.Errorf("not an RFC 3339 time (want e.g. 2010-01-01T00:00:00Z)")
-	}
-	*t = timeValue(v)
 	return nil
 }

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"strconv"
 
-	"github.com/RoaringBitmap/roaring/v2"
 	"github.com/tidwall/redcon"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // cmdID names a command of the table.
@@ -206,14 +205,13 @@ func quoteName(b []byte) string {
 }
 
 // cohortSet returns the published members of the cohort a key names
-// ("<partner>/<cohort_id>"), or nil for an unknown cohort (an empty set).
-// The bitmap must not be modified.
-func cohortSet(w *engine.Workspace, key []byte) *roaring.Bitmap {
+// ("<partner>/<cohort_id>"), and false for an unknown cohort (an empty set).
+func cohortSet(w *engine.Workspace, key []byte) (engine.Set, bool) {
 	c := cohortOf(w, key)
 	if c == nil {
-		return nil
+		return engine.Set{}, false
 	}
-	return c.Members()
+	return c.Set(), true
 }
 
 func cohortOf(w *engine.Workspace, key []byte) *engine.Cohort {
@@ -400,11 +398,8 @@ func (c *conn) client(args [][]byte) {
 // ---- membership commands ----
 
 func (c *conn) scard(args [][]byte) {
-	n := uint64(0)
-	if set := cohortSet(c.ws, args[1]); set != nil {
-		n = set.GetCardinality()
-	}
-	c.out = redcon.AppendUint(c.out, n)
+	set, _ := cohortSet(c.ws, args[1])
+	c.out = redcon.AppendUint(c.out, set.Len())
 }
 
 // sintercard serves SINTERCARD numkeys key… [LIMIT n].
@@ -432,32 +427,20 @@ func (c *conn) sintercard(args [][]byte) {
 		limit = uint64(v)
 		i++
 	}
-	sets := make([]*roaring.Bitmap, 0, numkeys)
+	sets := make([]engine.Set, 0, numkeys)
 	for _, k := range args[2 : 2+numkeys] {
-		set := cohortSet(c.ws, k)
-		if set == nil {
+		set, ok := cohortSet(c.ws, k)
+		if !ok {
 			c.out = redcon.AppendInt(c.out, 0)
 			return
 		}
 		sets = append(sets, set)
 	}
-	n := intersectionCount(sets)
+	n := engine.IntersectionLen(sets...)
 	if limit > 0 && n > limit {
 		n = limit
 	}
 	c.out = redcon.AppendUint(c.out, n)
-}
-
-// intersectionCount counts the intersection of sets without changing them.
-func intersectionCount(sets []*roaring.Bitmap) uint64 {
-	switch len(sets) {
-	case 1:
-		return sets[0].GetCardinality()
-	case 2:
-		return sets[0].AndCardinality(sets[1])
-	}
-	// FastAnd returns a new bitmap; the inputs stay as they are.
-	return roaring.FastAnd(sets...).GetCardinality()
 }
 
 func (c *conn) exists(args [][]byte) {
@@ -518,7 +501,7 @@ func (c *conn) sscan(args [][]byte) {
 // ---- segment commands ----
 
 func (c *conn) segmentCount(args [][]byte) {
-	seg, err := engine.ParseSegment(args[1])
+	seg, err := segment.Parse(args[1])
 	if err != nil {
 		c.engineError(cmdCOUNT, err)
 		return
@@ -528,17 +511,17 @@ func (c *conn) segmentCount(args [][]byte) {
 
 // segmentContains serves COHORT.CONTAINS <E> <external_id|device_id> <id>…
 func (c *conn) segmentContains(args [][]byte) {
-	var kind index.Kind
+	var kind engine.Kind
 	switch string(bytes.ToLower(args[2])) {
 	case "external_id":
-		kind = index.KindExternal
+		kind = engine.KindExternal
 	case "device_id":
-		kind = index.KindDevice
+		kind = engine.KindDevice
 	default:
 		c.fail(cmdCONTAINS, "ERR", "identifier kind must be external_id or device_id")
 		return
 	}
-	seg, err := engine.ParseSegment(args[1])
+	seg, err := segment.Parse(args[1])
 	if err != nil {
 		c.engineError(cmdCONTAINS, err)
 		return

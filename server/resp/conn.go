@@ -12,7 +12,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 	"github.com/cohortd/cohortd/server/ratelimit"
 )
 
@@ -49,7 +48,7 @@ type conn struct {
 
 	// Scratch of the SISMEMBER runs, reused.
 	keys [][]byte
-	ids  []index.UserID
+	ids  []engine.UserID
 
 	// pprof labels by command, for this connection's workspace.
 	labelWS  *engine.Workspace
@@ -386,19 +385,19 @@ func (c *conn) membership(i, j int) {
 	for k := i; k < j; k++ {
 		c.keys = append(c.keys, c.args(k)[2:]...)
 	}
-	c.ids = c.ws.ResolveMany(index.KindExternal, c.keys, c.ids[:0])
+	c.ids = c.ws.ResolveMany(engine.KindExternal, c.keys, c.ids[:0])
 	c.s.met.runs.Inc()
 	ids := c.ids
 	for k := i; k < j; k++ {
 		args := c.args(k)
-		set := cohortSet(c.ws, args[1])
+		set, _ := cohortSet(c.ws, args[1])
 		n := len(args) - 2
 		if lookup(args[0]) == cmdSMISMEMBER {
 			c.out = redcon.AppendArray(c.out, n)
 		}
 		for _, id := range ids[:n] {
 			v := int64(0)
-			if set != nil && id != index.NoUser && set.Contains(uint32(id)) {
+			if set.Contains(id) {
 				v = 1
 			}
 			c.out = redcon.AppendInt(c.out, v)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 )
 
 // fixture is an in-memory engine with two workspaces that both have a
@@ -44,7 +43,7 @@ func newFixture(t testing.TB) *fixture {
 	users(t, a, 100)
 	var ub engine.UserBatch
 	ub.Add(nil, []byte("dev-a"), nil)
-	ub.Add(nil, nil, [][]byte{index.AliasKey(nil, []byte("email"), []byte("x@y"))})
+	ub.Add(nil, nil, [][]byte{engine.AliasKey(nil, []byte("email"), []byte("x@y"))})
 	if _, err := a.UpsertUsers(&ub); err != nil {
 		t.Fatal(err)
 	}
@@ -78,9 +77,9 @@ func ids(lo, hi int) [][]byte {
 func add(t testing.TB, w *engine.Workspace, cohort string, ext [][]byte, device string) {
 	t.Helper()
 	cs := w.NewChangeSet()
-	cs.AddMany(index.KindExternal, ext, false)
+	cs.AddMany(engine.KindExternal, ext, false)
 	if device != "" {
-		cs.AddMany(index.KindDevice, [][]byte{[]byte(device)}, false)
+		cs.AddMany(engine.KindDevice, [][]byte{[]byte(device)}, false)
 	}
 	if _, err := w.ApplyChanges("p", cohort, cs); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/index"
 	"github.com/cohortd/cohortd/server/ratelimit"
 )
 
@@ -339,8 +338,8 @@ func TestPipeline(t *testing.T) {
 				if c == nil {
 					return false
 				}
-				id := a.Resolve(index.KindExternal, []byte(u))
-				return id != index.NoUser && c.Members().Contains(uint32(id))
+				id := a.Resolve(engine.KindExternal, []byte(u))
+				return id != engine.NoUser && c.Members().Contains(uint32(id))
 			}
 			switch i % 10 {
 			case 0:
