@@ -8,16 +8,11 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/cohortd/cohortd/loadgen"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Body encoders for the request shapes. They build bodies once, before a
 // benchmark's timer starts, so encoding and compression are not measured.
-
-func appendString(dst []byte, s string) []byte {
-	// Workload identifiers are ASCII without quotes or backslashes, so
-	// strconv's quoting is plain JSON.
-	return strconv.AppendQuote(dst, s)
-}
 
 // appendChange appends one change object with all three arrays present, as
 // real partner senders do.
@@ -25,9 +20,9 @@ func appendChange(dst []byte, c Change) []byte {
 	var ext, dev, ali []Ident
 	for _, id := range c.IDs {
 		switch id.Kind {
-		case loadgen.IDDevice:
+		case loadgen.KindDevice:
 			dev = append(dev, id)
-		case loadgen.IDAlias:
+		case loadgen.KindAlias:
 			ali = append(ali, id)
 		default:
 			ext = append(ext, id)
@@ -38,14 +33,14 @@ func appendChange(dst []byte, c Change) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, id.Value)
+		dst = jsonstr.Append(dst, id.Value)
 	}
 	dst = append(dst, `],"device_ids":[`...)
 	for i, id := range dev {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, id.Value)
+		dst = jsonstr.Append(dst, id.Value)
 	}
 	dst = append(dst, `],"aliases":[`...)
 	for i, id := range ali {
@@ -53,7 +48,7 @@ func appendChange(dst []byte, c Change) []byte {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
-		dst = appendString(dst, id.Value)
+		dst = jsonstr.Append(dst, id.Value)
 		dst = append(dst, '}')
 	}
 	dst = append(dst, `],"should_remove":`...)
@@ -64,11 +59,11 @@ func appendChange(dst []byte, c Change) []byte {
 // PartnerBody is the JSON of POST /partners/{p}/cohorts/users.
 func PartnerBody(partnerKey, secret, cohort string, r Request) []byte {
 	b := []byte(`{"partner_api_key":`)
-	b = appendString(b, partnerKey)
+	b = jsonstr.Append(b, partnerKey)
 	b = append(b, `,"client_secret":`...)
-	b = appendString(b, secret)
+	b = jsonstr.Append(b, secret)
 	b = append(b, `,"cohort_id":`...)
-	b = appendString(b, cohort)
+	b = jsonstr.Append(b, cohort)
 	b = append(b, `,"cohort_changes":[`...)
 	for i, c := range r {
 		if i > 0 {
@@ -82,13 +77,13 @@ func PartnerBody(partnerKey, secret, cohort string, r Request) []byte {
 // CohortUpsertBody is the JSON of POST /partners/{p}/cohorts.
 func CohortUpsertBody(partnerKey, secret, cohort string) []byte {
 	b := []byte(`{"partner_api_key":`)
-	b = appendString(b, partnerKey)
+	b = jsonstr.Append(b, partnerKey)
 	b = append(b, `,"client_secret":`...)
-	b = appendString(b, secret)
+	b = jsonstr.Append(b, secret)
 	b = append(b, `,"cohort_id":`...)
-	b = appendString(b, cohort)
+	b = jsonstr.Append(b, cohort)
 	b = append(b, `,"name":`...)
-	b = appendString(b, cohort)
+	b = jsonstr.Append(b, cohort)
 	return append(b, `,"created_at":"2026-11-01T00:00:00Z"}`...)
 }
 
@@ -114,12 +109,12 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 	keys := [...]string{`"user_ids":[`, `"device_ids":[`, `"aliases":[`}
 	dst = append(dst, '{')
 	sep := false
-	for ki, kind := range []loadgen.IDKind{loadgen.IDExternal, loadgen.IDDevice, loadgen.IDAlias} {
+	for ki, kind := range []loadgen.Kind{loadgen.KindExternal, loadgen.KindDevice, loadgen.KindAlias} {
 		open := false
 		for _, id := range ids {
 			k := id.Kind
-			if k == loadgen.IDUnknown {
-				k = loadgen.IDExternal
+			if k == loadgen.KindUnknown {
+				k = loadgen.KindExternal
 			}
 			if k != kind {
 				continue
@@ -134,12 +129,12 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 				dst = append(dst, keys[ki]...)
 				open, sep = true, true
 			}
-			if kind == loadgen.IDAlias {
+			if kind == loadgen.KindAlias {
 				dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
-				dst = appendString(dst, id.Value)
+				dst = jsonstr.Append(dst, id.Value)
 				dst = append(dst, '}')
 			} else {
-				dst = appendString(dst, id.Value)
+				dst = jsonstr.Append(dst, id.Value)
 			}
 		}
 		if open {
@@ -158,14 +153,14 @@ func appendLine(dst []byte, ids []Ident, remove bool) []byte {
 // appendUser appends a contains user object.
 func appendUser(dst []byte, id Ident) []byte {
 	switch id.Kind {
-	case loadgen.IDDevice:
+	case loadgen.KindDevice:
 		dst = append(dst, `{"device_id":`...)
-	case loadgen.IDAlias:
+	case loadgen.KindAlias:
 		dst = append(dst, `{"alias_name":"`+AliasName+`","alias_label":`...)
 	default:
 		dst = append(dst, `{"external_id":`...)
 	}
-	dst = appendString(dst, id.Value)
+	dst = jsonstr.Append(dst, id.Value)
 	return append(dst, '}')
 }
 
@@ -191,7 +186,7 @@ func CompactContainsBody(expr string, users []Ident) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, u.Value)
+		b = jsonstr.Append(b, u.Value)
 	}
 	return append(b, "]}"...)
 }
@@ -201,9 +196,9 @@ func MembersBody(ids []Ident) []byte {
 	var ext, dev, ali []Ident
 	for _, id := range ids {
 		switch id.Kind {
-		case loadgen.IDDevice:
+		case loadgen.KindDevice:
 			dev = append(dev, id)
-		case loadgen.IDAlias:
+		case loadgen.KindAlias:
 			ali = append(ali, id)
 		default:
 			ext = append(ext, id)
@@ -214,14 +209,14 @@ func MembersBody(ids []Ident) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, id.Value)
+		b = jsonstr.Append(b, id.Value)
 	}
 	b = append(b, `],"device_ids":[`...)
 	for i, id := range dev {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, id.Value)
+		b = jsonstr.Append(b, id.Value)
 	}
 	b = append(b, `],"aliases":[`...)
 	for i, id := range ali {
@@ -229,7 +224,7 @@ func MembersBody(ids []Ident) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `{"alias_name":"`+AliasName+`","alias_label":`...)
-		b = appendString(b, id.Value)
+		b = jsonstr.Append(b, id.Value)
 		b = append(b, '}')
 	}
 	return append(b, "]}"...)

@@ -120,9 +120,9 @@ func addIdents(ms *engine.MemberSet, ids []Ident) {
 func splitKinds(ids []Ident) (ext, dev, ali [][]byte) {
 	for _, id := range ids {
 		switch id.Kind {
-		case loadgen.IDDevice:
+		case loadgen.KindDevice:
 			dev = append(dev, []byte(id.Value))
-		case loadgen.IDAlias:
+		case loadgen.KindAlias:
 			ali = append(ali, index.AliasKey(nil, []byte(AliasName), []byte(id.Value)))
 		default:
 			ext = append(ext, []byte(id.Value))

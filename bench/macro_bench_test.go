@@ -315,9 +315,9 @@ func singles(users []Ident) [][]Ident {
 // indexKey returns the engine's key of an identifier.
 func indexKey(id Ident) (index.Kind, []byte) {
 	switch id.Kind {
-	case loadgen.IDDevice:
+	case loadgen.KindDevice:
 		return index.KindDevice, []byte(id.Value)
-	case loadgen.IDAlias:
+	case loadgen.KindAlias:
 		return index.KindAlias, index.AliasKey(nil, []byte(AliasName), []byte(id.Value))
 	}
 	return index.KindExternal, []byte(id.Value)

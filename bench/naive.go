@@ -26,9 +26,9 @@ func NewNaive() *Naive {
 	return &Naive{ids: map[string]uint32{}, anonymous: []bool{false}, cohorts: map[string]map[uint32]struct{}{}}
 }
 
-func naiveKey(kind loadgen.IDKind, v string) string {
-	if kind == loadgen.IDUnknown {
-		kind = loadgen.IDExternal
+func naiveKey(kind loadgen.Kind, v string) string {
+	if kind == loadgen.KindUnknown {
+		kind = loadgen.KindExternal
 	}
 	return string(rune('0'+kind)) + v
 }
@@ -41,24 +41,24 @@ func (n *Naive) Upsert(ext, dev, aliasLabel string) {
 	defer n.mu.Unlock()
 	var id uint32
 	if dev != "" {
-		id = n.ids[naiveKey(loadgen.IDDevice, dev)]
+		id = n.ids[naiveKey(loadgen.KindDevice, dev)]
 	}
 	if id == 0 && ext != "" {
-		id = n.ids[naiveKey(loadgen.IDExternal, ext)]
+		id = n.ids[naiveKey(loadgen.KindExternal, ext)]
 	}
 	if id == 0 {
 		id = uint32(len(n.anonymous))
 		n.anonymous = append(n.anonymous, true)
 	}
 	if dev != "" {
-		n.ids[naiveKey(loadgen.IDDevice, dev)] = id
+		n.ids[naiveKey(loadgen.KindDevice, dev)] = id
 	}
 	if ext != "" {
-		n.ids[naiveKey(loadgen.IDExternal, ext)] = id
+		n.ids[naiveKey(loadgen.KindExternal, ext)] = id
 		n.anonymous[id] = false
 	}
 	if aliasLabel != "" {
-		n.ids[naiveKey(loadgen.IDAlias, aliasLabel)] = id
+		n.ids[naiveKey(loadgen.KindAlias, aliasLabel)] = id
 		n.anonymous[id] = false
 	}
 }
@@ -94,7 +94,7 @@ func (n *Naive) Users() int {
 // anonymous users only.
 func (n *Naive) resolveLocked(id Ident) uint32 {
 	u := n.ids[naiveKey(id.Kind, id.Value)]
-	if u != 0 && id.Kind == loadgen.IDDevice && !n.anonymous[u] {
+	if u != 0 && id.Kind == loadgen.KindDevice && !n.anonymous[u] {
 		return 0
 	}
 	return u

@@ -19,9 +19,9 @@ func TestNaiveHandChecked(t *testing.T) {
 	if n.Users() != 4 {
 		t.Fatalf("users = %d, want 4", n.Users())
 	}
-	ext := func(v string) Ident { return Ident{loadgen.IDExternal, v} }
-	dev := func(v string) Ident { return Ident{loadgen.IDDevice, v} }
-	ali := func(v string) Ident { return Ident{loadgen.IDAlias, v} }
+	ext := func(v string) Ident { return Ident{loadgen.KindExternal, v} }
+	dev := func(v string) Ident { return Ident{loadgen.KindDevice, v} }
+	ali := func(v string) Ident { return Ident{loadgen.KindAlias, v} }
 	res := n.Apply("c", Request{
 		{IDs: []Ident{ext("a"), dev("d3"), dev("d4"), ext("nobody"), ali("x")}},
 		{IDs: []Ident{ext("a")}, Remove: true},
@@ -76,7 +76,7 @@ func TestImportPlan(t *testing.T) {
 	u := universe(20_000)
 	anon := map[string]bool{} // device ids that import matches
 	for n := 1; n <= u.Users; n++ {
-		if u.Kind(n) == loadgen.KindAnonymous {
+		if u.Kind(n) == loadgen.KindDevice {
 			anon[u.DeviceID(n)] = true
 		}
 	}
@@ -91,7 +91,7 @@ func TestImportPlan(t *testing.T) {
 			}
 			unmatched := 0
 			for _, id := range r[0].IDs {
-				if id.Kind == loadgen.IDUnknown || id.Kind == loadgen.IDDevice && !anon[id.Value] {
+				if id.Kind == loadgen.KindUnknown || id.Kind == loadgen.KindDevice && !anon[id.Value] {
 					unmatched++
 				}
 			}

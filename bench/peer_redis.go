@@ -117,7 +117,7 @@ func RedisApply(ctx context.Context, c *redis.Client, cohort string, r Request, 
 // redisMember is the set member naming an identifier; aliases carry their
 // name so that they never collide with other identifiers.
 func redisMember(id Ident) string {
-	if id.Kind == loadgen.IDAlias {
+	if id.Kind == loadgen.KindAlias {
 		return AliasName + ":" + id.Value
 	}
 	return id.Value

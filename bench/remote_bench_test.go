@@ -353,7 +353,7 @@ func (rt *remote) benchLatency(b *testing.B) {
 func externalUsers(u loadgen.Universe, count int, seed uint64) []Ident {
 	var out []Ident
 	for _, id := range QueryUsers(u, 4*count, seed) {
-		if id.Kind == loadgen.IDExternal && len(out) < count {
+		if id.Kind == loadgen.KindExternal && len(out) < count {
 			out = append(out, id)
 		}
 	}

@@ -54,11 +54,11 @@ func splitComma(s string) []string {
 	return out
 }
 
-// Ident is one identifier as sent on the wire. Kind is loadgen.IDExternal,
-// IDAlias (Value is the alias label of name "email"), IDDevice or IDUnknown
+// Ident is one identifier as sent on the wire. Kind is loadgen.KindExternal,
+// KindAlias (Value is the alias label of name "email"), KindDevice or KindUnknown
 // (an external id that names nobody).
 type Ident struct {
-	Kind  loadgen.IDKind
+	Kind  loadgen.Kind
 	Value string
 }
 
@@ -158,7 +158,7 @@ func idents(u loadgen.Universe, users []uint32, unknown *uint64, extra int) []Id
 	next := func() Ident {
 		*unknown++
 		added++
-		return Ident{loadgen.IDUnknown, u.Value(loadgen.Ref{Kind: loadgen.IDUnknown, N: *unknown})}
+		return Ident{loadgen.KindUnknown, u.Value(loadgen.Ref{Kind: loadgen.KindUnknown, N: *unknown})}
 	}
 	for i, n := range users {
 		out = append(out, ident(u, int(n)))
@@ -180,7 +180,7 @@ func identifiedDevice(u loadgen.Universe, n int) Ident {
 	for {
 		for j, k := range loadgen.BlockKinds(u.Seed, b) {
 			if k == loadgen.KindIdentifiedLater && b*20+j+1 <= u.Users {
-				return Ident{loadgen.IDDevice, u.DeviceID(b*20 + j + 1)}
+				return Ident{loadgen.KindDevice, u.DeviceID(b*20 + j + 1)}
 			}
 		}
 		b = (b + 1) % max(1, u.Users/20)

@@ -6,29 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
-	"sort"
-	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	apiclient "github.com/cohortd/cohortd/server/client"
 )
-
-// StatusError is a non-2xx answer left after retries.
-type StatusError struct {
-	Method string
-	Path   string
-	Status int
-	Body   string // the start of the response body
-}
-
-// Error returns the method, path, status and the start of the body.
-func (e *StatusError) Error() string {
-	return fmt.Sprintf("%s %s: status %d: %s", e.Method, e.Path, e.Status, e.Body)
-}
 
 // call is one HTTP request. body is sent as is (already compressed with
 // encoding) and must not change until do returns.
@@ -49,23 +35,31 @@ type call struct {
 	base string
 }
 
-// client sends requests to a server, or to the nodes of a group in turn,
-// with retries. It is safe for concurrent use.
+// client sends the requests of the load loops to a server, or to the nodes
+// of a group in turn, with retries. It is safe for concurrent use.
+//
+// It is built on fasthttp rather than on server/client (which the setup
+// calls use, setup.go): a load loop sends hundreds of thousands of requests
+// and fasthttp's pooled requests and responses cost no allocation, so
+// loadgen does not become the bottleneck of what it measures. It shares
+// server/client's Error, Backoff, Positions and Compressor, so that both
+// paths fail, retry, read their writes and compress the same way.
 type client struct {
 	hc      *fasthttp.Client
 	bases   []string
 	next    atomic.Uint64
 	timeout time.Duration
 	retries int
-	backoff backoff
-	codecs  codecs
+	backoff apiclient.Backoff
+	codecs  apiclient.Compressor
 
 	// positions holds, per partition of a group's log, the highest
-	// X-Cohortd-Position of a reply (for consistent calls).
-	positions struct {
-		sync.Mutex
-		m map[int32]int64
-	}
+	// X-Cohortd-Position of a reply (for consistent calls); the setup
+	// clients share it.
+	positions apiclient.Positions
+
+	// setup is the server/client of each base, for the setup calls.
+	setup []*apiclient.Client
 }
 
 func newClient(o Options) *client {
@@ -82,53 +76,26 @@ func newClient(o Options) *client {
 	if o.Dial != nil {
 		hc.Dial = o.Dial
 	}
-	return &client{
+	cl := &client{
 		hc:      hc,
 		bases:   o.bases(),
 		timeout: o.RequestTimeout,
 		retries: o.MaxRetries,
-		backoff: backoff{base: o.BackoffBase, max: o.BackoffMax},
+		backoff: apiclient.Backoff{Base: o.BackoffBase, Max: o.BackoffMax},
 	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 4}
+	if o.Dial != nil {
+		tr.DialContext = func(_ context.Context, _, addr string) (net.Conn, error) { return o.Dial(addr) }
+	}
+	hcSetup := &http.Client{Transport: tr, Timeout: o.RequestTimeout}
+	for _, b := range cl.bases {
+		cl.setup = append(cl.setup, apiclient.New(b, apiclient.Options{
+			HTTPClient: hcSetup, Positions: &cl.positions, MaxRetries: o.MaxRetries,
+			Backoff: cl.backoff, UserAgent: "cohortd-loadgen",
+		}))
+	}
+	return cl
 }
-
-// backoff computes retry delays: exponential with full jitter, as AWS
-// senders do, so that many senders that failed together do not retry
-// together.
-type backoff struct {
-	base time.Duration
-	max  time.Duration
-}
-
-// delay returns the wait before retry number attempt (0-based). A
-// Retry-After from the server is honoured, with a little jitter on top.
-func (b backoff) delay(attempt int, retryAfter time.Duration, r *rand.Rand) time.Duration {
-	ceiling := b.base << min(attempt, 30)
-	if ceiling > b.max || ceiling <= 0 {
-		ceiling = b.max
-	}
-	d := time.Duration(r.Int64N(int64(ceiling) + 1))
-	if retryAfter > 0 {
-		d = retryAfter + time.Duration(r.Int64N(int64(b.base)+1))
-	}
-	return d
-}
-
-// parseRetryAfter reads a Retry-After header: delay seconds or an HTTP date.
-func parseRetryAfter(v []byte, now time.Time) time.Duration {
-	if len(v) == 0 {
-		return 0
-	}
-	if secs, err := strconv.Atoi(string(v)); err == nil && secs >= 0 {
-		return time.Duration(secs) * time.Second
-	}
-	if t, err := http.ParseTime(string(v)); err == nil {
-		return max(t.Sub(now), 0)
-	}
-	return 0
-}
-
-// retryable says whether a status is worth another attempt: 429 and 5xx.
-func retryable(status int) bool { return status == fasthttp.StatusTooManyRequests || status >= 500 }
 
 // do sends c, retrying on 429, 5xx and connection errors until the retry
 // budget (c.maxRetries, else the client's) or ctx runs out, and decodes a 2xx JSON answer into out when out is
@@ -146,8 +113,8 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	req.SetRequestURI(base + c.path)
 	req.Header.SetMethod(c.method)
 	if c.consistent {
-		if mp := cl.minPositions(); mp != "" {
-			req.Header.Set(headerMinPosition, mp)
+		if mp := cl.positions.String(); mp != "" {
+			req.Header.Set(apiclient.HeaderMinPosition, mp)
 		}
 	}
 	switch {
@@ -163,7 +130,7 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	if c.contentType != "" {
 		req.Header.SetContentType(c.contentType)
 	}
-	if c.encoding != EncodingNone {
+	if c.encoding != apiclient.EncodingNone {
 		req.Header.Set("Content-Encoding", string(c.encoding))
 	}
 	if c.body != nil {
@@ -176,7 +143,7 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 		if err == nil {
 			status := resp.StatusCode()
 			if status >= 200 && status < 300 {
-				cl.notePosition(resp.Header.Peek(headerPosition))
+				cl.positions.Note(string(resp.Header.Peek(apiclient.HeaderPosition)))
 				if out != nil && len(resp.Body()) > 0 {
 					if err := json.Unmarshal(resp.Body(), out); err != nil {
 						return attempt, fmt.Errorf("%s %s: decode reply: %w", c.method, c.path, err)
@@ -184,15 +151,15 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 				}
 				return attempt, nil
 			}
-			body := resp.Body()
-			if len(body) > 200 {
-				body = body[:200]
+			rep := &apiclient.Reply{Status: status, Header: http.Header{}, Body: resp.Body()}
+			if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
+				rep.Header.Set("Retry-After", string(ra))
 			}
-			err = &StatusError{Method: c.method, Path: c.path, Status: status, Body: string(body)}
-			if !retryable(status) {
-				return attempt, err
+			e := apiclient.NewError(c.method, c.path, rep)
+			if !apiclient.Retryable(status) {
+				return attempt, e
 			}
-			retryAfter = parseRetryAfter(resp.Header.Peek("Retry-After"), time.Now())
+			err, retryAfter = e, e.RetryAfter
 		} else {
 			err = fmt.Errorf("%s %s: %w", c.method, c.path, err)
 		}
@@ -202,7 +169,7 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 		if r == nil {
 			r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 		}
-		if serr := sleepCtx(ctx, cl.backoff.delay(attempt, retryAfter, r)); serr != nil {
+		if serr := sleepCtx(ctx, cl.backoff.Delay(attempt, retryAfter, r)); serr != nil {
 			return attempt, errors.Join(err, serr)
 		}
 		resp.Reset()
@@ -214,74 +181,22 @@ func (cl *client) do(ctx context.Context, c *call, out any) (int, error) {
 	}
 }
 
-// Headers of a replicated group (docs/API.md §7).
-const (
-	headerPosition    = "X-Cohortd-Position"
-	headerMinPosition = "X-Cohortd-Min-Position"
-)
-
-// notePosition keeps the highest position per partition of the replies.
-func (cl *client) notePosition(v []byte) {
-	p, o, ok := strings.Cut(string(v), ":")
-	if !ok {
-		return
-	}
-	pn, err1 := strconv.ParseInt(p, 10, 32)
-	on, err2 := strconv.ParseInt(o, 10, 64)
-	if err1 != nil || err2 != nil {
-		return
-	}
-	cl.positions.Lock()
-	if cl.positions.m == nil {
-		cl.positions.m = map[int32]int64{}
-	}
-	if cur, ok := cl.positions.m[int32(pn)]; !ok || on > cur {
-		cl.positions.m[int32(pn)] = on
-	}
-	cl.positions.Unlock()
-}
-
-// minPositions is the X-Cohortd-Min-Position of a consistent call: every
-// position seen ("" before the first).
-func (cl *client) minPositions() string {
-	cl.positions.Lock()
-	defer cl.positions.Unlock()
-	parts := make([]string, 0, len(cl.positions.m))
-	for p, o := range cl.positions.m {
-		parts = append(parts, strconv.Itoa(int(p))+":"+strconv.FormatInt(o, 10))
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
-}
-
 // syncNodes makes every node of a group apply what this client wrote so
 // far (a consistent read on each), so that credentials created through one
 // node authenticate on all. A single server needs nothing.
 func (cl *client) syncNodes(ctx context.Context, apiKey string) error {
-	if len(cl.bases) < 2 {
+	if len(cl.setup) < 2 {
 		return nil
 	}
-	for _, b := range cl.bases {
-		if _, err := cl.do(ctx, &call{method: "GET", path: "/v1/usage", bearer: apiKey, consistent: true, base: b}, nil); err != nil {
-			return fmt.Errorf("node %s: %w", b, err)
+	for _, c := range cl.setup {
+		if _, err := c.WithToken(apiKey).Usage(ctx); err != nil {
+			return fmt.Errorf("node %s: %w", c.Base(), err)
 		}
 	}
 	return nil
 }
 
-// doJSON sends a small JSON body with a bearer token, after every write
-// this client saw (setup calls through the nodes of a group depend on each
-// other).
-func (cl *client) doJSON(ctx context.Context, method, path, bearer string, in, out any) error {
-	c := &call{method: method, path: path, bearer: bearer, consistent: true}
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode: %w", method, path, err)
-		}
-		c.body = b
-		c.contentType = "application/json"
-	}
-	_, err := cl.do(ctx, c, out)
-	return err
-}
+// admin returns the server/client of the setup calls, with the admin
+// token: through the first node, after every write this client saw
+// (setup calls through the nodes of a group depend on each other).
+func (cl *client) admin(token string) *apiclient.Client { return cl.setup[0].WithToken(token) }

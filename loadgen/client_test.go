@@ -3,7 +3,6 @@ package loadgen
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
+
+	apiclient "github.com/cohortd/cohortd/server/client"
 )
 
 // serveInmemory serves h on an in-memory listener and returns a dialer.
@@ -50,7 +51,7 @@ func TestClientRetries429Then201(t *testing.T) {
 	var out struct{ Matched int }
 	retries, err := cl.do(context.Background(), &call{
 		method: "POST", path: "/partners/x/cohorts/users", encoding: EncodingGzip,
-		body: cl.codecs.compress(nil, []byte(`{}`), EncodingGzip),
+		body: cl.codecs.Append(nil, []byte(`{}`), EncodingGzip),
 	}, &out)
 	if err != nil || retries != 2 || out.Matched != 3 {
 		t.Fatalf("retries %d, err %v, out %+v", retries, err, out)
@@ -70,13 +71,13 @@ func TestClientGivesUp(t *testing.T) {
 	})
 	cl := testClient(dial)
 	_, err := cl.do(context.Background(), &call{method: "POST", path: "/bad"}, nil)
-	var se *StatusError
-	if !errors.As(err, &se) || se.Status != 400 || calls.Load() != 1 {
+	se, ok := errors.AsType[*apiclient.Error](err)
+	if !ok || se.Status != 400 || se.Message != "nope" || calls.Load() != 1 {
 		t.Fatalf("400: err %v after %d calls; want no retry", err, calls.Load())
 	}
 	calls.Store(0)
 	retries, err := cl.do(context.Background(), &call{method: "POST", path: "/flaky"}, nil)
-	if !errors.As(err, &se) || se.Status != 500 || retries != cl.retries || calls.Load() != int32(cl.retries+1) {
+	if apiclient.StatusOf(err) != 500 || retries != cl.retries || calls.Load() != int32(cl.retries+1) {
 		t.Fatalf("500: err %v, retries %d, calls %d", err, retries, calls.Load())
 	}
 }
@@ -93,30 +94,5 @@ func TestClientRetriesConnectionErrors(t *testing.T) {
 	retries, err := cl.do(context.Background(), &call{method: "GET", path: "/"}, nil)
 	if err != nil || retries != 1 {
 		t.Fatalf("retries %d err %v", retries, err)
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	b := backoff{base: 50 * time.Millisecond, max: time.Second}
-	r := rand.New(rand.NewPCG(1, 2))
-	for attempt := range 10 {
-		ceiling := min(b.base<<attempt, b.max)
-		for range 100 {
-			if d := b.delay(attempt, 0, r); d < 0 || d > ceiling {
-				t.Fatalf("attempt %d: delay %v beyond [0, %v]", attempt, d, ceiling)
-			}
-		}
-	}
-	if d := b.delay(0, 3*time.Second, r); d < 3*time.Second || d > 3*time.Second+b.base {
-		t.Errorf("Retry-After 3s: delay %v", d)
-	}
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for _, c := range []struct {
-		in   string
-		want time.Duration
-	}{{"", 0}, {"2", 2 * time.Second}, {"Thu, 01 Jan 2026 00:00:05 GMT", 5 * time.Second}, {"junk", 0}} {
-		if got := parseRetryAfter([]byte(c.in), now); got != c.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", c.in, got, c.want)
-		}
 	}
 }

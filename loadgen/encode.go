@@ -1,57 +1,14 @@
 package loadgen
 
 import (
-	"bytes"
-	"sync"
 	"time"
-	"unicode/utf8"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
+	apiclient "github.com/cohortd/cohortd/server/client"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Request body encoders. They append to dst and return it, so a worker can
 // reuse one buffer for every request it builds.
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(dst []byte, s []byte) []byte {
-	const hexDigits = "0123456789abcdef"
-	dst = append(dst, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			dst = append(dst, c)
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRune(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, `\ufffd`...)
-		} else {
-			dst = append(dst, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(dst, '"')
-}
-
-func appendJSONStr(dst []byte, s string) []byte { return appendJSONString(dst, []byte(s)) }
 
 // appendChange appends one cohort change object. All three arrays are
 // present even when empty, as real senders do.
@@ -60,35 +17,35 @@ func (u Universe) appendChange(dst []byte, refs []Ref, remove bool) []byte {
 	dst = append(dst, `{"user_ids":[`...)
 	first := true
 	for _, r := range refs {
-		if r.Kind == IDExternal || r.Kind == IDUnknown {
+		if r.Kind == KindExternal || r.Kind == KindUnknown {
 			if !first {
 				dst = append(dst, ',')
 			}
 			first = false
-			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+			dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 		}
 	}
 	dst = append(dst, `],"device_ids":[`...)
 	first = true
 	for _, r := range refs {
-		if r.Kind == IDDevice {
+		if r.Kind == KindDevice {
 			if !first {
 				dst = append(dst, ',')
 			}
 			first = false
-			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+			dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 		}
 	}
 	dst = append(dst, `],"aliases":[`...)
 	first = true
 	for _, r := range refs {
-		if r.Kind == IDAlias {
+		if r.Kind == KindAlias {
 			if !first {
 				dst = append(dst, ',')
 			}
 			first = false
 			dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
-			dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+			dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 			dst = append(dst, '}')
 		}
 	}
@@ -115,20 +72,20 @@ type Credentials struct {
 
 func appendPartnerAuth(dst []byte, c *Credentials) []byte {
 	dst = append(dst, `{"partner_api_key":`...)
-	dst = appendJSONStr(dst, c.PartnerAPIKey)
+	dst = jsonstr.Append(dst, c.PartnerAPIKey)
 	dst = append(dst, `,"client_secret":`...)
-	return appendJSONStr(dst, c.ClientSecret)
+	return jsonstr.Append(dst, c.ClientSecret)
 }
 
 // appendCohortUpsert appends the body of POST /partners/{p}/cohorts.
 func appendCohortUpsert(dst []byte, c *Credentials, cohortID string, created time.Time) []byte {
 	dst = appendPartnerAuth(dst, c)
 	dst = append(dst, `,"cohort_id":`...)
-	dst = appendJSONStr(dst, cohortID)
+	dst = jsonstr.Append(dst, cohortID)
 	dst = append(dst, `,"name":`...)
-	dst = appendJSONStr(dst, "loadgen "+cohortID)
+	dst = jsonstr.Append(dst, "loadgen "+cohortID)
 	dst = append(dst, `,"created_at":`...)
-	dst = appendJSONStr(dst, created.UTC().Format(time.RFC3339))
+	dst = jsonstr.Append(dst, created.UTC().Format(time.RFC3339))
 	return append(dst, '}')
 }
 
@@ -137,7 +94,7 @@ func appendCohortUpsert(dst []byte, c *Credentials, cohortID string, created tim
 func (u Universe) appendPartnerChanges(dst []byte, c *Credentials, cohortID string, adds, removes []Ref) []byte {
 	dst = appendPartnerAuth(dst, c)
 	dst = append(dst, `,"cohort_id":`...)
-	dst = appendJSONStr(dst, cohortID)
+	dst = jsonstr.Append(dst, cohortID)
 	dst = append(dst, `,"cohort_changes":[`...)
 	if len(adds) > 0 {
 		dst = u.appendChange(dst, adds, false)
@@ -177,12 +134,12 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 	var tmp [64]byte
 	dst = append(dst, '{')
 	sep := false
-	for _, kind := range []IDKind{IDExternal, IDDevice, IDAlias} {
+	for _, kind := range []Kind{KindExternal, KindDevice, KindAlias} {
 		open := false
 		for _, r := range refs {
 			k := r.Kind
-			if k == IDUnknown {
-				k = IDExternal
+			if k == KindUnknown {
+				k = KindExternal
 			}
 			if k != kind {
 				continue
@@ -192,9 +149,9 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 					dst = append(dst, ',')
 				}
 				switch kind {
-				case IDExternal:
+				case KindExternal:
 					dst = append(dst, `"user_ids":[`...)
-				case IDDevice:
+				case KindDevice:
 					dst = append(dst, `"device_ids":[`...)
 				default:
 					dst = append(dst, `"aliases":[`...)
@@ -203,12 +160,12 @@ func (u Universe) appendLine(dst []byte, refs []Ref, remove bool) []byte {
 			} else {
 				dst = append(dst, ',')
 			}
-			if kind == IDAlias {
+			if kind == KindAlias {
 				dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
-				dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+				dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 				dst = append(dst, '}')
 			} else {
-				dst = appendJSONString(dst, u.appendValue(tmp[:0], r))
+				dst = jsonstr.Append(dst, u.appendValue(tmp[:0], r))
 			}
 		}
 		if open {
@@ -236,7 +193,7 @@ func (u Universe) appendUserRecords(dst []byte, from, to int) []byte {
 			dst = append(dst, "\"}\n"...)
 		case KindAlias:
 			dst = append(dst, `{"aliases":[{"alias_name":"`+aliasName+`","alias_label":`...)
-			dst = appendJSONString(dst, appendAliasLabel(tmp[:0], n))
+			dst = jsonstr.Append(dst, appendAliasLabel(tmp[:0], n))
 			dst = append(dst, "}]}\n"...)
 		default:
 			dst = append(dst, `{"device_id":"`...)
@@ -267,53 +224,11 @@ func (u Universe) appendIdentifyRecords(dst []byte, from, to int) ([]byte, int) 
 }
 
 // Encoding is a Content-Encoding for request bodies.
-type Encoding string
+type Encoding = apiclient.Encoding
 
 // The encodings loadgen sends.
 const (
-	EncodingNone Encoding = ""
-	EncodingGzip Encoding = "gzip"
-	EncodingZstd Encoding = "zstd"
+	EncodingNone = apiclient.EncodingNone
+	EncodingGzip = apiclient.EncodingGzip
+	EncodingZstd = apiclient.EncodingZstd
 )
-
-// codecs pools compressors. Encoders are costly to create (zstd keeps
-// megabytes of tables), so they are reused across requests; a pooled
-// encoder is owned by one goroutine between Get and Put.
-type codecs struct {
-	gzip sync.Pool // *gzip.Writer
-	zstd sync.Pool // *zstd.Encoder
-}
-
-// compress appends src compressed with enc to dst.
-func (c *codecs) compress(dst, src []byte, enc Encoding) []byte {
-	switch enc {
-	case EncodingGzip:
-		buf := bytes.NewBuffer(dst)
-		w, _ := c.gzip.Get().(*gzip.Writer)
-		if w == nil {
-			// BestSpeed keeps the load generator from becoming the
-			// bottleneck; the server decodes any level at the same cost.
-			w, _ = gzip.NewWriterLevel(buf, gzip.BestSpeed)
-		} else {
-			w.Reset(buf)
-		}
-		_, _ = w.Write(src) // writes to a bytes.Buffer cannot fail
-		_ = w.Close()
-		c.gzip.Put(w)
-		return buf.Bytes()
-	case EncodingZstd:
-		e, _ := c.zstd.Get().(*zstd.Encoder)
-		if e == nil {
-			var err error
-			e, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-			if err != nil {
-				panic("BUG: zstd options: " + err.Error())
-			}
-		}
-		dst = e.EncodeAll(src, dst)
-		c.zstd.Put(e)
-		return dst
-	default:
-		return append(dst, src...)
-	}
-}

@@ -247,7 +247,7 @@ func (e *exporter) send(ctx context.Context, j *exportJob, raw, body []byte) ([]
 	var c *call
 	if r.o.Shape == ShapeBulk {
 		raw = r.u.appendBulkChanges(raw, j.adds, j.removes, r.o.BulkLineIDs)
-		body = r.cl.codecs.compress(body, raw, EncodingZstd)
+		body = r.cl.codecs.Append(body, raw, EncodingZstd)
 		c = &call{
 			method: "POST", bearer: creds.APIKey,
 			path:        "/v1/cohorts/" + url.PathEscape(creds.Partner) + "/" + url.PathEscape(j.c.id) + "/changes",
@@ -255,7 +255,7 @@ func (e *exporter) send(ctx context.Context, j *exportJob, raw, body []byte) ([]
 		}
 	} else {
 		raw = r.u.appendPartnerChanges(raw, creds, j.c.id, j.adds, j.removes)
-		body = r.cl.codecs.compress(body, raw, EncodingGzip)
+		body = r.cl.codecs.Append(body, raw, EncodingGzip)
 		c = &call{
 			method: "POST", path: "/partners/" + url.PathEscape(creds.Partner) + "/cohorts/users",
 			contentType: "application/json", encoding: EncodingGzip, body: body,

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Query runs segment evaluators in the Options.Mix for Options.Duration
@@ -133,7 +135,7 @@ func (q *querier) appendExpr(dst []byte, r *rand.Rand) []byte {
 			dst = append(dst, `{"not":`...)
 		}
 		dst = append(dst, `{"cohort":`...)
-		dst = appendJSONStr(dst, q.refs[r.IntN(len(q.refs))])
+		dst = jsonstr.Append(dst, q.refs[r.IntN(len(q.refs))])
 		dst = append(dst, '}')
 		if neg {
 			dst = append(dst, '}')
@@ -164,14 +166,14 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 	var tmp [64]byte
 	ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users))
 	switch ref.Kind {
-	case IDAlias:
+	case KindAlias:
 		dst = append(dst, `{"alias_name":"`+aliasName+`","alias_label":`...)
-	case IDDevice:
+	case KindDevice:
 		dst = append(dst, `{"device_id":`...)
 	default:
 		dst = append(dst, `{"external_id":`...)
 	}
-	dst = appendJSONString(dst, q.r.u.appendValue(tmp[:0], ref))
+	dst = jsonstr.Append(dst, q.r.u.appendValue(tmp[:0], ref))
 	return append(dst, '}')
 }
 
@@ -179,7 +181,7 @@ func (q *querier) appendUser(dst []byte, r *rand.Rand) []byte {
 // compact form names users by external id only).
 func (q *querier) externalRef(r *rand.Rand) Ref {
 	for {
-		if ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users)); ref.Kind == IDExternal {
+		if ref := q.r.u.MemberRef(1 + r.IntN(q.r.o.Users)); ref.Kind == KindExternal {
 			return ref
 		}
 	}
@@ -210,7 +212,7 @@ func (q *querier) build(dst []byte, kind string, r *rand.Rand) (string, []byte) 
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJSONString(dst, q.r.u.appendValue(tmp[:0], q.externalRef(r)))
+			dst = jsonstr.Append(dst, q.r.u.appendValue(tmp[:0], q.externalRef(r)))
 		}
 		return "/v1/segments/contains", append(dst, "]}"...)
 	case opCount:

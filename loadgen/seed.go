@@ -87,7 +87,7 @@ func (r *run) sendUserBodies(ctx context.Context, op string, bodies int, sent *a
 			}
 			go func() {
 				raw, n := build(nil, i)
-				f <- encoded{body: r.cl.codecs.compress(nil, raw, EncodingZstd), records: n}
+				f <- encoded{body: r.cl.codecs.Append(nil, raw, EncodingZstd), records: n}
 			}()
 		}
 	}()

@@ -7,10 +7,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"runtime"
 	"strconv"
 	"time"
+
+	apiclient "github.com/cohortd/cohortd/server/client"
 )
 
 // ErrNoAdminToken is returned when credentials are missing and there is no
@@ -31,23 +32,20 @@ func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Cre
 		if id == "" {
 			id = "loadgen-" + strconv.FormatInt(time.Now().Unix(), 10)
 		}
-		var out struct {
-			ID     string `json:"id"`
-			APIKey string `json:"api_key"`
-		}
-		err := cl.doJSON(ctx, "POST", "/v1/workspaces", admin, map[string]string{"id": id}, &out)
-		if isStatus(err, http.StatusConflict) && creds.Workspace == "" {
+		ac := cl.admin(admin)
+		key, err := ac.CreateWorkspace(ctx, id)
+		if apiclient.StatusOf(err) == http.StatusConflict && creds.Workspace == "" {
 			// A run in the same second took the name; stay independent.
 			id = fmt.Sprintf("loadgen-%d-%s", time.Now().Unix(), randomSuffix())
-			err = cl.doJSON(ctx, "POST", "/v1/workspaces", admin, map[string]string{"id": id}, &out)
+			key, err = ac.CreateWorkspace(ctx, id)
 		}
 		if err != nil {
 			return fmt.Errorf("create workspace %q: %w", id, err)
 		}
-		if out.APIKey == "" {
+		if key == "" {
 			return fmt.Errorf("create workspace %q: reply without api_key", id)
 		}
-		creds.Workspace, creds.APIKey = id, out.APIKey
+		creds.Workspace, creds.APIKey = id, key
 		fmt.Fprintf(log, "loadgen: created workspace %s (its API key is not printed)\n", id)
 	}
 	if creds.Partner == "" {
@@ -62,25 +60,22 @@ func ensureCredentials(ctx context.Context, cl *client, admin string, creds *Cre
 		if admin == "" {
 			return fmt.Errorf("%w: partner API key", ErrNoAdminToken)
 		}
-		var out struct {
-			Slug          string `json:"slug"`
-			PartnerAPIKey string `json:"partner_api_key"`
-		}
+		ac := cl.admin(admin)
 		slug := creds.Partner
-		err := cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": slug}, &out)
-		if isStatus(err, http.StatusConflict) {
+		key, err := ac.CreatePartner(ctx, slug)
+		if apiclient.StatusOf(err) == http.StatusConflict {
 			// The partner exists and its key is shown only once: use a fresh
 			// slug so that each run is independent.
 			slug = "lg-" + randomSuffix()
-			err = cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": slug}, &out)
+			key, err = ac.CreatePartner(ctx, slug)
 		}
 		if err != nil {
 			return fmt.Errorf("create partner %q: %w", slug, err)
 		}
-		if out.PartnerAPIKey == "" {
+		if key == "" {
 			return fmt.Errorf("create partner %q: reply without partner_api_key", slug)
 		}
-		creds.Partner, creds.PartnerAPIKey = slug, out.PartnerAPIKey
+		creds.Partner, creds.PartnerAPIKey = slug, key
 		fmt.Fprintf(log, "loadgen: created partner %s (its partner API key is not printed)\n", slug)
 	}
 	if creds.ClientSecret == "" {
@@ -98,12 +93,8 @@ func createImportKey(ctx context.Context, cl *client, admin string, creds *Crede
 	if creds.Workspace == "" {
 		return errors.New("loadgen: a client secret can only be created for a named workspace")
 	}
-	var out struct {
-		KeyID        string `json:"key_id"`
-		ClientSecret string `json:"client_secret"`
-	}
-	path := "/v1/workspaces/" + url.PathEscape(creds.Workspace) + "/partners/" + url.PathEscape(creds.Partner) + "/keys"
-	if err := cl.doJSON(ctx, "POST", path, admin, struct{}{}, &out); err != nil {
+	out, err := cl.admin(admin).CreateImportKey(ctx, creds.Workspace, creds.Partner)
+	if err != nil {
 		return fmt.Errorf("create data import key: %w", err)
 	}
 	if out.ClientSecret == "" {
@@ -112,11 +103,6 @@ func createImportKey(ctx context.Context, cl *client, admin string, creds *Crede
 	creds.ClientSecret = out.ClientSecret
 	fmt.Fprintf(log, "loadgen: created data import key %s (its client secret is not printed)\n", out.KeyID)
 	return nil
-}
-
-func isStatus(err error, status int) bool {
-	var se *StatusError
-	return errors.As(err, &se) && se.Status == status
 }
 
 func randomSuffix() string {

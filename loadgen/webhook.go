@@ -3,7 +3,6 @@ package loadgen
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	apiclient "github.com/cohortd/cohortd/server/client"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Mixpanel's native cohort webhook (docs/API.md §3b), as Mixpanel sends it.
@@ -114,15 +116,12 @@ func ensureWebhookCredentials(ctx context.Context, cl *client, admin string, cre
 	if admin == "" {
 		return fmt.Errorf("%w: data import key of partner %s", ErrNoAdminToken, webhookPartner)
 	}
-	var out struct {
-		PartnerAPIKey string `json:"partner_api_key"`
-	}
-	err := cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": webhookPartner}, &out)
+	key, err := cl.admin(admin).CreatePartner(ctx, webhookPartner)
 	switch {
 	case err == nil:
-		creds.PartnerAPIKey = out.PartnerAPIKey
+		creds.PartnerAPIKey = key
 		fmt.Fprintf(log, "loadgen: created partner %s (its partner API key is not printed)\n", webhookPartner)
-	case isStatus(err, http.StatusConflict):
+	case apiclient.StatusOf(err) == http.StatusConflict:
 		fmt.Fprintf(log, "loadgen: partner %s exists; creating a data import key for it\n", webhookPartner)
 	default:
 		return fmt.Errorf("create partner %q: %w", webhookPartner, err)
@@ -141,7 +140,7 @@ func basicAuth(user, password string) string {
 func (u Universe) nameable(users []uint32) ([]uint32, int) {
 	out := make([]uint32, 0, len(users))
 	for _, n := range users {
-		if u.Kind(int(n)) != KindAnonymous {
+		if u.Kind(int(n)) != KindDevice {
 			out = append(out, n)
 		}
 	}
@@ -162,15 +161,15 @@ type webhookParams struct {
 // its members, in the field order Mixpanel uses.
 func (u Universe) appendWebhookBody(dst []byte, p *webhookParams, refs []Ref) []byte {
 	dst = append(dst, `{"action":`...)
-	dst = appendJSONStr(dst, p.Action)
+	dst = jsonstr.Append(dst, p.Action)
 	dst = append(dst, `,"parameters":{"mixpanel_project_id":`...)
 	dst = strconv.AppendInt(dst, webhookProjectID, 10)
 	dst = append(dst, `,"mixpanel_cohort_id":`...)
 	dst = strconv.AppendInt(dst, p.CohortID, 10)
 	dst = append(dst, `,"mixpanel_cohort_name":`...)
-	dst = appendJSONStr(dst, p.CohortName)
+	dst = jsonstr.Append(dst, p.CohortName)
 	dst = append(dst, `,"mixpanel_cohort_description":"synced by cohortd loadgen","mixpanel_session_id":`...)
-	dst = appendJSONStr(dst, p.SessionID)
+	dst = jsonstr.Append(dst, p.SessionID)
 	dst = append(dst, `,"page_info":{"total_pages":`...)
 	dst = strconv.AppendInt(dst, int64(p.TotalPages), 10)
 	dst = append(dst, `,"page_count":`...)
@@ -197,20 +196,20 @@ func (u Universe) appendWebhookMember(dst []byte, r Ref) []byte {
 	n := strconv.AppendUint(tmp[:0], r.N, 10)
 	dst = append(dst, `{"mixpanel_distinct_id":`...)
 	switch r.Kind {
-	case IDExternal:
+	case KindExternal:
 		dst = append(dst, '"')
 		dst = appendExternalID(dst, int(r.N))
 		dst = append(dst, '"')
 		dst = append(dst, `,"email":"`...)
 		dst = append(dst, n...)
 		dst = append(dst, `@example.com"`...)
-	case IDAlias:
+	case KindAlias:
 		dst = append(dst, `"$device:`...)
 		dst = u.appendDeviceID(dst, int(r.N))
 		dst = append(dst, `","email":"`...)
 		dst = append(dst, n...)
 		dst = append(dst, `@example.com"`...)
-	case IDDevice:
+	case KindDevice:
 		dst = append(dst, '"')
 		dst = u.appendDeviceID(dst, int(r.N))
 		dst = append(dst, '"')
@@ -283,7 +282,7 @@ type webhookJob struct {
 	sync *webhookSync
 }
 
-// webhookReply is a webhook success reply (failures arrive as StatusError).
+// webhookReply is a webhook success reply (failures arrive as a server/client *Error).
 type webhookReply struct {
 	changesReply
 	Status    string `json:"status"`
@@ -420,7 +419,7 @@ func (e *exporter) sendWebhook(ctx context.Context, j *exportJob, raw, body []by
 		contentType: "application/json", body: raw, maxRetries: mixpanelRetries,
 	}
 	if r.o.WebhookGzip {
-		body = r.cl.codecs.compress(body, raw, EncodingGzip)
+		body = r.cl.codecs.Append(body, raw, EncodingGzip)
 		c.body, c.encoding = body, EncodingGzip
 	}
 	intended := e.pacer.next(time.Now(), j.ready)
@@ -435,9 +434,8 @@ func (e *exporter) sendWebhook(ctx context.Context, j *exportJob, raw, body []by
 	r.rec.op(op).record(intended, time.Now(), len(h.refs), retries, err != nil)
 	if err != nil {
 		h.sync.failed.Store(true)
-		var se *StatusError
-		if errors.As(err, &se) && !retryable(se.Status) {
-			h.sync.paused.CompareAndSwap(0, int32(se.Status))
+		if st := apiclient.StatusOf(err); st != 0 && !apiclient.Retryable(st) {
+			h.sync.paused.CompareAndSwap(0, int32(st))
 		}
 		r.rec.fail(err)
 		return raw, body

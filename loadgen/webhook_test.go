@@ -122,7 +122,7 @@ func TestMixedMixpanelWebhookRealServer(t *testing.T) {
 	cl := newClient(o.withDefaults())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := cl.doJSON(ctx, "POST", "/v1/partners", admin, map[string]string{"slug": webhookPartner}, nil); err != nil {
+	if _, err := cl.admin(admin).CreatePartner(ctx, webhookPartner); err != nil {
 		t.Fatal(err)
 	}
 	var log bytes.Buffer
@@ -195,7 +195,7 @@ func TestAppendWebhookBody(t *testing.T) {
 			dev = n
 		}
 	}
-	refs := []Ref{{IDExternal, uint64(ext)}, {IDAlias, uint64(alias)}, {IDUnknown, 7}, {IDDevice, uint64(dev)}}
+	refs := []Ref{{KindExternal, uint64(ext)}, {KindAlias, uint64(alias)}, {KindUnknown, 7}, {KindDevice, uint64(dev)}}
 	p := &webhookParams{Action: actionMembers, CohortID: 1_000_003, CohortName: `loadgen "q"`, SessionID: "s-1", Page: 2, TotalPages: 3}
 	got := string(u.appendWebhookBody(nil, p, refs))
 	member := func(n int, distinct, email string) string {
@@ -233,7 +233,7 @@ func TestAppendWebhookBody(t *testing.T) {
 func TestWebhookCalls(t *testing.T) {
 	refs := make([]Ref, 2_500)
 	for i := range refs {
-		refs[i] = Ref{IDExternal, uint64(i + 1)}
+		refs[i] = Ref{KindExternal, uint64(i + 1)}
 	}
 	calls := webhookCalls(actionMembers, refs, 1_000)
 	if len(calls) != 3 {

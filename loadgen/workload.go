@@ -9,34 +9,45 @@ import (
 	"strconv"
 )
 
-// Kind says which identifiers a seeded user carries.
+// Kind is the kind of an identifier on the wire and, for a seeded user, of
+// the identifier it is seeded with: one type, so that a user's kind is the
+// kind of the Ref that names it (Universe.MemberRef).
 type Kind uint8
 
-// The kinds of seeded users. Their shares are exact per block of 20 users:
-// 15 KindExternal, 2 KindAlias, 2 KindAnonymous and 1 KindIdentifiedLater.
+// The kinds. Seeded users' shares are exact per block of 20 users: 15
+// KindExternal, 2 KindAlias, 2 KindDevice and 1 KindIdentifiedLater.
 const (
-	// KindExternal users carry an external id from the start.
+	// KindExternal is an external id (user_ids); such users carry one from
+	// the start.
 	KindExternal Kind = iota
-	// KindAlias users carry only the alias ("email", "<n>@example.com").
+	// KindAlias is an ("email", label) alias pair (aliases); such users
+	// carry only the alias ("email", "<n>@example.com").
 	KindAlias
-	// KindAnonymous users carry only a device id and stay anonymous.
-	KindAnonymous
-	// KindIdentifiedLater users start anonymous (device id only) and get
-	// their external id in the second seeding pass.
+	// KindDevice is a device id (device_ids); such users carry only a
+	// device id and stay anonymous.
+	KindDevice
+	// KindIdentifiedLater is a kind of user only: it starts anonymous
+	// (device id only) and gets its external id in the second seeding pass.
 	KindIdentifiedLater
+	// KindUnknown is a kind of identifier only: an external id that names
+	// no user.
+	KindUnknown
 )
 
-// String returns the kind's name as used in reports.
+// String returns the kind's name as used in reports ("anonymous" for a
+// user of KindDevice).
 func (k Kind) String() string {
 	switch k {
 	case KindExternal:
 		return "external"
 	case KindAlias:
 		return "alias"
-	case KindAnonymous:
+	case KindDevice:
 		return "anonymous"
 	case KindIdentifiedLater:
 		return "identified-later"
+	case KindUnknown:
+		return "unknown"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -100,7 +111,7 @@ type Universe struct {
 func BlockKinds(seed uint64, b int) [blockUsers]Kind {
 	var k [blockUsers]Kind
 	k[15], k[16] = KindAlias, KindAlias
-	k[17], k[18] = KindAnonymous, KindAnonymous
+	k[17], k[18] = KindDevice, KindDevice
 	k[19] = KindIdentifiedLater
 	r := newRand(seed, streamBlock, uint64(b))
 	r.Shuffle(blockUsers, func(i, j int) { k[i], k[j] = k[j], k[i] })
@@ -161,36 +172,21 @@ func (u Universe) appendDeviceID(dst []byte, n int) []byte {
 	return append(dst, h[:]...)
 }
 
-// IDKind is the kind of one identifier on the wire.
-type IDKind uint8
-
-// The identifier kinds.
-const (
-	// IDExternal is a user's external id (user_ids).
-	IDExternal IDKind = iota
-	// IDAlias is a user's ("email", label) alias pair (aliases).
-	IDAlias
-	// IDDevice is a user's device id (device_ids).
-	IDDevice
-	// IDUnknown is an external id that names no user.
-	IDUnknown
-)
-
 // Ref names one identifier compactly: user N's identifier of the given kind,
-// or for IDUnknown the N-th unknown external id.
+// or for KindUnknown the N-th unknown external id.
 type Ref struct {
-	Kind IDKind
+	Kind Kind
 	N    uint64
 }
 
 // appendValue appends the identifier's string (the alias label for aliases).
 func (u Universe) appendValue(dst []byte, r Ref) []byte {
 	switch r.Kind {
-	case IDExternal:
+	case KindExternal:
 		return appendExternalID(dst, int(r.N))
-	case IDAlias:
+	case KindAlias:
 		return appendAliasLabel(dst, int(r.N))
-	case IDDevice:
+	case KindDevice:
 		return u.appendDeviceID(dst, int(r.N))
 	default:
 		dst = append(dst, "nouser-"...)
@@ -207,11 +203,11 @@ func (u Universe) Value(r Ref) string { return string(u.appendValue(nil, r)) }
 func (u Universe) MemberRef(n int) Ref {
 	switch u.Kind(n) {
 	case KindAlias:
-		return Ref{IDAlias, uint64(n)}
-	case KindAnonymous:
-		return Ref{IDDevice, uint64(n)}
+		return Ref{KindAlias, uint64(n)}
+	case KindDevice:
+		return Ref{KindDevice, uint64(n)}
 	default:
-		return Ref{IDExternal, uint64(n)}
+		return Ref{KindExternal, uint64(n)}
 	}
 }
 
@@ -220,10 +216,10 @@ func (u Universe) MemberRef(n int) Ref {
 // do not match.
 func (u Universe) Matches(r Ref) bool {
 	switch r.Kind {
-	case IDUnknown:
+	case KindUnknown:
 		return false
-	case IDDevice:
-		return r.N >= 1 && int(r.N) <= u.Users && u.Kind(int(r.N)) == KindAnonymous
+	case KindDevice:
+		return r.N >= 1 && int(r.N) <= u.Users && u.Kind(int(r.N)) == KindDevice
 	default:
 		return r.N >= 1 && int(r.N) <= u.Users
 	}
@@ -421,7 +417,7 @@ func (s *unmatchedSource) identifiedDevice() Ref {
 	b := s.r.IntN(s.blocks)
 	for j, k := range BlockKinds(s.u.Seed, b) {
 		if k == KindIdentifiedLater {
-			return Ref{IDDevice, uint64(b*blockUsers + j + 1)}
+			return Ref{KindDevice, uint64(b*blockUsers + j + 1)}
 		}
 	}
 	panic("BUG: a block without an identified-later user")
@@ -429,7 +425,7 @@ func (s *unmatchedSource) identifiedDevice() Ref {
 
 func (s *unmatchedSource) unknown() Ref {
 	s.next++
-	return Ref{IDUnknown, s.next}
+	return Ref{KindUnknown, s.next}
 }
 
 // withUnmatched names users by MemberRef and adds, after every 97 members,

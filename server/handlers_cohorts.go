@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 type cohortJSON struct {
@@ -278,7 +279,7 @@ func appendMember(dst []byte, ws *engine.Workspace, id engine.UserID) []byte {
 				dst = append(dst, ',')
 			}
 			dst = append(dst, `"external_id":`...)
-			dst = appendJSONString(dst, key)
+			dst = jsonstr.Append(dst, key)
 			state = ext
 		case engine.KindAlias:
 			switch state {
@@ -291,9 +292,9 @@ func appendMember(dst []byte, ws *engine.Workspace, id engine.UserID) []byte {
 			}
 			n, l := engine.SplitAlias(key)
 			dst = append(dst, `{"alias_name":`...)
-			dst = appendJSONString(dst, n)
+			dst = jsonstr.Append(dst, n)
 			dst = append(dst, `,"alias_label":`...)
-			dst = appendJSONString(dst, l)
+			dst = jsonstr.Append(dst, l)
 			dst = append(dst, '}')
 			state = aliases
 		case engine.KindDevice:
@@ -307,7 +308,7 @@ func appendMember(dst []byte, ws *engine.Workspace, id engine.UserID) []byte {
 			default:
 				dst = append(dst, `,"device_ids":[`...)
 			}
-			dst = appendJSONString(dst, key)
+			dst = jsonstr.Append(dst, key)
 			state = devices
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Memory by structure, for operators (docs/MEMORY.md):
@@ -116,7 +117,7 @@ func (s *Server) handleAdminMemory(r *request) error {
 			b = append(b, ',')
 		}
 		b = append(b, `{"id":`...)
-		b = appendJSONString(b, []byte(m.ID))
+		b = jsonstr.Append(b, m.ID)
 		b = append(b, `,"users":`...)
 		b = strconv.AppendInt(b, int64(m.Users), 10)
 		b = append(b, `,"identifiers":`...)

@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/jsonstr"
 	"github.com/cohortd/cohortd/server/segment"
 )
 
@@ -46,13 +47,10 @@ func appendWarnings(dst []byte, ws []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendJSONText(dst, w)
+		dst = jsonstr.Append(dst, w)
 	}
 	return append(dst, ']')
 }
-
-// appendJSONText appends a string that may hold any valid UTF-8.
-func appendJSONText(dst []byte, s string) []byte { return appendJSONString(dst, []byte(s)) }
 
 // handleSegmentCount serves POST /v1/segments/count.
 func (s *Server) handleSegmentCount(r *request) error {
@@ -154,7 +152,7 @@ func (s *Server) handleSegmentMembers(r *request) error {
 	if next == "" {
 		out = append(out, "null"...)
 	} else {
-		out = appendJSONText(out, next)
+		out = jsonstr.Append(out, next)
 	}
 	out = appendWarnings(out, b.Warnings)
 	writeRawJSON(r.ctx, fasthttp.StatusOK, append(out, '}'))

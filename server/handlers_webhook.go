@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // Mixpanel's cohort webhook (docs/API.md §3b):
@@ -140,7 +141,7 @@ func (s *Server) handleMixpanel(r *request) error {
 		break
 	}
 	out := append(make([]byte, 0, 256), `{"action":`...)
-	out = appendJSONString(out, []byte(req.Action))
+	out = jsonstr.Append(out, req.Action)
 	out = append(out, `,"status":"success","matched":`...)
 	if req.Action == actionMembers {
 		res := sres
@@ -227,10 +228,10 @@ func writeWebhookFailure(ctx *fasthttp.RequestCtx, action string, err error) {
 	if action == "" {
 		out = append(out, "null"...)
 	} else {
-		out = appendJSONString(out, []byte(action))
+		out = jsonstr.Append(out, action)
 	}
 	out = append(out, `,"status":"failure","error":{"message":`...)
-	out = appendJSONString(out, []byte(msg))
+	out = jsonstr.Append(out, msg)
 	out = append(out, `,"code":`...)
 	out = strconv.AppendInt(out, int64(status), 10)
 	out = append(out, "}}"...)

@@ -1,20 +1,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cohortd/cohortd/server/client"
+	"github.com/cohortd/cohortd/server/jsonstr"
 )
 
 // The demo (-demo, used by `make run`) seeds a workspace through the public
@@ -62,16 +61,16 @@ func demoUserID(i int) string { return fmt.Sprintf("user-%06d", i) }
 // (re-issuing any that no longer works).
 func runDemo(ctx context.Context, p demoParams) error {
 	base := "http://" + p.addr
-	c := &demoClient{base: base, hc: &fasthttp.Client{MaxConnsPerHost: 16, ReadTimeout: time.Minute, WriteTimeout: time.Minute}}
+	hc := &http.Client{Timeout: time.Minute}
 	if p.tls {
 		// The demo talks to its own process over loopback, whatever name
 		// the certificate carries.
 		base = "https://" + p.addr
-		c.base = base
-		c.hc.TLSConfig = &tls.Config{InsecureSkipVerify: true}
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 	}
+	admin := client.New(base, client.Options{HTTPClient: hc, Token: p.adminToken})
 	if !p.fresh {
-		k, changed, err := ensureDemoKeys(c, p)
+		k, changed, err := ensureDemoKeys(ctx, admin, p)
 		if err != nil {
 			return fmt.Errorf("demo keys: %w", err)
 		}
@@ -84,44 +83,39 @@ func runDemo(ctx context.Context, p demoParams) error {
 		return nil
 	}
 	start := time.Now()
-	var ws struct {
-		APIKey string `json:"api_key"`
-	}
-	if err := c.json("POST", "/v1/workspaces", p.adminToken, map[string]string{"id": demoWorkspace}, 201, &ws); err != nil {
-		return err
-	}
-	var pt struct {
-		Key string `json:"partner_api_key"`
-	}
-	if err := c.json("POST", "/v1/partners", p.adminToken, map[string]string{"slug": demoPartner}, 201, &pt); err != nil {
-		return err
-	}
-	var key struct {
-		Secret string `json:"client_secret"`
-	}
-	if err := c.json("POST", "/v1/workspaces/"+demoWorkspace+"/partners/"+demoPartner+"/keys", p.adminToken, struct{}{}, 201, &key); err != nil {
-		return err
-	}
-	keys := demoKeys{APIKey: ws.APIKey, PartnerAPIKey: pt.Key, ClientSecret: key.Secret}
-	if err := saveDemoKeys(p.dataDir, keys); err != nil {
-		return err
-	}
-
-	// Users: NDJSON with zstd, as a bulk loader would send them. Every 10th
-	// user has an email alias, every 50th a device id it was seen on.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(1<<20))
+	apiKey, err := admin.CreateWorkspace(ctx, demoWorkspace)
 	if err != nil {
 		return err
 	}
-	defer enc.Close()
-	var nd []byte
+	partnerKey, err := admin.CreatePartner(ctx, demoPartner)
+	if err != nil {
+		return err
+	}
+	ik, err := admin.CreateImportKey(ctx, demoWorkspace, demoPartner)
+	if err != nil {
+		return err
+	}
+	keys := demoKeys{APIKey: apiKey, PartnerAPIKey: partnerKey, ClientSecret: ik.ClientSecret}
+	if err := saveDemoKeys(p.dataDir, keys); err != nil {
+		return err
+	}
+	ws := admin.WithToken(apiKey)
+	cred := client.PartnerCredentials{PartnerAPIKey: partnerKey, ClientSecret: ik.ClientSecret}
+
+	// Users: NDJSON with zstd, as a bulk loader would send them. Every 10th
+	// user has an email alias, every 50th a device id it was seen on.
+	var (
+		comp   client.Compressor
+		nd, zd []byte
+	)
 	for lo := 0; lo < demoUsers; lo += demoBatch {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		nd = nd[:0]
 		for i := lo; i < lo+demoBatch && i < demoUsers; i++ {
-			nd = fmt.Appendf(nd, `{"external_id":%q`, demoUserID(i))
+			nd = append(nd, `{"external_id":`...)
+			nd = jsonstr.Append(nd, demoUserID(i))
 			if i%10 == 0 {
 				nd = fmt.Appendf(nd, `,"aliases":[{"alias_name":"email","alias_label":"user%d@example.com"}]`, i)
 			}
@@ -130,20 +124,17 @@ func runDemo(ctx context.Context, p demoParams) error {
 			}
 			nd = append(nd, "}\n"...)
 		}
-		body := enc.EncodeAll(nd, nil)
-		if _, err := c.do("POST", "/v1/users", ws.APIKey, "application/x-ndjson", "zstd", body, 200); err != nil {
+		zd = comp.Append(zd[:0], nd, client.EncodingZstd)
+		if _, err := ws.UpsertUsersBody(ctx, client.Body{Data: zd, NDJSON: true, Encoding: client.EncodingZstd}); err != nil {
 			return fmt.Errorf("upsert users: %w", err)
 		}
 	}
 
 	// Cohorts: through the partner endpoints, 1,000 ids a gzip body, the way
 	// the exporter does it, a few requests in parallel.
+	exporter := client.New(base, client.Options{HTTPClient: hc, Encoding: client.EncodingGzip})
 	for _, ch := range demoCohorts {
-		err := c.json("POST", "/partners/"+demoPartner+"/cohorts", "", map[string]string{
-			"partner_api_key": pt.Key, "client_secret": key.Secret,
-			"cohort_id": ch.id, "name": ch.name, "created_at": time.Now().UTC().Format(time.RFC3339),
-		}, 201, nil)
-		if err != nil {
+		if err := exporter.UpsertPartnerCohort(ctx, demoPartner, cred, ch.id, ch.name, time.Now()); err != nil {
 			return err
 		}
 		var ids [][]string
@@ -160,21 +151,20 @@ func runDemo(ctx context.Context, p demoParams) error {
 		if len(cur) > 0 {
 			ids = append(ids, cur)
 		}
-		if err := c.parallel(ctx, 4, len(ids), func(n int) error {
-			b, err := json.Marshal(map[string]any{
-				"partner_api_key": pt.Key, "client_secret": key.Secret, "cohort_id": ch.id,
-				"cohort_changes": []map[string]any{{"user_ids": ids[n], "device_ids": []string{}, "aliases": []any{}}},
-			})
-			if err != nil {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4)
+		for _, batch := range ids {
+			g.Go(func() error {
+				_, err := exporter.PartnerChanges(gctx, demoPartner, cred, ch.id,
+					[]client.Change{{Identifiers: client.Identifiers{UserIDs: batch}}})
 				return err
-			}
-			_, err = c.do("POST", "/partners/"+demoPartner+"/cohorts/users", "", "application/json", "gzip", gzipBytes(b), 201)
-			return err
-		}); err != nil {
+			})
+		}
+		if err := g.Wait(); err != nil {
 			return fmt.Errorf("import cohort %s: %w", ch.id, err)
 		}
 	}
-	if err := demoSyncs(ctx, c, ws.APIKey, pt.Key, key.Secret); err != nil {
+	if err := demoSyncs(ctx, ws, exporter, cred); err != nil {
 		return err
 	}
 	p.log.Info("demo seeded", "users", demoUsers, "cohorts", len(demoCohorts), "duration", time.Since(start).String())
@@ -183,7 +173,7 @@ func runDemo(ctx context.Context, p demoParams) error {
 		demoWorkspace, demoUsers, len(demoCohorts), time.Since(start).Round(time.Millisecond))
 	fmt.Fprintf(p.out, "cohortd stores only digests of secrets; the demo's are kept in %s (mode 0600):\n", demoKeysPath(p.dataDir))
 	printDemoKeys(p.out, keys)
-	printDemoCommands(p.out, base, p, ws.APIKey, pt.Key, key.Secret)
+	printDemoCommands(p.out, base, p, apiKey, partnerKey, ik.ClientSecret)
 	return nil
 }
 
@@ -221,97 +211,3 @@ func printDemoKeys(out io.Writer, k demoKeys) {
 
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-func gzipBytes(b []byte) []byte {
-	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	_, _ = zw.Write(b)
-	_ = zw.Close()
-	return buf.Bytes()
-}
-
-// demoClient talks to the server over loopback HTTP.
-type demoClient struct {
-	base string
-	hc   *fasthttp.Client
-}
-
-// do sends one request and checks the status; it returns the reply body.
-func (c *demoClient) do(method, path, token, ctype, encoding string, body []byte, want int) ([]byte, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.SetMethod(method)
-	req.SetRequestURI(c.base + path)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if ctype != "" {
-		req.Header.SetContentType(ctype)
-	}
-	if encoding != "" {
-		req.Header.Set("Content-Encoding", encoding)
-	}
-	req.SetBodyRaw(body)
-	if err := c.hc.DoTimeout(req, resp, time.Minute); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode() != want {
-		return nil, fmt.Errorf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode(), want, resp.Body())
-	}
-	return append([]byte(nil), resp.Body()...), nil
-}
-
-// json sends v as a JSON body and decodes the reply into out (if not nil).
-func (c *demoClient) json(method, path, token string, v any, want int, out any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	reply, err := c.do(method, path, token, "application/json", "", b, want)
-	if err != nil || out == nil {
-		return err
-	}
-	if err := json.Unmarshal(reply, out); err != nil {
-		return fmt.Errorf("%s %s: decode reply: %w", method, path, err)
-	}
-	return nil
-}
-
-// parallel runs f(0..n-1) on workers goroutines and returns the first error.
-func (c *demoClient) parallel(ctx context.Context, workers, n int, f func(int) error) error {
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		next  int
-	)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				stop := first != nil || i >= n || ctx.Err() != nil
-				mu.Unlock()
-				if stop {
-					return
-				}
-				if err := f(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
-}

@@ -1,14 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/valyala/fasthttp"
+	"github.com/cohortd/cohortd/server/client"
 )
 
 // demoKeysFile is the name, inside the data directory, of the demo's
@@ -58,56 +60,48 @@ func saveDemoKeys(dataDir string, k demoKeys) error {
 // saved ones, each checked against the server, and in place of any that is
 // missing or no longer works (rotated, revoked, deleted through the admin
 // API, or a data dir from a version that did not save them) a new one
-// issued with the admin token. It saves the result when anything changed
-// and reports whether it did.
-func ensureDemoKeys(c *demoClient, p demoParams) (demoKeys, bool, error) {
+// issued with the admin token (admin's). It saves the result when anything
+// changed and reports whether it did.
+func ensureDemoKeys(ctx context.Context, admin *client.Client, p demoParams) (demoKeys, bool, error) {
 	k, _, err := loadDemoKeys(p.dataDir)
 	if err != nil {
 		return k, false, err
 	}
 	changed := false
-	ok, err := c.accepts("GET", "/v1/usage", k.APIKey)
+	ok, err := apiKeyWorks(ctx, admin, k.APIKey)
 	if err != nil {
 		return k, false, err
 	}
 	if !ok {
-		var r struct {
-			APIKey string `json:"api_key"`
-		}
-		if err := c.json("POST", "/v1/workspaces/"+demoWorkspace+"/api-key", p.adminToken, struct{}{}, 201, &r); err != nil {
+		if k.APIKey, err = admin.RotateWorkspaceKey(ctx, demoWorkspace); err != nil {
 			return k, false, err
 		}
-		k.APIKey, changed = r.APIKey, true
+		changed = true
 	}
-	partnerOK, secretOK, err := c.partnerCredentials(k.PartnerAPIKey, k.ClientSecret)
+	partnerOK, secretOK, err := partnerCredentials(ctx, admin, k.PartnerAPIKey, k.ClientSecret)
 	if err != nil {
 		return k, false, err
 	}
 	if !partnerOK {
-		var r struct {
-			Key string `json:"partner_api_key"`
-		}
 		// Re-key the partner, or register it again if it was deleted.
-		err := c.json("POST", "/v1/partners/"+demoPartner+"/api-key", p.adminToken, struct{}{}, 201, &r)
+		key, err := admin.RotatePartnerKey(ctx, demoPartner)
 		if err != nil {
-			err = c.json("POST", "/v1/partners", p.adminToken, map[string]string{"slug": demoPartner}, 201, &r)
+			key, err = admin.CreatePartner(ctx, demoPartner)
 		}
 		if err != nil {
 			return k, false, err
 		}
-		k.PartnerAPIKey, changed = r.Key, true
-		if _, secretOK, err = c.partnerCredentials(k.PartnerAPIKey, k.ClientSecret); err != nil {
+		k.PartnerAPIKey, changed = key, true
+		if _, secretOK, err = partnerCredentials(ctx, admin, k.PartnerAPIKey, k.ClientSecret); err != nil {
 			return k, false, err
 		}
 	}
 	if !secretOK {
-		var r struct {
-			Secret string `json:"client_secret"`
-		}
-		if err := c.json("POST", "/v1/workspaces/"+demoWorkspace+"/partners/"+demoPartner+"/keys", p.adminToken, struct{}{}, 201, &r); err != nil {
+		ik, err := admin.CreateImportKey(ctx, demoWorkspace, demoPartner)
+		if err != nil {
 			return k, false, err
 		}
-		k.ClientSecret, changed = r.Secret, true
+		k.ClientSecret, changed = ik.ClientSecret, true
 	}
 	if changed {
 		if err := saveDemoKeys(p.dataDir, k); err != nil {
@@ -117,56 +111,36 @@ func ensureDemoKeys(c *demoClient, p demoParams) (demoKeys, bool, error) {
 	return k, changed, nil
 }
 
-// accepts reports whether a request with the bearer token is not refused
-// as unauthenticated.
-func (c *demoClient) accepts(method, path, token string) (bool, error) {
-	if token == "" {
+// apiKeyWorks reports whether the workspace API key is not refused as
+// unauthenticated.
+func apiKeyWorks(ctx context.Context, c *client.Client, apiKey string) (bool, error) {
+	if apiKey == "" {
 		return false, nil
 	}
-	_, status, err := c.send(method, path, token, nil)
-	return status != 401, err
+	_, err := c.WithToken(apiKey).Usage(ctx)
+	if e, ok := errors.AsType[*client.Error](err); ok {
+		return e.Status != http.StatusUnauthorized, nil
+	}
+	return err == nil, err
 }
 
 // partnerCredentials checks a partner_api_key and a client_secret without
 // changing anything: a cohort upsert without a cohort is refused as
 // malformed, but only after its credentials were checked, and a 401 says
 // which one failed. secretOK is meaningful only when partnerOK.
-func (c *demoClient) partnerCredentials(partnerKey, secret string) (partnerOK, secretOK bool, err error) {
+func partnerCredentials(ctx context.Context, c *client.Client, partnerKey, secret string) (partnerOK, secretOK bool, err error) {
 	if partnerKey == "" {
 		return false, false, nil
 	}
-	b, err := json.Marshal(map[string]string{"partner_api_key": partnerKey, "client_secret": secret})
-	if err != nil {
+	err = c.WithToken("").UpsertPartnerCohort(ctx, demoPartner,
+		client.PartnerCredentials{PartnerAPIKey: partnerKey, ClientSecret: secret}, "", "", time.Time{})
+	e, ok := errors.AsType[*client.Error](err)
+	switch {
+	case !ok:
+		// nil cannot happen (the body names no cohort); a transport error.
 		return false, false, err
+	case e.Status != http.StatusUnauthorized:
+		return true, secret != "", nil
 	}
-	body, status, err := c.send("POST", "/partners/"+demoPartner+"/cohorts", "", b)
-	if err != nil || status != 401 {
-		return err == nil, err == nil && secret != "", err
-	}
-	var e struct {
-		Message string `json:"message"`
-	}
-	_ = json.Unmarshal(body, &e)
 	return e.Message != "Invalid Partner API key", false, nil
-}
-
-// send sends one request (a JSON body if any) and returns the reply's body
-// and status, whatever the status.
-func (c *demoClient) send(method, path, token string, body []byte) ([]byte, int, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.SetMethod(method)
-	req.SetRequestURI(c.base + path)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if body != nil {
-		req.Header.SetContentType("application/json")
-		req.SetBodyRaw(body)
-	}
-	if err := c.hc.DoTimeout(req, resp, time.Minute); err != nil {
-		return nil, 0, fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	return append([]byte(nil), resp.Body()...), resp.StatusCode(), nil
 }

@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
+
+	"github.com/cohortd/cohortd/server/client"
 )
 
 // demoSyncRounds gives each demo cohort a few syncs after its import, so
@@ -19,8 +20,9 @@ const (
 	demoShrunkCohort = "newsletter"
 )
 
-// demoSyncs sends the extra syncs through the public API.
-func demoSyncs(ctx context.Context, c *demoClient, apiKey, partnerKey, secret string) error {
+// demoSyncs sends the extra syncs through the public API: ws with the
+// workspace API key, exporter with gzip bodies for the partner endpoint.
+func demoSyncs(ctx context.Context, ws, exporter *client.Client, cred client.PartnerCredentials) error {
 	for _, ch := range demoCohorts {
 		var members, others []string
 		for i := 0; i < demoUsers; i++ {
@@ -42,29 +44,22 @@ func demoSyncs(ctx context.Context, c *demoClient, apiKey, partnerKey, secret st
 			for i := range ghosts {
 				ghosts[i] = fmt.Sprintf("ghost-%s-%d-%d", ch.id, round, i)
 			}
-			changes := []map[string]any{
-				{"user_ids": append(join, ghosts...), "device_ids": []string{}, "aliases": []any{}},
-				{"user_ids": leave, "device_ids": []string{}, "aliases": []any{}, "should_remove": true},
+			changes := []client.Change{
+				{Identifiers: client.Identifiers{UserIDs: append(join, ghosts...)}},
+				{Identifiers: client.Identifiers{UserIDs: leave}, ShouldRemove: true},
 			}
+			var err error
 			if round%2 == 0 {
-				if err := c.json("POST", "/v1/cohorts/"+demoPartner+"/"+ch.id+"/changes", apiKey,
-					map[string]any{"cohort_changes": changes}, 200, nil); err != nil {
-					return fmt.Errorf("demo sync of %s: %w", ch.id, err)
-				}
-				continue
+				_, err = ws.Changes(ctx, demoPartner, ch.id, changes)
+			} else {
+				_, err = exporter.PartnerChanges(ctx, demoPartner, cred, ch.id, changes)
 			}
-			b, err := json.Marshal(map[string]any{"partner_api_key": partnerKey, "client_secret": secret,
-				"cohort_id": ch.id, "cohort_changes": changes})
 			if err != nil {
-				return err
-			}
-			if _, err := c.do("POST", "/partners/"+demoPartner+"/cohorts/users", "", "application/json", "gzip", gzipBytes(b), 201); err != nil {
 				return fmt.Errorf("demo sync of %s: %w", ch.id, err)
 			}
 		}
 		if ch.id == demoShrunkCohort {
-			if err := c.json("PUT", "/v1/cohorts/"+demoPartner+"/"+ch.id+"/members", apiKey,
-				map[string]any{"user_ids": members[:len(members)/3]}, 200, nil); err != nil {
+			if _, err := ws.ReplaceMembers(ctx, demoPartner, ch.id, client.Identifiers{UserIDs: members[:len(members)/3]}); err != nil {
 				return fmt.Errorf("demo replace of %s: %w", ch.id, err)
 			}
 		}

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,8 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
+	"github.com/cohortd/cohortd/server/client"
 )
 
 // binPath is the cohortd binary built by TestMain.
@@ -260,66 +260,59 @@ var httpClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-// build turns q into an *http.Request against base.
-func (q req) build(t *testing.T, base string) *http.Request {
-	t.Helper()
-	var body io.Reader
-	switch b := q.body.(type) {
-	case nil:
-	case io.Reader:
-		body = b
-	case []byte:
-		body = bytes.NewReader(compress(t, q.encoding, b))
-	case string:
-		body = bytes.NewReader(compress(t, q.encoding, []byte(b)))
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body = bytes.NewReader(compress(t, q.encoding, j))
-	}
-	hr, err := http.NewRequest(q.method, base+q.path, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if q.token != "" {
-		hr.Header.Set("Authorization", "Bearer "+q.token)
-	}
-	if q.body != nil {
-		ct := q.ctype
-		if ct == "" {
-			ct = "application/json"
-		}
-		hr.Header.Set("Content-Type", ct)
-	}
-	if q.encoding != "" {
-		hr.Header.Set("Content-Encoding", q.encoding)
-	}
-	for k, v := range q.header {
-		hr.Header.Set(k, v)
-	}
-	return hr
-}
-
 // do sends q and returns the reply.
 func (d *daemon) do(q req) reply {
 	d.t.Helper()
 	return doReq(d.t, d.base, q)
 }
 
+// request turns q into a server/client request.
+func (q req) request(t *testing.T) *client.Request {
+	t.Helper()
+	r := &client.Request{Method: q.method, Path: q.path, ContentType: q.ctype, Encoding: client.Encoding(q.encoding), Header: http.Header{}}
+	switch b := q.body.(type) {
+	case nil:
+	case io.Reader:
+		r.BodyReader = b
+	case []byte:
+		r.Body = compress(t, q.encoding, b)
+	case string:
+		r.Body = compress(t, q.encoding, []byte(b))
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body = compress(t, q.encoding, j)
+	}
+	if q.token != "" {
+		r.Header.Set("Authorization", "Bearer "+q.token)
+	}
+	for k, v := range q.header {
+		r.Header.Set(k, v)
+	}
+	return r
+}
+
+// build turns q into an *http.Request against base.
+func (q req) build(t *testing.T, base string) *http.Request {
+	t.Helper()
+	hr, err := client.New(base, client.Options{HTTPClient: httpClient}).NewHTTPRequest(context.Background(), q.request(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hr
+}
+
+// doReq sends q to base through server/client's raw Send, whatever the
+// reply's status.
 func doReq(t *testing.T, base string, q req) reply {
 	t.Helper()
-	resp, err := httpClient.Do(q.build(t, base))
+	rep, err := client.New(base, client.Options{HTTPClient: httpClient}).Send(context.Background(), q.request(t))
 	if err != nil {
 		t.Fatalf("%s %s: %v", q.method, q.path, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read body: %v", q.method, q.path, err)
-	}
-	return reply{status: resp.StatusCode, header: resp.Header, body: b}
+	return reply{status: rep.Status, header: rep.Header, body: rep.Body}
 }
 
 // must sends q and fails the test unless the status is want.
@@ -332,24 +325,12 @@ func (d *daemon) must(q req, want int) reply {
 	return r
 }
 
+// compress compresses b as a body sent with Content-Encoding enc.
 func compress(t *testing.T, enc string, b []byte) []byte {
 	t.Helper()
-	switch enc {
-	case "":
-		return b
-	case "gzip":
-		var buf bytes.Buffer
-		zw := gzip.NewWriter(&buf)
-		_, _ = zw.Write(b)
-		_ = zw.Close()
-		return buf.Bytes()
-	case "zstd":
-		zw, err := zstd.NewWriter(nil, zstd.WithWindowSize(1<<20))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer zw.Close()
-		return zw.EncodeAll(b, nil)
+	switch e := client.Encoding(enc); e {
+	case client.EncodingNone, client.EncodingGzip, client.EncodingZstd:
+		return client.Compress(b, e)
 	}
 	t.Fatalf("unknown encoding %q", enc)
 	return nil
@@ -363,13 +344,21 @@ type tenant struct {
 // setupTenant creates workspace ws, partner slug and an import key.
 func setupTenant(d *daemon, admin, ws, slug string) tenant {
 	d.t.Helper()
+	ctx := context.Background()
+	c := client.New(d.base, client.Options{HTTPClient: httpClient, Token: admin})
 	tn := tenant{admin: admin, partner: slug}
-	r := d.must(req{method: "POST", path: "/v1/workspaces", token: admin, body: map[string]string{"id": ws}}, 201).json(d.t)
-	tn.apiKey = str(d.t, r, "api_key")
-	r = d.must(req{method: "POST", path: "/v1/partners", token: admin, body: map[string]string{"slug": slug}}, 201).json(d.t)
-	tn.partnerKey = str(d.t, r, "partner_api_key")
-	r = d.must(req{method: "POST", path: "/v1/workspaces/" + ws + "/partners/" + slug + "/keys", token: admin, body: map[string]any{}}, 201).json(d.t)
-	tn.keyID, tn.secret = str(d.t, r, "key_id"), str(d.t, r, "client_secret")
+	var err error
+	if tn.apiKey, err = c.CreateWorkspace(ctx, ws); err != nil {
+		d.t.Fatal(err)
+	}
+	if tn.partnerKey, err = c.CreatePartner(ctx, slug); err != nil {
+		d.t.Fatal(err)
+	}
+	ik, err := c.CreateImportKey(ctx, ws, slug)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	tn.keyID, tn.secret = ik.KeyID, ik.ClientSecret
 	return tn
 }
 
