@@ -247,36 +247,11 @@ func TestImageRoundTrip(t *testing.T) {
 	}
 	u.Publish()
 	h, arrays := u.Image()
-	load := func(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
-		return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
-			if len(arrays[a-1]) != len(dst) {
-				return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
-			}
-			copy(dst, arrays[a-1])
-			return nil
-		})
-	}
-	v, err := load(h, arrays)
+	v, err := loadImage(h, arrays)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	// It goes on working: more operations against the model.
-	for range 5000 {
-		modelOpKey(t, v, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	v.Publish()
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
+	loadedWorks(t, v, m, r)
 	v.Close()
 
 	// Streaming checks accept the image in odd-sized pieces.
@@ -300,7 +275,7 @@ func TestImageRoundTrip(t *testing.T) {
 			cp[i] = bytes.Clone(arrays[i])
 		}
 		mutate(&cp)
-		if v, err := load(h, cp); !errors.Is(err, ErrImage) {
+		if v, err := loadImage(h, cp); !errors.Is(err, ErrImage) {
 			if v != nil {
 				v.Close()
 			}
@@ -346,6 +321,39 @@ func TestImageRoundTrip(t *testing.T) {
 	h3 := h
 	h3.ArenaUsed++
 	bad("odd arena", h3, func(*[NumArrays][]byte) {})
+}
+
+// loadImage loads the image (h, arrays) into a new Users.
+func loadImage(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
+	return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
+		if len(arrays[a-1]) != len(dst) {
+			return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
+		}
+		copy(dst, arrays[a-1])
+		return nil
+	})
+}
+
+// loadedWorks checks a Users loaded from an image against the model it was built
+// with, and that it goes on working: more operations against the model.
+func loadedWorks(t *testing.T, v *Users, m *usersModel, r *rand.Rand) {
+	t.Helper()
+	if err := v.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.compare(v); err != nil {
+		t.Fatal(err)
+	}
+	for range 5000 {
+		modelOpKey(t, v, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
+	}
+	v.Publish()
+	if err := m.compare(v); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Check(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // v1Table returns u's table in the layout of table version 1 (five slots of a full
@@ -405,33 +413,12 @@ func TestImageTableV1(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("check of a version 1 table: %v", err)
 	}
-	v, err := LoadUsers(h, Options{}, func(a Array, dst []byte) error {
-		if len(arrays[a-1]) != len(dst) {
-			return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
-		}
-		copy(dst, arrays[a-1])
-		return nil
-	})
+	v, err := loadImage(h, arrays)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	for range 5000 {
-		modelOpKey(t, v, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	v.Publish()
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
+	loadedWorks(t, v, m, r)
 	if _, arrays := v.Image(); tableVersionOf(arrays[ArrayTable-1]) != tableVersion {
 		t.Fatalf("image after a version 1 load is not version %d", tableVersion)
 	}
