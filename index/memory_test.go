@@ -238,14 +238,8 @@ func TestReserveAndFull(t *testing.T) {
 // TestImageRoundTrip loads a Users from its image and compares it with the model,
 // then checks that each array's bounds are enforced.
 func TestImageRoundTrip(t *testing.T) {
-	u := NewUsers(Options{})
+	u, m, r := modelUsers(t, 3)
 	defer u.Close()
-	m := newUsersModel()
-	r := rand.New(rand.NewPCG(3, 4))
-	for range 20_000 {
-		modelOpKey(t, u, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	u.Publish()
 	h, arrays := u.Image()
 	v, err := loadImage(h, arrays)
 	if err != nil {
@@ -323,6 +317,19 @@ func TestImageRoundTrip(t *testing.T) {
 	bad("odd arena", h3, func(*[NumArrays][]byte) {})
 }
 
+// modelUsers returns a Users and its model after 20,000 random operations from
+// seed, and the random source to go on with.
+func modelUsers(t *testing.T, seed uint64) (*Users, *usersModel, *rand.Rand) {
+	u := NewUsers(Options{})
+	m := newUsersModel()
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	for range 20_000 {
+		modelOpKey(t, u, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
+	}
+	u.Publish()
+	return u, m, r
+}
+
 // loadImage loads the image (h, arrays) into a new Users.
 func loadImage(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
 	return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
@@ -391,14 +398,8 @@ func v1Table(u *Users) ([]byte, uint64) {
 // written before the eight-slot buckets hold it: the table is rebuilt from the arena,
 // every key resolves, and the next image is version 2.
 func TestImageTableV1(t *testing.T) {
-	u := NewUsers(Options{})
+	u, m, r := modelUsers(t, 5)
 	defer u.Close()
-	m := newUsersModel()
-	r := rand.New(rand.NewPCG(5, 6))
-	for range 20_000 {
-		modelOpKey(t, u, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	u.Publish()
 	h, arrays := u.Image()
 	if tableVersionOf(arrays[ArrayTable-1]) != tableVersion {
 		t.Fatalf("image table is not version %d", tableVersion)
