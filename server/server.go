@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -473,9 +472,9 @@ const heapTrimInterval = time.Second
 // copies as garbage; without a trim the runtime keeps those pages (the GC
 // lets the heap reach about twice its live bytes, and the scavenger returns
 // the rest slowly), so RSS after an import stays tens of MiB above what is
-// live, more than the identity tables of a million users. A trim costs two
-// collections of a heap that holds no identity table (those are off the
-// heap), a few milliseconds, paid by requests that took far longer.
+// live, more than the identity tables of a million users. A trim costs a
+// full collection of a heap that holds no identity table (those are off
+// the heap), a few milliseconds, paid by requests that took far longer.
 type heapTrim struct {
 	mu      sync.Mutex
 	last    time.Time
@@ -501,21 +500,12 @@ func (t *heapTrim) request() {
 	}
 	t.last = time.Now()
 	t.mu.Unlock()
-	trimHeap()
-}
-
-// trimHeap collects twice, then returns the free pages: a sync.Pool keeps
-// what was put in it through one collection (its victim cache), and the
-// pools hold what a big body left, above all a zstd decoder with its window
-// (up to 8 MiB).
-func trimHeap() {
-	runtime.GC()
 	debug.FreeOSMemory()
 }
 
 // run is a scheduled trim.
 func (t *heapTrim) run() {
-	trimHeap()
+	debug.FreeOSMemory()
 	t.mu.Lock()
 	t.last, t.pending = time.Now(), false
 	t.mu.Unlock()
