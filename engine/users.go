@@ -130,8 +130,11 @@ type userOps struct {
 	cache   *userCache // prefilled lookups (usercache.go); nil: none
 }
 
-// userRecordSplit is the record size past which userOps cuts a record.
-const userRecordSplit = 4 << 20
+// userRecordSplit is the record size past which userOps cuts a record. The
+// record is built in the workspace's encoder, which keeps its capacity, and
+// copied into the WAL's pending buffer: both are Go heap, so records are
+// kept small (512 KiB is still thousands of users per record).
+const userRecordSplit = 512 << 10
 
 // begin starts a record.
 func (o *userOps) begin() {

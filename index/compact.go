@@ -22,8 +22,7 @@ func (u *Users) compact(extra int) {
 	st.arenaR = u.newRegion(n)
 	st.arena = st.arenaR.b
 	nb := bucketsFor(u.live + 1)
-	st.tabR = u.newRegion(nb * bucketBytes)
-	st.buckets = view[bucket](st.tabR, nb)
+	st.tabR, st.buckets = u.newBuckets(nb)
 	st.refsR = u.newRegion(len(old.refs) * 4)
 	st.refs = view[keyRef](st.refsR, len(old.refs))
 	nodes := u.poolLen

@@ -2,7 +2,9 @@ package index
 
 import (
 	"bytes"
+	"fmt"
 	"math/bits"
+	"unsafe"
 
 	"github.com/zeebo/xxh3"
 )
@@ -11,17 +13,24 @@ import (
 //
 // # Layout
 //
-// Open addressing over 64-byte buckets of five slots: five 64-bit hashes, five 32-bit
-// refs and four bytes of padding, so a bucket is exactly one cache line (regions are
-// page-aligned) and the table holds no pointers. It lives in one region (region.go),
-// on huge pages, replaced whole on growth. A slot costs
-// 12.8 bytes. The home bucket of a hash is fastrange(hash, buckets): the high half of
-// hash*len(buckets), so any table size works and growth need not double.
+// Open addressing over 64-byte buckets of eight slots: eight 32-bit tags, then eight
+// 32-bit refs, so a bucket is exactly one cache line (regions are page-aligned and the
+// buckets start one line into theirs, after the table's header line; see image.go)
+// and the table holds no pointers. It lives in one region (region.go), on huge pages,
+// replaced whole on growth. A slot costs 8 bytes. The home bucket of a hash is
+// fastrange(hash, buckets): the high half of hash*len(buckets), which depends on the
+// hash's high bits, so any table size works and growth need not double. The tag is
+// the hash's low 32 bits with bit 0 set, so that it is never 0, the tag of a free slot:
+// a free slot never matches, and a lookup compares tags alone.
 //
 // Probing is linear by bucket. A lookup may stop at the first bucket that has an empty
-// slot: empties are only created by a rehash, so a key inserted after that bucket was
+// slot: empties are only created by a rebuild, so a key inserted after that bucket was
 // last full sits in it or earlier. Detaching a key leaves a tombstone (refTomb) that
-// inserts reuse; a rehash drops them.
+// inserts reuse; a rebuild drops them.
+//
+// The table keeps no full hashes, so a rebuild (growth, or loading a snapshot whose
+// table has the older five-slot layout) walks the arena, whose entries are end to end,
+// and hashes every live key again: sequential reads of the arena plus one hash per key.
 //
 // # Hash
 //
@@ -31,30 +40,32 @@ import (
 // bucket: with a fixed hash, ids whose hashes share their top bits share a home bucket,
 // linear probing turns that into quadratic work under the writer lock, and such ids are
 // cheap to find offline (30k of them made an upsert 150× slower). The salt keeps the
-// same bytes under different kinds apart. Correctness never depends on the hash:
-// every hash match is confirmed against the arena (kind and bytes), and probing goes on
-// after a mismatch, so a 64-bit collision can never resolve to the wrong user.
+// same bytes under different kinds apart. Correctness never depends on the hash nor on
+// the tag: every tag match is confirmed against the arena (kind and bytes), and probing
+// goes on after a mismatch, so neither a 31-bit tag collision nor a 64-bit hash
+// collision can ever resolve to the wrong user. A false tag match costs one arena line;
+// with eight slots it happens on about one lookup in 2^28.
 // (xxh3 rather than the seeded xxhash64 Digest: measured here, 9 against 50 ns for a
 // 19-byte key, as fast as unseeded xxhash64.)
 //
 // # Load
 //
 // The table grows when used slots (live + tombstones) would pass 90% and is rebuilt at
-// 70% of live keys, so it sits between 70% and 90% full: 14-18 bytes a key.
+// 70% of live keys, so it sits between 70% and 90% full: 9-11.5 bytes a key.
 
 const (
-	bucketSlots = 5
+	bucketSlots = 8
 	maxLoadNum  = 9 // grow above 9/10 used
 	maxLoadDen  = 10
-	rehashLoad  = 0.70 // fill after a rehash
+	rehashLoad  = 0.70 // fill after a rebuild
 	minBuckets  = 8
 )
 
-// bucket is one cache line of the identity table.
+// bucket is one cache line of the identity table. A free slot (refEmpty or refTomb)
+// has tag 0.
 type bucket struct {
-	hash [bucketSlots]uint64
-	ref  [bucketSlots]keyRef
-	_    uint32
+	tag [bucketSlots]uint32
+	ref [bucketSlots]keyRef
 }
 
 // kindSalt is XORed into a key's hash so that equal bytes of different kinds land apart.
@@ -71,23 +82,50 @@ func homeBucket(h uint64, n int) int {
 	return int(hi)
 }
 
+// tagOf returns the slot tag of hash h: its low half, never 0.
+func tagOf(h uint64) uint32 { return uint32(h) | 1 }
+
 // bucketBytes is the size of a bucket: one cache line.
 const bucketBytes = 64
 
-// bucketsFor returns the bucket count for a table that will hold n keys after a rehash.
+// bucketsFor returns the bucket count for a table that will hold n keys after a rebuild.
 func bucketsFor(n int) int {
 	nb := int(float64(n)/rehashLoad/bucketSlots) + 1
 	return max(nb, minBuckets)
 }
 
-// newBuckets allocates an empty table of n buckets in a region of its own.
-func newBuckets(n int) (region, []bucket) {
-	r := newRegion(n * bucketBytes)
-	return r, view[bucket](r, n)
+// newBuckets allocates an empty table of n buckets in a region of its own, after the
+// table's header line (image.go), so that a snapshot writes the region as it is.
+func (u *Users) newBuckets(n int) (region, []bucket) {
+	r := u.newRegion((n + 1) * bucketBytes)
+	putTableHeader(r.b[:bucketBytes])
+	return r, view[bucket](region{b: r.b[bucketBytes:]}, n)
 }
 
 // maxUsedFor returns how many slots of a table of nb buckets may be used.
 func maxUsedFor(nb int) int { return nb * bucketSlots * maxLoadNum / maxLoadDen }
+
+// rebuildTable returns a new table of nb buckets holding every live key of the arena
+// (its first used bytes), hashed again. Writer only, without the lock: it reads only
+// the arena, which no one else writes.
+func (u *Users) rebuildTable(arena []byte, used, nb int) (region, []bucket) {
+	r, b := u.newBuckets(nb)
+	if len(arena) < used {
+		return r, b // no arena yet: no keys
+	}
+	a := arena[:used]
+	for off := arenaStart; off < used; {
+		_, kind, key, size, ok := parseEntry(a, uint64(off))
+		if !ok {
+			panic(fmt.Sprintf("BUG: index: arena entry at %d does not parse", off))
+		}
+		if kind != 0 {
+			insertFresh(b, u.hashKey(kind, key), keyRef(off/arenaUnit))
+		}
+		off += size
+	}
+	return r, b
+}
 
 // insertFresh puts (h, ref) in the first free slot of its probe sequence in b, a table
 // being built (no tombstones, key known absent).
@@ -97,7 +135,7 @@ func insertFresh(b []bucket, h uint64, ref keyRef) {
 		bk := &b[i]
 		for s := range bucketSlots {
 			if bk.ref[s] == refEmpty {
-				bk.hash[s] = h
+				bk.tag[s] = tagOf(h)
 				bk.ref[s] = ref
 				return
 			}
@@ -114,25 +152,19 @@ func find(b []bucket, arena []byte, h uint64, kind Kind, key []byte) (bi, si int
 	if len(b) == 0 {
 		return 0, 0, 0, NoUser, false
 	}
+	tag := tagOf(h)
 	i := homeBucket(h, len(b))
 	for range len(b) {
 		bk := &b[i]
-		sawEmpty := false
-		for s := range bucketSlots {
+		for m := matchMask(bk, tag); m != 0; m &= m - 1 {
+			s := bits.TrailingZeros8(m)
 			r := bk.ref[s]
-			if r == refEmpty {
-				sawEmpty = true
-				continue
-			}
-			if r == refTomb || bk.hash[s] != h {
-				continue
-			}
 			eid, ekind, ekey := decodeEntry(arena, r)
 			if ekind == kind && bytes.Equal(ekey, key) {
 				return i, s, r, eid, true
 			}
 		}
-		if sawEmpty {
+		if hasEmpty(bk) {
 			break
 		}
 		if i++; i == len(b) {
@@ -194,6 +226,8 @@ func (u *Users) hashKey(kind Kind, key []byte) uint64 {
 
 // resolveGroup is how many keys ResolveMany has in flight: enough independent cache
 // misses to keep a core's miss buffers busy, few enough to stay in registers and L1.
+// Measured with BenchmarkResolveMany at 1M and 10M users (cpu-ns/id): see the commit
+// that set it.
 const resolveGroup = 64
 
 // resolveLockSpan is how many keys ResolveMany resolves per read-lock hold, so that a
@@ -204,14 +238,16 @@ const resolveLockSpan = 512
 // the same length. The read lock is held.
 //
 // Fast path, in passes over a group of keys so that no iteration waits on another's
-// cache miss and each loop that issues misses is tiny (so the CPU's reorder window holds
-// many of them at once, and no mispredicted branch flushes them): (1) hash every key;
-// (2) load the first word of every home bucket, bringing the lines in; (3) find the
-// first slot whose hash matches, without branches; (4) load the id word of every
-// candidate's arena entry, bringing those lines in; (5) compare kind and bytes.
+// cache miss: (1) hash every key; (2) prefetch every home bucket; (3) find the first
+// slot whose tag matches, without branches; (4) prefetch every candidate's arena
+// entry, its first line and the line of its last key byte (a 24-byte entry straddles
+// two lines about one time in three); (5) compare kind and bytes. Prefetches rather
+// than loads: a load that misses holds its place in the reorder window until the line
+// arrives, so a loop of loads stops issuing after a few dozen; a prefetch retires at
+// once (measured: 15% less CPU a key than touching loads).
 //
 // Slow path: a key not in its home bucket is probed on in pass 3, and a key whose first
-// hash match is not its own (a 64-bit collision, or a weak test hash) goes through find,
+// tag match is not its own (a tag collision, or a weak test hash) goes through find,
 // which probes on with confirmation.
 func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 	b := u.mu.st.buckets
@@ -227,7 +263,6 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 		hs   [resolveGroup]uint64
 		home [resolveGroup]int32
 		refs [resolveGroup]keyRef
-		ids  [resolveGroup]UserID
 		pend [resolveGroup]uint8
 	)
 	for base := 0; base < len(keys); base += resolveGroup {
@@ -237,17 +272,16 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 		for j, k := range g {
 			hg[j] = u.hashKey(kind, k)
 		}
-		var touch uint64
 		for j, h := range hg {
 			i := homeBucket(h, nb)
 			home[j] = int32(i)
-			touch ^= b[i].hash[0]
+			prefetch(unsafe.Pointer(&b[i]))
 		}
 		np := 0
 		for j, h := range hg {
 			bk := &b[home[j]]
 			r := refEmpty
-			if m := matchMask(bk, h); m != 0 {
+			if m := matchMask(bk, tagOf(h)); m != 0 {
 				r = bk.ref[bits.TrailingZeros8(m)]
 			}
 			refs[j] = r
@@ -256,22 +290,26 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 				np++
 			}
 		}
-		// About one key in eight sits past its home bucket at our load: touch the next
-		// buckets of all of them first, so their misses overlap too.
+		// A few keys sit past their home bucket at our load: prefetch the next buckets
+		// of all of them first, so their misses overlap too.
 		for _, j := range pend[:np] {
 			i := int(home[j]) + 1
 			if i == nb {
 				i = 0
 			}
-			touch ^= b[i].hash[0]
+			prefetch(unsafe.Pointer(&b[i]))
 		}
-		keep(touch)
 		for _, j := range pend[:np] {
-			refs[j] = probeHash(b, int(home[j]), hg[j])
+			refs[j] = probeTag(b, int(home[j]), tagOf(hg[j]))
 		}
-		for j := range hg {
+		// The entry's first word, and its last key byte: a 24-byte entry straddles two
+		// lines about one time in three, and that second miss must overlap too.
+		for j, k := range g {
 			if r := refs[j]; r > refTomb {
-				ids[j] = entryID(arena, r)
+				if e := int(r)*arenaUnit + 4 + len(k); e < len(arena) {
+					prefetch(unsafe.Pointer(&arena[int(r)*arenaUnit]))
+					prefetch(unsafe.Pointer(&arena[e]))
+				}
 			}
 		}
 		for j, k := range g {
@@ -280,9 +318,9 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 				o[j] = NoUser
 				continue
 			}
-			_, ekind, ekey := decodeEntry(arena, r)
+			eid, ekind, ekey := decodeEntry(arena, r)
 			if ekind == kind && bytes.Equal(ekey, k) {
-				o[j] = ids[j]
+				o[j] = eid
 				continue
 			}
 			_, _, _, id, _ := find(b, arena, hs[j], kind, k)
@@ -291,58 +329,42 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 	}
 }
 
-// keep consumes the words that the touch passes of resolveManyLocked load.
-// Those loads exist only to start cache misses early, many at a time; the
-// compiler deletes loads whose values go nowhere (a dead stack array is
-// enough for that: measured, the touch pass compiled to bounds checks
-// alone), so the values must reach a call it cannot see through.
-//
-//go:noinline
-func keep(uint64) {}
+const (
+	lanes32Low  = 0x7fffffff7fffffff
+	lanes32High = 0x8000000080000000
+)
 
-// matchMask returns a bit per live slot of bk whose hash is h, with arithmetic rather
-// than branches (the compiler does not turn the comparisons into conditional moves).
-// Free slots never match, whatever their stale hash.
-func matchMask(bk *bucket, h uint64) uint8 {
-	m := eq64(bk.hash[0], h) | eq64(bk.hash[1], h)<<1 | eq64(bk.hash[2], h)<<2 |
-		eq64(bk.hash[3], h)<<3 | eq64(bk.hash[4], h)<<4
-	l := isLive(bk.ref[0]) | isLive(bk.ref[1])<<1 | isLive(bk.ref[2])<<2 |
-		isLive(bk.ref[3])<<3 | isLive(bk.ref[4])<<4
-	return m & l
-}
-
-// isLive returns 1 if r names an arena entry (not refEmpty or refTomb), else 0.
-func isLive(r keyRef) uint8 {
-	return uint8((uint64(r) + (1<<32 - 2)) >> 32)
+// matchMask returns a bit per slot of bk whose tag is tag (never 0, so free slots,
+// whose tag is 0, never match), with arithmetic rather than branches: the tags are
+// compared two at a time in 64-bit words (a lane is zero after the XOR exactly when
+// its tags are equal; adding 0x7fffffff to its low 31 bits carries into bit 31
+// unless they are all zero).
+func matchMask(bk *bucket, tag uint32) uint8 {
+	t := uint64(tag) | uint64(tag)<<32
+	var m uint8
+	for w := range bucketSlots / 2 {
+		x := (uint64(bk.tag[2*w]) | uint64(bk.tag[2*w+1])<<32) ^ t
+		z := ^((x&lanes32Low + lanes32Low) | x) & lanes32High // bit 31 of each equal lane
+		m |= uint8((z>>31)&1|(z>>62)&2) << (2 * w)
+	}
+	return m
 }
 
 // hasEmpty reports whether bk has a never-used slot, which ends a probe sequence.
 func hasEmpty(bk *bucket) bool {
-	return min(bk.ref[0], bk.ref[1], bk.ref[2], bk.ref[3], bk.ref[4]) == refEmpty
+	r := &bk.ref
+	return min(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) == refEmpty
 }
 
-// eq64 returns 1 if a == b, else 0, without a branch.
-func eq64(a, b uint64) uint8 {
-	v := a ^ b
-	return uint8((v|-v)>>63) ^ 1
-}
-
-// probeHash returns the ref of the first live slot whose hash is h on the probe sequence
+// probeTag returns the ref of the first slot whose tag is tag on the probe sequence
 // starting at bucket i, or refEmpty.
-func probeHash(b []bucket, i int, h uint64) keyRef {
+func probeTag(b []bucket, i int, tag uint32) keyRef {
 	for range len(b) {
 		bk := &b[i]
-		sawEmpty := false
-		for s := range bucketSlots {
-			r := bk.ref[s]
-			if r > refTomb && bk.hash[s] == h {
-				return r
-			}
-			if r == refEmpty {
-				sawEmpty = true
-			}
+		if m := matchMask(bk, tag); m != 0 {
+			return bk.ref[bits.TrailingZeros8(m)]
 		}
-		if sawEmpty {
+		if hasEmpty(bk) {
 			return refEmpty
 		}
 		if i++; i == len(b) {

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,11 +13,59 @@ import (
 // An image is a Users as its raw arrays plus a header of counts: what a snapshot
 // writes (engine/snapshot_v2.go) and what recovery reads straight back into new
 // regions, instead of inserting key by key. The arrays are the in-memory layout,
-// little endian: the table's 64-byte buckets, the arena's bytes up to its end, the
+// little endian: the table's 64-byte lines, the arena's bytes up to its end, the
 // refs (uint32) and flags (uint8) of every user id, and the overflow pool's nodes
 // (ref uint32, next uint32). The seed of the hash is in the header, so the table is
 // valid as it is. Free lists are rebuilt from the arena's free entries and the live
 // bitmap from the flags, so neither is stored.
+//
+// # Table versions
+//
+// The table array is versioned by its first 64-byte line, so that the layout of the
+// buckets can change without a new snapshot version:
+//
+//   - Version 2 (written now): a header line, tableMagic then zeros then the version
+//     (uint32) in the line's last four bytes, followed by the buckets of eight slots
+//     (idmap.go). The header's Buckets counts the lines, the header line included.
+//   - Version 1 (read only): no header line; every line is a bucket of five slots
+//     (5 × hash uint64, 5 × ref uint32, 4 bytes of padding, always zero). Its refs
+//     are checked like version 2's and the table is rebuilt from the arena on load
+//     (the next snapshot writes version 2).
+//
+// The last four bytes tell them apart: zero in a version 1 bucket (its padding),
+// the version in a header line.
+
+// tableMagic starts the header line of a table array of version 2 or later.
+const tableMagic = "cohortd-idtable\x00"
+
+// tableVersion is the version of the table layout this code writes.
+const tableVersion = 2
+
+// v1Slots is the number of slots of a version 1 bucket.
+const v1Slots = 5
+
+// putTableHeader writes the header line of a table array into line (64 bytes).
+func putTableHeader(line []byte) {
+	clear(line[:bucketBytes])
+	copy(line, tableMagic)
+	binary.LittleEndian.PutUint32(line[bucketBytes-4:], tableVersion)
+}
+
+// tableVersionOf returns the version of a table array whose first line is line, or
+// 0 if it is none that this code reads.
+func tableVersionOf(line []byte) int {
+	switch v := binary.LittleEndian.Uint32(line[bucketBytes-4:]); v {
+	case 0:
+		return 1
+	case tableVersion:
+		var want [bucketBytes]byte
+		putTableHeader(want[:])
+		if bytes.Equal(line[:bucketBytes], want[:]) {
+			return tableVersion
+		}
+	}
+	return 0
+}
 
 // Array names one raw array of an image.
 type Array uint8
@@ -55,7 +104,7 @@ type ImageHeader struct {
 	Seed      uint64
 	Next      uint64 // NextID
 	Users     uint64 // live users
-	Buckets   uint64 // table buckets
+	Buckets   uint64 // 64-byte lines of the table array: its buckets, and in version 2 its header line
 	Live      uint64 // table slots holding a key
 	Tombs     uint64 // table slots holding a tombstone
 	ArenaUsed uint64 // arena bytes, the 4 reserved ones included
@@ -124,12 +173,15 @@ func (u *Users) Image() (ImageHeader, [NumArrays][]byte) {
 	next := int(u.NextID())
 	h := ImageHeader{
 		Seed: u.seed, Next: uint64(next), Users: uint64(u.Len()),
-		Buckets: uint64(len(st.buckets)), Live: uint64(u.live), Tombs: uint64(u.tombs),
+		Live: uint64(u.live), Tombs: uint64(u.tombs),
 		ArenaUsed: uint64(u.used), FreeBytes: uint64(u.freeBytes),
 		PoolLen: uint64(u.poolLen), FreeNode: uint64(u.freeNode),
 	}
 	var arrays [NumArrays][]byte
-	arrays[ArrayTable-1] = bytesOf(st.buckets)
+	if nb := len(st.buckets); nb > 0 {
+		h.Buckets = uint64(nb + 1)
+		arrays[ArrayTable-1] = st.tabR.b[:(nb+1)*bucketBytes]
+	}
 	if len(st.arena) >= u.used {
 		arrays[ArrayArena-1] = st.arena[:u.used]
 	} else {
@@ -162,8 +214,7 @@ func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte) error
 		}
 	}()
 	nb, next := int(h.Buckets), int(h.Next)
-	st.tabR = newRegion(nb * bucketBytes)
-	st.buckets = view[bucket](st.tabR, nb)
+	st.tabR = newRegion(nb * bucketBytes) // the lines as written; see tableVersion below
 	st.arenaR = newRegion(int(h.ArenaUsed))
 	st.arena = st.arenaR.b
 	ucap := max(next, userMinCap)
@@ -175,8 +226,9 @@ func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte) error
 	st.poolR = newRegion(pcap * 8)
 	st.pool = view[overNode](st.poolR, pcap)
 	dsts := [NumArrays][]byte{
-		bytesOf(st.buckets), st.arena[:h.ArenaUsed], bytesOf(st.refs[:next]), st.flags[:next], bytesOf(st.pool[:h.PoolLen]),
+		st.tabR.b[:nb*bucketBytes], st.arena[:h.ArenaUsed], bytesOf(st.refs[:next]), st.flags[:next], bytesOf(st.pool[:h.PoolLen]),
 	}
+	tableVer := 0
 	for i, dst := range dsts {
 		a := Array(i + 1)
 		if err := fill(a, dst); err != nil {
@@ -193,12 +245,27 @@ func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte) error
 		if err := c.Close(); err != nil {
 			return nil, fmt.Errorf("load users: %w", err)
 		}
+		if a == ArrayTable {
+			tableVer = c.tableVer
+		}
 	}
 	if h.FreeNode != 0 && st.pool[h.FreeNode-1].ref != refEmpty {
 		return nil, imagef("pool free list starts at a used node")
 	}
-	u.live, u.tombs, u.maxUsed = int(h.Live), int(h.Tombs), maxUsedFor(nb)
+	u.live, u.tombs = int(h.Live), int(h.Tombs)
 	u.used, u.freeBytes = int(h.ArenaUsed), int(h.FreeBytes)
+	switch {
+	case nb == 0:
+		st.tabR.release()
+	case tableVer == tableVersion:
+		st.buckets = view[bucket](region{b: st.tabR.b[bucketBytes:]}, nb-1)
+	default: // version 1: five-slot buckets, rebuilt from the arena (checked above)
+		v1 := st.tabR
+		st.tabR, st.buckets = u.rebuildTable(st.arena, u.used, bucketsFor(u.live))
+		v1.release()
+		u.tombs = 0
+	}
+	u.maxUsed = maxUsedFor(len(st.buckets))
 	u.poolLen, u.freeNode = int(h.PoolLen), uint32(h.FreeNode)
 	u.next.Store(uint32(next))
 	u.count.Store(int64(h.Users))
@@ -245,6 +312,9 @@ type ArrayCheck struct {
 	free   uint64
 	err    error
 	onFree func(off, size int) // LoadUsers: rebuild free lists
+
+	tableVer int // the table's version, once its first line is seen
+
 }
 
 // NewArrayCheck returns a checker for array a of an image with header h (which must
@@ -314,9 +384,27 @@ func (c *ArrayCheck) elems(p []byte, at uint64) {
 	switch c.a {
 	case ArrayTable:
 		for i := 0; i+bucketBytes <= len(p); i += bucketBytes {
-			for s := range bucketSlots {
-				r := uint64(binary.LittleEndian.Uint32(p[i+8*bucketSlots+4*s:]))
+			line := p[i : i+bucketBytes]
+			if at+uint64(i) == 0 {
+				if c.tableVer = tableVersionOf(line); c.tableVer == 0 {
+					c.failf(0, "table of unknown version %d", binary.LittleEndian.Uint32(line[bucketBytes-4:]))
+					return
+				}
+				if c.tableVer == tableVersion {
+					continue // the header line
+				}
+			}
+			slots, refAt := bucketSlots, 4*bucketSlots
+			if c.tableVer == 1 {
+				slots, refAt = v1Slots, 8*v1Slots
+			}
+			for s := range slots {
+				r := uint64(binary.LittleEndian.Uint32(line[refAt+4*s:]))
+				free := r <= uint64(refTomb)
 				switch {
+				case c.tableVer == tableVersion && free != (binary.LittleEndian.Uint32(line[4*s:]) == 0):
+					c.failf(at+uint64(i), "slot %d: ref %d with tag %#x", s, r, binary.LittleEndian.Uint32(line[4*s:]))
+					return
 				case r == uint64(refEmpty):
 				case r == uint64(refTomb):
 					c.tombs++

@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -128,7 +129,7 @@ func probeBuckets(u *Users, kind Kind, key []byte) int {
 	i := homeBucket(h, len(b))
 	for n := 1; n <= len(b); n++ {
 		for s := range bucketSlots {
-			if b[i].ref[s] > refTomb && b[i].hash[s] == h {
+			if b[i].ref[s] > refTomb && b[i].tag[s] == tagOf(h) {
 				if _, k, kb := decodeEntry(u.mu.st.arena, b[i].ref[s]); k == kind && bytes.Equal(kb, key) {
 					return n
 				}
@@ -237,45 +238,14 @@ func TestReserveAndFull(t *testing.T) {
 // TestImageRoundTrip loads a Users from its image and compares it with the model,
 // then checks that each array's bounds are enforced.
 func TestImageRoundTrip(t *testing.T) {
-	u := NewUsers(Options{})
+	u, m, r := modelUsers(t, 3)
 	defer u.Close()
-	m := newUsersModel()
-	r := rand.New(rand.NewPCG(3, 4))
-	for range 20_000 {
-		modelOpKey(t, u, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	u.Publish()
 	h, arrays := u.Image()
-	load := func(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
-		return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
-			if len(arrays[a-1]) != len(dst) {
-				return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
-			}
-			copy(dst, arrays[a-1])
-			return nil
-		})
-	}
-	v, err := load(h, arrays)
+	v, err := loadImage(h, arrays)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	// It goes on working: more operations against the model.
-	for range 5000 {
-		modelOpKey(t, v, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
-	}
-	v.Publish()
-	if err := m.compare(v); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Check(); err != nil {
-		t.Fatal(err)
-	}
+	loadedWorks(t, v, m, r)
 	v.Close()
 
 	// Streaming checks accept the image in odd-sized pieces.
@@ -299,7 +269,7 @@ func TestImageRoundTrip(t *testing.T) {
 			cp[i] = bytes.Clone(arrays[i])
 		}
 		mutate(&cp)
-		if v, err := load(h, cp); !errors.Is(err, ErrImage) {
+		if v, err := loadImage(h, cp); !errors.Is(err, ErrImage) {
 			if v != nil {
 				v.Close()
 			}
@@ -312,7 +282,7 @@ func TestImageRoundTrip(t *testing.T) {
 	bad("live count", h2, func(*[NumArrays][]byte) {})
 	bad("table ref past the arena", h, func(a *[NumArrays][]byte) {
 		tab := a[ArrayTable-1]
-		for i := 40; i < len(tab); i += 64 {
+		for i := bucketBytes + 4*bucketSlots; i < len(tab); i += 4 {
 			if v := tab[i]; v > 1 || tab[i+1] > 0 {
 				tab[i], tab[i+1], tab[i+2], tab[i+3] = 0xff, 0xff, 0xff, 0x7f
 				return
@@ -331,9 +301,128 @@ func TestImageRoundTrip(t *testing.T) {
 		}
 	})
 	bad("unknown flag", h, func(a *[NumArrays][]byte) { a[ArrayFlags-1][0] |= 0x80 })
+	bad("unknown table version", h, func(a *[NumArrays][]byte) { a[ArrayTable-1][bucketBytes-1] = 9 })
+	bad("damaged table header", h, func(a *[NumArrays][]byte) { a[ArrayTable-1][3]++ })
+	bad("live slot without a tag", h, func(a *[NumArrays][]byte) {
+		tab := a[ArrayTable-1]
+		for i := bucketBytes; i < len(tab); i += 4 {
+			if i%bucketBytes < 4*bucketSlots && tab[i]&1 != 0 {
+				tab[i], tab[i+1], tab[i+2], tab[i+3] = 0, 0, 0, 0
+				return
+			}
+		}
+	})
 	h3 := h
 	h3.ArenaUsed++
 	bad("odd arena", h3, func(*[NumArrays][]byte) {})
+}
+
+// modelUsers returns a Users and its model after 20,000 random operations from
+// seed, and the random source to go on with.
+func modelUsers(t *testing.T, seed uint64) (*Users, *usersModel, *rand.Rand) {
+	u := NewUsers(Options{})
+	m := newUsersModel()
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	for range 20_000 {
+		modelOpKey(t, u, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
+	}
+	u.Publish()
+	return u, m, r
+}
+
+// loadImage loads the image (h, arrays) into a new Users.
+func loadImage(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
+	return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
+		if len(arrays[a-1]) != len(dst) {
+			return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
+		}
+		copy(dst, arrays[a-1])
+		return nil
+	})
+}
+
+// loadedWorks checks a Users loaded from an image against the model it was built
+// with, and that it goes on working: more operations against the model.
+func loadedWorks(t *testing.T, v *Users, m *usersModel, r *rand.Rand) {
+	t.Helper()
+	if err := v.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.compare(v); err != nil {
+		t.Fatal(err)
+	}
+	for range 5000 {
+		modelOpKey(t, v, m, byte(r.IntN(8)), byte(r.IntN(256)), byte(r.IntN(256)), r.IntN(3000), 3)
+	}
+	v.Publish()
+	if err := m.compare(v); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// v1Table returns u's table in the layout of table version 1 (five slots of a full
+// 64-bit hash and a ref a bucket, no header line), as snapshots held it before the
+// eight-slot buckets, and its line count for the image header.
+func v1Table(u *Users) ([]byte, uint64) {
+	nb := int(float64(u.live)/0.7/v1Slots) + 1
+	tab := make([]byte, nb*bucketBytes)
+	for bi := range u.mu.st.buckets {
+		bk := &u.mu.st.buckets[bi]
+		for s := range bucketSlots {
+			r := bk.ref[s]
+			if r <= refTomb {
+				continue
+			}
+			_, kind, key := decodeEntry(u.mu.st.arena, r)
+			h := u.hashKey(kind, key)
+		probe:
+			for i := homeBucket(h, nb); ; i = (i + 1) % nb {
+				line := tab[i*bucketBytes:]
+				for s := range v1Slots {
+					if binary.LittleEndian.Uint32(line[40+4*s:]) == 0 {
+						binary.LittleEndian.PutUint64(line[8*s:], h)
+						binary.LittleEndian.PutUint32(line[40+4*s:], uint32(r))
+						break probe
+					}
+				}
+			}
+		}
+	}
+	return tab, uint64(nb)
+}
+
+// TestImageTableV1 loads an image whose table has the version 1 layout, as snapshots
+// written before the eight-slot buckets hold it: the table is rebuilt from the arena,
+// every key resolves, and the next image is version 2.
+func TestImageTableV1(t *testing.T) {
+	u, m, r := modelUsers(t, 5)
+	defer u.Close()
+	h, arrays := u.Image()
+	if tableVersionOf(arrays[ArrayTable-1]) != tableVersion {
+		t.Fatalf("image table is not version %d", tableVersion)
+	}
+	arrays[ArrayTable-1], h.Buckets = v1Table(u)
+	h.Tombs = 0
+	if tableVersionOf(arrays[ArrayTable-1]) != 1 {
+		t.Fatal("v1 table not recognised")
+	}
+	c := NewArrayCheck(h, ArrayTable)
+	c.Write(arrays[ArrayTable-1])
+	if err := c.Close(); err != nil {
+		t.Fatalf("check of a version 1 table: %v", err)
+	}
+	v, err := loadImage(h, arrays)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	loadedWorks(t, v, m, r)
+	if _, arrays := v.Image(); tableVersionOf(arrays[ArrayTable-1]) != tableVersion {
+		t.Fatalf("image after a version 1 load is not version %d", tableVersion)
+	}
 }
 
 // TestUsersConcurrentGrowthAndCompaction runs readers (ResolveMany, Identifiers,

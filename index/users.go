@@ -139,7 +139,7 @@ func (s *store) release() {
 // arena.go); each arena entry records its user, and each user records its keys (one
 // ref in the user table; a user with two or more has a list in the overflow pool), so
 // lookups go both ways. A user also has two flags: deleted and identified (anonymous
-// is live and not identified). Memory is about 45 bytes a user with one 19-byte
+// is live and not identified). Memory is about 40 bytes a user with one 19-byte
 // external id. The arrays live in regions outside the Go heap, on huge pages
 // (region.go); Close releases them.
 //
@@ -195,7 +195,7 @@ func NewUsers(opts Options) *Users {
 	u := newUsers(opts)
 	if opts.Capacity > 0 {
 		nb := bucketsFor(opts.Capacity)
-		u.mu.st.tabR, u.mu.st.buckets = newBuckets(nb)
+		u.mu.st.tabR, u.mu.st.buckets = u.newBuckets(nb)
 		u.maxUsed = maxUsedFor(nb)
 	}
 	u.Publish()
@@ -437,13 +437,14 @@ func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 		return fmt.Errorf("attach %v to user %d: held by user %d: %w", kind, id, holder, ErrKeyHeld)
 	}
 	// Room first (each step may swap in bigger arrays, which readers never notice),
-	// so that nothing below can fail.
+	// so that nothing below can fail. The table first: a rebuild walks the arena,
+	// which must not hold an entry allocated and not yet written.
+	u.reserveSlot()
 	size := entrySize(len(key))
 	off, err := u.allocEntry(size)
 	if err != nil {
 		return fmt.Errorf("attach %v to user %d: %w", kind, id, err)
 	}
-	u.reserveSlot()
 	u.reserveNodes(2)
 
 	u.mu.Lock()
@@ -456,7 +457,7 @@ func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 	if bk.ref[si] == refTomb {
 		u.tombs--
 	}
-	bk.hash[si] = h
+	bk.tag[si] = tagOf(h)
 	bk.ref[si] = ref
 	u.live++
 	u.addRefLocked(id, ref)
@@ -526,25 +527,15 @@ func (u *Users) freeEntryLocked(ref keyRef) {
 }
 
 // reserveSlot grows (or just cleans) the table if one more used slot would pass the load
-// limit. The new table is built without the lock while readers use the old one, then
-// swapped in. Writer only.
+// limit. The new table is built from the arena without the lock while readers use the
+// old one, then swapped in. Writer only.
 func (u *Users) reserveSlot() {
 	if u.live+u.tombs+1 <= u.maxUsed {
 		return
 	}
 	nb := bucketsFor(u.live + 1)
 	st := u.mu.st
-	st.tabR, st.buckets = u.newRegion(nb*bucketBytes), nil
-	st.buckets = view[bucket](st.tabR, nb)
-	old := u.mu.st.buckets
-	for i := range old {
-		bk := &old[i]
-		for s := range bucketSlots {
-			if bk.ref[s] > refTomb {
-				insertFresh(st.buckets, bk.hash[s], bk.ref[s])
-			}
-		}
-	}
+	st.tabR, st.buckets = u.rebuildTable(st.arena, u.used, nb)
 	u.swap(st, func(old, _ *store) []region { return []region{old.tabR} })
 	u.maxUsed = maxUsedFor(nb)
 	u.tombs = 0
@@ -582,7 +573,7 @@ func (u *Users) Detach(kind Kind, key []byte) (UserID, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	st.buckets[bi].ref[si] = refTomb
-	st.buckets[bi].hash[si] = 0
+	st.buckets[bi].tag[si] = 0
 	u.live--
 	u.tombs++
 	u.removeRefLocked(id, ref)
@@ -609,7 +600,7 @@ func (u *Users) Delete(id UserID) bool {
 			panic(fmt.Sprintf("BUG: index: user %d lists key ref %d that is not in the table", id, ref))
 		}
 		st.buckets[bi].ref[si] = refTomb
-		st.buckets[bi].hash[si] = 0
+		st.buckets[bi].tag[si] = 0
 		u.live--
 		u.tombs++
 		u.freeEntryLocked(ref)
@@ -828,6 +819,9 @@ func (u *Users) Check() error {
 		bk := &st.buckets[bi]
 		for s := range bucketSlots {
 			r := bk.ref[s]
+			if r <= refTomb && bk.tag[s] != 0 {
+				fail("check: free slot %d/%d has tag %#x", bi, s, bk.tag[s])
+			}
 			switch r {
 			case refEmpty:
 				continue
@@ -845,10 +839,11 @@ func (u *Users) Check() error {
 				fail("check: slot %d/%d holds ref %d, which is no live entry", bi, s, r)
 				continue
 			}
-			if h := u.hashKey(kind, key); h != bk.hash[s] {
-				fail("check: slot %d/%d hash %#x, key hashes to %#x", bi, s, bk.hash[s], h)
+			h := u.hashKey(kind, key)
+			if tagOf(h) != bk.tag[s] {
+				fail("check: slot %d/%d tag %#x, key hashes to tag %#x", bi, s, bk.tag[s], tagOf(h))
 			}
-			if _, _, got, gotID, ok := find(st.buckets, a, bk.hash[s], kind, key); !ok || got != r || gotID != id {
+			if _, _, got, gotID, ok := find(st.buckets, a, h, kind, key); !ok || got != r || gotID != id {
 				fail("check: %v %q resolves to ref %d user %d (ok %v), want ref %d user %d", kind, key, got, gotID, ok, r, id)
 			}
 			if !u.isLive(id) {

@@ -2,6 +2,8 @@ package index
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -43,5 +45,65 @@ func FuzzAliasKey(f *testing.F) {
 		if !bytes.Equal(n, name) || !bytes.Equal(l, label) {
 			t.Fatalf("SplitAlias(AliasKey(%q, %q)) = %q, %q", name, label, n, l)
 		}
+	})
+}
+
+// FuzzLoadImage damages one array of a valid image, whose table is version 2 or
+// version 1, and loads it: a damaged image is refused with ErrImage or loads into a
+// Users whose Check, resolves and Close never panic, and a streaming check never
+// panics either.
+func FuzzLoadImage(f *testing.F) {
+	u := NewUsers(Options{Seed: 7})
+	var keys [][]byte
+	for i := range 300 {
+		id := u.Create()
+		k := fmt.Appendf(nil, "user-%d", i)
+		keys = append(keys, k)
+		if err := u.Attach(id, Kind(i%3)+1, k); err != nil {
+			f.Fatal(err)
+		}
+		if i%7 == 0 {
+			u.Detach(Kind(i%3)+1, k)
+		}
+		if i%11 == 0 {
+			u.Delete(id)
+		}
+	}
+	u.Publish()
+	h, arrays := u.Image()
+	v1tab, v1lines := v1Table(u)
+	for a := range NumArrays {
+		f.Add(uint8(a), uint32(70), []byte{0xff}, false)
+		f.Add(uint8(a), uint32(3), []byte{1, 2, 3, 4}, true)
+	}
+	f.Fuzz(func(t *testing.T, a uint8, off uint32, val []byte, v1 bool) {
+		hh := h
+		var cp [NumArrays][]byte
+		for i := range arrays {
+			cp[i] = bytes.Clone(arrays[i])
+		}
+		if v1 {
+			cp[ArrayTable-1], hh.Buckets, hh.Tombs = bytes.Clone(v1tab), v1lines, 0
+		}
+		if arr := cp[a%NumArrays]; len(arr) > 0 {
+			copy(arr[int(off%uint32(len(arr))):], val)
+		}
+		for i := range cp {
+			c := NewArrayCheck(hh, Array(i+1))
+			c.Write(cp[i])
+			_ = c.Close()
+		}
+		v, err := loadImage(hh, cp)
+		if err != nil {
+			if !errors.Is(err, ErrImage) {
+				t.Fatalf("load: %v, want ErrImage", err)
+			}
+			return
+		}
+		_ = v.Check()
+		for kind := KindExternal; kind <= KindDevice; kind++ {
+			v.ResolveMany(kind, keys, nil)
+		}
+		v.Close()
 	})
 }

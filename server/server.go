@@ -85,6 +85,7 @@ type Server struct {
 	adminD  [32]byte // SHA-256 of the admin token
 	parsers fastjson.ParserPool
 	bufs    sync.Pool // *[]byte body buffers; see request.getBuf
+	trim    heapTrim  // returns the heap's free pages after big bodies
 	closing atomic.Bool
 	ui      map[string]*uiFile // the built-in page's files (ui.go), read-only
 
@@ -230,7 +231,9 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			ctx.Response.Reset()
 			writeError(ctx, errorf(fasthttp.StatusInternalServerError, "internal error"))
 		}
-		r.releaseBuffers()
+		if big := r.releaseBuffers(); big || ctx.Request.Header.ContentLength() > maxPooledBuf {
+			s.trim.request()
+		}
 		s.met.observe(r.rt, ctx, time.Since(start))
 		if s.log.Enabled(context.Background(), slog.LevelDebug) {
 			s.log.Debug("request", "method", string(ctx.Method()), "route", r.routeName(),
@@ -444,16 +447,68 @@ func (r *request) getBuf() *[]byte {
 }
 
 // releaseBuffers returns the request's buffers to the pool, except
-// oversized ones: one big body must not pin its memory forever.
-func (r *request) releaseBuffers() {
+// oversized ones: one big body must not pin its memory forever. It reports
+// whether it dropped one.
+func (r *request) releaseBuffers() (dropped bool) {
 	for _, b := range r.buffers {
 		if cap(*b) <= maxPooledBuf {
 			*b = (*b)[:0]
 			r.s.bufs.Put(b)
+		} else {
+			dropped = true
 		}
 	}
 	clear(r.buffers)
 	r.buffers = r.buffers[:0]
+	return dropped
+}
+
+// heapTrimInterval is the least time between two heap trims.
+const heapTrimInterval = time.Second
+
+// heapTrim returns the Go heap's free pages to the OS (debug.FreeOSMemory)
+// after a request whose body did not fit the pools, at most once per
+// heapTrimInterval. A big body leaves its buffers, decoded records and WAL
+// copies as garbage; without a trim the runtime keeps those pages (the GC
+// lets the heap reach about twice its live bytes, and the scavenger returns
+// the rest slowly), so RSS after an import stays tens of MiB above what is
+// live, more than the identity tables of a million users. A trim costs a
+// full collection of a heap that holds no identity table (those are off
+// the heap), a few milliseconds, paid by requests that took far longer.
+type heapTrim struct {
+	mu      sync.Mutex
+	last    time.Time
+	pending bool // a trim is scheduled for last + heapTrimInterval
+}
+
+// request trims now if the last trim is old enough, else schedules one
+// for when it will be (once, however many requests ask meanwhile), so the
+// last big body of a burst is always followed by a trim. A trim now runs in
+// the handler, before the response goes out: the response then reports a
+// state whose RSS is already down.
+func (t *heapTrim) request() {
+	t.mu.Lock()
+	if t.pending {
+		t.mu.Unlock()
+		return
+	}
+	if wait := time.Until(t.last.Add(heapTrimInterval)); wait > 0 {
+		t.pending = true
+		t.mu.Unlock()
+		time.AfterFunc(wait, t.run)
+		return
+	}
+	t.last = time.Now()
+	t.mu.Unlock()
+	debug.FreeOSMemory()
+}
+
+// run is a scheduled trim.
+func (t *heapTrim) run() {
+	debug.FreeOSMemory()
+	t.mu.Lock()
+	t.last, t.pending = time.Now(), false
+	t.mu.Unlock()
 }
 
 // smallBody reads the whole body into pooled buffers and decodes it

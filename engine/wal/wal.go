@@ -66,10 +66,14 @@ const (
 
 	// flushThreshold is the amount of pending data at which Append writes it
 	// out itself, so that a caller who never calls Wait does not grow the
-	// pending buffer without bound.
-	flushThreshold = 4 << 20
-	// maxSpareBuffer is the largest pending buffer kept for reuse.
-	maxSpareBuffer = 16 << 20
+	// pending buffer without bound. It is small because the buffer is Go
+	// heap, which RSS pays about twice for (GC headroom): 1 MiB already
+	// makes each write large enough for the disk.
+	flushThreshold = 1 << 20
+	// maxSpareBuffer is the largest pending buffer kept for reuse: a full
+	// one plus the record that crossed flushThreshold (user records are cut
+	// at 512 KiB).
+	maxSpareBuffer = 2 << 20
 )
 
 // Options configures a Log.
@@ -258,7 +262,7 @@ func (l *Log) syncLoop() {
 
 // Append assigns the next lsn to a record of type typ and queues it. The
 // payload is copied. Append does not wait for durability (see Wait), except
-// that once the queue holds flushThreshold (4 MiB) it writes the queue out
+// that once the queue holds flushThreshold (1 MiB) it writes the queue out
 // itself, which bounds the memory of callers that append without waiting.
 func (l *Log) Append(typ uint8, payload []byte) (lsn uint64, err error) {
 	if len(payload) > MaxRecordSize {
