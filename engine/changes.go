@@ -63,22 +63,29 @@ const dropOp = ^uint64(0)
 // need it: it only keeps ops readable and distinct).
 const seqMask = 1<<31 - 1
 
-// NewChangeSet starts a change batch.
+// NewChangeSet starts a change batch. Hand it to ApplyChanges, or to
+// Discard when the batch is given up: until then the workspace keeps what
+// user changes touch, in case the batch went stale (userlog.go).
 func (w *Workspace) NewChangeSet() *ChangeSet {
 	cs, _ := changeSets.Get().(*ChangeSet)
 	if cs == nil {
 		cs = new(ChangeSet)
 	}
 	cs.w = w
-	cs.guard.ver = w.ulog.ver.Load()
+	w.ulog.lease(&cs.guard)
 	if w.e.repl != nil {
 		cs.cmd = newChangeCmd(w.e)
 	}
 	return cs
 }
 
+// Discard gives up a batch that will not be applied. cs must not be used
+// afterwards.
+func (cs *ChangeSet) Discard() { cs.recycle() }
+
 // recycle empties cs and puts it back in the pool.
 func (cs *ChangeSet) recycle() {
+	cs.w.ulog.release(&cs.guard)
 	if cap(cs.ops) > maxPooledOps || cap(cs.scratch) > maxPooledOps {
 		return
 	}
@@ -274,15 +281,20 @@ type MemberSet struct {
 	cmd        *changeCmd // log mode: identifiers as sent (see ChangeSet)
 }
 
-// NewMemberSet starts a snapshot sync.
+// NewMemberSet starts a snapshot sync. Hand it to ReplaceMembers or
+// StagePage, or to Discard when the sync is given up (see NewChangeSet).
 func (w *Workspace) NewMemberSet() *MemberSet {
 	ms := &MemberSet{w: w}
-	ms.guard.ver = w.ulog.ver.Load()
+	w.ulog.lease(&ms.guard)
 	if w.e.repl != nil {
 		ms.cmd = newChangeCmd(w.e)
 	}
 	return ms
 }
+
+// Discard gives up a sync that will not be applied; ReplaceMembers and
+// StagePage call it. Calls after the first do nothing.
+func (ms *MemberSet) Discard() { ms.w.ulog.release(&ms.guard) }
 
 // AddMany stages identifiers of one kind under the matching rules of §2
 // (device ids: anonymous users only). Keys are copied, not retained.
@@ -336,6 +348,7 @@ func (ms *MemberSet) Unmatched() int {
 // creating it when unknown. The diff both ways is the report and the data
 // points.
 func (w *Workspace) ReplaceMembers(partnerSlug, cohortID string, ms *MemberSet) (ReplaceResult, error) {
+	defer ms.Discard()
 	if ms.cmd != nil {
 		return w.proposeReplace(partnerSlug, cohortID, ms)
 	}

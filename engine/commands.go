@@ -611,6 +611,7 @@ func (w *Workspace) applyChangesCmd(d *codec.Decoder) cmdResult {
 		cs.AddMany(index.Kind(kind), keys, remove)
 	})
 	if err := d.Done(); err != nil {
+		cs.Discard()
 		return cmdResult{err: err}
 	}
 	res, err := w.ApplyChanges(p, cid, cs)
@@ -652,6 +653,7 @@ func (w *Workspace) applyReplaceCmd(d *codec.Decoder) cmdResult {
 	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
 	if err := d.Done(); err != nil {
+		ms.Discard()
 		return cmdResult{err: err}
 	}
 	res, err := w.ReplaceMembers(p, cid, ms)
@@ -687,6 +689,7 @@ func (w *Workspace) applyWebhookPageCmd(d *codec.Decoder) cmdResult {
 	ms := w.localMemberSet()
 	readGroups(d, stageMembers(ms))
 	if err := d.Done(); err != nil {
+		ms.Discard()
 		return cmdResult{err: err}
 	}
 	res, err := w.StagePage(p, cid, name, sid, int(page), int(total), ms)

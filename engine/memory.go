@@ -17,17 +17,19 @@ type WorkspaceMemory struct {
 	CohortBitmaps int64
 	// Staging is what open webhook sessions hold (staged ids and page sets).
 	Staging int64
+	// UserLog is what the user-change log holds for imports in flight
+	// (nothing while none is).
+	UserLog int64
 }
 
 // Total returns the bytes the workspace's structures take.
 func (m *WorkspaceMemory) Total() int64 {
 	id := &m.Identity
-	return id.TableBytes + id.ArenaBytes + id.UserTable + id.LiveBitmap + m.CohortBitmaps + m.Staging
+	return id.TableBytes + id.ArenaBytes + id.UserTable + id.LiveBitmap + m.CohortBitmaps + m.Staging + m.UserLog
 }
 
-// Memory returns each workspace's memory, sorted by workspace id. It takes
-// each workspace's writer lock briefly (for the webhook sessions) and reads
-// the rest without blocking writers.
+// Memory returns each workspace's memory, sorted by workspace id, without
+// blocking writers (the cohort map's read lock is taken briefly).
 func (e *Engine) Memory() []WorkspaceMemory {
 	wss := e.Workspaces()
 	out := make([]WorkspaceMemory, 0, len(wss))
@@ -40,6 +42,7 @@ func (e *Engine) Memory() []WorkspaceMemory {
 		}
 		w.cohorts.RUnlock()
 		m.Staging = int64(w.stagingBytes())
+		m.UserLog = w.ulog.bytes.Load()
 		out = append(out, m)
 	}
 	return out

@@ -110,6 +110,7 @@ const (
 // name is not empty, once the page has passed every check. total must be ≥
 // 1 and the same on every page of a session.
 func (w *Workspace) StagePage(partnerSlug, cohortID, name, sessionID string, page, total int, ms *MemberSet) (StageResult, error) {
+	defer ms.Discard()
 	if total < 1 {
 		return StageResult{}, invalidf("total_pages must be at least 1")
 	}

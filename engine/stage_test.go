@@ -378,3 +378,76 @@ func TestPageDoesNotBuildTheSegment(t *testing.T) {
 		t.Fatal("pages differ from the segment's members")
 	}
 }
+
+// TestUserLogOnlyForStagers checks that the user-change log keeps entries
+// only while a stager is leased, and that every way a stager ends (apply,
+// replace, a webhook page, a refused page, Discard) gives its lease back:
+// a lost lease would keep up to 16 MiB of key hashes for nobody.
+func TestUserLogOnlyForStagers(t *testing.T) {
+	w := stageWorkspace(t, 10)
+	n := 0
+	upsert := func() {
+		t.Helper()
+		var b UserBatch
+		b.Add(fmt.Appendf(nil, "new%d", n), nil, nil)
+		n++
+		if _, err := w.UpsertUsers(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logged := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.ulog.entries)
+	}
+	idle := func(what string) {
+		t.Helper()
+		if s := w.ulog.stagers.Load(); s != 0 {
+			t.Fatalf("after %s: %d stagers leased", what, s)
+		}
+		upsert()
+		if e := logged(); e != 0 {
+			t.Fatalf("after %s: %d log entries with no stager", what, e)
+		}
+	}
+	idle("seeding")
+
+	cs := w.NewChangeSet()
+	cs.AddMany(index.KindExternal, [][]byte{[]byte("u1")}, false)
+	upsert()
+	upsert()
+	if e := logged(); e != 2 {
+		t.Fatalf("%d log entries with a stager leased, want 2", e)
+	}
+	if res, err := w.ApplyChanges("p", "c", cs); err != nil || res.Added != 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	idle("ApplyChanges")
+
+	w.NewChangeSet().Discard()
+	idle("ChangeSet.Discard")
+
+	ms := w.NewMemberSet()
+	ms.AddMany(index.KindExternal, [][]byte{[]byte("u2")})
+	if _, err := w.ReplaceMembers("p", "c", ms); err != nil {
+		t.Fatal(err)
+	}
+	idle("ReplaceMembers")
+
+	ms = w.NewMemberSet()
+	if _, err := w.StagePage("p", "c", "", "s1", 1, 1, ms); err != nil {
+		t.Fatal(err)
+	}
+	idle("StagePage")
+
+	ms = w.NewMemberSet()
+	if _, err := w.StagePage("p", "c", "", "s2", 3, 2, ms); err == nil {
+		t.Fatal("page 3 of 2 accepted")
+	}
+	idle("a refused StagePage")
+
+	ms = w.NewMemberSet()
+	ms.Discard()
+	ms.Discard()
+	idle("MemberSet.Discard twice")
+}

@@ -43,10 +43,22 @@ const (
 	maxUserLogKeys    = 1 << 21 // 16 MiB of key hashes
 )
 
-// usersLog records what recent user changes touched. ver is read without
-// locks; everything else is under Workspace.mu.
+// maxNoteScratch bounds the scratch kept for the next user change: one
+// huge upsert must not pin its key hashes.
+const maxNoteScratch = 1 << 16
+
+// usersLog records what recent user changes touched, for the stagers in
+// flight. ver and stagers are read without locks; everything else is under
+// Workspace.mu.
+//
+// Entries are kept only while a stager may need them: a user change
+// committed while no stager is leased trims the log to nothing. Seeding
+// users with no import beside it (the common case at start-up and in
+// nightly user syncs) would otherwise hold up to maxUserLogKeys hashes,
+// 16 MiB, for nobody: 17 B a user at 1M users.
 type usersLog struct {
-	ver atomic.Uint64 // user changes committed that touched something
+	ver     atomic.Uint64 // user changes committed that touched something
+	stagers atomic.Int64  // leased staleGuards (lease, release)
 
 	// The change being applied now.
 	curUsers []uint32
@@ -54,6 +66,7 @@ type usersLog struct {
 
 	entries []userLogEntry // oldest first, ver consecutive
 	keys    int            // key hashes held by entries
+	bytes   atomic.Int64   // what entries hold (sizeLocked; Engine.Memory)
 }
 
 // userLogEntry is one committed user change: the users whose keys or
@@ -101,24 +114,73 @@ func (l *usersLog) noteDetach(holder index.UserID, kind index.Kind, key []byte) 
 }
 
 // commitLocked ends a user change: if it touched anything, the version
-// moves on and an entry remembers what. The caller holds Workspace.mu.
+// moves on and, while a stager is leased, an entry remembers what. The
+// caller holds Workspace.mu.
+//
+// A stager leases before it reads ver (lease), so one that read the
+// version before this change is counted here and its entry kept. One that
+// leases while this runs may read the old version after the log was
+// trimmed: staleLocked then finds the entry missing and calls the batch
+// stale, a retry and never a wrong answer.
 func (l *usersLog) commitLocked() {
 	if len(l.curUsers) == 0 && len(l.curKeys) == 0 {
 		return
 	}
-	e := userLogEntry{ver: l.ver.Load() + 1, users: roaring.New(), keys: slices.Clone(l.curKeys)}
-	slices.Sort(l.curUsers)
-	e.users.AddMany(l.curUsers)
-	slices.Sort(e.keys)
-	l.curUsers, l.curKeys = l.curUsers[:0], l.curKeys[:0]
-	l.entries = append(l.entries, e)
-	l.keys += len(e.keys)
-	for len(l.entries) > maxUserLogEntries || (l.keys > maxUserLogKeys && len(l.entries) > 1) {
-		l.keys -= len(l.entries[0].keys)
-		l.entries[0] = userLogEntry{}
-		l.entries = l.entries[1:]
+	ver := l.ver.Load() + 1
+	if l.stagers.Load() == 0 {
+		l.entries, l.keys = nil, 0
+	} else {
+		e := userLogEntry{ver: ver, users: roaring.New(), keys: slices.Clone(l.curKeys)}
+		slices.Sort(l.curUsers)
+		e.users.AddMany(l.curUsers)
+		slices.Sort(e.keys)
+		l.entries = append(l.entries, e)
+		l.keys += len(e.keys)
+		for len(l.entries) > maxUserLogEntries || (l.keys > maxUserLogKeys && len(l.entries) > 1) {
+			l.keys -= len(l.entries[0].keys)
+			l.entries[0] = userLogEntry{}
+			l.entries = l.entries[1:]
+		}
 	}
-	l.ver.Store(e.ver)
+	l.curUsers, l.curKeys = l.curUsers[:0], l.curKeys[:0]
+	if cap(l.curUsers) > maxNoteScratch {
+		l.curUsers = nil
+	}
+	if cap(l.curKeys) > maxNoteScratch {
+		l.curKeys = nil
+	}
+	l.bytes.Store(l.sizeLocked())
+	l.ver.Store(ver)
+}
+
+// sizeLocked is the memory the log's entries hold: key hashes and user
+// bitmaps (the scratch of the next change, at most maxNoteScratch values,
+// is not counted).
+func (l *usersLog) sizeLocked() int64 {
+	n := 0
+	for i := range l.entries {
+		n += 8*cap(l.entries[i].keys) + int(l.entries[i].users.GetSizeInBytes())
+	}
+	return int64(n)
+}
+
+// lease starts g: it counts as a stager in flight until release, and takes
+// the version it will be checked against.
+func (l *usersLog) lease(g *staleGuard) {
+	if !g.leased {
+		l.stagers.Add(1)
+		g.leased = true
+	}
+	g.ver = l.ver.Load()
+}
+
+// release ends g's lease (once; later calls do nothing). The batch's
+// staleness must have been checked already.
+func (l *usersLog) release(g *staleGuard) {
+	if g.leased {
+		g.leased = false
+		l.stagers.Add(-1)
+	}
 }
 
 // staleGuard is what a stager keeps to detect that it went stale: the
@@ -128,6 +190,7 @@ type staleGuard struct {
 	unknown []uint64 // keyHash of identifiers that matched nobody
 	held    []uint32 // identified users whose device ids were sent (unmatched)
 	opaque  bool     // unmatched ids were staged without their keys (AddIDs)
+	leased  bool     // counted in usersLog.stagers
 }
 
 // staleLocked reports whether a user change committed since g began

@@ -106,6 +106,7 @@ func (s *Server) handleCohortChanges(r *request) error {
 		err = decodeChangesJSON(rd, stage)
 	}
 	if err != nil {
+		cs.Discard()
 		return err
 	}
 	res, err := r.ws.ApplyChanges(partner, id, cs)
@@ -151,6 +152,7 @@ func (s *Server) handleReplaceMembers(r *request) error {
 		err = decodeMembersJSON(rd, add)
 	}
 	if err != nil {
+		ms.Discard()
 		return err
 	}
 	res, err := r.ws.ReplaceMembers(partner, id, ms)

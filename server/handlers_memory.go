@@ -70,6 +70,7 @@ func writeMemoryMetrics(w io.Writer, e *engine.Engine) {
 		tot.Identity.LiveBitmap += m.Identity.LiveBitmap
 		tot.CohortBitmaps += m.CohortBitmaps
 		tot.Staging += m.Staging
+		tot.UserLog += m.UserLog
 		offHeap += m.Identity.OffHeap
 		vm.WriteGaugeUint64(w, `cohortd_workspace_users{workspace="`+m.ID+`"}`, uint64(m.Users))
 	}
@@ -84,6 +85,7 @@ func writeMemoryMetrics(w io.Writer, e *engine.Engine) {
 		{"live_users", tot.Identity.LiveBitmap},
 		{"cohort_bitmaps", tot.CohortBitmaps},
 		{"staging", tot.Staging},
+		{"user_change_log", tot.UserLog},
 		{"off_heap_reserved", offHeap},
 		{"go_heap", pm.goHeap},
 		{"rss", pm.rss},
@@ -136,6 +138,8 @@ func (s *Server) handleAdminMemory(r *request) error {
 		b = strconv.AppendInt(b, m.CohortBitmaps, 10)
 		b = append(b, `,"staging":`...)
 		b = strconv.AppendInt(b, m.Staging, 10)
+		b = append(b, `,"user_change_log":`...)
+		b = strconv.AppendInt(b, m.UserLog, 10)
 		b = append(b, `,"total":`...)
 		b = strconv.AppendInt(b, m.Total(), 10)
 		b = append(b, `,"off_heap_reserved":`...)

@@ -69,14 +69,14 @@ func TestMemoryReport(t *testing.T) {
 		if !strings.Contains(m, `cohortd_workspace_users{workspace="mem"} 200000`) {
 			t.Errorf("%s: /metrics lacks the users of workspace mem", stage)
 		}
-		for _, s := range []string{"identity_table", "arena", "user_table", "cohort_bitmaps", "staging", "go_heap", "rss", "anon_huge_pages"} {
+		for _, s := range []string{"identity_table", "arena", "user_table", "cohort_bitmaps", "staging", "user_change_log", "go_heap", "rss", "anon_huge_pages"} {
 			re := regexp.MustCompile(`(?m)^cohortd_memory_bytes\{structure="` + s + `"\} (\d+)$`)
 			mm := re.FindStringSubmatch(m)
 			if mm == nil {
 				t.Errorf("%s: /metrics lacks cohortd_memory_bytes{structure=%q}", stage, s)
 				continue
 			}
-			if v, _ := strconv.ParseInt(mm[1], 10, 64); v == 0 && s != "staging" && (s != "anon_huge_pages" || thpMadvise()) {
+			if v, _ := strconv.ParseInt(mm[1], 10, 64); v == 0 && s != "staging" && s != "user_change_log" && (s != "anon_huge_pages" || thpMadvise()) {
 				t.Errorf("%s: cohortd_memory_bytes{structure=%q} is 0", stage, s)
 			}
 		}
@@ -103,4 +103,59 @@ func TestMemoryReport(t *testing.T) {
 func thpMadvise() bool {
 	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	return err == nil && (bytes.Contains(b, []byte("[madvise]")) || bytes.Contains(b, []byte("[always]")))
+}
+
+// TestUserChangeLogFreed drives every import shape through the binary,
+// including bodies refused halfway through (after identifiers were
+// staged), then changes a user: with no import in flight the user-change
+// log must hold nothing. A stager that kept its lease would keep up to
+// 16 MiB of key hashes for nobody.
+func TestUserChangeLogFreed(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, t.TempDir(), startOpts{})
+	admin := d.adminToken()
+	tn := setupTenant(d, admin, "log", "mixpanel")
+	var users bytes.Buffer
+	for i := range 100 {
+		fmt.Fprintf(&users, "{\"external_id\":\"u%d\"}\n", i)
+	}
+	d.must(req{method: "POST", path: "/v1/users", token: tn.apiKey, body: users.Bytes(), ctype: "application/x-ndjson"}, 200)
+
+	logBytes := func() int {
+		t.Helper()
+		r := d.must(req{method: "GET", path: "/v1/admin/memory", token: admin}, 200).json(t)
+		ws := r["workspaces"].([]any)[0].(map[string]any)
+		return num(t, ws["bytes"].(map[string]any), "user_change_log")
+	}
+	next := 0
+	touchUser := func() {
+		t.Helper()
+		next++
+		body := fmt.Appendf(nil, "{\"external_id\":\"new%d\"}\n", next)
+		d.must(req{method: "POST", path: "/v1/users", token: tn.apiKey, body: body, ctype: "application/x-ndjson"}, 200)
+	}
+	nd := func(lines ...string) []byte { return []byte(strings.Join(lines, "\n") + "\n") }
+	steps := []struct {
+		name string
+		req  req
+		code int
+	}{
+		{"bulk changes", req{method: "POST", path: "/v1/cohorts/mixpanel/c1/changes", token: tn.apiKey,
+			body: nd(`{"user_ids":["u1","u2"]}`), ctype: "application/x-ndjson"}, 200},
+		{"bulk changes refused on line 2", req{method: "POST", path: "/v1/cohorts/mixpanel/c1/changes", token: tn.apiKey,
+			body: nd(`{"user_ids":["u1","u2"]}`, `{"user_ids":[`), ctype: "application/x-ndjson"}, 400},
+		{"snapshot sync", req{method: "PUT", path: "/v1/cohorts/mixpanel/c2/members", token: tn.apiKey,
+			body: map[string]any{"user_ids": []string{"u3", "u4"}}}, 200},
+		{"snapshot sync refused halfway", req{method: "PUT", path: "/v1/cohorts/mixpanel/c2/members", token: tn.apiKey,
+			body: nd(`{"external_id":"u3"}`, `{"external_id":`), ctype: "application/x-ndjson"}, 400},
+		{"partner changes", req{method: "POST", path: "/partners/mixpanel/cohorts/users",
+			body: tn.changes("c3", []string{"u5", "u6"}, false)}, 201},
+	}
+	for _, s := range steps {
+		d.must(s.req, s.code)
+		touchUser()
+		if b := logBytes(); b != 0 {
+			t.Errorf("after %s and a user change: user_change_log %v bytes, want 0", s.name, b)
+		}
+	}
 }
