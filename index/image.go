@@ -450,28 +450,54 @@ func (c *ArrayCheck) elems(p []byte, at uint64) {
 	}
 }
 
+// maxEntryBytes bounds an arena entry: header, the longest key, padding.
+const maxEntryBytes = 7 + MaxKeyLen + 1
+
 // arena walks the entries in p, keeping an entry cut at the end for the next Write.
+// The cut entry is finished with a bounded head of the next p, never by copying p
+// whole: LoadUsers writes parts of megabytes.
 func (c *ArrayCheck) arena(p []byte) {
-	base := c.off - uint64(len(c.pend)) // array offset of buf[0]
-	buf := p
-	if len(c.pend) > 0 {
-		buf = append(c.pend, p...)
-	}
+	base := c.off - uint64(len(c.pend)) // array offset of the first byte not yet walked
 	c.off += uint64(len(p))
+	if np := len(c.pend); np > 0 {
+		buf := append(c.pend, p[:min(len(p), arenaStart+maxEntryBytes)]...)
+		i := c.walkArena(buf, base)
+		if c.err != nil {
+			return
+		}
+		if i < np { // p ended before the cut entry did
+			c.pend = append([]byte(nil), buf[i:]...)
+			return
+		}
+		p = p[i-np:]
+		base += uint64(i)
+		c.pend = nil
+	}
+	i := c.walkArena(p, base)
+	if c.err == nil {
+		c.pend = append([]byte(nil), p[i:]...)
+	}
+}
+
+// walkArena checks the whole entries of buf, which starts at array offset base, and
+// returns where the first entry cut by the end of buf starts (len(buf) if none is).
+func (c *ArrayCheck) walkArena(buf []byte, base uint64) int {
 	i := 0
 	if base == 0 {
 		if len(buf) < arenaStart {
-			c.pend = append([]byte(nil), buf...)
-			return
+			return 0
 		}
 		i = arenaStart
 	}
 	for i < len(buf) {
 		id, kind, _, size, ok := parseEntry(buf, uint64(i))
+		if ok && i+size > len(buf) {
+			break // the padding byte is past the Write boundary
+		}
 		if !ok {
-			if len(buf)-i >= 7+MaxKeyLen+1 {
+			if len(buf)-i >= maxEntryBytes {
 				c.failf(base+uint64(i), "malformed entry")
-				return
+				return i
 			}
 			break // cut by the Write boundary (or malformed: Close tells)
 		}
@@ -484,12 +510,12 @@ func (c *ArrayCheck) arena(p []byte) {
 			c.live++
 			if uint64(id) >= c.h.Next {
 				c.failf(base+uint64(i), "entry held by user %d of %d", id, c.h.Next)
-				return
+				return i
 			}
 		}
 		i += size
 	}
-	c.pend = append([]byte(nil), buf[i:]...)
+	return i
 }
 
 // Close reports the first problem found, and any count that disagrees with the header.

@@ -88,10 +88,20 @@ func FuzzLoadImage(f *testing.F) {
 		if arr := cp[a%NumArrays]; len(arr) > 0 {
 			copy(arr[int(off%uint32(len(arr))):], val)
 		}
+		// The check gives one verdict whether an array comes whole or in pieces
+		// (entries cut across Writes).
+		piece := 1 + int(off%97)
 		for i := range cp {
 			c := NewArrayCheck(hh, Array(i+1))
 			c.Write(cp[i])
-			_ = c.Close()
+			whole := c.Close()
+			c = NewArrayCheck(hh, Array(i+1))
+			for b := cp[i]; len(b) > 0; b = b[min(piece, len(b)):] {
+				c.Write(b[:min(piece, len(b))])
+			}
+			if parts := c.Close(); (whole == nil) != (parts == nil) {
+				t.Fatalf("%v: whole %v, in pieces of %d %v", Array(i+1), whole, piece, parts)
+			}
 		}
 		v, err := loadImage(hh, cp)
 		if err != nil {
