@@ -9,7 +9,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/klauspost/compress/gzip"
+	"github.com/cohortd/cohortd/server/client"
 	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
 )
@@ -38,27 +38,6 @@ func TestWriteError(t *testing.T) {
 	}
 }
 
-func gzipBytes(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w := gzip.NewWriter(&buf)
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-func zstdBytes(t testing.TB, b []byte) []byte {
-	w, err := zstd.NewWriter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	return w.EncodeAll(b, nil)
-}
-
 // readAllBody decodes raw through decodeBody and reads everything.
 func readAllBody(encoding string, raw []byte, limit int64) ([]byte, error) {
 	r, release, err := decodeBody([]byte(encoding), bytes.NewReader(raw), limit)
@@ -85,7 +64,7 @@ func TestParseContentEncoding(t *testing.T) {
 
 func TestDecodeBody(t *testing.T) {
 	plain := []byte(strings.Repeat(`{"user_ids":["user-00000000000001"]}`+"\n", 1000))
-	encoded := map[string][]byte{"": plain, "identity": plain, "gzip": gzipBytes(t, plain), "zstd": zstdBytes(t, plain)}
+	encoded := map[string][]byte{"": plain, "identity": plain, "gzip": client.Compress(plain, client.EncodingGzip), "zstd": client.Compress(plain, client.EncodingZstd)}
 	for enc, raw := range encoded {
 		t.Run("enc="+enc, func(t *testing.T) {
 			// At the limit: everything; one under: 413.
@@ -138,9 +117,9 @@ func TestDecodeBodyBomb(t *testing.T) {
 	for _, enc := range []string{"gzip", "zstd"} {
 		var raw []byte
 		if enc == "gzip" {
-			raw = gzipBytes(t, zeros)
+			raw = client.Compress(zeros, client.EncodingGzip)
 		} else {
-			raw = zstdBytes(t, zeros)
+			raw = client.Compress(zeros, client.EncodingZstd)
 		}
 		r, release, err := decodeBody([]byte(enc), bytes.NewReader(raw), 1<<20)
 		if err != nil {
@@ -157,8 +136,8 @@ func TestDecodeBodyBomb(t *testing.T) {
 
 func TestDecodeBodyCorrupt(t *testing.T) {
 	plain := []byte(strings.Repeat("hello world ", 1000))
-	gz := gzipBytes(t, plain)
-	zs := zstdBytes(t, plain)
+	gz := client.Compress(plain, client.EncodingGzip)
+	zs := client.Compress(plain, client.EncodingZstd)
 	cases := []struct {
 		enc string
 		raw []byte
@@ -209,12 +188,12 @@ func TestDecodeBodyZstdWindow(t *testing.T) {
 // panic, never yield more than limit bytes, and fail only with 400/413.
 func FuzzDecodeBody(f *testing.F) {
 	plain := []byte(`{"cohort_changes":[{"user_ids":["a","b"]}]}`)
-	for enc, raw := range map[uint8][]byte{0: plain, 1: gzipBytes(f, plain), 2: zstdBytes(f, plain)} {
+	for enc, raw := range map[uint8][]byte{0: plain, 1: client.Compress(plain, client.EncodingGzip), 2: client.Compress(plain, client.EncodingZstd)} {
 		f.Add(raw, enc, uint16(10))
 		f.Add(raw, enc, uint16(1000))
 	}
-	f.Add(gzipBytes(f, make([]byte, 100000)), uint8(1), uint16(500))
-	f.Add(zstdBytes(f, make([]byte, 100000)), uint8(2), uint16(500))
+	f.Add(client.Compress(make([]byte, 100000), client.EncodingGzip), uint8(1), uint16(500))
+	f.Add(client.Compress(make([]byte, 100000), client.EncodingZstd), uint8(2), uint16(500))
 	f.Fuzz(func(t *testing.T, raw []byte, enc uint8, limit uint16) {
 		encoding := []byte([]string{"", "gzip", "zstd", "identity", "br"}[enc%5])
 		for _, oneByte := range []bool{false, true} {

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/client"
 )
 
 var bulkBench struct {
@@ -132,7 +133,7 @@ func BenchmarkPartnerChanges(b *testing.B) {
 		b.Fatal(err)
 	}
 	creds := fmt.Sprintf(`"partner_api_key":%q,"client_secret":%q,"cohort_id":"pc"`, pkey, secret)
-	upsert := gzipBytes(b, []byte(`{`+creds+`,"name":"pc","created_at":"2026-01-01T00:00:00Z"}`))
+	upsert := client.Compress([]byte(`{`+creds+`,"name":"pc","created_at":"2026-01-01T00:00:00Z"}`), client.EncodingGzip)
 	for _, flavour := range []string{"clustered", "uniform"} {
 		r := rand.New(rand.NewPCG(5, 6))
 		start := 1 + r.IntN(900_000)
@@ -153,9 +154,9 @@ func BenchmarkPartnerChanges(b *testing.B) {
 		}
 		x, y := ids(0), ids(1)
 		for k, p := range [][2][]byte{{x, y}, {y, x}} {
-			bodies[k] = gzipBytes(b, []byte(`{`+creds+`,"cohort_changes":[{"user_ids":[`+string(p[0])+
+			bodies[k] = client.Compress([]byte(`{`+creds+`,"cohort_changes":[{"user_ids":[`+string(p[0])+
 				`],"device_ids":[],"aliases":[],"should_remove":false},{"user_ids":[`+string(p[1])+
-				`],"device_ids":[],"aliases":[],"should_remove":true}]}`))
+				`],"device_ids":[],"aliases":[],"should_remove":true}]}`), client.EncodingGzip)
 		}
 		b.Run(fmt.Sprintf("users_1000000/%s/ids_1000", flavour), func(b *testing.B) {
 			var ctx fasthttp.RequestCtx

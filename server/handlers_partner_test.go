@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"github.com/cohortd/cohortd/server/client"
 	"strings"
 	"testing"
 )
@@ -117,9 +118,9 @@ func TestPartnerUsers(t *testing.T) {
 	for _, enc := range []string{"gzip", "zstd"} {
 		b := changes(map[string]any{"user_ids": []string{"u1"}})
 		if enc == "gzip" {
-			b = srvGzip(b)
+			b = client.Compress(b, client.EncodingGzip)
 		} else {
-			b = srvZstd(b)
+			b = client.Compress(b, client.EncodingZstd)
 		}
 		r = post(b, enc)
 		if r["matched"] != 1.0 || r["data_points"] != 0.0 {

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"fmt"
+	"github.com/cohortd/cohortd/server/client"
 	"io"
 	"strings"
 	"testing"
@@ -86,7 +87,7 @@ func TestQueryBodiesAreCapped(t *testing.T) {
 	key := seedQueryUsers(t, h, 4)
 	big := append([]byte(`{"segment":{"all":true},"pad":"`), bytes.Repeat([]byte("a"), 2<<20)...)
 	big = append(big, `"}`...)
-	gz := srvGzip(big)
+	gz := client.Compress(big, client.EncodingGzip)
 	for _, path := range []string{"/v1/segments/count", "/v1/segments/contains", "/v1/segments/members", "/v1/users/delete"} {
 		h.must(413, tReq{method: "POST", path: path, token: key, encoding: "gzip", body: gz}).message(t)
 	}

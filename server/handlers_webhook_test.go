@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cohortd/cohortd/server/client"
 	"github.com/valyala/fasthttp"
 )
 
@@ -26,10 +27,10 @@ func (h *harness) hook(secret, query string, body []byte, encoding string) (int,
 	}
 	switch encoding {
 	case "gzip":
-		body = srvGzip(body)
+		body = client.Compress(body, client.EncodingGzip)
 		rq.Header.Set("Content-Encoding", "gzip")
 	case "zstd":
-		body = srvZstd(body)
+		body = client.Compress(body, client.EncodingZstd)
 		rq.Header.Set("Content-Encoding", "zstd")
 	}
 	rq.SetBody(body)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/client"
 )
 
 func TestIdempotencyPartner(t *testing.T) {
@@ -28,7 +29,7 @@ func TestIdempotencyPartner(t *testing.T) {
 		t.Errorf("data points %v", u)
 	}
 	// The same body compressed is other bytes: 422, like any other body.
-	r := h.must(422, tReq{method: "POST", path: w.usersPath, body: srvGzip(body), encoding: "gzip", idemKey: "k1"})
+	r := h.must(422, tReq{method: "POST", path: w.usersPath, body: client.Compress(body, client.EncodingGzip), encoding: "gzip", idemKey: "k1"})
 	if r.message(t) != "Idempotency-Key reused with a different request body" {
 		t.Errorf("422 %s", r.body)
 	}

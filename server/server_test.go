@@ -14,12 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/client"
 )
 
 const testAdmin = "test-admin-token"
@@ -178,20 +177,6 @@ func jsonBody(v any) []byte {
 	return b
 }
 
-func srvGzip(b []byte) []byte {
-	var buf bytes.Buffer
-	w := gzip.NewWriter(&buf)
-	_, _ = w.Write(b)
-	_ = w.Close()
-	return buf.Bytes()
-}
-
-func srvZstd(b []byte) []byte {
-	w, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
-	defer w.Close()
-	return w.EncodeAll(b, nil)
-}
-
 // world is a workspace with a partner key and a few users.
 type world struct {
 	ws, wsKey              string
@@ -346,8 +331,8 @@ func TestContentTypeAndEncoding(t *testing.T) {
 	h.must(415, tReq{method: "POST", path: "/partners/mixpanel/cohorts", ctype: "application/x-ndjson", body: []byte(`{}`)})
 	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, ctype: "application/json; charset=utf-8", body: []byte(`{"users":[]}`)})
 	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, ctype: "application/x-ndjson", body: []byte("{\"external_id\":\"n1\"}\n\n{\"device_id\":\"nd\"}\n")})
-	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, encoding: "gzip", body: srvGzip([]byte(`{"users":[{"external_id":"g1"}]}`))})
-	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, encoding: "zstd", body: srvZstd([]byte(`{"users":[{"external_id":"z1"}]}`))})
+	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, encoding: "gzip", body: client.Compress([]byte(`{"users":[{"external_id":"g1"}]}`), client.EncodingGzip)})
+	h.must(200, tReq{method: "POST", path: "/v1/users", token: key, encoding: "zstd", body: client.Compress([]byte(`{"users":[{"external_id":"z1"}]}`), client.EncodingZstd)})
 	h.must(400, tReq{method: "POST", path: "/v1/users", token: key, encoding: "gzip", body: []byte(`not gzip`)})
 	for _, id := range []string{"n1", "g1", "z1"} {
 		h.must(200, tReq{method: "GET", path: "/v1/users/lookup?external_id=" + id, token: key})
@@ -365,9 +350,9 @@ func TestBodyLimits(t *testing.T) {
 	for _, enc := range []string{"gzip", "zstd"} {
 		var b []byte
 		if enc == "gzip" {
-			b = srvGzip(bomb)
+			b = client.Compress(bomb, client.EncodingGzip)
 		} else {
-			b = srvZstd(bomb)
+			b = client.Compress(bomb, client.EncodingZstd)
 		}
 		if len(b) > 64<<10 {
 			t.Fatalf("%s bomb is %d bytes", enc, len(b))
@@ -538,7 +523,7 @@ func TestNoInputReaches500(t *testing.T) {
 	for i, b := range bodies {
 		encoded[i] = map[string][]byte{"": []byte(b), "gzip": []byte(b), "zstd": []byte(b)}
 		if i%2 == 0 {
-			encoded[i]["gzip"], encoded[i]["zstd"] = srvGzip([]byte(b)), srvZstd([]byte(b))
+			encoded[i]["gzip"], encoded[i]["zstd"] = client.Compress([]byte(b), client.EncodingGzip), client.Compress([]byte(b), client.EncodingZstd)
 		}
 	}
 	paths := map[string]string{"{partner}": "mixpanel", "{cohort_id}": "c%2Fd", "{ws}": "acme", "{key_id}": w.keyID}
