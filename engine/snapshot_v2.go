@@ -548,6 +548,10 @@ func (w *Workspace) readUsage(d *codec.Decoder) {
 	}
 }
 
+// loadPart is how much of an identity array is read before its bounds
+// check starts on it (index.LoadUsers checks on another goroutine).
+const loadPart = 4 << 20
+
 // readUsers reads the users image's array sections: straight into the
 // regions of a new index.Users, or, with check, streamed through the checks.
 func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
@@ -580,17 +584,24 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 		}
 		return
 	}
-	u, err := index.LoadUsers(ih, index.Options{}, func(a index.Array, dst []byte) error {
+	u, err := index.LoadUsers(ih, index.Options{}, func(a index.Array, dst []byte, got func([]byte)) error {
 		h := next(a, uint64(len(dst)))
 		if s.err != nil {
 			return s.err
 		}
-		if _, err := io.ReadFull(s.r, dst); err != nil {
-			s.fail("truncated array")
-			return s.err
+		crc := uint32(0)
+		for off := 0; off < len(dst); {
+			part := dst[off:min(off+loadPart, len(dst))]
+			if _, err := io.ReadFull(s.r, part); err != nil {
+				s.fail("truncated array")
+				return s.err
+			}
+			crc = codec.UpdateChecksum(crc, part)
+			got(part)
+			off += len(part)
+			s.off += int64(len(part))
 		}
-		s.off += int64(len(dst))
-		s.arrayDone(h, codec.Checksum(dst), nil)
+		s.arrayDone(h, crc, nil)
 		return s.err
 	})
 	if err != nil {

@@ -196,11 +196,14 @@ func (u *Users) Image() (ImageHeader, [NumArrays][]byte) {
 // LoadUsers builds a Users from an image: it allocates each array's region, calls
 // fill to copy exactly len(dst) bytes of array a into dst (arrays in Array order),
 // checks every bound (as ArrayCheck does), and rebuilds the free lists and the live
-// bitmap. opts.Seed is ignored: the image's seed hashed its table. An image that breaks
+// bitmap. fill hands each part of dst to got as soon as it is in place, in order and
+// covering dst exactly: the parts are checked on another goroutine while fill reads
+// on (checking was as costly as reading a snapshot from the page cache), and an
+// array whose parts fall short of dst is refused. opts.Seed is ignored: the image's seed hashed its table. An image that breaks
 // its bounds is refused with an error wrapping ErrImage; one that keeps them but
 // whose parts disagree (which only a forged checksum can produce) answers wrongly but
 // never reads out of bounds, and Check reports it.
-func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte) error) (*Users, error) {
+func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte, got func(part []byte)) error) (*Users, error) {
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
@@ -231,19 +234,30 @@ func LoadUsers(h ImageHeader, opts Options, fill func(a Array, dst []byte) error
 	tableVer := 0
 	for i, dst := range dsts {
 		a := Array(i + 1)
-		if err := fill(a, dst); err != nil {
-			return nil, fmt.Errorf("load users %v: %w", a, err)
-		}
 		c := NewArrayCheck(h, a)
 		if a == ArrayArena {
+			// Writes only into parts already read: the free entry being checked.
 			c.onFree = func(off, size int) {
 				binary.LittleEndian.PutUint32(st.arena[off:], uint32(u.free[size]))
 				u.free[size] = keyRef(off / arenaUnit)
 			}
 		}
-		c.Write(dst)
-		if err := c.Close(); err != nil {
-			return nil, fmt.Errorf("load users: %w", err)
+		parts := make(chan []byte, 4)
+		checked := make(chan error, 1)
+		go func() {
+			for p := range parts {
+				c.Write(p)
+			}
+			checked <- c.Close()
+		}()
+		err := fill(a, dst, func(part []byte) { parts <- part })
+		close(parts)
+		cerr := <-checked
+		if err != nil {
+			return nil, fmt.Errorf("load users %v: %w", a, err)
+		}
+		if cerr != nil {
+			return nil, fmt.Errorf("load users: %w", cerr)
 		}
 		if a == ArrayTable {
 			tableVer = c.tableVer

@@ -332,11 +332,16 @@ func modelUsers(t *testing.T, seed uint64) (*Users, *usersModel, *rand.Rand) {
 
 // loadImage loads the image (h, arrays) into a new Users.
 func loadImage(h ImageHeader, arrays [NumArrays][]byte) (*Users, error) {
-	return LoadUsers(h, Options{}, func(a Array, dst []byte) error {
+	return LoadUsers(h, Options{}, func(a Array, dst []byte, got func([]byte)) error {
 		if len(arrays[a-1]) != len(dst) {
 			return fmt.Errorf("%v: %d bytes, want %d", a, len(arrays[a-1]), len(dst))
 		}
-		copy(dst, arrays[a-1])
+		// In parts of an odd size, so that elements and entries straddle them.
+		for off := 0; off < len(dst); {
+			n := copy(dst[off:min(off+4093, len(dst))], arrays[a-1][off:])
+			got(dst[off : off+n])
+			off += n
+		}
 		return nil
 	})
 }
