@@ -28,11 +28,12 @@ for _ in $(seq 100); do curl -sf "http://$addr/readyz" >/dev/null && break; slee
 lg() { bin/loadgen "$@"; }
 echo "# cohortd $(git rev-parse --short HEAD), $users users, cohortd GOMAXPROCS=1, processes not pinned"
 lg seed -addr "http://$addr" -admin-token lat-admin -workspace lat -users "$users" -quiet 2>"$tmp/seed.log" >/dev/null
-key=$(sed -n 's/.*created workspace lat (api key \([^)]*\)).*/\1/p' "$tmp/seed.log")
-pkey=$(sed -n 's/.*partner api key \([^)]*\)).*/\1/p' "$tmp/seed.log")
-secret=$(sed -n 's/.*client secret \([^)]*\)).*/\1/p' "$tmp/seed.log")
-partner=$(sed -n 's/.*created partner \([^ ]*\) .*/\1/p' "$tmp/seed.log")
-creds=(-workspace lat -api-key "$key" -partner "$partner" -partner-api-key "$pkey" -client-secret "$secret" -users "$users")
+# loadgen prints no secrets: issue a fresh workspace key, and let each run
+# create what else it lacks with the admin token.
+key=$(curl -sf -X POST -H "Authorization: Bearer lat-admin" "http://$addr/v1/workspaces/lat/api-key" |
+	sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+[ -n "$key" ] || { echo "latency.sh: no API key for workspace lat" >&2; exit 1; }
+creds=(-workspace lat -api-key "$key" -admin-token lat-admin -users "$users")
 lg export -addr "http://$addr" "${creds[@]}" -cohorts 3 -flavour uniform -shape bulk -quiet >/dev/null
 q() { lg query -addr "http://$addr" "${creds[@]}" -cohorts 3 -flavour uniform -mix contains=100 -quiet "$@"; }
 echo "## closed loop, 1 connection"

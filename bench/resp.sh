@@ -43,7 +43,10 @@ cpid=$!
 pids+=("$cpid")
 for _ in $(seq 100); do curl -sf "http://$http/readyz" >/dev/null && break; sleep 0.1; done
 client bin/loadgen seed -addr "http://$http" -admin-token bench -workspace respbench -users "$users" -quiet 2>"$tmp/seed.log" >/dev/null
-key=$(sed -n 's/.*created workspace respbench (api key \([^)]*\)).*/\1/p' "$tmp/seed.log")
+# loadgen does not print the key it was given: issue a fresh one.
+key=$(curl -sf -X POST -H "Authorization: Bearer bench" "http://$http/v1/workspaces/respbench/api-key" |
+	sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+[ -n "$key" ] || { echo "resp.sh: no API key for workspace respbench" >&2; exit 1; }
 # Two cohorts at 10% density: a seeded random tenth of the users, by external id.
 for i in 0 1; do
 	id=uniform-000$i
