@@ -97,11 +97,18 @@ func TestUpsertRefusesBadKeysBeforeChanging(t *testing.T) {
 	if w.users.NextID() != 0 {
 		t.Fatalf("a refused batch created %d users", w.users.NextID())
 	}
+	upsertStillRuns(t, w, "later", "the workspace stayed locked after a refused batch")
+}
+
+// upsertStillRuns fails the test when an upsert of one user does not
+// complete within 10 s: the writer lock stayed held.
+func upsertStillRuns(t *testing.T, w *Workspace, ext, msg string) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() {
-		var ok UserBatch
-		ok.Add([]byte("later"), nil, nil)
-		_, err := w.UpsertUsers(&ok)
+		var b UserBatch
+		b.Add([]byte(ext), nil, nil)
+		_, err := w.UpsertUsers(&b)
 		done <- err
 	}()
 	select {
@@ -110,7 +117,7 @@ func TestUpsertRefusesBadKeysBeforeChanging(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the workspace stayed locked after a refused batch")
+		t.Fatal(msg)
 	}
 }
 
@@ -584,21 +591,7 @@ func TestWriterSectionReleasesLockOnPanic(t *testing.T) {
 		defer func() { _ = recover() }()
 		_ = w.write(func() error { panic("injected") })
 	}()
-	done := make(chan error, 1)
-	go func() {
-		var b UserBatch
-		b.Add([]byte("after-panic"), nil, nil)
-		_, err := w.UpsertUsers(&b)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the writer lock stayed held after a panic in a writer section")
-	}
+	upsertStillRuns(t, w, "after-panic", "the writer lock stayed held after a panic in a writer section")
 }
 
 // TestHugeRecordDoesNotPinScratch: the workspace's record encoder grows
