@@ -564,22 +564,11 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 		return h
 	}
 	if check {
-		buf := make([]byte, 1<<20)
+		buf := make([]byte, loadPart)
 		for a := index.ArrayTable; a <= index.ArrayPool && s.err == nil; a++ {
 			h := next(a, ih.Size(a))
 			c := index.NewArrayCheck(ih, a)
-			crc := uint32(0)
-			for left := h.length; left > 0 && s.err == nil; {
-				n := min(left, uint64(len(buf)))
-				if _, err := io.ReadFull(s.r, buf[:n]); err != nil {
-					s.fail("truncated array")
-					break
-				}
-				crc = codec.UpdateChecksum(crc, buf[:n])
-				c.Write(buf[:n])
-				s.off += int64(n)
-				left -= n
-			}
+			crc := s.readArray(h, func(_, n int) []byte { return buf[:n] }, func(p []byte) { c.Write(p) })
 			s.arrayDone(h, crc, c.Close())
 		}
 		return
@@ -589,18 +578,7 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 		if s.err != nil {
 			return s.err
 		}
-		crc := uint32(0)
-		for off := 0; off < len(dst); {
-			part := dst[off:min(off+loadPart, len(dst))]
-			if _, err := io.ReadFull(s.r, part); err != nil {
-				s.fail("truncated array")
-				return s.err
-			}
-			crc = codec.UpdateChecksum(crc, part)
-			got(part)
-			off += len(part)
-			s.off += int64(len(part))
-		}
+		crc := s.readArray(h, func(off, n int) []byte { return dst[off : off+n] }, got)
 		s.arrayDone(h, crc, nil)
 		return s.err
 	})
@@ -612,6 +590,25 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 	}
 	w.users.Close()
 	w.users = u
+}
+
+// readArray reads the h.length bytes of an array section loadPart at a
+// time, each into the slice into gives for (offset, length), hands each part
+// to got, and returns their CRC (arrayDone checks it).
+func (s *snapReader) readArray(h secHeader, into func(off, n int) []byte, got func([]byte)) uint32 {
+	crc := uint32(0)
+	for off := 0; off < int(h.length) && s.err == nil; {
+		part := into(off, min(loadPart, int(h.length)-off))
+		if _, err := io.ReadFull(s.r, part); err != nil {
+			s.fail("truncated array")
+			break
+		}
+		crc = codec.UpdateChecksum(crc, part)
+		got(part)
+		off += len(part)
+		s.off += int64(len(part))
+	}
+	return crc
 }
 
 // arrayDone checks an array section's CRC, then the bounds check's verdict.
