@@ -137,15 +137,19 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (rt *route, params [3]string, a
 	var raw [8][]byte
 	segs := splitPath(path, raw[:0])
 	var methods []string
-	for _, cand := range s.routes {
+	cands, ok := s.static[string(path)]
+	if !ok {
+		cands = s.byLen[min(len(segs), len(s.byLen)-1)]
+	}
+	for _, cand := range cands {
 		if !cand.matches(segs) {
 			continue
 		}
 		if string(method) == cand.method || (cand.method == "GET" && string(method) == "HEAD") {
-			if rt == nil {
-				rt = cand
-			}
-			continue
+			// The first route in table order wins; the methods are
+			// needed only when none does.
+			rt = cand
+			break
 		}
 		if !slices.Contains(methods, cand.method) {
 			methods = append(methods, cand.method)
@@ -167,6 +171,51 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (rt *route, params [3]string, a
 		n++
 	}
 	return rt, params, "", nil
+}
+
+// routesByLen indexes the table by segment count, so that a request is
+// compared only with the patterns that can fit it (the full scan of 40
+// routes cost a single contains query 0.4 µs). Bucket n
+// holds, in table order, the routes of n segments and the prefix routes
+// of at most n; the last bucket, for longer paths, holds prefix routes
+// only.
+func routesByLen(rs []*route) [][]*route {
+	longest := 0
+	for _, rt := range rs {
+		longest = max(longest, len(rt.segs))
+	}
+	byLen := make([][]*route, longest+2)
+	for n := range byLen {
+		for _, rt := range rs {
+			if (rt.prefix && len(rt.segs) <= n) || (!rt.prefix && len(rt.segs) == n) {
+				byLen[n] = append(byLen[n], rt)
+			}
+		}
+	}
+	return byLen
+}
+
+// staticRoutes maps each parameterless pattern to the routes, in table
+// order, that match it as a path, so that the hottest paths (queries,
+// probes, user imports) cost one map lookup. Parameter and prefix routes
+// that also fit such a path are in its list: precedence is unchanged.
+func staticRoutes(rs []*route) map[string][]*route {
+	static := make(map[string][]*route)
+	for _, rt := range rs {
+		if rt.prefix || strings.Contains(rt.pattern, "{") {
+			continue
+		}
+		if _, done := static[rt.pattern]; done {
+			continue
+		}
+		segs := splitPath([]byte(rt.pattern), nil)
+		for _, cand := range rs {
+			if cand.matches(segs) {
+				static[rt.pattern] = append(static[rt.pattern], cand)
+			}
+		}
+	}
+	return static
 }
 
 func isParam(seg string) bool { return strings.HasPrefix(seg, "{") }

@@ -79,6 +79,8 @@ type Server struct {
 	log     *slog.Logger
 	engine  atomic.Pointer[engine.Engine]
 	routes  []*route
+	static  map[string][]*route // routes of each parameterless path (staticRoutes)
+	byLen   [][]*route          // routes indexed by segment count (routesByLen)
 	idem    *idemStore
 	limits  *rateLimits
 	met     *serverMetrics
@@ -140,6 +142,7 @@ func New(opts Options) *Server {
 		partnerSlots: make(chan struct{}, opts.PartnerMaxInflight),
 	}
 	s.routes = s.buildRoutes()
+	s.static, s.byLen = staticRoutes(s.routes), routesByLen(s.routes)
 	s.met = newServerMetrics(opts.Metrics, s.routes, s.engine.Load)
 	return s
 }

@@ -377,6 +377,7 @@ func TestPanicIsCountedAnd500(t *testing.T) {
 	rt := &route{method: "GET", pattern: "/test/panic", segs: []string{"", "test", "panic"}, ungated: true,
 		h: func(*request) error { panic("boom") }}
 	h.s.routes = append(h.s.routes, rt)
+	h.s.static, h.s.byLen = staticRoutes(h.s.routes), routesByLen(h.s.routes)
 	h.s.met.durations[rt] = h.s.met.unmatched
 	h.wantPanics = 1
 	r := h.must(500, tReq{method: "GET", path: "/test/panic"})
