@@ -7,22 +7,27 @@ import (
 	"time"
 )
 
-// fakeConn is a net.Conn whose every Read returns the next input in turn
-// (the last one forever) and whose writes go nowhere, so that a
-// connection's loop can run without the network (fasthttp's
-// allocation_test.go does the same).
+// fakeConn is a net.Conn whose Reads return the inputs in turn (the last
+// one forever; an input larger than the reader's buffer over several
+// reads) and whose writes go nowhere, so that a connection's loop can run
+// without the network (fasthttp's allocation_test.go does the same).
 type fakeConn struct {
 	in      [][]byte
+	rest    []byte // what the last Read left of its input
 	written int
 	last    []byte // the last write
 }
 
 func (c *fakeConn) Read(b []byte) (int, error) {
-	p := c.in[0]
-	if len(c.in) > 1 {
-		c.in = c.in[1:]
+	if len(c.rest) == 0 {
+		c.rest = c.in[0]
+		if len(c.in) > 1 {
+			c.in = c.in[1:]
+		}
 	}
-	return copy(b, p), nil
+	n := copy(b, c.rest)
+	c.rest = c.rest[n:]
+	return n, nil
 }
 
 func (c *fakeConn) Write(b []byte) (int, error) {
@@ -67,14 +72,24 @@ func TestAllocsSISMEMBER(t *testing.T) {
 	for i := range 100 {
 		smis = append(smis, "u"+string(rune('0'+i%10)))
 	}
+	// Larger than the read buffer: the buffer grows once and stays.
+	var smisLarge = []string{"SMISMEMBER", "p/c"}
+	for range 1000 {
+		smisLarge = append(smisLarge, "user-00000000000000-unknown")
+	}
+	largeIn := encode(smisLarge...)
+	if len(largeIn) <= readBufSize {
+		t.Fatalf("the large SMISMEMBER is %d bytes, not more than the read buffer", len(largeIn))
+	}
 	for name, tc := range map[string]struct {
 		in   []byte
 		want string
 	}{
-		"sismember":     {encode("SISMEMBER", "p/c", "u1"), ":1\r\n"},
-		"sismember-x16": {pipe16, strings.Repeat(":1\r\n", 16)},
-		"smismember":    {encode(smis...), "*100\r\n" + strings.Repeat(":1\r\n", 100)},
-		"scard":         {encode("SCARD", "p/c"), ":51\r\n"},
+		"sismember":        {encode("SISMEMBER", "p/c", "u1"), ":1\r\n"},
+		"sismember-x16":    {pipe16, strings.Repeat(":1\r\n", 16)},
+		"smismember":       {encode(smis...), "*100\r\n" + strings.Repeat(":1\r\n", 100)},
+		"scard":            {encode("SCARD", "p/c"), ":51\r\n"},
+		"smismember-large": {largeIn, "*1000\r\n" + strings.Repeat(":0\r\n", 1000)},
 	} {
 		c, fc := steadyConn(t, f, tc.in)
 		before := fc.written

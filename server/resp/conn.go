@@ -1,6 +1,7 @@
 package resp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -88,8 +89,13 @@ func (c *conn) close() {
 	c.s.wg.Done()
 }
 
-// batchCmd is one command of a batch: argv[lo:hi].
-type batchCmd struct{ lo, hi int32 }
+// batchCmd is one command of a batch: argv[lo:hi], and its id, looked up
+// once at parse time (a pipelined SISMEMBER used to look its name up four
+// times).
+type batchCmd struct {
+	lo, hi int32
+	id     cmdID
+}
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{s: s, nc: nc, proto: 2, id: s.nextID.Add(1), labelCmd: cmdUnknown}
@@ -177,8 +183,7 @@ func (c *conn) batch(draining bool) error {
 				return nil
 			}
 		}
-		args := c.args(0)
-		id := lookup(args[0])
+		args, id := c.args(0), c.cmds[0].id
 		if draining {
 			// Read after shutdown began: the client should go elsewhere.
 			c.fail(id, "LOADING", "cohortd is shutting down")
@@ -204,12 +209,12 @@ func (c *conn) batch(draining bool) error {
 					perr = err
 					break
 				}
-				if !ok || !runnable(c.args(len(c.cmds)-1)) {
+				if !ok || !c.runnable(len(c.cmds)-1) {
 					break
 				}
 			}
 			run := len(c.cmds)
-			if run > 1 && !runnable(c.args(run-1)) {
+			if run > 1 && !c.runnable(run-1) {
 				run-- // the command that ended the run runs next
 			}
 			n := c.allow(run)
@@ -217,7 +222,7 @@ func (c *conn) batch(draining bool) error {
 				c.membership(0, n)
 			}
 			for k := n; k < run; k++ {
-				c.limited(lookup(c.args(k)[0]))
+				c.limited(c.cmds[k].id)
 			}
 			c.drop(run)
 			if perr != nil {
@@ -236,12 +241,12 @@ func (c *conn) batch(draining bool) error {
 
 func isMembership(id cmdID) bool { return id == cmdSISMEMBER || id == cmdSMISMEMBER }
 
-// runnable reports whether a command can join a membership run: the first
+// runnable reports whether command k can join a membership run: the first
 // command of the run passed the connection-state checks, so only the name
 // and arity are left to check.
-func runnable(args [][]byte) bool {
-	id := lookup(args[0])
-	return isMembership(id) && arityOK(id, len(args))
+func (c *conn) runnable(k int) bool {
+	bc := c.cmds[k]
+	return isMembership(bc.id) && arityOK(bc.id, int(bc.hi-bc.lo))
 }
 
 // parseOne parses the next complete command, if any, onto c.cmds.
@@ -253,7 +258,7 @@ func (c *conn) parseOne() (bool, error) {
 		c.argv = c.argv[:lo]
 		return false, err
 	}
-	c.cmds = append(c.cmds, batchCmd{int32(lo), int32(len(c.argv))})
+	c.cmds = append(c.cmds, batchCmd{lo: int32(lo), hi: int32(len(c.argv)), id: lookup(c.argv[lo])})
 	return true, nil
 }
 
@@ -388,11 +393,18 @@ func (c *conn) membership(i, j int) {
 	c.ids = c.ws.ResolveMany(engine.KindExternal, c.keys, c.ids[:0])
 	c.s.met.runs.Inc()
 	ids := c.ids
+	// A pipeline mostly asks one cohort: look a key up only when it
+	// differs from the command before's (the lookup hashes two strings).
+	var set engine.Set
+	var setKey []byte
 	for k := i; k < j; k++ {
 		args := c.args(k)
-		set, _ := cohortSet(c.ws, args[1])
+		if k == i || !bytes.Equal(args[1], setKey) {
+			set, _ = cohortSet(c.ws, args[1])
+			setKey = args[1]
+		}
 		n := len(args) - 2
-		if lookup(args[0]) == cmdSMISMEMBER {
+		if c.cmds[k].id == cmdSMISMEMBER {
 			c.out = redcon.AppendArray(c.out, n)
 		}
 		for _, id := range ids[:n] {
@@ -406,7 +418,7 @@ func (c *conn) membership(i, j int) {
 	}
 	d := time.Since(start).Seconds() / float64(j-i)
 	for k := i; k < j; k++ {
-		id := lookup(c.args(k)[0])
+		id := c.cmds[k].id
 		c.s.met.commands[id].Inc()
 		c.s.met.durations[id].Update(d)
 	}

@@ -180,3 +180,57 @@ func FuzzCommandArgs(f *testing.F) {
 		}
 	})
 }
+
+// TestReaderShrink: a buffer grown for large commands stays while they keep
+// coming, goes back to the initial size after shrinkAfter idle checks of
+// small ones, and one grown past keepMul times the initial size goes at
+// the first idle check.
+func TestReaderShrink(t *testing.T) {
+	const initial = 64
+	feed := func(r *reader, cmd []byte) {
+		t.Helper()
+		for len(cmd) > 0 {
+			r.compact()
+			n := copy(r.buf[r.end:], cmd)
+			r.end += n
+			cmd = cmd[n:]
+			argv, ok, err := r.next(nil, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != (len(cmd) == 0) {
+				t.Fatalf("command complete = %v with %d bytes still to send (%q)", ok, len(cmd), argv)
+			}
+		}
+		r.shrink(initial)
+	}
+	large := encode("SMISMEMBER", "p/c", strings.Repeat("x", 40), strings.Repeat("y", 20))
+	small := encode("SISMEMBER", "p/c", "u1")
+	if len(large) <= initial || len(large) > keepMul*initial || len(small) >= initial {
+		t.Fatalf("sizes: large %d, small %d", len(large), len(small))
+	}
+
+	r := reader{buf: make([]byte, initial), maxCmd: 1 << 20}
+	for range 3 * shrinkAfter {
+		feed(&r, large)
+	}
+	grown := len(r.buf)
+	if grown <= initial {
+		t.Fatalf("buffer %d after large commands, want it grown", grown)
+	}
+	for i := range shrinkAfter {
+		if len(r.buf) != grown {
+			t.Fatalf("buffer shrank after %d small commands, want %d (%d, was %d, calm %d)", i, shrinkAfter, len(r.buf), grown, r.calm)
+		}
+		feed(&r, small)
+	}
+	if len(r.buf) != initial {
+		t.Fatalf("buffer %d after %d small commands, want %d", len(r.buf), shrinkAfter, initial)
+	}
+
+	huge := encode("SMISMEMBER", "p/c", strings.Repeat("z", keepMul*initial))
+	feed(&r, huge)
+	if len(r.buf) != initial {
+		t.Fatalf("buffer %d after a command larger than %d×, want %d at once", len(r.buf), keepMul, initial)
+	}
+}
