@@ -58,14 +58,16 @@ func BenchmarkStageLines(b *testing.B) {
 
 // BenchmarkLastWins compares the ways to find each user's last change in a
 // batch of 100k changes (ops as a ChangeSet holds them, in arrival order:
-// clustered requests add a run of users in order, then remove another):
+// clustered requests add a run of users in order, then remove another;
+// two_runs adds and removes users of one range, each in order, as a
+// partner batch does):
 // a radix sort on the user id, slices.Sort (pdqsort) on the whole op (what
 // finalSets did before), and sortOps, which picks between the two and is
 // what finalSets does now.
 func BenchmarkLastWins(b *testing.B) {
 	const n = 100_000
 	for _, universe := range []int{1_000_000, 10_000_000, 100_000_000} {
-		for _, flavour := range []string{"clustered", "uniform"} {
+		for _, flavour := range []string{"clustered", "uniform", "two_runs"} {
 			r := rand.New(rand.NewPCG(1, uint64(universe)))
 			ops := make([]uint64, n)
 			start := r.IntN(universe - n)
@@ -75,8 +77,11 @@ func BenchmarkLastWins(b *testing.B) {
 				if i >= n/2 {
 					uid += uint32(n)
 				}
-				if flavour == "uniform" {
+				switch flavour {
+				case "uniform":
 					uid = uint32(r.IntN(universe))
+				case "two_runs": // adds, then removes, each in order, over one range
+					uid = uint32(start + (i%(n/2))*2 + i/(n/2))
 				}
 				maxUID = max(maxUID, uid)
 				ops[i] = uint64(uid)<<32 | uint64(i)<<1 | uint64(r.IntN(2))

@@ -39,6 +39,43 @@ func TestSortByUserIsStableByUID(t *testing.T) {
 	}
 }
 
+// TestSortOpsRuns: ops made of k ascending runs (the adds, then the
+// removes, of a partner batch, and more) come out of sortOps exactly as a
+// full sort, whichever sort it picks for them.
+func TestSortOpsRuns(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{2, 63, 64, 1000, 5000} {
+		for _, k := range []int{1, 2, 3, 7, 31, 32, 33, 40} {
+			ops := make([]uint64, 0, n)
+			var m uint32
+			for run := range k {
+				size := n / k
+				if run == k-1 {
+					size = n - len(ops)
+				}
+				uids := make([]uint32, size)
+				for i := range uids {
+					uids[i] = uint32(r.IntN(1 << 20))
+				}
+				slices.Sort(uids)
+				for _, uid := range uids {
+					m = max(m, uid)
+					ops = append(ops, uint64(uid)<<32|uint64(len(ops))<<1|uint64(r.IntN(2)))
+				}
+			}
+			want := slices.Clone(ops)
+			slices.Sort(want)
+			got, spare := sortOps(slices.Clone(ops), make([]uint64, 0, 1), m)
+			if !slices.Equal(got, want) {
+				t.Fatalf("n=%d runs=%d: sortOps differs from a full sort", n, k)
+			}
+			if len(got) > 0 && len(spare) > 0 && &got[0] == &spare[0] {
+				t.Fatalf("n=%d runs=%d: sorted and spare share an array", n, k)
+			}
+		}
+	}
+}
+
 func TestSortIDs(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, n := range []int{0, 1, 63, 64, 500, 70_000} {
