@@ -125,6 +125,23 @@ func decodeEntry(a []byte, ref keyRef) (id UserID, kind Kind, key []byte) {
 	return id, kind, key
 }
 
+// entryHolds reports whether the entry at ref holds key of kind, and its id
+// when it does. It is decodeEntry and the comparison in one: a key of 1 to
+// 63 bytes (every standard identifier) is checked with the one header byte
+// that encodes its kind and length, then its bytes; anything else goes
+// through decodeEntry.
+func entryHolds(a []byte, ref keyRef, kind Kind, key []byte) (UserID, bool) {
+	off, n := int(ref)*arenaUnit, len(key)
+	if n == 0 || n > 63 || kind == 0 || off+5+n > len(a) {
+		id, k, ek := decodeEntry(a, ref)
+		return id, k == kind && k != 0 && string(ek) == string(key)
+	}
+	if a[off+4] != byte(kind)<<6|byte(n) || string(a[off+5:off+5+n]) != string(key) {
+		return NoUser, false
+	}
+	return UserID(binary.LittleEndian.Uint32(a[off:])), true
+}
+
 // entryID reads only the id of the entry at ref: the cheap first touch of an entry.
 func entryID(a []byte, ref keyRef) UserID {
 	off := uint64(ref) * arenaUnit
