@@ -408,11 +408,13 @@ func (c *conn) membership(i, j int) {
 			c.out = redcon.AppendArray(c.out, n)
 		}
 		for _, id := range ids[:n] {
-			v := int64(0)
+			// ":0\r\n" or ":1\r\n" (an integer in RESP2 and RESP3),
+			// without redcon.AppendInt's general formatting.
+			v := byte('0')
 			if set.Contains(id) {
-				v = 1
+				v = '1'
 			}
-			c.out = redcon.AppendInt(c.out, v)
+			c.out = append(c.out, ':', v, '\r', '\n')
 		}
 		ids = ids[n:]
 	}
