@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Cross-process benchmarks (BenchmarkRemote): each server alone on one CPU,
-# the client on another, one server at a time, same data, same run.
+# the client on another, one server at a time, same data, same run. The
+# servers take turns round by round (cohortd, cohortd -fsync always, Redis;
+# again), each round on freshly seeded servers, so that a busy host slows
+# every system alike instead of whichever ran during the busy minutes.
 #
 #   bash bench/crossproc.sh [variant]      # results in bench/results/<variant>/ (default crossproc)
 #
@@ -15,7 +18,7 @@
 # Knobs (environment):
 #   BENCH_USERS       universe size (default 1000000)
 #   BENCH_TIME        -benchtime of each benchmark (default 2s)
-#   BENCH_COUNT       -count (default 1; 6 for benchstat)
+#   BENCH_COUNT       rounds, each one -count 1 of every system (default 1; 6 for benchstat)
 #   BENCH_FILTER      a regexp of benchmarks under BenchmarkRemote/ (default all)
 #   BENCH_FSYNC_PASS  1 (default) adds the -fsync always import pass
 #   SERVER_CPU        CPU of the server (default 0)
@@ -62,7 +65,7 @@ if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit + uncomm
 	echo "cores: $(nproc)"
 	echo "memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 	echo "go: $($GO version)"
-	echo "gomaxprocs: cross-process: each server alone on CPU $scpu (cohortd GOMAXPROCS=1; redis-server single-threaded), one at a time; the client (bench test binary, GOMAXPROCS=1) on CPU $ccpu"
+	echo "gomaxprocs: cross-process: each server alone on CPU $scpu (cohortd GOMAXPROCS=1; redis-server single-threaded), one at a time, taking turns in $count round(s) on freshly seeded servers; the client (bench test binary, GOMAXPROCS=1) on CPU $ccpu"
 	echo "durability: cohortd -fsync off (import also with -fsync always, as cohortd_fsync_always); redis-server without persistence"
 	echo "redis: $(redis-server --version), no persistence (--save '' --appendonly no)"
 } >"$out/meta.txt"
@@ -74,11 +77,13 @@ client() {
 	shift 2
 	local line
 	line=$(printf '%q ' taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" "$@" bin/bench.test \
-		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count "$count" -test.timeout 0)
-	echo "command: ${line% }" | sed "s|COHORTD_BENCH_SERVER_PID=$pid|COHORTD_BENCH_SERVER_PID=<pid>|; s|$tmp|<tmp>|g" >>"$out/meta.txt"
-	echo "+ ${line% }" >&2
+		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count 1 -test.timeout 0)
+	if [ "$round" = 1 ]; then
+		echo "command: ${line% }" | sed "s|COHORTD_BENCH_SERVER_PID=$pid|COHORTD_BENCH_SERVER_PID=<pid>|; s|$tmp|<tmp>|g" >>"$out/meta.txt"
+	fi
+	echo "+ round $round/$count: ${line% }" >&2
 	taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" COHORTD_BENCH_SERVER_PID="$pid" "$@" bin/bench.test \
-		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count "$count" -test.timeout 0 \
+		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count 1 -test.timeout 0 \
 		2>&1 | tee -a "$out/$file"
 }
 
@@ -86,7 +91,9 @@ client() {
 cohortd() {
 	local fsync=$1 port=18191
 	rm -rf "$tmp/data"
-	echo "command: taskset -c $scpu env GOMAXPROCS=1 bin/cohortd -addr 127.0.0.1:$port -data-dir <tmp> -admin-token <token> -fsync $fsync" >>"$out/meta.txt"
+	if [ "$round" = 1 ]; then
+		echo "command: taskset -c $scpu env GOMAXPROCS=1 bin/cohortd -addr 127.0.0.1:$port -data-dir <tmp> -admin-token <token> -fsync $fsync" >>"$out/meta.txt"
+	fi
 	taskset -c "$scpu" env GOMAXPROCS=1 bin/cohortd -addr "127.0.0.1:$port" -data-dir "$tmp/data" \
 		-admin-token crossproc-admin -fsync "$fsync" 2>"$tmp/cohortd-$fsync.log" &
 	server_pid=$!
@@ -121,7 +128,9 @@ LUA
 	for name in livez contains; do
 		path=/livez script=()
 		if [ $name = contains ]; then path=/v1/segments/contains script=(-s "$tmp/contains.lua"); fi
-		echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>}${script:+ }$base$path" >>"$out/meta.txt"
+		if [ "$round" = 1 ]; then
+			echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>}${script:+ }$base$path" >>"$out/meta.txt"
+		fi
 		c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
 		res=$(taskset -c "$ccpu" wrk -t1 -c32 -d10s "${script[@]}" "$base$path")
 		c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
@@ -140,31 +149,35 @@ LUA
 }
 
 out_file=$out/remote-users_$users.txt
-cohortd off
-client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin \
-	COHORTD_BENCH_KEY_FILE="$tmp/keys"
-if command -v wrk >/dev/null && [ -s "$tmp/keys" ]; then
-	wrkpair "$server_pid"
-else
-	echo "wrk not found (apt-get install -y wrk): no livez/contains pair with a C client" >&2
-fi
-stop_cohortd
-
-if [ "${BENCH_FSYNC_PASS:-1}" = 1 ]; then
-	cohortd always
-	filter_save=$filter
-	filter="users_[0-9]*/cohortd_fsync_always/import/"
-	client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_LABEL=cohortd_fsync_always \
-		COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin
-	filter=$filter_save
+for round in $(seq "$count"); do
+	cohortd off
+	client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin \
+		COHORTD_BENCH_KEY_FILE="$tmp/keys"
+	if command -v wrk >/dev/null && [ -s "$tmp/keys" ]; then
+		wrkpair "$server_pid"
+	elif [ "$round" = 1 ]; then
+		echo "wrk not found (apt-get install -y wrk): no livez/contains pair with a C client" >&2
+	fi
 	stop_cohortd
-fi
 
-eval "$(REDIS_CPU=$scpu REDIS_PORT=16391 bash bench/redis.sh start)"
-echo "command: taskset -c $scpu redis-server --save '' --appendonly no (bench/redis.sh)" >>"$out/meta.txt"
-client "$(cat "$REDIS_DIR/redis.pid")" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=redis REDIS_ADDR="$REDIS_ADDR"
-bash bench/redis.sh stop
-unset REDIS_DIR
+	if [ "${BENCH_FSYNC_PASS:-1}" = 1 ]; then
+		cohortd always
+		filter_save=$filter
+		filter="users_[0-9]*/cohortd_fsync_always/import/"
+		client "$server_pid" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=cohortd COHORTD_BENCH_LABEL=cohortd_fsync_always \
+			COHORTD_BENCH_ADDR=127.0.0.1:18191 COHORTD_BENCH_ADMIN_TOKEN=crossproc-admin
+		filter=$filter_save
+		stop_cohortd
+	fi
+
+	eval "$(REDIS_CPU=$scpu REDIS_PORT=16391 bash bench/redis.sh start)"
+	if [ "$round" = 1 ]; then
+		echo "command: taskset -c $scpu redis-server --save '' --appendonly no (bench/redis.sh)" >>"$out/meta.txt"
+	fi
+	client "$(cat "$REDIS_DIR/redis.pid")" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=redis REDIS_ADDR="$REDIS_ADDR"
+	bash bench/redis.sh stop
+	unset REDIS_DIR
+done
 
 if [ "${BENCH_NO_REPORT:-0}" != 1 ]; then
 	"$GO" run ./bench/report -results bench/results -out BENCHMARKS.md -plots bench/plots

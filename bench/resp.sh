@@ -4,22 +4,28 @@
 #
 #   bash bench/resp.sh [users]   # default 1,000,000
 #
-# Each server runs alone on CPU 0 (taskset -c 0; cohortd with GOMAXPROCS=1),
-# one at a time; the clients run on CPU 1: redis-benchmark and go-redis
-# (loadgen query -protocol resp). Data: loadgen's universe of users and two
-# cohorts at 10% density (bench/uniform-0000, bench/uniform-0001; members are
-# users' external ids, so users without one are not members), loaded into
-# cohortd over HTTP and into Redis as the same sets under the same keys
-# (Redis with requirepass = the workspace API key, so that the very same
-# client commands run against both). Each figure is requests (or ids) a
-# second and per server CPU-second (utime+stime from /proc/<pid>/stat before
-# and after the run). Writes a Markdown table to stdout.
+# Both servers run on CPU 0 (taskset -c 0; cohortd with GOMAXPROCS=1) and
+# are driven one at a time, so each has the core to itself while measured;
+# the clients run on CPU 1: redis-benchmark and go-redis (loadgen query
+# -protocol resp). Data: loadgen's universe of users and two cohorts at 10%
+# density (bench/uniform-0000, bench/uniform-0001; members are users'
+# external ids, so users without one are not members), loaded into cohortd
+# over HTTP and into Redis as the same sets under the same keys (Redis with
+# requirepass = the workspace API key, so that the very same client commands
+# run against both). Each workload runs RESP_BENCH_ROUNDS times against
+# cohortd, then Redis, alternating, so that a noisy neighbour on the host
+# slows both alike; the table gives each server's median per second and per
+# server CPU-second (utime+stime from /proc/<pid>/stat before and after the
+# run), and the median and range of the per-round ratios. Writes Markdown to
+# stdout.
 #
-# Knobs: RESP_BENCH_SECONDS (go-redis run length, default 8),
-# RESP_BENCH_N (redis-benchmark requests for SISMEMBER, default 400000).
+# Knobs: RESP_BENCH_ROUNDS (default 3), RESP_BENCH_SECONDS (go-redis run
+# length, default 4), RESP_BENCH_N (redis-benchmark requests for SISMEMBER,
+# default 400000).
 set -euo pipefail
 users=${1:-1000000}
-secs=${RESP_BENCH_SECONDS:-8}
+secs=${RESP_BENCH_SECONDS:-4}
+rounds=${RESP_BENCH_ROUNDS:-3}
 nreq=${RESP_BENCH_N:-400000}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -62,14 +68,26 @@ expr="{\"and\":[{\"cohort\":\"$a\"},{\"cohort\":\"$b\"}]}"
 smis=(SMISMEMBER "$a")
 for _ in $(seq 1000); do smis+=("user-00__rand_int__"); done
 
-echo "# RESP membership queries: $users users, cohorts at 10% density ($(wc -l <"$tmp/uniform-0000.members") and $(wc -l <"$tmp/uniform-0001.members") members)"
-echo
-echo "cohortd $(git rev-parse --short HEAD) (GOMAXPROCS=1, taskset -c 0); $(redis-server --version | cut -d' ' -f1-3) (taskset -c 0); clients on CPU 1; $(date -u +%Y-%m-%dT%H:%M:%SZ); $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-echo
-echo "| server | client | workload | per second | per server CPU-second | unit |"
-echo "|---|---|---|---:|---:|---|"
 
-# measure <server-name> <pid> <client> <workload> <unit> <ids per request> command...
+# Redis beside cohortd on CPU 0, with the same sets; it idles while cohortd
+# is measured and the other way round.
+taskset -c 0 redis-server --bind 127.0.0.1 --port "$redisport" --requirepass "$key" --save '' --appendonly no \
+	--dir "$tmp" --logfile "$tmp/redis.log" &
+rpid=$!
+pids+=("$rpid")
+for _ in $(seq 50); do redis-cli -p "$redisport" -a "$key" --no-auth-warning ping >/dev/null 2>&1 && break; sleep 0.1; done
+for id in uniform-0000 uniform-0001; do
+	awk -v k="bench/$id" '{ if (n == 0) printf "SADD %s", k; printf " %s", $1; if (++n == 1000) { printf "\n"; n = 0 } } END { if (n) printf "\n" }' \
+		"$tmp/$id.members" | redis-cli -p "$redisport" -a "$key" --no-auth-warning --pipe >/dev/null
+done
+for id in uniform-0000 uniform-0001; do
+	got=$(redis-cli -p "$redisport" -a "$key" --no-auth-warning SCARD "bench/$id")
+	want=$(wc -l <"$tmp/$id.members")
+	[ "$got" = "$want" ] || { echo "redis has $got members of $id, cohortd $want" >&2; exit 1; }
+done
+
+# measure <server> <pid> <client> <workload> <unit> <ids per request> command...
+# appends "server<TAB>client<TAB>workload<TAB>unit<TAB>rate<TAB>per-cpu-s" to raw.tsv.
 measure() {
 	local name=$1 pid=$2 cl=$3 wl=$4 unit=$5 per=$6
 	shift 6
@@ -85,74 +103,92 @@ measure() {
 	redis-benchmark) rate=$(echo "$out" | tr '\r' '\n' | grep '^"' | grep -v '^"test"' | tail -1 | awk -F, '{gsub(/"/, "", $(NF-6)); print $(NF-6)}') ;;
 	go-redis) rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.json") ;;
 	esac
-	python3 - "$name" "$cl" "$wl" "$unit" "$per" "$rate" "$c0" "$c1" "$t0" "$t1" <<'PY'
+	python3 - "$name" "$cl" "$wl" "$unit" "$per" "$rate" "$c0" "$c1" "$t0" "$t1" >>"$tmp/raw.tsv" <<'PY'
 import sys
 name, cl, wl, unit, per, rate, c0, c1, t0, t1 = sys.argv[1:]
 rate = float(rate) * float(per)
-total = rate * (float(t1) - float(t0))
 cpu = float(c1) - float(c0)
-print(f"| {name} | {cl} | {wl} | {rate:,.0f} | {total / cpu if cpu > 0 else float('nan'):,.0f} | {unit} |")
+print(f"{name}\t{cl}\t{wl}\t{unit}\t{rate}\t{rate * (float(t1) - float(t0)) / cpu if cpu > 0 else float('nan')}")
 PY
 }
 
-# run_all <server-name> <pid> <port> <count command...>
-run_all() {
-	local name=$1 pid=$2 port=$3
-	shift 3
+# workload <index> <server> <pid> <port>: one run of workload index.
+workload() {
+	local i=$1 name=$2 pid=$3 port=$4
 	local rb=(client redis-benchmark -h 127.0.0.1 -p "$port" -a "$key" --csv -r "$users")
-	measure "$name" "$pid" redis-benchmark "SISMEMBER, 50 conns" "requests" 1 "${rb[@]}" -c 50 -n "$nreq" SISMEMBER "$a" "user-00__rand_int__"
-	measure "$name" "$pid" redis-benchmark "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${rb[@]}" -c 50 -P 16 -n "$((nreq * 8))" SISMEMBER "$a" "user-00__rand_int__"
-	measure "$name" "$pid" redis-benchmark "SMISMEMBER of 1,000, 8 conns" "ids" 1000 "${rb[@]}" -c 8 -n 4000 "${smis[@]}"
-	measure "$name" "$pid" redis-benchmark "count of A and B ($1), 4 conns" "requests" 1 "${rb[@]}" -c 4 -n 2000 "$@"
 	local lg=(client bin/loadgen query -resp-addr "127.0.0.1:$port" -protocol resp -api-key "$key" -workspace respbench
 		-partner bench -flavour uniform -cohorts 2 -users "$users" -duration "${secs}s" -quiet -json-out "$tmp/lg.json")
-	measure "$name" "$pid" go-redis "SISMEMBER, 50 conns" "requests" 1 "${lg[@]}" -mix contains=1 -query-concurrency 50
-	measure "$name" "$pid" go-redis "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${lg[@]}" -mix contains=1 -pipeline 16 -query-concurrency 50
-	measure "$name" "$pid" go-redis "SMISMEMBER of 1,000, 8 conns" "ids" 1000 "${lg[@]}" -mix batch=1 -query-concurrency 8
-	measure "$name" "$pid" go-redis "count of A and B, 4 conns" "requests" 1 "${lg[@]}" -mix count=1 -query-concurrency 4
-	# Open loop at 70% of the closed-loop maximum: the latency a segment
-	# evaluator sees when the server is busy but not saturated.
-	local max
+	case $i in
+	0) measure "$name" "$pid" redis-benchmark "SISMEMBER, 50 conns" "requests" 1 "${rb[@]}" -c 50 -n "$nreq" SISMEMBER "$a" "user-00__rand_int__" ;;
+	1) measure "$name" "$pid" redis-benchmark "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${rb[@]}" -c 50 -P 16 -n "$((nreq * 8))" SISMEMBER "$a" "user-00__rand_int__" ;;
+	2) measure "$name" "$pid" redis-benchmark "SMISMEMBER of 1,000, 8 conns" "ids" 1000 "${rb[@]}" -c 8 -n 4000 "${smis[@]}" ;;
+	# SINTERCARD of two 100k sets takes Redis ~20 ms, COHORT.COUNT ~25 µs.
+	3) if [ "$name" = cohortd ]; then
+		measure "$name" "$pid" redis-benchmark "count of A and B, 4 conns" "requests" 1 "${rb[@]}" -c 4 -n 2000 COHORT.COUNT "$expr"
+	else
+		measure "$name" "$pid" redis-benchmark "count of A and B, 4 conns" "requests" 1 "${rb[@]}" -c 4 -n 200 SINTERCARD 2 "$a" "$b"
+	fi ;;
+	4) measure "$name" "$pid" go-redis "SISMEMBER, 50 conns" "requests" 1 "${lg[@]}" -mix contains=1 -query-concurrency 50 ;;
+	5) measure "$name" "$pid" go-redis "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${lg[@]}" -mix contains=1 -pipeline 16 -query-concurrency 50 ;;
+	6) measure "$name" "$pid" go-redis "SMISMEMBER of 1,000, 8 conns" "ids" 1000 "${lg[@]}" -mix batch=1 -query-concurrency 8 ;;
+	7) measure "$name" "$pid" go-redis "count of A and B, 4 conns" "requests" 1 "${lg[@]}" -mix count=1 -query-concurrency 4 ;;
+	esac
+}
+
+for i in 0 1 2 3 4 5 6 7; do
+	for _ in $(seq "$rounds"); do
+		workload "$i" cohortd "$cpid" "$respport"
+		workload "$i" redis-server "$rpid" "$redisport"
+	done
+done
+
+# Open loop at 70% of the closed-loop maximum of unpipelined go-redis: the
+# latency a segment evaluator sees when the server is busy but not
+# saturated.
+latency() {
+	local name=$1 port=$2 max
+	local lg=(client bin/loadgen query -resp-addr "127.0.0.1:$port" -protocol resp -api-key "$key" -workspace respbench
+		-partner bench -flavour uniform -cohorts 2 -users "$users" -quiet -mix contains=1 -query-concurrency 50)
+	"${lg[@]}" -duration 3s -json-out "$tmp/lg.sis.json" >/dev/null
 	max=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.sis.json")
-	"${lg[@]}" -mix contains=1 -query-concurrency 50 -rate "$(python3 -c "print(int(0.7*$max))")" >/dev/null 2>&1
-	python3 - "$name" "$tmp/lg.json" <<'PY'
+	"${lg[@]}" -duration "${secs}s" -json-out "$tmp/lg.json" -rate "$(python3 -c "print(int(0.7*$max))")" >/dev/null 2>&1
+	python3 - "$name" "$tmp/lg.json" >>"$tmp/latency.md" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[2]))
-o = r["ops"][0]
-print(f"| {sys.argv[1]} | go-redis | SISMEMBER open loop at 70% of max ({o['ops_per_sec']:,.0f}/s) | p50 {o['p50_us']} µs | p99 {o['p99_us']} µs | p99.9 {o['p999_us']} µs |", file=sys.stderr)
+o = json.load(open(sys.argv[2]))["ops"][0]
+print(f"| {sys.argv[1]} | go-redis | SISMEMBER open loop at 70% of max ({o['ops_per_sec']:,.0f}/s) | {o['p50_us']} µs | {o['p99_us']} µs | {o['p999_us']} µs |")
 PY
 }
+latency cohortd "$respport"
+latency redis-server "$redisport"
 
-# The unpipelined go-redis maximum feeds the open-loop rate: run it once
-# more into its own file first (cheap: a few seconds).
-sis_max() {
-	client bin/loadgen query -resp-addr "127.0.0.1:$1" -protocol resp -api-key "$key" -workspace respbench -partner bench \
-		-flavour uniform -cohorts 2 -users "$users" -duration 3s -quiet -mix contains=1 -query-concurrency 50 \
-		-json-out "$tmp/lg.sis.json" >/dev/null
-}
-
-sis_max "$respport"
-run_all cohortd "$cpid" "$respport" COHORT.COUNT "$expr" 2>>"$tmp/latency.md"
-kill "$cpid"
-wait "$cpid" 2>/dev/null || true
-
-taskset -c 0 redis-server --bind 127.0.0.1 --port "$redisport" --requirepass "$key" --save '' --appendonly no \
-	--dir "$tmp" --logfile "$tmp/redis.log" &
-rpid=$!
-pids+=("$rpid")
-for _ in $(seq 50); do redis-cli -p "$redisport" -a "$key" --no-auth-warning ping >/dev/null 2>&1 && break; sleep 0.1; done
-for id in uniform-0000 uniform-0001; do
-	awk -v k="bench/$id" '{ if (n == 0) printf "SADD %s", k; printf " %s", $1; if (++n == 1000) { printf "\n"; n = 0 } } END { if (n) printf "\n" }' \
-		"$tmp/$id.members" | redis-cli -p "$redisport" -a "$key" --no-auth-warning --pipe >/dev/null
-done
-for id in uniform-0000 uniform-0001; do
-	got=$(redis-cli -p "$redisport" -a "$key" --no-auth-warning SCARD "bench/$id")
-	want=$(wc -l <"$tmp/$id.members")
-	[ "$got" = "$want" ] || { echo "redis has $got members of $id, cohortd $want" >&2; exit 1; }
-done
-sis_max "$redisport"
-run_all redis-server "$rpid" "$redisport" SINTERCARD 2 "$a" "$b" 2>>"$tmp/latency.md"
+echo "# RESP membership queries: $users users, cohorts at 10% density ($(wc -l <"$tmp/uniform-0000.members") and $(wc -l <"$tmp/uniform-0001.members") members)"
+echo
+echo "cohortd $(git rev-parse --short HEAD) (GOMAXPROCS=1, taskset -c 0); $(redis-server --version | cut -d' ' -f1-3) (taskset -c 0); clients on CPU 1; $rounds rounds, alternating; $(date -u +%Y-%m-%dT%H:%M:%SZ); $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo
+python3 - "$tmp/raw.tsv" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+runs = {}
+order = []
+for name, cl, wl, unit, rate, per in rows:
+    k = (cl, wl, unit)
+    if k not in runs:
+        runs[k] = {}
+        order.append(k)
+    runs[k].setdefault(name, []).append((float(rate), float(per)))
+print("Medians over the rounds; count is COHORT.COUNT on cohortd, SINTERCARD on Redis.")
+print()
+print("| client | workload | cohortd per second | cohortd per server CPU-second | Redis per second | Redis per server CPU-second | unit | cohortd ÷ Redis per server CPU-second: median (range over rounds) |")
+print("|---|---|---:|---:|---:|---:|---|---|")
+for k in order:
+    cl, wl, unit = k
+    c, r = runs[k].get("cohortd", []), runs[k].get("redis-server", [])
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    ratios = [a[1] / b[1] for a, b in zip(c, r) if b[1] > 0]
+    rr = f"×{statistics.median(ratios):.2f} (×{min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
+    print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {rr} |")
+PY
 echo
 echo "| server | client | workload | p50 | p99 | p99.9 |"
 echo "|---|---|---|---|---|---|"
-sed 's/^| \([^|]*\) | go-redis | \([^|]*\) | p50 \([^|]*\) | p99 \([^|]*\) | p99.9 \([^|]*\) |$/| \1 | go-redis | \2 | \3 | \4 | \5 |/' "$tmp/latency.md"
+cat "$tmp/latency.md"

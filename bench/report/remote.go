@@ -43,7 +43,8 @@ func remoteTable(w io.Writer, ms []Macro) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	p("### Cross-process: each server alone on one CPU, the client on another\n\n")
 	p("cohortd (GOMAXPROCS=1) and redis-server (single-threaded, no persistence) each pinned alone to one CPU with ")
-	p("`taskset`, one at a time, the same data and workloads; the client (the bench test binary, GOMAXPROCS=1) pinned ")
+	p("`taskset`, one at a time (taking turns round by round, each round on freshly seeded servers), the same data and ")
+	p("workloads; the client (the bench test binary, GOMAXPROCS=1) pinned ")
 	p("to the other CPU. *per server CPU-s* divides by the server's own CPU time (utime + stime from `/proc/<pid>/stat`), ")
 	p("which compares the servers whatever their clients cost. Bulk: zstd NDJSON of 100k identifiers, ")
 	p("`lines_of_1` = one change object a line (the headline shape), 1 sender; partner: gzip JSON of 1,000 ")
