@@ -56,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit + uncommitted changes"; fi
+if [ -n "$(git status --porcelain -- . ':!bench/results' ':!bench/plots' ':!BENCHMARKS.md' 2>/dev/null)" ]; then commit="$commit + uncommitted changes"; fi
 {
 	echo "variant: $variant"
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
