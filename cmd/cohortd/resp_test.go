@@ -123,6 +123,26 @@ func TestRESPMatchesHTTP(t *testing.T) {
 				if err != nil || !slices.Equal(got, want) {
 					t.Fatalf("%s SMISMEMBER %s: %v %v\nHTTP: %v", label, k, got, err, want)
 				}
+				// Commands larger than the 16 KiB read buffer, one after
+				// another (a grown buffer up to 64 KiB is kept between
+				// them, a larger one is not: docs/RESP.md), then a small
+				// one: answers must not mix.
+				for _, pairs := range []int{600, 600, 600, 1500, 600} {
+					var large []string
+					var wantLarge []bool
+					for i := range pairs {
+						e := externals[i%len(externals)]
+						large = append(large, e+"-not-a-user-0123456789", e)
+						wantLarge = append(wantLarge, false, want[i%len(externals)])
+					}
+					got, err := rc.SMIsMember(ctx, k, toAny(large)...).Result()
+					if err != nil || !slices.Equal(got, wantLarge) {
+						t.Fatalf("%s SMISMEMBER %s of %d ids: %v", label, k, len(large), err)
+					}
+				}
+				if got, err := rc.SMIsMember(ctx, k, toAny(externals)...).Result(); err != nil || !slices.Equal(got, want) {
+					t.Fatalf("%s SMISMEMBER %s after large ones: %v %v\nHTTP: %v", label, k, got, err, want)
+				}
 				p := rc.Pipeline()
 				var cmds []*redis.BoolCmd
 				for i := range 10_000 {
