@@ -355,6 +355,7 @@ func matchMask(bk *bucket, tag uint32) uint8 {
 		(z2>>27)&16 | (z2>>58)&32 | (z3>>25)&64 | (z3>>56)&128)
 }
 
+// hasEmpty reports whether bk has a never-used slot, which ends a probe sequence.
 func hasEmpty(bk *bucket) bool {
 	r := &bk.ref
 	return min(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) == refEmpty
