@@ -72,15 +72,20 @@ if [ -n "$(git status --porcelain -- . ':!bench/results' ':!bench/plots' ':!BENC
 
 # client runs the bench binary against the server of pid $1 and appends
 # the results to $out/$2; the rest is environment for the binary.
+# command_line records a command in meta.txt, once (in the first round).
+command_line() {
+	if [ "$round" = 1 ]; then
+		echo "command: $1" >>"$out/meta.txt"
+	fi
+}
+
 client() {
 	local pid=$1 file=$2
 	shift 2
 	local line
 	line=$(printf '%q ' taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" "$@" bin/bench.test \
 		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count 1 -test.timeout 0)
-	if [ "$round" = 1 ]; then
-		echo "command: ${line% }" | sed "s|COHORTD_BENCH_SERVER_PID=$pid|COHORTD_BENCH_SERVER_PID=<pid>|; s|$tmp|<tmp>|g" >>"$out/meta.txt"
-	fi
+	command_line "$(echo "${line% }" | sed "s|COHORTD_BENCH_SERVER_PID=$pid|COHORTD_BENCH_SERVER_PID=<pid>|; s|$tmp|<tmp>|g")"
 	echo "+ round $round/$count: ${line% }" >&2
 	taskset -c "$ccpu" env GOMAXPROCS=1 COHORTD_BENCH_USERS="$users" COHORTD_BENCH_SERVER_PID="$pid" "$@" bin/bench.test \
 		-test.run '^$' -test.bench "BenchmarkRemote/$filter" -test.benchtime "$benchtime" -test.count 1 -test.timeout 0 \
@@ -91,9 +96,7 @@ client() {
 cohortd() {
 	local fsync=$1 port=18191
 	rm -rf "$tmp/data"
-	if [ "$round" = 1 ]; then
-		echo "command: taskset -c $scpu env GOMAXPROCS=1 bin/cohortd -addr 127.0.0.1:$port -data-dir <tmp> -admin-token <token> -fsync $fsync" >>"$out/meta.txt"
-	fi
+	command_line "taskset -c $scpu env GOMAXPROCS=1 bin/cohortd -addr 127.0.0.1:$port -data-dir <tmp> -admin-token <token> -fsync $fsync"
 	taskset -c "$scpu" env GOMAXPROCS=1 bin/cohortd -addr "127.0.0.1:$port" -data-dir "$tmp/data" \
 		-admin-token crossproc-admin -fsync "$fsync" 2>"$tmp/cohortd-$fsync.log" &
 	server_pid=$!
@@ -128,9 +131,7 @@ LUA
 	for name in livez contains; do
 		path=/livez script=()
 		if [ $name = contains ]; then path=/v1/segments/contains script=(-s "$tmp/contains.lua"); fi
-		if [ "$round" = 1 ]; then
-			echo "command: taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>}${script:+ }$base$path" >>"$out/meta.txt"
-		fi
+		command_line "taskset -c $ccpu wrk -t1 -c32 -d10s ${script[*]/$tmp/<tmp>}${script:+ }$base$path"
 		c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
 		res=$(taskset -c "$ccpu" wrk -t1 -c32 -d10s "${script[@]}" "$base$path")
 		c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
@@ -171,9 +172,7 @@ for round in $(seq "$count"); do
 	fi
 
 	eval "$(REDIS_CPU=$scpu REDIS_PORT=16391 bash bench/redis.sh start)"
-	if [ "$round" = 1 ]; then
-		echo "command: taskset -c $scpu redis-server --save '' --appendonly no (bench/redis.sh)" >>"$out/meta.txt"
-	fi
+	command_line "taskset -c $scpu redis-server --save '' --appendonly no (bench/redis.sh)"
 	client "$(cat "$REDIS_DIR/redis.pid")" "remote-users_$users.txt" COHORTD_BENCH_REMOTE=redis REDIS_ADDR="$REDIS_ADDR"
 	bash bench/redis.sh stop
 	unset REDIS_DIR

@@ -37,7 +37,13 @@ go build -o bin/loadgen ./cmd/loadgen
 tmp=$(mktemp -d)
 http=127.0.0.1:18481 respport=18482 redisport=18483
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+# Both servers stay up to the end: wait for them to exit (cohortd writes a
+# last snapshot) before removing their directory.
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$tmp"
+}
 trap cleanup EXIT
 tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{printf "%.3f", ($14+$15)/t}' "/proc/$1/stat"; }
@@ -112,12 +118,19 @@ print(f"{name}\t{cl}\t{wl}\t{unit}\t{rate}\t{rate * (float(t1) - float(t0)) / cp
 PY
 }
 
+# lgq <port> <flags…>: loadgen's RESP query client (go-redis) against port.
+lgq() {
+	local port=$1
+	shift
+	client bin/loadgen query -resp-addr "127.0.0.1:$port" -protocol resp -api-key "$key" -workspace respbench \
+		-partner bench -flavour uniform -cohorts 2 -users "$users" -quiet "$@"
+}
+
 # workload <index> <server> <pid> <port>: one run of workload index.
 workload() {
 	local i=$1 name=$2 pid=$3 port=$4
 	local rb=(client redis-benchmark -h 127.0.0.1 -p "$port" -a "$key" --csv -r "$users")
-	local lg=(client bin/loadgen query -resp-addr "127.0.0.1:$port" -protocol resp -api-key "$key" -workspace respbench
-		-partner bench -flavour uniform -cohorts 2 -users "$users" -duration "${secs}s" -quiet -json-out "$tmp/lg.json")
+	local lg=(lgq "$port" -duration "${secs}s" -json-out "$tmp/lg.json")
 	case $i in
 	0) measure "$name" "$pid" redis-benchmark "SISMEMBER, 50 conns" "requests" 1 "${rb[@]}" -c 50 -n "$nreq" SISMEMBER "$a" "user-00__rand_int__" ;;
 	1) measure "$name" "$pid" redis-benchmark "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${rb[@]}" -c 50 -P 16 -n "$((nreq * 8))" SISMEMBER "$a" "user-00__rand_int__" ;;
@@ -147,8 +160,7 @@ done
 # saturated.
 latency() {
 	local name=$1 port=$2 max
-	local lg=(client bin/loadgen query -resp-addr "127.0.0.1:$port" -protocol resp -api-key "$key" -workspace respbench
-		-partner bench -flavour uniform -cohorts 2 -users "$users" -quiet -mix contains=1 -query-concurrency 50)
+	local lg=(lgq "$port" -mix contains=1 -query-concurrency 50)
 	"${lg[@]}" -duration 3s -json-out "$tmp/lg.sis.json" >/dev/null
 	max=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.sis.json")
 	"${lg[@]}" -duration "${secs}s" -json-out "$tmp/lg.json" -rate "$(python3 -c "print(int(0.7*$max))")" >/dev/null 2>&1
