@@ -16,6 +16,7 @@ import (
 	"github.com/cohortd/cohortd/engine/codec"
 	"github.com/cohortd/cohortd/engine/kafkalog"
 	"github.com/cohortd/cohortd/engine/wal"
+	"github.com/cohortd/cohortd/index"
 )
 
 // Errors returned by the engine. The server maps them to HTTP statuses.
@@ -105,7 +106,15 @@ type Options struct {
 	// ApplyTimeout bounds how long a write waits for its committed record
 	// to be applied by this node (log mode); zero means 30 seconds.
 	ApplyTimeout time.Duration
+	// DenseViewBytes bounds the dense views of published sets that batch
+	// lookups build (index/dense.go); zero means DefaultDenseViewBytes,
+	// negative builds none.
+	DenseViewBytes int64
 }
+
+// DefaultDenseViewBytes is the process's budget for dense views: twenty
+// sets at 100M users, two thousand at 1M.
+const DefaultDenseViewBytes = 256 << 20
 
 // Engine holds every workspace of one cohortd process.
 //
@@ -133,6 +142,7 @@ type Engine struct {
 	now    func() time.Time
 	floor  time.Time
 	cursor cursorCodec
+	dense  *index.DenseBudget // every workspace's dense views
 
 	mu struct {
 		sync.RWMutex
@@ -255,6 +265,12 @@ func Open(opts Options) (*Engine, error) {
 	}
 	if e.floor.IsZero() {
 		e.floor = DefaultRetentionFloor
+	}
+	switch {
+	case e.opts.DenseViewBytes == 0:
+		e.dense = index.NewDenseBudget(DefaultDenseViewBytes)
+	case e.opts.DenseViewBytes > 0:
+		e.dense = index.NewDenseBudget(e.opts.DenseViewBytes)
 	}
 	if e.opts.WebhookSessionTTL <= 0 {
 		e.opts.WebhookSessionTTL = time.Hour

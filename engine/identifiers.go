@@ -62,19 +62,34 @@ func (w *Workspace) Identifiers(id UserID, fn func(kind Kind, key []byte)) {
 func (w *Workspace) UserCount() int { return w.users.Len() }
 
 // Live returns the set of live users as published now.
-func (w *Workspace) Live() Set { return Set{w.users.Live()} }
+func (w *Workspace) Live() Set { return Set{bm: w.users.Live()} }
 
 // Set is a user set at one version: a published cohort, the live users, or
 // a segment's result. It is read-only and safe for concurrent readers; the
 // zero Set is empty. Holding one pins that version's memory, so do not keep
 // it beyond a request.
-type Set struct{ bm *roaring.Bitmap }
+type Set struct {
+	bm *roaring.Bitmap
+	d  *index.Dense // bm's dense view, if it has one
+}
 
 // Set returns the cohort's published members.
-func (c *Cohort) Set() Set { return Set{c.Members()} }
+func (c *Cohort) Set() Set { return Set{bm: c.Members()} }
+
+// LookupSet returns the cohort's published members for n lookups that are
+// about to be made: with the set's dense view when the lookups asked of this
+// version have earned one (index/dense.go), which answers Contains with one
+// load instead of a roaring probe.
+func (c *Cohort) LookupSet(n int) Set {
+	bm := c.Members()
+	return Set{bm: bm, d: c.members.Dense(bm, n)}
+}
 
 // Contains reports whether id is in s.
 func (s Set) Contains(id UserID) bool {
+	if s.d != nil {
+		return s.d.Contains(uint32(id)) // NoUser is past every view
+	}
 	return s.bm != nil && id != NoUser && s.bm.Contains(uint32(id))
 }
 

@@ -15,6 +15,9 @@ type WorkspaceMemory struct {
 	Identity index.Memory
 	// CohortBitmaps is the serialized size of every cohort's published members.
 	CohortBitmaps int64
+	// DenseViews is the dense views of the published cohorts and live users
+	// that batch lookups have built (index/dense.go).
+	DenseViews int64
 	// Staging is what open webhook sessions hold (staged ids and page sets).
 	Staging int64
 	// UserLog is what the user-change log holds for imports in flight
@@ -25,7 +28,7 @@ type WorkspaceMemory struct {
 // Total returns the bytes the workspace's structures take.
 func (m *WorkspaceMemory) Total() int64 {
 	id := &m.Identity
-	return id.TableBytes + id.ArenaBytes + id.UserTable + id.LiveBitmap + m.CohortBitmaps + m.Staging + m.UserLog
+	return id.TableBytes + id.ArenaBytes + id.UserTable + id.LiveBitmap + m.CohortBitmaps + m.DenseViews + m.Staging + m.UserLog
 }
 
 // Memory returns each workspace's memory, sorted by workspace id, without
@@ -39,8 +42,10 @@ func (e *Engine) Memory() []WorkspaceMemory {
 		w.cohorts.RLock()
 		for _, c := range w.cohorts.m {
 			m.CohortBitmaps += c.members.Bytes()
+			m.DenseViews += c.members.DenseBytes()
 		}
 		w.cohorts.RUnlock()
+		m.DenseViews += w.users.LiveDenseBytes()
 		m.Staging = int64(w.stagingBytes())
 		m.UserLog = w.ulog.bytes.Load()
 		out = append(out, m)

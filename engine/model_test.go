@@ -555,6 +555,31 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 					return e, fmt.Errorf("op %d pages of %d of %s: %v, model %v", i, limit, ex.json, paged, wantIDs)
 				}
 			}
+			// Half the time, as a batch lookup would, let the sets
+			// build their dense views first (any lookup count past the
+			// workspace's earns one): every user must answer the same.
+			if r.IntN(2) == 0 {
+				b.Expect(1 << 20)
+				for id := range len(m.users) + 2 {
+					want := id < len(m.users) && !m.users[id].deleted && ex.eval(id)
+					if got := b.Contains(index.UserID(id)); got != want {
+						return e, fmt.Errorf("op %d contains %s user %d with dense views = %v, model %v", i, ex.json, id, got, want)
+					}
+				}
+				for _, name := range cohorts {
+					p, cid, _ := cut(name)
+					c := w.Cohort(p, cid)
+					if c == nil {
+						continue
+					}
+					set := c.LookupSet(1 << 20)
+					for id := range len(m.users) + 2 {
+						if got, want := set.Contains(index.UserID(id)), m.cohorts[name][id]; got != want {
+							return e, fmt.Errorf("op %d cohort %s user %d with its dense view = %v, model %v", i, name, id, got, want)
+						}
+					}
+				}
+			}
 			for n := 0; n < 5; n++ {
 				c := randKey()
 				id := w.Resolve(c.kind, []byte(c.key))

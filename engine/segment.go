@@ -81,8 +81,10 @@ type BoundSegment struct {
 	live     *roaring.Bitmap
 	Warnings []string // "unknown cohort <partner>/<cohort_id>", in first-seen order
 
-	nodes []index.Expr  // the tree, preorder; nodes[0] is the root
-	kids  []*index.Expr // backing array of every node's Kids
+	nodes []index.Expr     // the tree, preorder; nodes[0] is the root
+	kids  []*index.Expr    // backing array of every node's Kids
+	sets  []*index.Members // per node: the cohort a set node was bound to, else nil
+	liveD *index.Dense     // live's dense view, once Expect found one
 }
 
 var emptyBitmap = roaring.New()
@@ -105,7 +107,8 @@ func (s *Segment) flatten() {
 
 // newBound builds the expression tree of s for pooling.
 func (s *Segment) newBound() *BoundSegment {
-	b := &BoundSegment{seg: s, nodes: make([]index.Expr, len(s.flat)), kids: make([]*index.Expr, 0, s.nkids)}
+	b := &BoundSegment{seg: s, nodes: make([]index.Expr, len(s.flat)), kids: make([]*index.Expr, 0, s.nkids),
+		sets: make([]*index.Members, len(s.flat))}
 	pos := make(map[*SegmentExpr]int, len(s.flat))
 	for i, n := range s.flat {
 		pos[n] = i
@@ -138,6 +141,7 @@ func (w *Workspace) Bind(s *Segment) *BoundSegment {
 		}
 		if c := w.Cohort(n.partner, n.id); c != nil {
 			b.nodes[i].Set = c.Members()
+			b.sets[i] = c.members
 			continue
 		}
 		b.nodes[i].Set = emptyBitmap
@@ -152,18 +156,41 @@ func (w *Workspace) Bind(s *Segment) *BoundSegment {
 
 // Release returns b to its segment's pool; b must not be used afterwards.
 func (b *BoundSegment) Release() {
-	b.w, b.live = nil, nil
+	b.w, b.live, b.liveD = nil, nil, nil
 	for i := range b.nodes {
-		b.nodes[i].Set = nil // do not pin old bitmap versions
+		b.nodes[i].Set, b.nodes[i].Dense = nil, nil // do not pin old bitmap versions
+		b.sets[i] = nil
 	}
 	clear(b.Warnings)
 	b.seg.pool.Put(b)
 }
 
+// Expect tells b that n calls of Contains are coming, so that the sets it
+// probes use their dense views where the lookups asked of them have earned
+// one (index/dense.go). Batch lookups call it once before their loop.
+func (b *BoundSegment) Expect(n int) {
+	if b.liveD == nil {
+		b.liveD = b.w.users.LiveDense(b.live, n)
+	}
+	for i, m := range b.sets {
+		if m != nil && b.nodes[i].Dense == nil {
+			b.nodes[i].Dense = m.Dense(b.nodes[i].Set, n)
+		}
+	}
+}
+
 // Contains reports whether user id is in the segment, without
-// materialising any set: a few bitmap probes per clause.
+// materialising any set: a few bitmap probes per clause, or one load each
+// from the dense views Expect found.
 func (b *BoundSegment) Contains(id index.UserID) bool {
-	if id == index.NoUser || !b.live.Contains(uint32(id)) {
+	if id == index.NoUser {
+		return false
+	}
+	if b.liveD != nil {
+		if !b.liveD.Contains(uint32(id)) {
+			return false
+		}
+	} else if !b.live.Contains(uint32(id)) {
 		return false
 	}
 	return b.expr.Contains(uint32(id))
@@ -176,7 +203,7 @@ func (b *BoundSegment) Count() uint64 { return b.expr.Count(b.live) }
 func (b *BoundSegment) Bitmap() *roaring.Bitmap { return b.expr.Bitmap(b.live) }
 
 // Set materialises the segment as a Set.
-func (b *BoundSegment) Set() Set { return Set{b.Bitmap()} }
+func (b *BoundSegment) Set() Set { return Set{bm: b.Bitmap()} }
 
 // ---- member cursors ----
 

@@ -92,7 +92,7 @@ func (e *Engine) readWorkspaceV1(d *codec.Decoder) {
 	// at least two bytes of the file, so a corrupt count cannot reserve
 	// more than the rest of the file could describe.
 	w.users.Close()
-	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(d.Len()/2)))})
+	w.users = index.NewUsers(index.Options{Capacity: int(min(next, uint64(d.Len()/2))), DenseBudget: w.e.dense})
 	for id := uint64(0); id < next && d.Err() == nil; id++ {
 		nkeys := d.Uvarint()
 		deleted := d.Uvarint() == 1

@@ -573,7 +573,7 @@ func (s *snapReader) readUsers(w *Workspace, ih index.ImageHeader, check bool) {
 		}
 		return
 	}
-	u, err := index.LoadUsers(ih, index.Options{}, func(a index.Array, dst []byte, got func([]byte)) error {
+	u, err := index.LoadUsers(ih, index.Options{DenseBudget: w.e.dense}, func(a index.Array, dst []byte, got func([]byte)) error {
 		h := next(a, uint64(len(dst)))
 		if s.err != nil {
 			return s.err

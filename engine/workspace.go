@@ -88,7 +88,7 @@ type Workspace struct {
 type cohortKey struct{ partner, id string }
 
 func newWorkspace(e *Engine, id string, d [32]byte, seed uint64) *Workspace {
-	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{Seed: seed})}
+	w := &Workspace{e: e, id: id, keyDigest: d, users: index.NewUsers(index.Options{Seed: seed, DenseBudget: e.dense})}
 	w.cohorts.m = make(map[cohortKey]*Cohort)
 	w.keys.byID = make(map[string]*importKey)
 	w.usage.m = make(map[string]map[int32]uint64)
@@ -396,8 +396,8 @@ type cohortMeta struct {
 	updatedAt time.Time
 }
 
-func newCohort(partnerSlug, id string) *Cohort {
-	return &Cohort{partner: partnerSlug, id: id, members: index.NewMembers()}
+func newCohort(partnerSlug, id string, budget *index.DenseBudget) *Cohort {
+	return &Cohort{partner: partnerSlug, id: id, members: index.NewMembers(budget)}
 }
 
 // Members returns the published member set. Never mutate or Clone it.
@@ -506,7 +506,7 @@ func (w *Workspace) upsertCohortLocked(partnerSlug, id, name string, createdAt t
 func (w *Workspace) applyCohortUpsert(partnerSlug, id, name string, createdAt, now time.Time) *Cohort {
 	c := w.Cohort(partnerSlug, id)
 	if c == nil {
-		c = newCohort(partnerSlug, id)
+		c = newCohort(partnerSlug, id, w.e.dense)
 		c.meta.Store(&cohortMeta{name: name, createdAt: createdAt.UTC(), updatedAt: now})
 		w.cohorts.Lock()
 		w.cohorts.m[cohortKey{partnerSlug, id}] = c

@@ -21,9 +21,10 @@ const (
 // set of live users. Set leaves hold published bitmaps (never mutated);
 // every result is a new bitmap owned by the caller.
 type Expr struct {
-	Op   Op
-	Set  *roaring.Bitmap // OpSet
-	Kids []*Expr         // OpNot: one; OpAnd, OpOr: at least one
+	Op    Op
+	Set   *roaring.Bitmap // OpSet
+	Dense *Dense          // OpSet, optional: Set's dense view, which Contains prefers
+	Kids  []*Expr         // OpNot: one; OpAnd, OpOr: at least one
 }
 
 var emptySet = roaring.New()
@@ -33,6 +34,9 @@ var emptySet = roaring.New()
 func (e *Expr) Contains(x uint32) bool {
 	switch e.Op {
 	case OpSet:
+		if e.Dense != nil {
+			return e.Dense.Contains(x)
+		}
 		return e.Set.Contains(x)
 	case OpNot:
 		return !e.Kids[0].Contains(x)

@@ -28,6 +28,7 @@ type Members struct {
 	master *roaring.Bitmap // writer only
 	pub    atomic.Pointer[roaring.Bitmap]
 	size   atomic.Pointer[sizedBitmap] // Bytes' cache, for the version published
+	dense  denseCache                  // the published version's dense view (dense.go)
 }
 
 // sizedBitmap is a published version and its serialized size.
@@ -36,9 +37,10 @@ type sizedBitmap struct {
 	bytes int64
 }
 
-// NewMembers returns an empty member set.
-func NewMembers() *Members {
-	m := &Members{}
+// NewMembers returns an empty member set whose dense views (dense.go) count
+// against budget; nil builds none.
+func NewMembers(budget *DenseBudget) *Members {
+	m := &Members{dense: denseCache{budget: budget}}
 	m.Reset(roaring.New())
 	return m
 }
@@ -50,7 +52,19 @@ func (m *Members) Reset(bm *roaring.Bitmap) {
 	m.publish()
 }
 
-func (m *Members) publish() { m.pub.Store(m.master.Clone()) }
+func (m *Members) publish() {
+	pub := m.master.Clone()
+	m.pub.Store(pub)
+	m.dense.reset(pub)
+}
+
+// Dense returns the dense view of bm, a version Load returned, or nil when
+// it has none; n is how many lookups the caller is about to make in bm,
+// which is what earns a version its view (dense.go).
+func (m *Members) Dense(bm *roaring.Bitmap, n int) *Dense { return m.dense.view(bm, n) }
+
+// DenseBytes returns the size of the published version's dense view, or 0.
+func (m *Members) DenseBytes() int64 { return m.dense.bytes() }
 
 // Bytes returns the memory of the published set (roaring's
 // GetSizeInBytes), computed once per published version: metrics and the

@@ -9,7 +9,7 @@ import (
 )
 
 func TestMembersPublishedVersionsNeverChange(t *testing.T) {
-	m := NewMembers()
+	m := NewMembers(nil)
 	r := rand.New(rand.NewPCG(1, 2))
 	var versions []*roaring.Bitmap
 	var copies [][]uint32
@@ -42,7 +42,7 @@ func TestMembersPublishedVersionsNeverChange(t *testing.T) {
 }
 
 func TestMembersDiffAndMerge(t *testing.T) {
-	m := NewMembers()
+	m := NewMembers(nil)
 	m.Reset(roaring.BitmapOf(1, 2, 3))
 	a, d := m.DiffTo(roaring.BitmapOf(2, 3, 4))
 	if !a.Equals(roaring.BitmapOf(4)) || !d.Equals(roaring.BitmapOf(1)) {
@@ -154,7 +154,7 @@ func TestExprAgainstNaive(t *testing.T) {
 
 // publishedCopy returns s as Members publishes it (copy-on-write flags set).
 func publishedCopy(s *roaring.Bitmap) *roaring.Bitmap {
-	m := NewMembers()
+	m := NewMembers(nil)
 	m.Reset(s)
 	return m.Load()
 }
@@ -162,7 +162,7 @@ func publishedCopy(s *roaring.Bitmap) *roaring.Bitmap {
 // TestExprConcurrentWithWriter evaluates expressions on published sets
 // while the writer keeps changing them (run with -race).
 func TestExprConcurrentWithWriter(t *testing.T) {
-	a, b := NewMembers(), NewMembers()
+	a, b := NewMembers(nil), NewMembers(nil)
 	live := roaring.New()
 	live.AddRange(0, 100_000)
 	var wg sync.WaitGroup

@@ -84,6 +84,8 @@ type Options struct {
 	// MaxArenaBytes caps the key arena below its 8 GiB (tests use it to reach ErrFull);
 	// 0 means no cap beyond 8 GiB.
 	MaxArenaBytes int
+	// DenseBudget bounds the live set's dense views (dense.go); nil builds none.
+	DenseBudget *DenseBudget
 }
 
 const (
@@ -184,10 +186,11 @@ type Users struct {
 	compactions          int             // arena compactions so far
 	master               *roaring.Bitmap // live users, copy-on-write; published by Publish
 
-	pub   atomic.Pointer[roaring.Bitmap]
-	stats atomic.Value  // Memory: the writer-only counts as of the last Publish
-	next  atomic.Uint32 // next id to hand out
-	count atomic.Int64  // live users
+	pub       atomic.Pointer[roaring.Bitmap]
+	liveDense denseCache    // pub's dense view (dense.go)
+	stats     atomic.Value  // Memory: the writer-only counts as of the last Publish
+	next      atomic.Uint32 // next id to hand out
+	count     atomic.Int64  // live users
 }
 
 // NewUsers returns an empty Users table.
@@ -204,6 +207,7 @@ func NewUsers(opts Options) *Users {
 
 func newUsers(opts Options) *Users {
 	u := &Users{hash: opts.Hash, seed: opts.Seed, master: roaring.New(), free: make(map[int]keyRef)}
+	u.liveDense.budget = opts.DenseBudget
 	for u.seed == 0 {
 		u.seed = rand.Uint64()
 	}
@@ -355,13 +359,22 @@ func (u *Users) Len() int { return int(u.count.Load()) }
 // writes to the master copy only the containers they touch; a published bitmap is never
 // written again.
 func (u *Users) Publish() {
-	u.pub.Store(u.master.Clone())
+	pub := u.master.Clone()
+	u.pub.Store(pub)
+	u.liveDense.reset(pub)
 	u.stats.Store(Memory{Keys: u.live, ArenaBytes: int64(u.used), ArenaFree: int64(u.freeBytes)})
 }
 
 // Live returns the live user ids as of the last Publish. The bitmap is shared and
 // immutable: callers must never modify it (clone it first).
 func (u *Users) Live() *roaring.Bitmap { return u.pub.Load() }
+
+// LiveDense returns the dense view of live, a version Live returned, or nil when it
+// has none; n is how many lookups the caller is about to make in it (dense.go).
+func (u *Users) LiveDense(live *roaring.Bitmap, n int) *Dense { return u.liveDense.view(live, n) }
+
+// LiveDenseBytes returns the size of the published live set's dense view, or 0.
+func (u *Users) LiveDenseBytes() int64 { return u.liveDense.bytes() }
 
 // flagsLocked returns id's flags and whether id was handed out (and the table, after
 // Close, still has it). The caller holds the read lock or is the writer.

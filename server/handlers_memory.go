@@ -69,6 +69,7 @@ func writeMemoryMetrics(w io.Writer, e *engine.Engine) {
 		tot.Identity.UserTable += m.Identity.UserTable
 		tot.Identity.LiveBitmap += m.Identity.LiveBitmap
 		tot.CohortBitmaps += m.CohortBitmaps
+		tot.DenseViews += m.DenseViews
 		tot.Staging += m.Staging
 		tot.UserLog += m.UserLog
 		offHeap += m.Identity.OffHeap
@@ -84,6 +85,7 @@ func writeMemoryMetrics(w io.Writer, e *engine.Engine) {
 		{"user_table", tot.Identity.UserTable},
 		{"live_users", tot.Identity.LiveBitmap},
 		{"cohort_bitmaps", tot.CohortBitmaps},
+		{"dense_views", tot.DenseViews},
 		{"staging", tot.Staging},
 		{"user_change_log", tot.UserLog},
 		{"off_heap_reserved", offHeap},
@@ -136,6 +138,8 @@ func (s *Server) handleAdminMemory(r *request) error {
 		b = strconv.AppendInt(b, m.Identity.LiveBitmap, 10)
 		b = append(b, `,"cohort_bitmaps":`...)
 		b = strconv.AppendInt(b, m.CohortBitmaps, 10)
+		b = append(b, `,"dense_views":`...)
+		b = strconv.AppendInt(b, m.DenseViews, 10)
 		b = append(b, `,"staging":`...)
 		b = strconv.AppendInt(b, m.Staging, 10)
 		b = append(b, `,"user_change_log":`...)

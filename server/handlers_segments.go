@@ -95,6 +95,7 @@ func (s *Server) handleSegmentContains(r *request) error {
 		return badRequest(msgContainsForm, "users: expected an array of user references, or external_ids / device_ids: an array of strings")
 	}
 	ids := lk.IDs()
+	b.Expect(len(ids))
 	out := r.getBuf()
 	*out = append((*out)[:0], `{"results":[`...)
 	for i, id := range ids {

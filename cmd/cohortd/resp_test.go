@@ -220,6 +220,17 @@ func TestRESPMatchesHTTP(t *testing.T) {
 		}
 	}
 
+	// The large SMISMEMBERs asked enough of each cohort to earn it a dense
+	// view (docs/MEMORY.md), which the answers after them came from; the
+	// memory report shows the views.
+	mem := d.must(req{method: "GET", path: "/v1/admin/memory", token: acme.admin}, 200).json(t)
+	for _, ws := range mem["workspaces"].([]any) {
+		ws := ws.(map[string]any)
+		if b := ws["bytes"].(map[string]any); num(t, b, "dense_views") <= 0 {
+			t.Errorf("workspace %v: no dense views after large SMISMEMBERs: %v", ws["id"], b)
+		}
+	}
+
 	// The errors, as a go-redis user sees them.
 	anon := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2})
 	defer anon.Close()

@@ -216,12 +216,14 @@ func quoteName(b []byte) string {
 
 // cohortSet returns the published members of the cohort a key names
 // ("<partner>/<cohort_id>"), and false for an unknown cohort (an empty set).
-func cohortSet(w *engine.Workspace, key []byte) (engine.Set, bool) {
+// lookups is how many members the caller is about to test, which earns the
+// set its dense view (engine.Cohort.LookupSet).
+func cohortSet(w *engine.Workspace, key []byte, lookups int) (engine.Set, bool) {
 	c := cohortOf(w, key)
 	if c == nil {
 		return engine.Set{}, false
 	}
-	return c.Set(), true
+	return c.LookupSet(lookups), true
 }
 
 func cohortOf(w *engine.Workspace, key []byte) *engine.Cohort {
@@ -408,7 +410,7 @@ func (c *conn) client(args [][]byte) {
 // ---- membership commands ----
 
 func (c *conn) scard(args [][]byte) {
-	set, _ := cohortSet(c.ws, args[1])
+	set, _ := cohortSet(c.ws, args[1], 0)
 	c.out = redcon.AppendUint(c.out, set.Len())
 }
 
@@ -439,7 +441,7 @@ func (c *conn) sintercard(args [][]byte) {
 	}
 	sets := make([]engine.Set, 0, numkeys)
 	for _, k := range args[2 : 2+numkeys] {
-		set, ok := cohortSet(c.ws, k)
+		set, ok := cohortSet(c.ws, k, 0)
 		if !ok {
 			c.out = redcon.AppendInt(c.out, 0)
 			return
@@ -538,6 +540,7 @@ func (c *conn) segmentContains(args [][]byte) {
 	}
 	b := c.ws.Bind(seg)
 	c.ids = c.ws.ResolveMany(kind, args[3:], c.ids[:0])
+	b.Expect(len(c.ids))
 	c.out = redcon.AppendArray(c.out, len(c.ids))
 	for _, id := range c.ids {
 		v := int64(0)

@@ -400,7 +400,7 @@ func (c *conn) membership(i, j int) {
 	for k := i; k < j; k++ {
 		args := c.args(k)
 		if k == i || !bytes.Equal(args[1], setKey) {
-			set, _ = cohortSet(c.ws, args[1])
+			set, _ = cohortSet(c.ws, args[1], len(ids))
 			setKey = args[1]
 		}
 		n := len(args) - 2

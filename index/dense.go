@@ -1,0 +1,152 @@
+package index
+
+import (
+	"runtime"
+	"sync/atomic"
+
+	"github.com/RoaringBitmap/roaring/v2"
+)
+
+// Dense views: a published set (a cohort's members, the live users) as a
+// plain bitset, for the queries that test many users against it one at a
+// time (batch contains, SMISMEMBER, pipelined SISMEMBER).
+//
+// A roaring Contains is a binary search over the container keys, then a
+// probe of the container: measured here with random ids over a 1M-user
+// universe, 18 ns for a cohort at 10% density and 33 ns with the live-users
+// check. A bitset answers with one load. It costs a bit per id of the
+// universe (128 KiB at 1M users, 12.5 MiB at 100M) and a build
+// (roaring's WriteDenseTo: ~47 µs at 1M, ~8 ms at 100M), so a set gets a view
+// only once the lookups asked of its current version would have paid for
+// the build: denseAskPerBit ids of universe per lookup, and at least
+// denseMinAsked. Every published version starts without a view (publishing
+// drops the old one), so a view is always exactly its version's set.
+//
+// Views are Go heap memory, counted against a DenseBudget shared by the
+// process: a set whose view would pass it keeps answering through roaring.
+// A view's bytes return to the budget when the garbage collector frees it
+// (runtime.AddCleanup), not when it is dropped: a query that loaded it may
+// still be using it, and the budget is meant to bound what the process
+// holds.
+
+// DenseBudget bounds the bytes of every dense view it is given to. It is
+// safe for concurrent use.
+type DenseBudget struct {
+	limit int64
+	used  atomic.Int64
+	views atomic.Int64
+}
+
+// NewDenseBudget returns a budget of limit bytes; limit ≤ 0 builds no view.
+func NewDenseBudget(limit int64) *DenseBudget { return &DenseBudget{limit: limit} }
+
+// Used returns the bytes of views built and not yet freed.
+func (b *DenseBudget) Used() int64 { return b.used.Load() }
+
+// Views returns how many views are built and not yet freed.
+func (b *DenseBudget) Views() int64 { return b.views.Load() }
+
+// Limit returns the budget's size in bytes.
+func (b *DenseBudget) Limit() int64 { return b.limit }
+
+const (
+	// denseAskPerBit: a view is built once its version has been asked
+	// about one user per this many ids of universe. The build costs
+	// ~0.05 ns an id of universe and saves ~15–30 ns a lookup, so
+	// 256 pays it back about twice over.
+	denseAskPerBit = 256
+	// denseMinAsked keeps tiny workspaces from building views for a
+	// handful of queries.
+	denseMinAsked = 1024
+)
+
+// Dense is the bitset of one published set. It is immutable.
+type Dense struct{ words []uint64 }
+
+// Contains reports whether x is in the set.
+func (d *Dense) Contains(x uint32) bool {
+	w := x >> 6
+	return int(w) < len(d.words) && d.words[w]&(1<<(x&63)) != 0
+}
+
+// Bytes returns the view's size.
+func (d *Dense) Bytes() int64 { return int64(len(d.words)) * 8 }
+
+// denseSlot is the view state of one published version.
+type denseSlot struct {
+	src      *roaring.Bitmap
+	asked    atomic.Int64
+	building atomic.Bool
+	view     atomic.Pointer[Dense]
+}
+
+// denseCache is the view of the set a writer publishes: reset with every
+// version published, asked by readers with the version they loaded.
+type denseCache struct {
+	budget *DenseBudget // nil: no views
+	slot   atomic.Pointer[denseSlot]
+}
+
+// reset starts version src without a view. Writer only, right after
+// publishing src.
+func (c *denseCache) reset(src *roaring.Bitmap) {
+	if c.budget != nil {
+		c.slot.Store(&denseSlot{src: src})
+	}
+}
+
+// view returns the dense view of src, the version the caller loaded, or
+// nil, after noting that n lookups are about to be made in it. The call
+// whose lookups cross the threshold builds the view, once per version.
+func (c *denseCache) view(src *roaring.Bitmap, n int) *Dense {
+	s := c.slot.Load()
+	if s == nil || s.src != src {
+		return nil // no views, or a version newer than the caller's
+	}
+	if v := s.view.Load(); v != nil {
+		return v
+	}
+	asked := s.asked.Add(int64(n))
+	if asked < denseMinAsked {
+		return nil
+	}
+	size := int64(src.DenseSize()) * 8
+	if size == 0 || asked < size*8/denseAskPerBit || !s.building.CompareAndSwap(false, true) {
+		return nil
+	}
+	v := c.budget.build(src, size)
+	if v == nil {
+		// Over budget: ask again once as many lookups again have come.
+		s.asked.Store(0)
+		s.building.Store(false)
+		return nil
+	}
+	s.view.Store(v)
+	return v
+}
+
+// bytes returns the size of the current version's view, or 0.
+func (c *denseCache) bytes() int64 {
+	if s := c.slot.Load(); s != nil {
+		if v := s.view.Load(); v != nil {
+			return v.Bytes()
+		}
+	}
+	return 0
+}
+
+// build makes the view of src (size bytes) if the budget has room.
+func (b *DenseBudget) build(src *roaring.Bitmap, size int64) *Dense {
+	if b.used.Add(size) > b.limit {
+		b.used.Add(-size)
+		return nil
+	}
+	b.views.Add(1)
+	v := &Dense{words: make([]uint64, size/8)}
+	src.WriteDenseTo(v.words)
+	runtime.AddCleanup(v, func(n int64) {
+		b.used.Add(-n)
+		b.views.Add(-1)
+	}, size)
+	return v
+}
