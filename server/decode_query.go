@@ -151,12 +151,17 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 			d.spans[0] = d.spans[0][:0]
 			d.arena = d.arena[:0]
 			flush := func() error {
-				for _, sp := range d.spans[0] {
-					if err := addID(k, d.arena[sp.off:sp.end]); err != nil {
-						return err
-					}
+				spans := d.spans[0]
+				if q.ids += len(spans); q.ids > maxQueryIDs {
+					return badRequest(msgTooManyQueryID)
 				}
-				d.spans[0] = d.spans[0][:0]
+				d.keys = d.keys[:0]
+				for _, sp := range spans {
+					d.keys = append(d.keys, d.arena[sp.off:sp.end:sp.end])
+				}
+				lk.AddMany(k, d.keys)
+				clear(d.keys) // drop references into the arena
+				d.spans[0] = spans[:0]
 				d.arena = d.arena[:0]
 				return nil
 			}
