@@ -7,7 +7,7 @@ import (
 )
 
 // Lookup resolves the identifiers of a query (batch contains) in arrival
-// order, stageChunk at a time like the import stagers (stage.go), so that a
+// order, lookupChunk at a time like the import stagers (stage.go), so that a
 // batch costs one ResolveMany per chunk and kind however its users are
 // spelled. Any user holding an identifier is found: the anonymous-only
 // rule of device ids is for import.
@@ -30,11 +30,20 @@ func (l *Lookup) Reset(w *Workspace) {
 	l.q.reset()
 }
 
+// lookupChunk is how many queued identifiers a Lookup resolves at once.
+// Larger than the stagers' stageChunk: a query keeps nothing but the ids,
+// and the longer batches overlap more misses. Measured cross-process at 1M
+// users, batch contains of 1,000 users objects: 5.6–6.0 M ids per server
+// CPU-second at 256, 6.2–6.9 M at 1,024 (three alternating runs each).
+// Imports showed no difference either way, so they keep 256.
+const lookupChunk = 1024
+
 // Add queues key (copied) of kind; its answer is IDs()[Len() before Add].
 func (l *Lookup) Add(kind index.Kind, key []byte) {
 	pos := len(l.ids)
 	l.ids = append(l.ids, index.NoUser)
-	if l.q.push(kind, key, uint32(pos)) {
+	l.q.push(kind, key, uint32(pos))
+	if l.q.n >= lookupChunk {
 		l.flush()
 	}
 }

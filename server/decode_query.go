@@ -224,9 +224,14 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 
 // userRef reads one user reference of a contains body:
 // {"external_id"} | {"device_id"} | {"alias_name","alias_label"}, exactly one
-// identifier (other fields ignored). The key is valid until the next call.
+// identifier (other fields ignored). The key is valid until the scanner
+// moves on (it may lie in the scanner's buffer).
 func (d *streamDecoder) userRef(i int) (engine.Kind, []byte, error) {
 	s := &d.s
+	if k, id, used := plainUserRef(s.buf[s.pos:s.end]); used > 0 {
+		s.pos += used
+		return k, id, nil
+	}
 	at := func() string { return "users[" + strconv.Itoa(i) + "]" }
 	shape := func() error { return badRequest(msgUserRef, at()) }
 	var has [4]bool
@@ -267,6 +272,37 @@ func (d *streamDecoder) userRef(i int) (engine.Kind, []byte, error) {
 		return engine.KindAlias, d.arena, nil
 	}
 	return 0, nil, shape()
+}
+
+// The user references batch contains mostly gets: {"external_id":"…"} or
+// {"device_id":"…"}, as JSON encoders write them.
+var (
+	plainExternalRef = []byte(`{"external_id":"`)
+	plainDeviceRef   = []byte(`{"device_id":"`)
+)
+
+// plainUserRef matches one of those references whole at the start of b,
+// without spaces or escapes and with an id that the identifier rule
+// accepts as written (plainRun: 1 to maxIDLen printable ASCII bytes), and
+// returns its kind, id (in b) and length; used is 0 for anything else,
+// which the general path decodes. It spares the common reference the
+// object scanner, whose key and value scans cost a third of a 1,000-user
+// batch contains.
+func plainUserRef(b []byte) (k engine.Kind, id []byte, used int) {
+	var rest []byte
+	switch {
+	case bytes.HasPrefix(b, plainExternalRef):
+		k, rest = engine.KindExternal, b[len(plainExternalRef):]
+	case bytes.HasPrefix(b, plainDeviceRef):
+		k, rest = engine.KindDevice, b[len(plainDeviceRef):]
+	default:
+		return 0, nil, 0
+	}
+	n, hi := plainRun(rest)
+	if n == 0 || n > maxIDLen || hi != 0 || n+1 >= len(rest) || rest[n] != '"' || rest[n+1] != '}' {
+		return 0, nil, 0
+	}
+	return k, rest[:n:n], len(b) - len(rest) + n + 2
 }
 
 // atUser makes a rule error of a user reference name the user instead of

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -332,4 +334,63 @@ func FuzzDecodeUsersDelete(f *testing.F) {
 			t.Fatalf("streamed %q, fastjson %q", got, want)
 		}
 	})
+}
+
+// TestUserRefFastPathAgrees decodes the same user references written as
+// encoders write them ({"external_id":"…"}, which plainUserRef takes) and
+// spaced out (which only the object scanner takes): the ids looked up must
+// be the same, whatever falls on a buffer boundary, and references the
+// fast path must refuse (escapes, non-ASCII, empty, extra fields, aliases)
+// must still decode or fail as the general path says.
+func TestUserRefFastPathAgrees(t *testing.T) {
+	w := queryWorkspace(t)
+	r := rand.New(rand.NewPCG(3, 4))
+	refs := []string{
+		`{"external_id":"u1"}`, `{"device_id":"d2"}`, `{"external_id":"nobody"}`,
+		`{"external_id":"u\u0031"}`, `{"external_id":"é"}`, `{"device_id":"d3","x":1}`,
+		`{"alias_name":"email","alias_label":"a0"}`, `{"external_id":"u4" }`,
+		`{"device_id":"` + strings.Repeat("d", maxIDLen) + `"}`,
+	}
+	decode := func(body []byte) ([]engine.UserID, error) {
+		q := getQuery()
+		defer putQuery(q)
+		lk := w.NewLookup()
+		if err := decodeSegmentQuery(bytes.NewReader(body), q, lk); err != nil {
+			return nil, err
+		}
+		return slices.Clone(lk.IDs()), nil
+	}
+	for round := range 20 {
+		var compact, spaced bytes.Buffer
+		compact.WriteString(`{"segment":{"all":true},"users":[`)
+		spaced.WriteString(`{ "segment" : { "all" : true } , "users" : [ `)
+		n := 1 + r.IntN(3000)
+		for i := range n {
+			ref := refs[r.IntN(len(refs))]
+			if r.IntN(3) == 0 {
+				ref = fmt.Sprintf(`{"external_id":"u%d"}`, r.IntN(12))
+			}
+			if i > 0 {
+				compact.WriteByte(',')
+				spaced.WriteString(" , ")
+			}
+			compact.WriteString(ref)
+			spaced.WriteString(strings.NewReplacer(`{`, `{ `, `":`, `" : `, `}`, ` }`).Replace(ref))
+		}
+		compact.WriteString(`]}`)
+		spaced.WriteString(` ] }`)
+		got, err := decode(compact.Bytes())
+		want, werr := decode(spaced.Bytes())
+		if (err == nil) != (werr == nil) || !slices.Equal(got, want) {
+			t.Fatalf("round %d (%d refs): compact %v %v, spaced %v %v", round, n, len(got), err, len(want), werr)
+		}
+		if err == nil && len(got) != n {
+			t.Fatalf("round %d: %d ids for %d references", round, len(got), n)
+		}
+	}
+	// An id over the limit is refused by both paths alike.
+	long := `{"users":[{"external_id":"` + strings.Repeat("x", maxIDLen+1) + `"}]}`
+	if _, err := decode([]byte(long)); err == nil {
+		t.Fatal("an id over the limit was accepted")
+	}
 }

@@ -75,7 +75,7 @@ var lookups sync.Pool // *engine.Lookup
 
 // handleSegmentContains serves POST /v1/segments/contains. The users (or
 // the compact external_ids / device_ids) are resolved as the body streams
-// in, stageChunk at a time (engine.Lookup); a device id resolves to whoever
+// in, in chunks (engine.Lookup); a device id resolves to whoever
 // holds it, identified or not. Answers come in the order sent.
 func (s *Server) handleSegmentContains(r *request) error {
 	q := getQuery()
