@@ -56,6 +56,27 @@ func BenchmarkParse(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/cmd")
 		})
 	}
+	// One SMISMEMBER of 1,000 external ids as exporters spell them: the
+	// per-argument cost.
+	args := []string{"SMISMEMBER", "bench/uniform-0000"}
+	for i := range 1000 {
+		args = append(args, fmt.Sprintf("user-%014d", i*997))
+	}
+	in := encode(args...)
+	b.Run("smismember_1000/resp", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(in)))
+		r := reader{buf: make([]byte, len(in)+1), maxCmd: 1 << 20}
+		var argv [][]byte
+		for b.Loop() {
+			r.pos, r.end = 0, copy(r.buf, in)
+			var ok bool
+			if argv, ok, _ = r.next(argv[:0], true); !ok || len(argv) != len(args) {
+				b.Fatal("incomplete")
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(args)), "ns/arg")
+	})
 }
 
 // BenchmarkServe measures a connection's whole loop without the network
