@@ -705,3 +705,27 @@ func TestDecodeChangesAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per body of 5,000 ids", allocs)
 	}
 }
+
+// TestPutStreamDropsReferences: a decoder whose change or keys were filled
+// goes back to the pool holding no identifier references, even past the
+// slices' lengths; one that only answered a query is not cleared again.
+func TestPutStreamDropsReferences(t *testing.T) {
+	d := getStream(bytes.NewReader(nil), false, "")
+	c := &d.change
+	c.UserIDs = append(c.UserIDs[:0], []byte("a"), []byte("b"), []byte("c"))[:1]
+	c.DeviceIDs = append(c.DeviceIDs[:0], []byte("d"))[:0]
+	c.Aliases = append(c.Aliases[:0], []byte("e"))[:0]
+	d.keys = append(d.keys[:0], []byte("k"), []byte("l"))[:1]
+	d.refs = true
+	putStream(d)
+	for name, s := range map[string][][]byte{"UserIDs": c.UserIDs, "DeviceIDs": c.DeviceIDs, "Aliases": c.Aliases, "keys": d.keys} {
+		for i, b := range s[:cap(s)] {
+			if b != nil {
+				t.Errorf("%s[%d] still references %q after putStream", name, i, b)
+			}
+		}
+	}
+	if d.refs {
+		t.Error("refs still set after putStream")
+	}
+}
