@@ -33,12 +33,13 @@ type streamDecoder struct {
 	dev   []byte    // device_id scratch
 	keys  [][]byte
 	batch engine.Kind // kind of the members batch in spans[0]
-	// refs: change's id slices or keys were filled since the decoder left
-	// the pool, so they may hold references past their length, which
-	// putStream clears. Clearing them unconditionally cost every pooled
-	// request their whole capacity (up to 1 MiB once an import had grown
-	// them: 8% of a single contains' CPU).
-	refs bool
+	// refs is the most entries change's id slices or keys were filled
+	// with since the decoder left the pool: they may hold references that
+	// far past their length, and putStream clears that many. Clearing
+	// their whole capacity instead cost every pooled request up to a
+	// megabyte once an import had grown them (8% of a single contains'
+	// CPU).
+	refs int
 
 	container string // "cohort_changes" or "users" in JSON bodies, for paths
 	idx       int    // index of the current unit in container
@@ -80,12 +81,12 @@ func putStream(d *streamDecoder) {
 	if cap(c.UserIDs)+cap(c.DeviceIDs)+cap(c.Aliases) > maxPooledArena/24 {
 		*c = changeObject{}
 	}
-	if d.refs {
-		clear(c.UserIDs[:cap(c.UserIDs)]) // drop references into the arena
-		clear(c.DeviceIDs[:cap(c.DeviceIDs)])
-		clear(c.Aliases[:cap(c.Aliases)])
-		clear(d.keys[:cap(d.keys)])
-		d.refs = false
+	if n := d.refs; n > 0 { // drop references into the arena and buffers
+		clear(c.UserIDs[:min(n, cap(c.UserIDs))])
+		clear(c.DeviceIDs[:min(n, cap(c.DeviceIDs))])
+		clear(c.Aliases[:min(n, cap(c.Aliases))])
+		clear(d.keys[:min(n, cap(d.keys))])
+		d.refs = 0
 	}
 	if cap(d.user.Aliases) > maxPooledArena/24 {
 		d.user.Aliases = nil
@@ -306,10 +307,10 @@ func (d *streamDecoder) changeObj(fn func(c *changeObject) error) error {
 	if err != nil {
 		return err
 	}
-	d.refs = true
 	c.UserIDs = d.slices(c.UserIDs[:0], d.spans[engine.KindExternal])
 	c.DeviceIDs = d.slices(c.DeviceIDs[:0], d.spans[engine.KindDevice])
 	c.Aliases = d.slices(c.Aliases[:0], d.spans[engine.KindAlias])
+	d.refs = max(d.refs, len(c.UserIDs), len(c.DeviceIDs), len(c.Aliases))
 	return fn(c)
 }
 
@@ -396,7 +397,6 @@ func (d *streamDecoder) headlineLine(fn func(c *changeObject) error) (bool, erro
 	c := &d.change
 	// The ids stay in the scanner's buffer: valid during fn, which runs
 	// before the next read.
-	d.refs = true
 	c.UserIDs = append(c.UserIDs[:0], id)
 	c.Remove = remove
 	c.DeviceIDs, c.Aliases = c.DeviceIDs[:0], c.Aliases[:0]
@@ -413,6 +413,7 @@ func (d *streamDecoder) headlineLine(fn func(c *changeObject) error) (bool, erro
 		s.pos += 1 + used
 		s.line++
 	}
+	d.refs = max(d.refs, len(c.UserIDs))
 	return true, fn(c)
 }
 
@@ -450,8 +451,8 @@ func (d *streamDecoder) flush(fn func(k engine.Kind, keys [][]byte) error) error
 	if len(d.spans[0]) == 0 {
 		return nil
 	}
-	d.refs = true
 	d.keys = d.slices(d.keys[:0], d.spans[0])
+	d.refs = max(d.refs, len(d.keys))
 	d.spans[0] = d.spans[0][:0]
 	err := fn(d.batch, d.keys)
 	d.arena = d.arena[:0]

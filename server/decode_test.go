@@ -708,7 +708,7 @@ func TestDecodeChangesAllocs(t *testing.T) {
 
 // TestPutStreamDropsReferences: a decoder whose change or keys were filled
 // goes back to the pool holding no identifier references, even past the
-// slices' lengths; one that only answered a query is not cleared again.
+// slices' lengths (up to the most entries they were filled with).
 func TestPutStreamDropsReferences(t *testing.T) {
 	d := getStream(bytes.NewReader(nil), false, "")
 	c := &d.change
@@ -716,7 +716,7 @@ func TestPutStreamDropsReferences(t *testing.T) {
 	c.DeviceIDs = append(c.DeviceIDs[:0], []byte("d"))[:0]
 	c.Aliases = append(c.Aliases[:0], []byte("e"))[:0]
 	d.keys = append(d.keys[:0], []byte("k"), []byte("l"))[:1]
-	d.refs = true
+	d.refs = 3 // as the fills note it
 	putStream(d)
 	for name, s := range map[string][][]byte{"UserIDs": c.UserIDs, "DeviceIDs": c.DeviceIDs, "Aliases": c.Aliases, "keys": d.keys} {
 		for i, b := range s[:cap(s)] {
@@ -725,7 +725,38 @@ func TestPutStreamDropsReferences(t *testing.T) {
 			}
 		}
 	}
-	if d.refs {
-		t.Error("refs still set after putStream")
+	if d.refs != 0 {
+		t.Errorf("refs = %d after putStream", d.refs)
 	}
+}
+
+// TestDecodersLeaveNoReferences decodes change bodies of each path (runs
+// of headline lines; general objects, the longer first) and a members
+// batch: whatever the fills left past the slices' lengths, the decoder
+// goes back to the pool without references.
+func TestDecodersLeaveNoReferences(t *testing.T) {
+	check := func(name string, s [][]byte) {
+		t.Helper()
+		for i, b := range s[:cap(s)] {
+			if b != nil {
+				t.Errorf("%s[%d] still references %q after the decoder went back", name, i, b)
+			}
+		}
+	}
+	for name, body := range map[string]string{
+		"headline": strings.Repeat(`{"user_ids":["a"]}`+"\n", 6) + `{"user_ids":["b"],"should_remove":true}` + "\n",
+		"general":  `{"user_ids":["d","e","f","g"],"device_ids":["h","i","j"]}` + "\n" + `{"user_ids":["k"],"device_ids":["l"]}` + "\n",
+	} {
+		var seen *changeObject
+		if err := decodeChangesNDJSON(strings.NewReader(body), func(c *changeObject) error { seen = c; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		check(name+" UserIDs", seen.UserIDs)
+		check(name+" DeviceIDs", seen.DeviceIDs)
+	}
+	var keys [][]byte
+	if err := decodeMembersJSON(strings.NewReader(`{"user_ids":["k","l","m"]}`), func(_ engine.Kind, ks [][]byte) error { keys = ks; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	check("keys", keys)
 }
