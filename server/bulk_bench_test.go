@@ -40,6 +40,16 @@ func bulkServer(b *testing.B) (*Server, string) {
 				b.Fatal(err)
 			}
 		}
+		// 250k anonymous users, for the mixed flavour's device lines.
+		for start := 1; start <= 250_000; start += 50_000 {
+			var ub engine.UserBatch
+			for i := start; i < start+50_000; i++ {
+				ub.Add(nil, fmt.Appendf(nil, "dev-%014d", i), nil)
+			}
+			if _, err := w.UpsertUsers(&ub); err != nil {
+				b.Fatal(err)
+			}
+		}
 		bulkBench.s = New(Options{AdminToken: "admin", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		bulkBench.s.SetEngine(e)
 		bulkBench.key = key
@@ -52,31 +62,41 @@ func bulkServer(b *testing.B) (*Server, string) {
 // ({"user_ids":["…"]}, the headline bulk shape of docs/WORKLOADS.md) or
 // 1,000 a line, decoded, resolved, staged and applied. Bodies alternate between adding the users and removing them.
 // docs/WORKLOADS.md wants one a line at ≥90% of the rate of 1,000 a line.
+// The mixed flavour (one a line only) is uniform with every fourth line
+// naming an anonymous user's device id ({"device_ids":["…"]}), as the
+// standard mix has a quarter of its users anonymous.
 func BenchmarkBulkChanges(b *testing.B) {
 	const ids = 100_000
 	s, key := bulkServer(b)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	for _, flavour := range []string{"clustered", "uniform"} {
+	for _, flavour := range []string{"clustered", "uniform", "mixed"} {
 		r := rand.New(rand.NewPCG(3, 4))
 		users := make([]int, ids)
 		start := 1 + r.IntN(1_000_000-ids)
 		for i := range users {
 			users[i] = start + i
-			if flavour == "uniform" {
+			if flavour != "clustered" {
 				users[i] = 1 + r.IntN(1_000_000)
 			}
 		}
 		for _, perLine := range []int{1, 1000} {
+			if flavour == "mixed" && perLine != 1 {
+				continue
+			}
 			var bodies [2][]byte
 			for k, remove := range []bool{false, true} {
 				var raw []byte
 				for off := 0; off < ids; off += perLine {
-					raw = append(raw, `{"user_ids":[`...)
-					for j := off; j < off+perLine; j++ {
-						if j > off {
-							raw = append(raw, ',')
+					if flavour == "mixed" && off%4 == 3 {
+						raw = fmt.Appendf(raw, `{"device_ids":["dev-%014d"`, 1+users[off]%250_000)
+					} else {
+						raw = append(raw, `{"user_ids":[`...)
+						for j := off; j < off+perLine; j++ {
+							if j > off {
+								raw = append(raw, ',')
+							}
+							raw = fmt.Appendf(raw, `"user-%014d"`, users[j])
 						}
-						raw = fmt.Appendf(raw, `"user-%014d"`, users[j])
 					}
 					if remove {
 						raw = append(raw, `],"should_remove":true}`+"\n"...)
