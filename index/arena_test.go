@@ -3,6 +3,7 @@ package index
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -62,6 +63,40 @@ func TestEntryHolds(t *testing.T) {
 						cut, i, e.kind, len(e.key), q.kind, len(q.key), got, gotID, want, wantID)
 				}
 			}
+		}
+	}
+}
+
+// TestMatchGroup compares matchGroup (assembly on amd64) with
+// matchGroupGeneric on random buckets: full and not, a key's tag in any slot,
+// twice, or nowhere, tombstones and empty slots.
+func TestMatchGroup(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	b := make([]bucket, 97)
+	for i := range b {
+		for s := range bucketSlots {
+			switch r.IntN(6) {
+			case 0:
+				b[i].tag[s], b[i].ref[s] = 0, refEmpty
+			case 1:
+				b[i].tag[s], b[i].ref[s] = 0, refTomb
+			default:
+				b[i].tag[s], b[i].ref[s] = uint32(r.IntN(8))<<1|1, keyRef(2+r.IntN(1000))
+			}
+		}
+	}
+	for round := range 200 {
+		n := r.IntN(resolveGroup + 1)
+		home, tags := make([]int32, n), make([]uint32, n)
+		for j := range n {
+			home[j], tags[j] = int32(r.IntN(len(b))), uint32(r.IntN(9))<<1|1
+		}
+		refs, pend := make([]keyRef, n), make([]uint8, n)
+		wantRefs, wantPend := make([]keyRef, n), make([]uint8, n)
+		np := matchGroup(b, home, tags, refs, pend)
+		wantNP := matchGroupGeneric(b, home, tags, wantRefs, wantPend)
+		if np != wantNP || !slices.Equal(refs, wantRefs) || !slices.Equal(pend[:np], wantPend[:wantNP]) {
+			t.Fatalf("round %d: refs %v pend %v, generic %v %v", round, refs, pend[:np], wantRefs, wantPend[:wantNP])
 		}
 	}
 }

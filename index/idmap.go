@@ -239,7 +239,7 @@ const resolveLockSpan = 512
 //
 // Fast path, in passes over a group of keys so that no iteration waits on another's
 // cache miss: (1) hash every key; (2) prefetch every home bucket; (3) find the first
-// slot whose tag matches, without branches; (4) prefetch every candidate's arena
+// slot whose tag matches, without branches (matchGroup: SSE2 assembly on amd64); (4) prefetch every candidate's arena
 // entry, its first line and the line of its last key byte (a 24-byte entry straddles
 // two lines about one time in three); (5) compare kind and bytes. Prefetches rather
 // than loads: a load that misses holds its place in the reorder window until the line
@@ -262,6 +262,7 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 	var (
 		hs   [resolveGroup]uint64
 		home [resolveGroup]int32
+		tags [resolveGroup]uint32
 		refs [resolveGroup]keyRef
 		pend [resolveGroup]uint8
 	)
@@ -274,22 +275,10 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 		}
 		for j, h := range hg {
 			i := homeBucket(h, nb)
-			home[j] = int32(i)
+			home[j], tags[j] = int32(i), tagOf(h)
 			prefetch(unsafe.Pointer(&b[i]))
 		}
-		np := 0
-		for j, h := range hg {
-			bk := &b[home[j]]
-			r := refEmpty
-			if m := matchMask(bk, tagOf(h)); m != 0 {
-				r = bk.ref[bits.TrailingZeros8(m)]
-			}
-			refs[j] = r
-			if r == refEmpty && !hasEmpty(bk) {
-				pend[np] = uint8(j) // displaced to a later bucket
-				np++
-			}
-		}
+		np := matchGroup(b, home[:len(g)], tags[:len(g)], refs[:len(g)], pend[:len(g)])
 		// A few keys sit past their home bucket at our load: prefetch the next buckets
 		// of all of them first, so their misses overlap too.
 		for _, j := range pend[:np] {
@@ -326,6 +315,27 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 			o[j] = id
 		}
 	}
+}
+
+// matchGroupGeneric sets refs[j] to the ref of the first slot of bucket b[home[j]]
+// whose tag is tags[j], or refEmpty, and lists in pend the keys with no match whose
+// bucket is full (displaced to a later bucket: probeTag goes on). It returns how many
+// it listed. matchGroup is this, in assembly on amd64.
+func matchGroupGeneric(b []bucket, home []int32, tags []uint32, refs []keyRef, pend []uint8) int {
+	np := 0
+	for j, i := range home {
+		bk := &b[i]
+		r := refEmpty
+		if m := matchMask(bk, tags[j]); m != 0 {
+			r = bk.ref[bits.TrailingZeros8(m)]
+		}
+		refs[j] = r
+		if r == refEmpty && !hasEmpty(bk) {
+			pend[np] = uint8(j)
+			np++
+		}
+	}
+	return np
 }
 
 const (
