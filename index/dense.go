@@ -46,9 +46,6 @@ func (b *DenseBudget) Used() int64 { return b.used.Load() }
 // Views returns how many views are built and not yet freed.
 func (b *DenseBudget) Views() int64 { return b.views.Load() }
 
-// Limit returns the budget's size in bytes.
-func (b *DenseBudget) Limit() int64 { return b.limit }
-
 const (
 	// denseAskPerBit: a view is built once its version has been asked
 	// about one user per this many ids of universe. The build costs

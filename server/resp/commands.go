@@ -216,14 +216,12 @@ func quoteName(b []byte) string {
 
 // cohortSet returns the published members of the cohort a key names
 // ("<partner>/<cohort_id>"), and false for an unknown cohort (an empty set).
-// lookups is how many members the caller is about to test, which earns the
-// set its dense view (engine.Cohort.LookupSet).
-func cohortSet(w *engine.Workspace, key []byte, lookups int) (engine.Set, bool) {
+func cohortSet(w *engine.Workspace, key []byte) (engine.Set, bool) {
 	c := cohortOf(w, key)
 	if c == nil {
 		return engine.Set{}, false
 	}
-	return c.LookupSet(lookups), true
+	return c.Set(), true
 }
 
 func cohortOf(w *engine.Workspace, key []byte) *engine.Cohort {
@@ -410,7 +408,7 @@ func (c *conn) client(args [][]byte) {
 // ---- membership commands ----
 
 func (c *conn) scard(args [][]byte) {
-	set, _ := cohortSet(c.ws, args[1], 0)
+	set, _ := cohortSet(c.ws, args[1])
 	c.out = redcon.AppendUint(c.out, set.Len())
 }
 
@@ -441,7 +439,7 @@ func (c *conn) sintercard(args [][]byte) {
 	}
 	sets := make([]engine.Set, 0, numkeys)
 	for _, k := range args[2 : 2+numkeys] {
-		set, ok := cohortSet(c.ws, k, 0)
+		set, ok := cohortSet(c.ws, k)
 		if !ok {
 			c.out = redcon.AppendInt(c.out, 0)
 			return

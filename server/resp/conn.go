@@ -400,7 +400,12 @@ func (c *conn) membership(i, j int) {
 	for k := i; k < j; k++ {
 		args := c.args(k)
 		if k == i || !bytes.Equal(args[1], setKey) {
-			set, _ = cohortSet(c.ws, args[1], len(ids))
+			// The members left to test earn the set its dense view
+			// (engine.Cohort.LookupSet); an unknown cohort is empty.
+			set = engine.Set{}
+			if co := cohortOf(c.ws, args[1]); co != nil {
+				set = co.LookupSet(len(ids))
+			}
 			setKey = args[1]
 		}
 		n := len(args) - 2
