@@ -4,7 +4,8 @@ BIN       := bin
 DATA_DIR  ?= ./data
 ADDR      ?= 127.0.0.1:8080
 PKGS      := ./...
-# Fuzz time per target for `make fuzz` (the CI smoke uses FUZZTIME=5s).
+# Fuzz budget per target for `make fuzz`: a duration or a count such as 10000x
+# (the CI smoke runs 10000x; see .ci/fuzz.sh for why a count).
 FUZZTIME  ?= 30s
 COUNT     ?= 6
 # The version -version prints and cohortd_build_info carries.
