@@ -70,19 +70,30 @@ func (w *Workspace) Live() Set { return Set{bm: w.users.Live()} }
 // it beyond a request.
 type Set struct {
 	bm *roaring.Bitmap
-	d  *index.Dense // bm's dense view, if it has one
+	d  *index.Dense     // bm's dense view, if it has one
+	f  *index.KeyFilter // the filter of its members' external ids, if it has one
 }
 
 // Set returns the cohort's published members.
 func (c *Cohort) Set() Set { return Set{bm: c.Members()} }
 
-// LookupSet returns the cohort's published members for n lookups that are
-// about to be made: with the set's dense view when the lookups asked of this
-// version have earned one (index/dense.go), which answers Contains with one
-// load instead of a roaring probe.
-func (c *Cohort) LookupSet(n int) Set {
+// LookupSet returns the published members of c, a cohort of w, for n
+// lookups that are about to be made, with what the lookups asked of this
+// version have earned: its dense view (index/dense.go), which answers
+// Contains with one load instead of a roaring probe, and the filter of its
+// members' external ids (index/keyfilter.go), with which ResolveIn skips
+// most users who are not members.
+func (w *Workspace) LookupSet(c *Cohort, n int) Set {
 	bm := c.Members()
-	return Set{bm: bm, d: c.members.Dense(bm, n)}
+	return Set{bm: bm, d: c.members.Dense(bm, n), f: c.members.KeyFilter(bm, w.users, index.KindExternal, n)}
+}
+
+// ResolveIn is ResolveMany for users that will only be tested for
+// membership in s, a set LookupSet returned: a key that no member of s holds
+// may come back as index.NoUser without being looked up (s's key filter
+// proves it), so use the ids for nothing else.
+func (w *Workspace) ResolveIn(s Set, kind index.Kind, keys [][]byte, dst []index.UserID) []index.UserID {
+	return w.users.ResolveManyIn(s.f, kind, keys, dst)
 }
 
 // Contains reports whether id is in s.

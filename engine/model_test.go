@@ -572,10 +572,22 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 					if c == nil {
 						continue
 					}
-					set := c.LookupSet(1 << 20)
+					set := w.LookupSet(c, 1<<20)
 					for id := range len(m.users) + 2 {
 						if got, want := set.Contains(index.UserID(id)), m.cohorts[name][id]; got != want {
 							return e, fmt.Errorf("op %d cohort %s user %d with its dense view = %v, model %v", i, name, id, got, want)
+						}
+					}
+					// Resolving for the set skips users its key filter
+					// rules out: membership must come out the same.
+					var keys [][]byte
+					for range 32 {
+						keys = append(keys, []byte(ext()))
+					}
+					for j, id := range w.ResolveIn(set, index.KindExternal, keys, nil) {
+						mid := m.resolve(index.KindExternal, string(keys[j]))
+						if got, want := set.Contains(id), mid >= 0 && m.cohorts[name][mid]; got != want {
+							return e, fmt.Errorf("op %d cohort %s external id %q resolved for the set = %v, model %v", i, name, keys[j], got, want)
 						}
 					}
 				}

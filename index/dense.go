@@ -1,7 +1,6 @@
 package index
 
 import (
-	"runtime"
 	"sync/atomic"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -69,12 +68,18 @@ func (d *Dense) Contains(x uint32) bool {
 // Bytes returns the view's size.
 func (d *Dense) Bytes() int64 { return int64(len(d.words)) * 8 }
 
-// denseSlot is the view state of one published version.
+// denseSlot is the view state of one published version: its dense view,
+// and the key filter of its members (keyfilter.go).
 type denseSlot struct {
 	src      *roaring.Bitmap
 	asked    atomic.Int64
 	building atomic.Bool
 	view     atomic.Pointer[Dense]
+
+	card        atomic.Uint64 // src's cardinality + 1; 0 until a filter asks it
+	keyAsked    atomic.Int64
+	keyBuilding atomic.Bool
+	keys        atomic.Pointer[KeyFilter]
 }
 
 // denseCache is the view of the set a writer publishes: reset with every
@@ -122,28 +127,71 @@ func (c *denseCache) view(src *roaring.Bitmap, n int) *Dense {
 	return v
 }
 
-// bytes returns the size of the current version's view, or 0.
+// keyFilter returns the filter of the keys of kind that src's members
+// hold, for lookups of users in u, or nil, after noting that n lookups are
+// about to be made; src is the version the caller loaded. The call whose
+// lookups cross the threshold builds it, once per version and epoch of u's
+// keys (keyfilter.go). A version has a filter of one kind at a time.
+func (c *denseCache) keyFilter(src *roaring.Bitmap, u *Users, kind Kind, n int) *KeyFilter {
+	s := c.slot.Load()
+	if s == nil || s.src != src {
+		return nil
+	}
+	if f := s.keys.Load(); f != nil {
+		if f.usable(u, kind) {
+			return f
+		}
+		if f.kind == kind && s.keys.CompareAndSwap(f, nil) {
+			// Stale: the members' keys changed. Earn a new one.
+			s.keyAsked.Store(0)
+			s.keyBuilding.Store(false)
+		}
+		return nil
+	}
+	asked := s.keyAsked.Add(int64(n))
+	if asked < denseMinAsked {
+		return nil
+	}
+	card := s.card.Load()
+	if card == 0 {
+		card = src.GetCardinality() + 1
+		s.card.Store(card)
+	}
+	if uint64(asked) < (card-1)*keyAskPerMember || !s.keyBuilding.CompareAndSwap(false, true) {
+		return nil
+	}
+	f := u.buildKeyFilter(c.budget, src, kind, card-1)
+	if f == nil {
+		// Over budget: ask again once as many lookups again have come.
+		s.keyAsked.Store(0)
+		s.keyBuilding.Store(false)
+		return nil
+	}
+	s.keys.Store(f)
+	return f
+}
+
+// bytes returns the size of the current version's view and key filter, or 0.
 func (c *denseCache) bytes() int64 {
+	var n int64
 	if s := c.slot.Load(); s != nil {
 		if v := s.view.Load(); v != nil {
-			return v.Bytes()
+			n += v.Bytes()
+		}
+		if f := s.keys.Load(); f != nil {
+			n += f.Bytes()
 		}
 	}
-	return 0
+	return n
 }
 
 // build makes the view of src (size bytes) if the budget has room.
 func (b *DenseBudget) build(src *roaring.Bitmap, size int64) *Dense {
-	if b.used.Add(size) > b.limit {
-		b.used.Add(-size)
+	if !b.take(size) {
 		return nil
 	}
-	b.views.Add(1)
 	v := &Dense{words: make([]uint64, size/8)}
+	track(b, v, size)
 	src.WriteDenseTo(v.words)
-	runtime.AddCleanup(v, func(n int64) {
-		b.used.Add(-n)
-		b.views.Add(-1)
-	}, size)
 	return v
 }

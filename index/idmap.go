@@ -250,6 +250,12 @@ const resolveLockSpan = 512
 // tag match is not its own (a tag collision, or a weak test hash) goes through find,
 // which probes on with confirmation.
 func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
+	u.resolveHashedLocked(kind, keys, nil, out)
+}
+
+// resolveHashedLocked is resolveManyLocked for keys whose hashes the caller may
+// have computed already: hashes is nil, or holds hashKey(kind, keys[j]) at j.
+func (u *Users) resolveHashedLocked(kind Kind, keys [][]byte, hashes []uint64, out []UserID) {
 	b := u.mu.st.buckets
 	arena := u.mu.st.arena
 	if len(b) == 0 {
@@ -270,8 +276,12 @@ func (u *Users) resolveManyLocked(kind Kind, keys [][]byte, out []UserID) {
 		g := keys[base:min(base+resolveGroup, len(keys))]
 		o := out[base : base+len(g)]
 		hg := hs[:len(g)]
-		for j, k := range g {
-			hg[j] = u.hashKey(kind, k)
+		if hashes != nil {
+			copy(hg, hashes[base:])
+		} else {
+			for j, k := range g {
+				hg[j] = u.hashKey(kind, k)
+			}
 		}
 		for j, h := range hg {
 			i := homeBucket(h, nb)

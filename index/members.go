@@ -63,7 +63,16 @@ func (m *Members) publish() {
 // which is what earns a version its view (dense.go).
 func (m *Members) Dense(bm *roaring.Bitmap, n int) *Dense { return m.dense.view(bm, n) }
 
-// DenseBytes returns the size of the published version's dense view, or 0.
+// KeyFilter returns the filter of the keys of kind that the members of bm,
+// a version Load returned, hold in u (keyfilter.go), or nil when it has
+// none; n is how many lookups the caller is about to make, which is what
+// earns a version its filter. Pass it to u.ResolveManyIn.
+func (m *Members) KeyFilter(bm *roaring.Bitmap, u *Users, kind Kind, n int) *KeyFilter {
+	return m.dense.keyFilter(bm, u, kind, n)
+}
+
+// DenseBytes returns the size of the published version's dense view and
+// key filter, or 0.
 func (m *Members) DenseBytes() int64 { return m.dense.bytes() }
 
 // Bytes returns the memory of the published set (roaring's

@@ -186,11 +186,13 @@ type Users struct {
 	compactions          int             // arena compactions so far
 	master               *roaring.Bitmap // live users, copy-on-write; published by Publish
 
-	pub       atomic.Pointer[roaring.Bitmap]
-	liveDense denseCache    // pub's dense view (dense.go)
-	stats     atomic.Value  // Memory: the writer-only counts as of the last Publish
-	next      atomic.Uint32 // next id to hand out
-	count     atomic.Int64  // live users
+	keyEpoch   atomic.Uint64 // bumped when a user a key filter may cover gains a key (keyfilter.go)
+	filterNext atomic.Uint32 // NextID when the latest key filter build started
+	pub        atomic.Pointer[roaring.Bitmap]
+	liveDense  denseCache    // pub's dense view (dense.go)
+	stats      atomic.Value  // Memory: the writer-only counts as of the last Publish
+	next       atomic.Uint32 // next id to hand out
+	count      atomic.Int64  // live users
 }
 
 // NewUsers returns an empty Users table.
@@ -474,6 +476,11 @@ func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 	bk.ref[si] = ref
 	u.live++
 	u.addRefLocked(id, ref)
+	if uint32(id) < u.filterNext.Load() {
+		// A user some key filter's set may hold: the filter lacks
+		// this key (keyfilter.go).
+		u.keyEpoch.Add(1)
+	}
 	if kind != KindDevice {
 		st.flags[id] |= flagIdentified
 	}

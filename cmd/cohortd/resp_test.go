@@ -231,6 +231,28 @@ func TestRESPMatchesHTTP(t *testing.T) {
 		}
 	}
 
+	// They also earned amp/c a filter of its members' external ids, with
+	// which SMISMEMBER skips most non-members (docs/MEMORY.md). A member
+	// known only by its device, identified afterwards, must be found by
+	// its new external id at once.
+	d.must(req{method: "POST", path: "/v1/users", token: acme.apiKey, body: map[string]any{
+		"users": []map[string]any{{"device_id": "anon-1", "external_id": "late-1"}}}}, 200)
+	lc := redis.NewClient(&redis.Options{Addr: addr, Password: acme.apiKey})
+	late := append(slices.Clone(externals), "late-1")
+	want := httpContains(t, d, acme.apiKey, map[string]string{"cohort": "amp/c"}, "external_id", late)
+	if !want[len(want)-1] {
+		t.Fatal("HTTP: the member identified later is not in amp/c")
+	}
+	for range 3 { // enough lookups to earn the new filter too
+		if got, err := lc.SMIsMember(ctx, "amp/c", toAny(late)...).Result(); err != nil || !slices.Equal(got, want) {
+			t.Fatalf("SMISMEMBER after a member was identified: %v %v\nHTTP: %v", got, err, want)
+		}
+	}
+	if ok, err := lc.SIsMember(ctx, "amp/c", "late-1").Result(); err != nil || !ok {
+		t.Fatalf("SISMEMBER of the member identified later = %v %v", ok, err)
+	}
+	lc.Close()
+
 	// The errors, as a go-redis user sees them.
 	anon := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2})
 	defer anon.Close()

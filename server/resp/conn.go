@@ -382,46 +382,49 @@ func (c *conn) limited(id cmdID) {
 }
 
 // membership runs commands i…j-1, all SISMEMBER or SMISMEMBER that passed
-// the checks: every member of the run is resolved in one ResolveMany.
+// the checks. A pipeline mostly asks one cohort: the members of each stretch
+// of commands that ask the same cohort are resolved in one batch, with what
+// the cohort's lookups have earned (engine.Workspace.LookupSet: a dense view
+// of its members and a filter of their external ids).
 func (c *conn) membership(i, j int) {
 	start := time.Now()
 	c.label(cmdSISMEMBER)
-	c.keys = c.keys[:0]
-	for k := i; k < j; k++ {
-		c.keys = append(c.keys, c.args(k)[2:]...)
-	}
-	c.ids = c.ws.ResolveMany(engine.KindExternal, c.keys, c.ids[:0])
 	c.s.met.runs.Inc()
-	ids := c.ids
-	// A pipeline mostly asks one cohort: look a key up only when it
-	// differs from the command before's (the lookup hashes two strings).
-	var set engine.Set
-	var setKey []byte
-	for k := i; k < j; k++ {
-		args := c.args(k)
-		if k == i || !bytes.Equal(args[1], setKey) {
-			// The members left to test earn the set its dense view
-			// (engine.Cohort.LookupSet); an unknown cohort is empty.
-			set = engine.Set{}
-			if co := cohortOf(c.ws, args[1]); co != nil {
-				set = co.LookupSet(len(ids))
+	for k := i; k < j; {
+		// Commands k…e-1 ask the same cohort.
+		key := c.args(k)[1]
+		e := k + 1
+		for e < j && bytes.Equal(c.args(e)[1], key) {
+			e++
+		}
+		c.keys = c.keys[:0]
+		for x := k; x < e; x++ {
+			c.keys = append(c.keys, c.args(x)[2:]...)
+		}
+		// An unknown cohort is empty.
+		var set engine.Set
+		if co := cohortOf(c.ws, key); co != nil {
+			set = c.ws.LookupSet(co, len(c.keys))
+		}
+		c.ids = c.ws.ResolveIn(set, engine.KindExternal, c.keys, c.ids[:0])
+		ids := c.ids
+		for x := k; x < e; x++ {
+			n := len(c.args(x)) - 2
+			if c.cmds[x].id == cmdSMISMEMBER {
+				c.out = redcon.AppendArray(c.out, n)
 			}
-			setKey = args[1]
-		}
-		n := len(args) - 2
-		if c.cmds[k].id == cmdSMISMEMBER {
-			c.out = redcon.AppendArray(c.out, n)
-		}
-		for _, id := range ids[:n] {
-			// ":0\r\n" or ":1\r\n" (an integer in RESP2 and RESP3),
-			// without redcon.AppendInt's general formatting.
-			v := byte('0')
-			if set.Contains(id) {
-				v = '1'
+			for _, id := range ids[:n] {
+				// ":0\r\n" or ":1\r\n" (an integer in RESP2 and RESP3),
+				// without redcon.AppendInt's general formatting.
+				v := byte('0')
+				if set.Contains(id) {
+					v = '1'
+				}
+				c.out = append(c.out, ':', v, '\r', '\n')
 			}
-			c.out = append(c.out, ':', v, '\r', '\n')
+			ids = ids[n:]
 		}
-		ids = ids[n:]
+		k = e
 	}
 	d := time.Since(start).Seconds() / float64(j-i)
 	for k := i; k < j; k++ {
