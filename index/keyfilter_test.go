@@ -214,7 +214,7 @@ func TestKeyFilterConcurrent(t *testing.T) {
 	all := roaring.New()
 	all.AddRange(uint64(first), uint64(first)+n)
 	m := NewMembers(NewDenseBudget(1 << 30))
-	m.Apply(all, roaring.New()) // everyone is a member
+	m.Apply(all, roaring.New())          // everyone is a member
 	identified := make([]atomic.Bool, n) // set once Attach has returned
 	for i := 0; i < n; i += 2 {
 		identified[i].Store(true)
