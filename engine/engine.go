@@ -106,8 +106,9 @@ type Options struct {
 	// ApplyTimeout bounds how long a write waits for its committed record
 	// to be applied by this node (log mode); zero means 30 seconds.
 	ApplyTimeout time.Duration
-	// DenseViewBytes bounds the dense views of published sets that batch
-	// lookups build (index/dense.go); zero means DefaultDenseViewBytes,
+	// DenseViewBytes bounds the dense views and key filters of published
+	// sets that batch lookups build (index/dense.go, index/keyfilter.go);
+	// zero means DefaultDenseViewBytes,
 	// negative builds none.
 	DenseViewBytes int64
 }

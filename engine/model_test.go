@@ -559,6 +559,27 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 			// build their dense views first (any lookup count past the
 			// workspace's earns one): every user must answer the same.
 			if r.IntN(2) == 0 {
+				// A batch contains that named the segment first
+				// (Lookup.Within): external ids one of its cohorts'
+				// key filters rules out are not resolved. 1,100 ids
+				// earn the filter of any model cohort (small ones
+				// need 1,024 lookups), so the second batch uses it.
+				lk := w.NewLookup()
+				lk.Within(b)
+				var keys [][]byte
+				for range 1100 {
+					keys = append(keys, []byte(ext()))
+				}
+				lk.AddMany(index.KindExternal, keys)
+				lk.AddMany(index.KindExternal, keys)
+				for j, id := range lk.IDs() {
+					key := string(keys[j%len(keys)])
+					mid := m.resolve(index.KindExternal, key)
+					want := mid >= 0 && !m.users[mid].deleted && ex.eval(mid)
+					if got := b.Contains(id); got != want {
+						return e, fmt.Errorf("op %d contains %s external id %q within the segment = %v, model %v", i, ex.json, key, got, want)
+					}
+				}
 				b.Expect(1 << 20)
 				for id := range len(m.users) + 2 {
 					want := id < len(m.users) && !m.users[id].deleted && ex.eval(id)

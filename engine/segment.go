@@ -26,6 +26,7 @@ type Segment struct {
 	root  *SegmentExpr
 	flat  []*SegmentExpr // preorder
 	nkids int
+	gate  int       // flat index of a cohort every member is in (the root, or a clause of a root "and"), or -1
 	pool  sync.Pool // *BoundSegment
 }
 
@@ -103,6 +104,18 @@ func (s *Segment) flatten() {
 		}
 	}
 	walk(s.root)
+	s.gate = -1
+	switch s.root.op {
+	case index.OpSet:
+		s.gate = 0
+	case index.OpAnd:
+		for i, n := range s.flat {
+			if n.op == index.OpSet && slices.Contains(s.root.kids, n) {
+				s.gate = i
+				break
+			}
+		}
+	}
 }
 
 // newBound builds the expression tree of s for pooling.
@@ -177,6 +190,19 @@ func (b *BoundSegment) Expect(n int) {
 			b.nodes[i].Dense = m.Dense(b.nodes[i].Set, n)
 		}
 	}
+}
+
+// gateFilter returns the filter of the external ids held by the members of
+// a cohort that every member of the segment is in, at the version b bound,
+// when the lookups asked of it (n more now) have earned one
+// (index/keyfilter.go); else nil. An id it rules out is in no member's
+// hands, so the segment does not contain its user.
+func (b *BoundSegment) gateFilter(n int) *index.KeyFilter {
+	i := b.seg.gate
+	if i < 0 || b.sets[i] == nil {
+		return nil
+	}
+	return b.sets[i].KeyFilter(b.nodes[i].Set, b.w.users, index.KindExternal, n)
 }
 
 // Contains reports whether user id is in the segment, without

@@ -28,8 +28,9 @@ import (
 // still be using it, and the budget is meant to bound what the process
 // holds.
 
-// DenseBudget bounds the bytes of every dense view it is given to. It is
-// safe for concurrent use.
+// DenseBudget bounds the bytes of every dense view and key filter
+// (keyfilter.go) it is given to; both count as views. It is safe for
+// concurrent use.
 type DenseBudget struct {
 	limit int64
 	used  atomic.Int64

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // Bodies decoded with the scanner before (or instead of) building a tree:
@@ -44,6 +45,7 @@ const (
 	msgCursor         = "cursor must be a string or null"
 	msgBodyNotObject  = "the body must be a JSON object"
 	msgTooManyQueryID = "at most 100,000 identifiers are allowed per request"
+	msgSegmentAgain   = "segment must not be given again after identifiers"
 )
 
 // Which list of users a contains body gave.
@@ -65,7 +67,31 @@ type segmentQuery struct {
 	cursor     []byte // nil when absent or null
 	cursorSeen bool
 
+	// ws is the workspace of a contains query; bound is its segment,
+	// bound as soon as the body gave it (bindEarly), or nil, and boundAt
+	// the identifiers given before that.
+	ws      *engine.Workspace
+	bound   *engine.BoundSegment
+	boundAt int
+
 	bufs [3][]byte // reused backing of segment, limit, cursor
+}
+
+// bindEarly binds the segment of a contains body as soon as the decoder
+// has it, so that the identifiers after it are resolved knowing what they
+// will be tested against (engine.Lookup.Within: ids a cohort's key filter
+// rules out are not looked up). A segment that does not parse is left for
+// segmentRequest to report, after the rest of the body, as before.
+func bindEarly(q *segmentQuery, lk *engine.Lookup) {
+	if q.ws == nil {
+		return
+	}
+	seg, err := q.ws.Segment(q.segment, segment.Parse)
+	if err != nil {
+		return
+	}
+	q.bound, q.boundAt = q.ws.Bind(seg), q.ids
+	lk.Within(q.bound)
 }
 
 var queryPool = sync.Pool{New: func() any { return new(segmentQuery) }}
@@ -117,6 +143,17 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 		}
 		switch k {
 		case "segment":
+			// The last segment wins, as with any repeated key, except
+			// over identifiers already resolved for an earlier one
+			// (bindEarly): their answers would be the earlier one's.
+			if q.bound != nil {
+				if q.ids > q.boundAt {
+					return badRequest(msgSegmentAgain)
+				}
+				q.bound.Release()
+				q.bound = nil
+				lk.Within(nil)
+			}
 			start := s.values
 			s.maxValues = start + maxSegmentValues
 			var err error
@@ -126,6 +163,9 @@ func decodeSegmentQuery(r io.Reader, q *segmentQuery, lk *engine.Lookup) error {
 				return badRequest(msgSegmentTooBig, "at most "+strconv.Itoa(maxSegmentBytes)+" bytes and "+strconv.Itoa(maxSegmentValues)+" JSON values")
 			}
 			q.segment = segBuf
+			if err == nil && lk != nil {
+				bindEarly(q, lk)
+			}
 			return err
 		case "users":
 			if err := form(formUsers); err != nil {

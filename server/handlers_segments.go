@@ -22,10 +22,21 @@ func (s *Server) segmentRequest(r *request, q *segmentQuery, lk *engine.Lookup) 
 	if err != nil {
 		return nil, err
 	}
+	if lk != nil {
+		q.ws = r.ws
+	}
 	err = decodeSegmentQuery(rd, q, lk)
 	release()
+	b := q.bound
+	q.ws, q.bound = nil, nil
 	if err != nil {
+		if b != nil {
+			b.Release()
+		}
 		return nil, err
+	}
+	if b != nil {
+		return b, nil // the body's last segment (decodeSegmentQuery)
 	}
 	if q.segment == nil {
 		return nil, errorf(fasthttp.StatusBadRequest, "segment is required")
