@@ -120,7 +120,7 @@ func (cs *ChangeSet) AddMany(kind index.Kind, keys [][]byte, remove bool) {
 // flush resolves the queued identifiers into their ops.
 func (cs *ChangeSet) flush() {
 	users := cs.w.users
-	cs.q.resolve(users, func(kind index.Kind, tags []uint32, ids []index.UserID, keys [][]byte) {
+	cs.q.resolve(users, nil, func(kind index.Kind, tags []uint32, ids []index.UserID, keys [][]byte) {
 		for i, tag := range tags {
 			id := ids[i]
 			switch {
@@ -312,7 +312,7 @@ func (ms *MemberSet) AddMany(kind index.Kind, keys [][]byte) {
 
 func (ms *MemberSet) flush() {
 	users := ms.w.users
-	ms.q.resolve(users, func(kind index.Kind, _ []uint32, ids []index.UserID, keys [][]byte) {
+	ms.q.resolve(users, nil, func(kind index.Kind, _ []uint32, ids []index.UserID, keys [][]byte) {
 		for i, id := range ids {
 			switch {
 			case id == index.NoUser:

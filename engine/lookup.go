@@ -53,28 +53,26 @@ func (l *Lookup) Add(kind index.Kind, key []byte) {
 // at once in place: nothing is copied, so the keys need to live only for
 // the call (a compact batch, whose keys the decoder has already gathered,
 // skips the queue's copy: ~8% of a 1,000-id request's CPU).
-//
-// Once Within has named the segment, external ids that the key filter of
-// one of its cohorts rules out come back as index.NoUser unresolved.
 func (l *Lookup) AddMany(kind index.Kind, keys [][]byte) {
-	var f *index.KeyFilter
-	if l.in != nil && kind == index.KindExternal {
-		f = l.in.gateFilter(len(keys))
+	if l.in != nil {
+		l.ids = l.in.Resolve(kind, keys, l.ids)
+		return
 	}
-	l.ids = l.w.users.ResolveManyIn(f, kind, keys, l.ids)
+	l.ids = l.w.users.ResolveMany(kind, keys, l.ids)
 }
 
 // Within tells l that its users will only be tested for membership in b, a
-// segment bound in l's workspace, so that AddMany may skip resolving users
-// a key filter proves are not in it (index/keyfilter.go): their ids are
-// then index.NoUser, good for b.Contains and nothing else.
+// segment bound in l's workspace, so that the external ids added from now
+// on are resolved with b.Resolve: those a key filter proves are in no
+// member's hands are not looked up (index/keyfilter.go), and their ids are
+// index.NoUser, good for b.Contains and nothing else.
 func (l *Lookup) Within(b *BoundSegment) { l.in = b }
 
 // Len is the number of identifiers added.
 func (l *Lookup) Len() int { return len(l.ids) }
 
 func (l *Lookup) flush() {
-	l.q.resolve(l.w.users, func(_ index.Kind, tags []uint32, ids []index.UserID, _ [][]byte) {
+	l.q.resolve(l.w.users, l.in, func(_ index.Kind, tags []uint32, ids []index.UserID, _ [][]byte) {
 		for i, tag := range tags {
 			l.ids[tag] = ids[i]
 		}

@@ -572,6 +572,9 @@ func runModel(seed uint64, ops int, opts Options, hook func(i int, e *Engine) er
 				}
 				lk.AddMany(index.KindExternal, keys)
 				lk.AddMany(index.KindExternal, keys)
+				for _, k := range keys[:200] { // the queued path too
+					lk.Add(index.KindExternal, k)
+				}
 				for j, id := range lk.IDs() {
 					key := string(keys[j%len(keys)])
 					mid := m.resolve(index.KindExternal, key)

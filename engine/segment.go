@@ -192,6 +192,18 @@ func (b *BoundSegment) Expect(n int) {
 	}
 }
 
+// Resolve is Workspace.ResolveMany for users that will only be tested
+// with b.Contains: external ids that the key filter of a cohort every
+// member of b is in rules out come back as index.NoUser without being
+// looked up (index/keyfilter.go).
+func (b *BoundSegment) Resolve(kind index.Kind, keys [][]byte, dst []index.UserID) []index.UserID {
+	var f *index.KeyFilter
+	if kind == index.KindExternal {
+		f = b.gateFilter(len(keys))
+	}
+	return b.w.users.ResolveManyIn(f, kind, keys, dst)
+}
+
 // gateFilter returns the filter of the external ids held by the members of
 // a cohort that every member of the segment is in, at the version b bound,
 // when the lookups asked of it (n more now) have earned one

@@ -60,7 +60,7 @@ func (q *keyQueue) reset() {
 // resolve resolves every queued key, one ResolveMany per kind, calls fn
 // with each kind's tags, ids and keys (owned by the queue, valid during the
 // call) and empties the queue.
-func (q *keyQueue) resolve(users *index.Users, fn func(kind index.Kind, tags []uint32, ids []index.UserID, keys [][]byte)) {
+func (q *keyQueue) resolve(users *index.Users, in *BoundSegment, fn func(kind index.Kind, tags []uint32, ids []index.UserID, keys [][]byte)) {
 	if q.n == 0 {
 		return
 	}
@@ -75,7 +75,11 @@ func (q *keyQueue) resolve(users *index.Users, fn func(kind index.Kind, tags []u
 			q.keys = append(q.keys, q.buf[k][off:end:end])
 			off = end
 		}
-		q.ids = users.ResolveMany(k, q.keys, q.ids[:0])
+		if in != nil {
+			q.ids = in.Resolve(k, q.keys, q.ids[:0])
+		} else {
+			q.ids = users.ResolveMany(k, q.keys, q.ids[:0])
+		}
 		fn(k, q.tags[k], q.ids, q.keys)
 		q.buf[k] = q.buf[k][:0]
 		q.ends[k] = q.ends[k][:0]

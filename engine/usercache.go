@@ -60,7 +60,7 @@ func (c *userCache) add(kind index.Kind, key []byte) {
 
 // resolve resolves the queued keys into the table.
 func (c *userCache) resolve(users *index.Users) {
-	c.q.resolve(users, func(kind index.Kind, tags []uint32, ids []index.UserID, _ [][]byte) {
+	c.q.resolve(users, nil, func(kind index.Kind, tags []uint32, ids []index.UserID, _ [][]byte) {
 		for i, tag := range tags {
 			c.insert(kind, c.refs[tag], ids[i])
 		}

@@ -96,8 +96,15 @@ func TestContainsWithinKeyFilter(t *testing.T) {
 	ids = append(ids, "late-d1")
 	ask := func(seg string, want func(i int) bool, late bool) {
 		t.Helper()
-		for round := range 3 { // the first rounds earn the filters
+		var users []map[string]string
+		for _, id := range ids {
+			users = append(users, map[string]string{"external_id": id})
+		}
+		for round := range 6 { // the first rounds earn the filters
 			body := []byte(`{"segment":` + seg + `,"external_ids":` + string(jsonBody(ids)) + `}`)
+			if round%2 == 1 { // the users form goes through the same gate
+				body = []byte(`{"segment":` + seg + `,"users":` + string(jsonBody(users)) + `}`)
+			}
 			got := h.must(200, tReq{method: "POST", path: "/v1/segments/contains", token: key, body: body}).json(t)["results"].([]any)
 			for j, id := range ids {
 				w := false

@@ -511,7 +511,7 @@ func (c *conn) sscan(args [][]byte) {
 // ---- segment commands ----
 
 func (c *conn) segmentCount(args [][]byte) {
-	seg, err := segment.Parse(args[1])
+	seg, err := c.ws.Segment(args[1], segment.Parse) // parsed once per workspace and text
 	if err != nil {
 		c.engineError(cmdCOUNT, err)
 		return
@@ -531,13 +531,14 @@ func (c *conn) segmentContains(args [][]byte) {
 		c.fail(cmdCONTAINS, "ERR", "identifier kind must be external_id or device_id")
 		return
 	}
-	seg, err := segment.Parse(args[1])
+	seg, err := c.ws.Segment(args[1], segment.Parse) // parsed once per workspace and text
 	if err != nil {
 		c.engineError(cmdCONTAINS, err)
 		return
 	}
 	b := c.ws.Bind(seg)
-	c.ids = c.ws.ResolveMany(kind, args[3:], c.ids[:0])
+	defer b.Release()
+	c.ids = b.Resolve(kind, args[3:], c.ids[:0])
 	b.Expect(len(c.ids))
 	c.out = redcon.AppendArray(c.out, len(c.ids))
 	for _, id := range c.ids {
