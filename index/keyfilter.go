@@ -67,11 +67,6 @@ const (
 	keyAskPerMember = 2
 )
 
-// keyFilterCachedBlocks is the size (in blocks) up to which a filter is
-// taken to stay in a core's cache between lookups: 512 KiB, half of a
-// 1 MiB L2.
-const keyFilterCachedBlocks = 512 << 10 / 64
-
 // filterSalt spreads a hash's low 32 bits over the eight words of a block:
 // the odd multipliers of Parquet's split-block Bloom filter.
 var filterSalt = [8]uint32{
@@ -94,14 +89,17 @@ func (f *KeyFilter) add(h uint64) {
 
 // mayHold reports whether a key of hash h may be one of the filter's: false
 // is certain, true is not.
+//
+// Without branches: the eight tests of a key the filter holds (every member
+// asked about) would each be a branch taken, and which of them fails for a
+// key it does not hold is random, so an early exit mispredicts.
 func (f *KeyFilter) mayHold(h uint64) bool {
 	b, lo := f.blockOf(h), uint32(h)
+	var miss uint64
 	for i, s := range filterSalt {
-		if b[i]&(1<<((lo*s)>>26)) == 0 {
-			return false
-		}
+		miss |= ^b[i] & (1 << ((lo * s) >> 26))
 	}
-	return true
+	return miss == 0
 }
 
 // Bytes returns the filter's size.
@@ -183,17 +181,13 @@ func (u *Users) ResolveManyIn(f *KeyFilter, kind Kind, keys [][]byte, dst []User
 	for off := 0; off < len(keys); off += resolveLockSpan {
 		span := keys[off:min(off+resolveLockSpan, len(keys))]
 		o := out[off : off+len(span)]
-		// Hash every key first; a filter bigger than the cache also
-		// has every key's block prefetched, so that its misses overlap
-		// (a small one skips that: a third of this loop's time at 1M
-		// users, where the filter of a 10% cohort is 160 KiB).
+		// Hash and prefetch every key's block first, so that the
+		// filter's misses overlap. Even a small filter misses: between
+		// commands the rest of the server's work evicts it from L2.
 		for j, k := range span {
-			hs[j] = u.hashKey(kind, k)
-		}
-		if len(f.blocks) > keyFilterCachedBlocks {
-			for _, h := range hs[:len(span)] {
-				prefetch(unsafe.Pointer(f.blockOf(h)))
-			}
+			h := u.hashKey(kind, k)
+			hs[j] = h
+			prefetch(unsafe.Pointer(f.blockOf(h)))
 		}
 		n := 0
 		for j := range span {

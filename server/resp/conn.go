@@ -401,12 +401,17 @@ func (c *conn) membership(i, j int) {
 		for x := k; x < e; x++ {
 			c.keys = append(c.keys, c.args(x)[2:]...)
 		}
-		// An unknown cohort is empty.
+		// An unknown cohort is empty: nothing to resolve.
 		var set engine.Set
+		c.ids = c.ids[:0]
 		if co := cohortOf(c.ws, key); co != nil {
 			set = c.ws.LookupSet(co, len(c.keys))
+			c.ids = c.ws.ResolveIn(set, engine.KindExternal, c.keys, c.ids)
+		} else {
+			for range c.keys {
+				c.ids = append(c.ids, engine.NoUser)
+			}
 		}
-		c.ids = c.ws.ResolveIn(set, engine.KindExternal, c.keys, c.ids[:0])
 		ids := c.ids
 		for x := k; x < e; x++ {
 			n := len(c.args(x)) - 2
