@@ -3,6 +3,7 @@ package index
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -264,4 +265,64 @@ func TestKeyFilterConcurrent(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// BenchmarkMembership answers "is this external id in the cohort" for random
+// existing users against a cohort of a tenth of them, as SMISMEMBER does:
+// resolve, then test the dense view. impl=resolve resolves every id;
+// impl=filter resolves only the ids the cohort's key filter lets through.
+// cpu-ns/id is the thread's CPU time per id.
+func BenchmarkMembership(b *testing.B) {
+	for _, n := range benchSizes() {
+		b.Run(fmt.Sprintf("users_%d", n), func(b *testing.B) {
+			f := getResolveFixture(b, n)
+			budget := NewDenseBudget(1 << 30)
+			m := NewMembers(budget)
+			add := roaring.New()
+			r := rand.New(rand.NewPCG(5, 6))
+			for i := range n {
+				if r.IntN(10) == 0 {
+					add.Add(uint32(i))
+				}
+			}
+			m.Apply(add, roaring.New())
+			pub := m.Load()
+			d := m.Dense(pub, 1<<30)
+			kf := m.KeyFilter(pub, f.users, KindExternal, 1<<30)
+			if d == nil || kf == nil {
+				b.Fatal("no dense view or key filter")
+			}
+			nb := len(f.queries) / benchBatch
+			for _, impl := range []string{"resolve", "filter"} {
+				b.Run("impl="+impl, func(b *testing.B) {
+					var filter *KeyFilter
+					if impl == "filter" {
+						filter = kf
+					}
+					dst := make([]UserID, 0, benchBatch)
+					i, in := 0, 0
+					runtime.LockOSThread()
+					defer runtime.UnlockOSThread()
+					cpu := threadCPUNanos()
+					for b.Loop() {
+						q := f.queries[(i%nb)*benchBatch:][:benchBatch]
+						dst = f.users.ResolveManyIn(filter, KindExternal, q, dst[:0])
+						for _, id := range dst {
+							if d.Contains(uint32(id)) {
+								in++
+							}
+						}
+						i++
+					}
+					ids := float64(i) * benchBatch
+					if in == 0 || float64(in) > ids/5 {
+						b.Fatalf("%d of %.0f ids are members, want about a tenth", in, ids)
+					}
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/ids, "ns/id")
+					b.ReportMetric(float64(threadCPUNanos()-cpu)/ids, "cpu-ns/id")
+					b.ReportMetric(0, "ns/op")
+				})
+			}
+		})
+	}
 }
