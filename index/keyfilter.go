@@ -57,6 +57,9 @@ type KeyFilter struct {
 type filterBlock [8]uint64
 
 const (
+	// keyFilterFewKeys: up to this many keys ResolveManyIn looks them up
+	// one by one (a single contains over HTTP).
+	keyFilterFewKeys = 4
 	// keyFilterBits is the filter's size a member: 16 bits, eight of them
 	// set a key, give a false-positive rate of ~0.25%.
 	keyFilterBits = 16
@@ -171,28 +174,44 @@ func (u *Users) ResolveManyIn(f *KeyFilter, kind Kind, keys [][]byte, dst []User
 	start := len(dst)
 	dst = slices.Grow(dst, len(keys))[:start+len(keys)]
 	out := dst[start:]
+	if len(keys) <= keyFilterFewKeys {
+		// A single contains: no batch to overlap, and no scratch to clear.
+		for j, k := range keys {
+			h := u.hashKey(kind, k)
+			if !f.mayHold(h) {
+				out[j] = NoUser
+				continue
+			}
+			u.mu.RLock()
+			_, _, _, out[j], _ = find(u.mu.st.buckets, u.mu.st.arena, h, kind, k)
+			u.mu.RUnlock()
+		}
+		return dst
+	}
+	// A group at a time, as resolveManyLocked goes: the scratch is
+	// small enough to clear on every call.
 	var (
-		hs   [resolveLockSpan]uint64
-		pos  [resolveLockSpan]uint16
-		sk   [resolveLockSpan][]byte
-		sh   [resolveLockSpan]uint64
-		sout [resolveLockSpan]UserID
+		hs   [resolveGroup]uint64
+		pos  [resolveGroup]uint8
+		sk   [resolveGroup][]byte
+		sh   [resolveGroup]uint64
+		sout [resolveGroup]UserID
 	)
-	for off := 0; off < len(keys); off += resolveLockSpan {
-		span := keys[off:min(off+resolveLockSpan, len(keys))]
-		o := out[off : off+len(span)]
+	for off := 0; off < len(keys); off += resolveGroup {
+		g := keys[off:min(off+resolveGroup, len(keys))]
+		o := out[off : off+len(g)]
 		// Hash and prefetch every key's block first, so that the
 		// filter's misses overlap. Even a small filter misses: between
 		// commands the rest of the server's work evicts it from L2.
-		for j, k := range span {
+		for j, k := range g {
 			h := u.hashKey(kind, k)
 			hs[j] = h
 			prefetch(unsafe.Pointer(f.blockOf(h)))
 		}
 		n := 0
-		for j := range span {
+		for j := range g {
 			if f.mayHold(hs[j]) {
-				pos[n], sk[n], sh[n] = uint16(j), span[j], hs[j]
+				pos[n], sk[n], sh[n] = uint8(j), g[j], hs[j]
 				n++
 			} else {
 				o[j] = NoUser
@@ -207,8 +226,8 @@ func (u *Users) ResolveManyIn(f *KeyFilter, kind Kind, keys [][]byte, dst []User
 		for i, j := range pos[:n] {
 			o[j] = sout[i]
 		}
-		clear(sk[:n]) // keep no reference to the caller's keys
 	}
+	clear(sk[:]) // keep no reference to the caller's keys
 	return dst
 }
 
