@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server/segment"
 )
 
 // queryWorkspace is a workspace whose users u0…u9 hold external ids and
@@ -281,12 +282,66 @@ func FuzzDecodeSegmentQuery(f *testing.F) {
 	f.Add([]byte(`{"segment":{"and":[{"cohort":"p/a"},{"not":{"cohort":"p/b"}}]},"users":[{"external_id":"u1"},{"device_id":"d1"},{"alias_name":"email","alias_label":"a0"}]}`))
 	f.Add([]byte(`{"segment":{"all":true},"external_ids":["u1","u\u00e9"],"limit":10,"cursor":null}`))
 	f.Add([]byte(`{"device_ids":["d1"],"segment":{"or":[{"all":true}]},"x":[{},[],""]}`))
+	f.Add([]byte(`{"segment":{"cohort":"p/a"},"external_ids":["u1","u7","nobody"],"segment":{"cohort":"p/b"}}`))
+	f.Add([]byte(`{"segment":{"and":[{"cohort":"p/b"},{"cohort":"p/a"}]},"segment":{"not":{"cohort":"p/a"}},"users":[{"external_id":"u2"}]}`))
 	w := queryWorkspace(f)
+	// Cohorts whose key filters are earned, so that a body that names its
+	// segment first resolves through them (bindEarly).
+	for c, keys := range map[string][]string{"a": {"u0", "u1", "u2", "u3"}, "b": {"u3", "u4", "u9"}} {
+		cs := w.NewChangeSet()
+		for _, k := range keys {
+			cs.AddMany(engine.KindExternal, [][]byte{[]byte(k)}, false)
+		}
+		if _, err := w.ApplyChanges("p", c, cs); err != nil {
+			f.Fatal(err)
+		}
+		w.LookupSet(w.Cohort("p", c), 1<<20)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		q := getQuery()
 		defer putQuery(q)
 		lk := w.NewLookup()
 		err := decodeSegmentQuery(bytes.NewReader(body), q, lk)
+
+		// The same body with the segment bound as soon as it comes:
+		// the same outcome, but for a segment repeated after
+		// identifiers, and the same answers.
+		q2 := getQuery()
+		defer putQuery(q2)
+		q2.ws = w
+		lk2 := w.NewLookup()
+		err2 := decodeSegmentQuery(bytes.NewReader(body), q2, lk2)
+		if q2.bound != nil {
+			defer q2.bound.Release()
+		}
+		var ae2 *apiError
+		switch {
+		case err2 != nil && errors.As(err2, &ae2) && ae2.message == msgSegmentAgain:
+		case (err == nil) != (err2 == nil):
+			t.Fatalf("decoding with the segment bound early: %v, without: %v", err2, err)
+		case err == nil && q.segment != nil:
+			seg, perr := w.Segment(q.segment, segment.Parse)
+			if perr != nil {
+				break
+			}
+			b := w.Bind(seg)
+			defer b.Release()
+			b2 := q2.bound
+			if b2 == nil {
+				b2 = w.Bind(seg)
+				defer b2.Release()
+			}
+			ids, ids2 := lk.IDs(), lk2.IDs()
+			if len(ids) != len(ids2) {
+				t.Fatalf("%d identifiers, %d with the segment bound early", len(ids), len(ids2))
+			}
+			for i := range ids {
+				if b.Contains(ids[i]) != b2.Contains(ids2[i]) {
+					t.Fatalf("identifier %d: %v, with the segment bound early %v", i, b.Contains(ids[i]), b2.Contains(ids2[i]))
+				}
+			}
+		}
+
 		if err != nil {
 			var ae *apiError
 			if !errors.As(err, &ae) || (ae.status != 400 && ae.status != 413) {
