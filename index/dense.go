@@ -72,15 +72,33 @@ func (d *Dense) Bytes() int64 { return int64(len(d.words)) * 8 }
 // denseSlot is the view state of one published version: its dense view,
 // and the key filter of its members (keyfilter.go).
 type denseSlot struct {
-	src      *roaring.Bitmap
+	src     *roaring.Bitmap
+	viewErn earning
+	view    atomic.Pointer[Dense]
+
+	card    atomic.Uint64 // src's cardinality + 1; 0 until a filter asks it
+	keysErn earning
+	keys    atomic.Pointer[KeyFilter]
+}
+
+// earning counts the lookups asked of one version for a structure built
+// for them, and lets one caller build it once they pass its threshold.
+type earning struct {
 	asked    atomic.Int64
 	building atomic.Bool
-	view     atomic.Pointer[Dense]
+}
 
-	card        atomic.Uint64 // src's cardinality + 1; 0 until a filter asks it
-	keyAsked    atomic.Int64
-	keyBuilding atomic.Bool
-	keys        atomic.Pointer[KeyFilter]
+// add notes n more lookups and returns how many were asked in all.
+func (e *earning) add(n int) int64 { return e.asked.Add(int64(n)) }
+
+// claim reports whether the caller is the one to build: true once.
+func (e *earning) claim() bool { return e.building.CompareAndSwap(false, true) }
+
+// again starts the count over after a build was refused (over budget) or
+// its result dropped, so that as many lookups again earn another try.
+func (e *earning) again() {
+	e.asked.Store(0)
+	e.building.Store(false)
 }
 
 // denseCache is the view of the set a writer publishes: reset with every
@@ -109,19 +127,17 @@ func (c *denseCache) view(src *roaring.Bitmap, n int) *Dense {
 	if v := s.view.Load(); v != nil {
 		return v
 	}
-	asked := s.asked.Add(int64(n))
+	asked := s.viewErn.add(n)
 	if asked < denseMinAsked {
 		return nil
 	}
 	size := int64(src.DenseSize()) * 8
-	if size == 0 || asked < size*8/denseAskPerBit || !s.building.CompareAndSwap(false, true) {
+	if size == 0 || asked < size*8/denseAskPerBit || !s.viewErn.claim() {
 		return nil
 	}
 	v := c.budget.build(src, size)
 	if v == nil {
-		// Over budget: ask again once as many lookups again have come.
-		s.asked.Store(0)
-		s.building.Store(false)
+		s.viewErn.again() // over budget
 		return nil
 	}
 	s.view.Store(v)
@@ -143,13 +159,11 @@ func (c *denseCache) keyFilter(src *roaring.Bitmap, u *Users, kind Kind, n int) 
 			return f
 		}
 		if f.kind == kind && s.keys.CompareAndSwap(f, nil) {
-			// Stale: the members' keys changed. Earn a new one.
-			s.keyAsked.Store(0)
-			s.keyBuilding.Store(false)
+			s.keysErn.again() // stale: the members' keys changed
 		}
 		return nil
 	}
-	asked := s.keyAsked.Add(int64(n))
+	asked := s.keysErn.add(n)
 	if asked < denseMinAsked {
 		return nil
 	}
@@ -158,14 +172,12 @@ func (c *denseCache) keyFilter(src *roaring.Bitmap, u *Users, kind Kind, n int) 
 		card = src.GetCardinality() + 1
 		s.card.Store(card)
 	}
-	if uint64(asked) < (card-1)*keyAskPerMember || !s.keyBuilding.CompareAndSwap(false, true) {
+	if uint64(asked) < (card-1)*keyAskPerMember || !s.keysErn.claim() {
 		return nil
 	}
 	f := u.buildKeyFilter(c.budget, src, kind, card-1)
 	if f == nil {
-		// Over budget: ask again once as many lookups again have come.
-		s.keyAsked.Store(0)
-		s.keyBuilding.Store(false)
+		s.keysErn.again() // over budget
 		return nil
 	}
 	s.keys.Store(f)
