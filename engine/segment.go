@@ -109,9 +109,9 @@ func (s *Segment) flatten() {
 	case index.OpSet:
 		s.gate = 0
 	case index.OpAnd:
-		for i, n := range s.flat {
-			if n.op == index.OpSet && slices.Contains(s.root.kids, n) {
-				s.gate = i
+		for _, k := range s.root.kids {
+			if k.op == index.OpSet {
+				s.gate = slices.Index(s.flat, k)
 				break
 			}
 		}

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"runtime"
 	"sync/atomic"
 
 	"github.com/RoaringBitmap/roaring/v2"
@@ -207,4 +208,23 @@ func (b *DenseBudget) build(src *roaring.Bitmap, size int64) *Dense {
 	track(b, v, size)
 	src.WriteDenseTo(v.words)
 	return v
+}
+
+// take reserves size bytes of the budget, reporting whether there was room.
+func (b *DenseBudget) take(size int64) bool {
+	if b.used.Add(size) > b.limit {
+		b.used.Add(-size)
+		return false
+	}
+	return true
+}
+
+// track counts obj, size bytes that b.take reserved, as a view until the
+// collector frees it; then its bytes return to the budget.
+func track[T any](b *DenseBudget, obj *T, size int64) {
+	b.views.Add(1)
+	runtime.AddCleanup(obj, func(n int64) {
+		b.used.Add(-n)
+		b.views.Add(-1)
+	}, size)
 }

@@ -1,7 +1,6 @@
 package index
 
 import (
-	"runtime"
 	"slices"
 	"unsafe"
 
@@ -229,23 +228,4 @@ func (u *Users) ResolveManyIn(f *KeyFilter, kind Kind, keys [][]byte, dst []User
 	}
 	clear(sk[:]) // keep no reference to the caller's keys
 	return dst
-}
-
-// take reserves size bytes of the budget, reporting whether there was room.
-func (b *DenseBudget) take(size int64) bool {
-	if b.used.Add(size) > b.limit {
-		b.used.Add(-size)
-		return false
-	}
-	return true
-}
-
-// track counts obj, size bytes that b.take reserved, as a view until the
-// collector frees it; then its bytes return to the budget.
-func track[T any](b *DenseBudget, obj *T, size int64) {
-	b.views.Add(1)
-	runtime.AddCleanup(obj, func(n int64) {
-		b.used.Add(-n)
-		b.views.Add(-1)
-	}, size)
 }
