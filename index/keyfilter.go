@@ -28,8 +28,10 @@ import (
 // dropped when the next version is published, and counted against the same
 // DenseBudget. It also depends on which keys the members hold. A member
 // can gain a key after the build (an anonymous user identified later), so
-// Users keeps an epoch that Attach bumps when the user existed before the
-// latest build started, and a filter built at another epoch is never used.
+// Users keeps an epoch per kind that Attach bumps when the user existed
+// before the latest build started, and a filter built at another epoch of
+// its kind is never used (a device id given to a known user leaves filters
+// of external ids alone).
 // Users created since cannot be members of a version published before the
 // build, so attaching their keys (every upsert of a new user) bumps
 // nothing. Keys a member loses, and users deleted since, only leave stale
@@ -48,7 +50,7 @@ type KeyFilter struct {
 	blocks []filterBlock
 	users  *Users
 	kind   Kind
-	epoch  uint64 // users.keyEpoch when the build started
+	epoch  uint64 // users.keyEpoch[kind] when the build started
 	keys   int    // keys added
 }
 
@@ -109,7 +111,7 @@ func (f *KeyFilter) Bytes() int64 { return int64(len(f.blocks)) * 64 }
 
 // usable reports whether f may settle lookups of kind in u now.
 func (f *KeyFilter) usable(u *Users, kind Kind) bool {
-	return f != nil && f.users == u && f.kind == kind && f.epoch == u.keyEpoch.Load()
+	return f != nil && f.users == u && f.kind == kind && f.epoch == u.keyEpoch[kind&3].Load()
 }
 
 // keyFilterBytes returns the size of the filter of a set of n members.
@@ -130,7 +132,7 @@ func (u *Users) buildKeyFilter(b *DenseBudget, set *roaring.Bitmap, kind Kind, m
 	// the epoch, so one that lands while the build runs makes the filter
 	// stale at once, and one that landed before is seen by the reads below
 	// (Attach writes the key and reads filterNext under the write lock).
-	epoch := u.keyEpoch.Load()
+	epoch := u.keyEpoch[kind&3].Load()
 	for {
 		cur, next := u.filterNext.Load(), u.next.Load()
 		if next <= cur || u.filterNext.CompareAndSwap(cur, next) {

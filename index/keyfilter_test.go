@@ -154,6 +154,15 @@ func TestKeyFilterKeyGained(t *testing.T) {
 		t.Fatal("a new user's key made the filter stale")
 	}
 
+	// A known member gains a device id: a filter of external ids is
+	// still exact.
+	if err := u.Attach(known, KindDevice, []byte("dev-2")); err != nil {
+		t.Fatal(err)
+	}
+	if !f.usable(u, KindExternal) {
+		t.Fatal("a device id made the filter of external ids stale")
+	}
+
 	// The member is identified later.
 	if err := u.Attach(anon, KindExternal, []byte("late")); err != nil {
 		t.Fatal(err)

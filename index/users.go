@@ -186,8 +186,8 @@ type Users struct {
 	compactions          int             // arena compactions so far
 	master               *roaring.Bitmap // live users, copy-on-write; published by Publish
 
-	keyEpoch   atomic.Uint64 // bumped when a user a key filter may cover gains a key (keyfilter.go)
-	filterNext atomic.Uint32 // NextID when the latest key filter build started
+	keyEpoch   [4]atomic.Uint64 // by kind: bumped when a user a key filter may cover gains a key of it (keyfilter.go)
+	filterNext atomic.Uint32    // NextID when the latest key filter build started
 	pub        atomic.Pointer[roaring.Bitmap]
 	liveDense  denseCache    // pub's dense view (dense.go)
 	stats      atomic.Value  // Memory: the writer-only counts as of the last Publish
@@ -477,9 +477,9 @@ func (u *Users) Attach(id UserID, kind Kind, key []byte) error {
 	u.live++
 	u.addRefLocked(id, ref)
 	if uint32(id) < u.filterNext.Load() {
-		// A user some key filter's set may hold: the filter lacks
-		// this key (keyfilter.go).
-		u.keyEpoch.Add(1)
+		// A user some key filter's set may hold: a filter of this
+		// kind lacks the key (keyfilter.go).
+		u.keyEpoch[kind&3].Add(1)
 	}
 	if kind != KindDevice {
 		st.flags[id] |= flagIdentified
