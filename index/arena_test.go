@@ -93,10 +93,36 @@ func TestMatchGroup(t *testing.T) {
 		}
 		refs, pend := make([]keyRef, n), make([]uint8, n)
 		wantRefs, wantPend := make([]keyRef, n), make([]uint8, n)
-		np := matchGroup(b, home, tags, refs, pend)
+		np := matchGroup(b, home, tags, refs, pend, make([][]byte, n), nil)
 		wantNP := matchGroupGeneric(b, home, tags, wantRefs, wantPend)
 		if np != wantNP || !slices.Equal(refs, wantRefs) || !slices.Equal(pend[:np], wantPend[:wantNP]) {
 			t.Fatalf("round %d: refs %v pend %v, generic %v %v", round, refs, pend[:np], wantRefs, wantPend[:wantNP])
+		}
+	}
+}
+
+// TestSameBytes checks sameBytes against bytes.Equal for every length up to 70,
+// with the two keys equal and differing in each single byte.
+func TestSameBytes(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for n := range 71 {
+		x := make([]byte, n)
+		for i := range x {
+			x[i] = byte(r.Uint32())
+		}
+		y := bytes.Clone(x)
+		if !sameBytes(x, y) {
+			t.Fatalf("%d bytes: equal keys differ", n)
+		}
+		for i := range n {
+			y[i] ^= 1 << r.IntN(8)
+			if sameBytes(x, y) || sameBytes(y, x) {
+				t.Fatalf("%d bytes: keys differing at byte %d are the same", n, i)
+			}
+			y[i] = x[i]
+		}
+		if n > 0 && sameBytes(x, y[:n-1]) {
+			t.Fatalf("%d bytes: a shorter key is the same", n)
 		}
 	}
 }

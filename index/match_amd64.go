@@ -1,5 +1,7 @@
 package index
 
+import "unsafe"
+
 // matchGroup is matchGroupGeneric in SSE2 assembly (match_amd64.s): the eight
 // tags of a bucket compared in two instructions instead of matchMask's word
 // arithmetic, and one call per group instead of one per key. Measured with
@@ -7,13 +9,18 @@ package index
 // at 10k users, where resolving is compute-bound (p=0.003, n=12); −7% at 1M
 // (p=0.09, n=10, within this host's noise); unchanged at 10M, where the misses
 // set the pace.
-func matchGroup(b []bucket, home []int32, tags []uint32, refs []keyRef, pend []uint8) int {
+//
+// It also prefetches each matched entry of arena as it finds it, which the
+// generic version leaves to its caller: an entry's miss then starts as soon as its
+// ref is known, and a group costs no Go loop of prefetch calls. Measured with
+// BenchmarkResolveMany, test binaries alternated: see the commit that added it.
+func matchGroup(b []bucket, home []int32, tags []uint32, refs []keyRef, pend []uint8, keys [][]byte, arena []byte) int {
 	if len(home) == 0 {
 		return 0
 	}
-	_, _, _ = tags[len(home)-1], refs[len(home)-1], pend[len(home)-1] // lengths the assembly relies on
-	return matchGroupAsm(&b[0], &home[0], &tags[0], &refs[0], &pend[0], len(home))
+	_, _, _, _ = tags[len(home)-1], refs[len(home)-1], pend[len(home)-1], keys[len(home)-1] // lengths the assembly relies on
+	return matchGroupAsm(&b[0], &home[0], &tags[0], &refs[0], &pend[0], len(home), &keys[0], unsafe.SliceData(arena), len(arena))
 }
 
 //go:noescape
-func matchGroupAsm(b *bucket, home *int32, tags *uint32, refs *keyRef, pend *uint8, n int) int
+func matchGroupAsm(b *bucket, home *int32, tags *uint32, refs *keyRef, pend *uint8, n int, keys *[]byte, arena *byte, arenaLen int) int
