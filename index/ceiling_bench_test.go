@@ -37,6 +37,9 @@ func BenchmarkRandomLines(b *testing.B) {
 		fill(buckets)
 		fill(arena)
 		nb, na := uint64(len(buckets.b)/64), uint64(len(arena.b)/64)
+		b.Run(fmt.Sprintf("users_%d/lines_2_pipelined", n), func(b *testing.B) {
+			benchLinesPipelined(b, buckets, arena, n)
+		})
 		for _, lines := range []int{1, 2} {
 			b.Run(fmt.Sprintf("users_%d/lines_%d", n, lines), func(b *testing.B) {
 				rng := rand.New(rand.NewPCG(uint64(n), 1))
@@ -88,5 +91,61 @@ func BenchmarkRandomLines(b *testing.B) {
 		}
 		buckets.release()
 		arena.release()
+	}
+}
+
+// benchLinesPipelined is lines_2 with its passes pipelined across groups, as
+// resolveHashedLocked goes: while group g's arena lines are read, group g+1's
+// buckets are read and its arena lines prefetched, and group g+2's buckets are
+// prefetched. It shows whether a deeper pipeline raises the ceiling. It does not:
+// measured on the same day, 46-50 ns a key at 10M users either way, and 240-255
+// against 179-192 at 100M (more misses in flight than the core tracks), which is
+// why ResolveMany is not pipelined across groups (a pipelined ResolveMany measured
+// the same: bench/reviews/resolve_pipelined_*).
+func benchLinesPipelined(b *testing.B, buckets, arena region, n int) {
+	nb, na := uint64(len(buckets.b)/64), uint64(len(arena.b)/64)
+	rng := rand.New(rand.NewPCG(uint64(n), 1))
+	var (
+		bi   [3][resolveGroup]uint64
+		sink uint64
+	)
+	keys := 0
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu := threadCPUNanos()
+	const groups = benchBatch / resolveGroup
+	for b.Loop() {
+		for g := -2; g < groups; g++ {
+			if m := g + 2; m < groups {
+				s := &bi[m%3]
+				for j := range s {
+					hi, _ := bits.Mul64(rng.Uint64(), nb)
+					s[j] = hi * 64
+					prefetch(unsafe.Pointer(&buckets.b[s[j]]))
+				}
+			}
+			if m := g + 1; m >= 0 && m < groups {
+				s := &bi[m%3]
+				for j := range s {
+					hi, _ := bits.Mul64(*(*uint64)(unsafe.Pointer(&buckets.b[s[j]])), na)
+					s[j] = hi * 64
+					prefetch(unsafe.Pointer(&arena.b[s[j]]))
+				}
+			}
+			if g >= 0 {
+				for _, a := range bi[g%3] {
+					sink += *(*uint64)(unsafe.Pointer(&arena.b[a]))
+				}
+				keys += resolveGroup
+			}
+		}
+	}
+	cpuNs := float64(threadCPUNanos()-cpu) / float64(keys)
+	b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(keys), "ns/key")
+	b.ReportMetric(cpuNs, "cpu-ns/key")
+	b.ReportMetric(1e3/cpuNs, "Mkeys/cpu-s")
+	b.ReportMetric(0, "ns/op")
+	if sink == 42 {
+		b.Log("unlikely")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/zeebo/xxh3"
 )
 
 func TestAliasKey(t *testing.T) {
@@ -479,5 +481,46 @@ func TestResolveManyAllocs(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, func() { _ = u.Resolve(KindExternal, keys[7]) }); a != 0 {
 		t.Fatalf("Resolve allocates %.1f times a call", a)
+	}
+}
+
+// TestResolveManyBatchSizes resolves batches of every size around the group and
+// lock-span boundaries (the pipeline's first, middle and last groups) and checks each
+// id against Resolve, over a table with detached keys, absent keys and, with a weak
+// hash (100 values, each shared by 50 keys), keys displaced from their home bucket
+// and full hash collisions.
+func TestResolveManyBatchSizes(t *testing.T) {
+	weak := func(k []byte) uint64 { return xxh3.Hash(k[len(k)-2:]) }
+	for name, h := range map[string]func([]byte) uint64{"xxh3": nil, "weak": weak} {
+		t.Run(name, func(t *testing.T) {
+			u := NewUsers(Options{Hash: h})
+			defer u.Close()
+			key := func(i int) []byte { return fmt.Appendf(nil, "user-%014d", i) }
+			const n = 5000
+			for i := range n {
+				if err := u.Attach(u.Create(), KindExternal, key(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 0; i < n; i += 7 {
+				u.Detach(KindExternal, key(i))
+			}
+			r := rand.New(rand.NewPCG(3, 4))
+			for _, size := range []int{1, 2, 5, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 257, 511, 512, 513, 1000, 1100} {
+				keys := make([][]byte, size)
+				for j := range keys {
+					keys[j] = key(r.IntN(n + n/4)) // a fifth absent
+				}
+				got := u.ResolveMany(KindExternal, keys, []UserID{7})
+				if len(got) != size+1 || got[0] != 7 {
+					t.Fatalf("size %d: ResolveMany did not append to dst", size)
+				}
+				for j, k := range keys {
+					if want := u.Resolve(KindExternal, k); got[j+1] != want {
+						t.Fatalf("size %d, key %d (%s): ResolveMany %d, Resolve %d", size, j, k, got[j+1], want)
+					}
+				}
+			}
+		})
 	}
 }
