@@ -79,14 +79,7 @@ func BenchmarkRandomLines(b *testing.B) {
 						keys += resolveGroup
 					}
 				}
-				cpuNs := float64(threadCPUNanos()-cpu) / float64(keys)
-				b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(keys), "ns/key")
-				b.ReportMetric(cpuNs, "cpu-ns/key")
-				b.ReportMetric(1e3/cpuNs, "Mkeys/cpu-s")
-				b.ReportMetric(0, "ns/op")
-				if sink == 42 {
-					b.Log("unlikely")
-				}
+				reportLines(b, keys, threadCPUNanos()-cpu, sink)
 			})
 		}
 		buckets.release()
@@ -140,7 +133,13 @@ func benchLinesPipelined(b *testing.B, buckets, arena region, n int) {
 			}
 		}
 	}
-	cpuNs := float64(threadCPUNanos()-cpu) / float64(keys)
+	reportLines(b, keys, threadCPUNanos()-cpu, sink)
+}
+
+// reportLines reports a RandomLines run of keys keys that took cpu ns of the
+// thread's CPU; sink is what the loads summed, used so that they stay.
+func reportLines(b *testing.B, keys int, cpu int64, sink uint64) {
+	cpuNs := float64(cpu) / float64(keys)
 	b.ReportMetric(b.Elapsed().Seconds()*1e9/float64(keys), "ns/key")
 	b.ReportMetric(cpuNs, "cpu-ns/key")
 	b.ReportMetric(1e3/cpuNs, "Mkeys/cpu-s")

@@ -485,7 +485,7 @@ func TestResolveManyAllocs(t *testing.T) {
 }
 
 // TestResolveManyBatchSizes resolves batches of every size around the group and
-// lock-span boundaries (the pipeline's first, middle and last groups) and checks each
+// lock-span boundaries (a batch's first, middle and last groups) and checks each
 // id against Resolve, over a table with detached keys, absent keys and, with a weak
 // hash (100 values, each shared by 50 keys), keys displaced from their home bucket
 // and full hash collisions.
