@@ -224,6 +224,22 @@ func (u *Users) hashKey(kind Kind, key []byte) uint64 {
 	return u.hash(key) ^ kindSalt[kind&3]
 }
 
+// hashKeys sets hs[j] to hashKey(kind, keys[j]) for every key, with hashKey's
+// branch taken once rather than once a key.
+func (u *Users) hashKeys(kind Kind, keys [][]byte, hs []uint64) {
+	hs = hs[:len(keys)]
+	if u.hash != nil {
+		for j, k := range keys {
+			hs[j] = u.hashKey(kind, k)
+		}
+		return
+	}
+	seed := u.seed ^ kindSalt[kind&3]
+	for j, k := range keys {
+		hs[j] = xxh3.HashSeed(k, seed)
+	}
+}
+
 // resolveGroup is how many keys ResolveMany has in flight: enough independent cache
 // misses to keep a core's miss buffers busy, few enough to stay in registers and L1.
 // Measured with BenchmarkResolveMany at 1M and 10M users (cpu-ns/id): see the commit
@@ -277,19 +293,10 @@ func (u *Users) resolveHashedLocked(kind Kind, keys [][]byte, hashes []uint64, o
 		g := keys[base:min(base+resolveGroup, len(keys))]
 		o := out[base : base+len(g)]
 		hg := hs[:len(g)]
-		switch {
-		case hashes != nil:
+		if hashes != nil {
 			copy(hg, hashes[base:])
-		case u.hash == nil:
-			// hashKey with its branch taken once a group rather than once a key.
-			seed := u.seed ^ kindSalt[kind&3]
-			for j, k := range g {
-				hg[j] = xxh3.HashSeed(k, seed)
-			}
-		default:
-			for j, k := range g {
-				hg[j] = u.hashKey(kind, k)
-			}
+		} else {
+			u.hashKeys(kind, g, hg)
 		}
 		for j, h := range hg {
 			i := homeBucket(h, nb)

@@ -204,9 +204,8 @@ func (u *Users) ResolveManyIn(f *KeyFilter, kind Kind, keys [][]byte, dst []User
 		// Hash and prefetch every key's block first, so that the
 		// filter's misses overlap. Even a small filter misses: between
 		// commands the rest of the server's work evicts it from L2.
-		for j, k := range g {
-			h := u.hashKey(kind, k)
-			hs[j] = h
+		u.hashKeys(kind, g, hs[:])
+		for _, h := range hs[:len(g)] {
 			prefetch(unsafe.Pointer(f.blockOf(h)))
 		}
 		n := 0
