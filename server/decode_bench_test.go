@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -287,6 +288,66 @@ func BenchmarkDecodeChanges(b *testing.B) {
 					b.ReportMetric(float64(benchIDs)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
 				})
 			}
+		})
+	}
+}
+
+// BenchmarkDecodeOneALine decodes NDJSON bodies of one identifier a line,
+// as exporters write them: every line an external id ("external"), or the
+// standard user mix in shuffled blocks of 20 ("mix": 15 external ids, 3
+// device ids, 2 aliases), adds then removes. It reports the change objects
+// handed over per identifier beside the speed: each is one call into the
+// stager, so the fewer the better.
+func BenchmarkDecodeOneALine(b *testing.B) {
+	const n = 100_000
+	for _, flavour := range []string{"external", "mix"} {
+		var body []byte
+		r := rand.New(rand.NewPCG(5, 6))
+		block := make([]byte, 20)
+		for i := range block {
+			block[i] = "uuuuuuuuuuuuuuudddaa"[i]
+		}
+		for i := range n {
+			if i%20 == 0 {
+				r.Shuffle(len(block), func(x, y int) { block[x], block[y] = block[y], block[x] })
+			}
+			kind := byte('u')
+			if flavour == "mix" {
+				kind = block[i%20]
+			}
+			switch kind {
+			case 'u':
+				body = fmt.Appendf(body, `{"user_ids":["user-%014d"]`, r.IntN(10_000_000))
+			case 'd':
+				body = fmt.Appendf(body, `{"device_ids":["%08x-%04x-4%03x-a%03x-%012x"]`, r.Uint32(), r.IntN(1<<16), r.IntN(1<<12), r.IntN(1<<12), r.Int64N(1<<48))
+			default:
+				body = fmt.Appendf(body, `{"aliases":[{"alias_name":"email","alias_label":"%d@example.com"}]`, r.IntN(10_000_000))
+			}
+			if i >= n/2 {
+				body = append(body, `,"should_remove":true`...)
+			}
+			body = append(body, "}\n"...)
+		}
+		b.Run(flavour, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			var br bytes.Reader
+			objs := 0
+			for b.Loop() {
+				br.Reset(body)
+				objs = 0
+				ids := 0
+				err := decodeChangesNDJSON(&br, func(c *changeObject) error {
+					objs++
+					ids += len(c.UserIDs) + len(c.DeviceIDs) + len(c.Aliases)
+					return nil
+				})
+				if err != nil || ids != n {
+					b.Fatalf("decoded %d ids (%v), want %d", ids, err, n)
+				}
+			}
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "ids/s")
+			b.ReportMetric(float64(objs)/n, "objects/id")
 		})
 	}
 }

@@ -410,6 +410,13 @@ var headlineBodies = []string{
 	"{\"device_ids\":[\"d1\"]}\n{\"device_ids\":[\"d2\"]}\n{\"user_ids\":[\"u1\"]}\n{\"device_ids\":[\"d3\"],\"should_remove\":true}\n{\"device_ids\":[\"d4\"],\"should_remove\":true}\n",
 	"{\"user_ids\":[\"u1\"]}\n{\"device_ids\":[\"u1\"]}\n{\"user_ids\":[\"u1\"],\"should_remove\":true}\n{\"device_ids\":[\"d\\u0031\"]}\n{\"device_ids\":[\"\"]}\n",
 	"{\"device_ids\":[\"d1\",\"d2\"]}\n{\"device_ids\":[\"d1\"],\"x\":1}\n{\"device_ids\":[\"" + strings.Repeat("d", 513) + "\"]}\n",
+	// The standard mix: runs of one direction across kinds, aliases among them.
+	"{\"user_ids\":[\"u1\"]}\n{\"aliases\":[{\"alias_name\":\"email\",\"alias_label\":\"1@example.com\"}]}\n{\"device_ids\":[\"d1\"]}\n{\"user_ids\":[\"u2\"]}\n" +
+		"{\"aliases\":[{\"alias_name\":\"email\",\"alias_label\":\"2@example.com\"}],\"should_remove\":true}\n{\"user_ids\":[\"u1\"],\"should_remove\":true}\n{\"device_ids\":[\"d2\"],\"should_remove\":false}\n",
+	"{\"user_ids\":[\"u1\"]}\n{\"user_ids\":[\"u2\"],\"timestamp\":\"2009-01-01T00:00:00Z\"}\n{\"device_ids\":[\"d1\"]}\n",
+	"{\"aliases\":[{\"alias_label\":\"l\",\"alias_name\":\"n\"}]}\n{\"aliases\":[{\"alias_name\":\"n\",\"alias_label\":\"\"}]}\n{\"aliases\":[{\"alias_name\":\"n\"}]}\n",
+	"{\"aliases\":[{\"alias_name\":\"n\",\"alias_label\":\"l\\u0000\"}]}\n{\"aliases\":[{\"alias_name\":\"n\",\"alias_label\":\"l\",\"x\":1}]}\n{\"aliases\":[{\"alias_name\":\"" + strings.Repeat("n", 513) + "\",\"alias_label\":\"l\"}]}\n",
+	"{\"aliases\":[{\"alias_name\":\"n\",\"alias_label\":\"l\"},{\"alias_name\":\"m\",\"alias_label\":\"k\"}]}\n{\"aliases\":[{\"alias_name\":\"n\",\"alias_label\":\"l\"}]}\n{\"aliases\":[{\"alias_name\":\"é\",\"alias_label\":\"l\"}]}\n",
 }
 
 func TestHeadlineLinesMatchReference(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,17 +55,29 @@ func (d *decoded) check(id []byte) {
 func (d *decoded) String() string { return strings.Join(d.items, "\n") }
 
 // changes is String with consecutive change objects of one direction and
-// time whose identifiers are all of one and the same kind merged: the
-// headline fast path hands such lines over as one object (the same changes
-// in the same order), the reference as one object a line.
+// time merged, their identifiers grouped by kind (external ids, device ids,
+// aliases; each kind in the order sent): the headline fast path hands such
+// lines over as one object, the reference as one object a line. Changes of
+// one direction commute, so both mean the same.
 func (d *decoded) changes() string {
-	var out []string
-	head, kind := "", "" // the open merged object's header and kind ("" once mixed)
+	var (
+		out  []string
+		head string   // the open merged object's header, "" when none
+		ids  []string // its identifiers
+	)
+	flush := func() {
+		if head != "" {
+			slices.SortStableFunc(ids, func(a, b string) int { return kindRank(a) - kindRank(b) })
+			out = append(out, head)
+			out = append(out, ids...)
+		}
+		head, ids = "", nil
+	}
 	for i := 0; i < len(d.items); {
 		it := d.items[i]
 		if !strings.HasPrefix(it, "change ") {
+			flush()
 			out = append(out, it)
-			head, kind = "", ""
 			i++
 			continue
 		}
@@ -72,32 +85,29 @@ func (d *decoded) changes() string {
 		for j < len(d.items) && !strings.HasPrefix(d.items[j], "change ") && !strings.HasPrefix(d.items[j], "user ") {
 			j++
 		}
-		ids := d.items[i+1 : j]
-		k := oneKind(ids)
-		if it == head && k != "" && k == kind {
-			out = append(out, ids...)
-		} else {
-			out = append(out, it)
-			out = append(out, ids...)
-			head, kind = it, k
+		if it != head {
+			flush()
+			head = it
 		}
+		ids = append(ids, d.items[i+1:j]...)
 		i = j
 	}
+	flush()
 	return strings.Join(out, "\n")
 }
 
-// oneKind returns the kind prefix ("u:", "d:", "a:") all of ids share, or "".
-func oneKind(ids []string) string {
-	if len(ids) == 0 || len(ids[0]) < 2 {
-		return ""
+// kindRank orders identifiers by their kind prefix as changeObject lists
+// them: external ids, device ids, aliases, anything else.
+func kindRank(id string) int {
+	switch {
+	case strings.HasPrefix(id, "u:"):
+		return 0
+	case strings.HasPrefix(id, "d:"):
+		return 1
+	case strings.HasPrefix(id, "a:"):
+		return 2
 	}
-	k := ids[0][:2]
-	for _, id := range ids {
-		if !strings.HasPrefix(id, k) {
-			return ""
-		}
-	}
-	return k
+	return 3
 }
 
 func (d *decoded) addChange(c *changeObject) {

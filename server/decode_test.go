@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -730,6 +731,50 @@ func TestPutStreamDropsReferences(t *testing.T) {
 	}
 }
 
+// TestHeadlineRunsAcrossKinds checks that one-identifier lines of one
+// direction reach fn as one change object whatever their kinds (the fast
+// path, not one object a line), and that a change of direction, a line
+// the fast path does not take, or a timestamp ends the run.
+func TestHeadlineRunsAcrossKinds(t *testing.T) {
+	body := `{"user_ids":["u1"]}` + "\n" +
+		`{"device_ids":["d1"]}` + "\n" +
+		`{"aliases":[{"alias_name":"email","alias_label":"1@example.com"}]}` + "\n" +
+		`{"user_ids":["u2"],"should_remove":false}` + "\n" +
+		`{"user_ids":["u3"],"should_remove":true}` + "\n" +
+		`{"aliases":[{"alias_name":"email","alias_label":"3@example.com"}],"should_remove":true}` + "\n" +
+		`{"user_ids":["u4"],"timestamp":"2020-01-01T00:00:00Z"}` + "\n" +
+		`{"device_ids":["d2"]}` + "\n"
+	var got []string
+	err := decodeChangesNDJSON(strings.NewReader(body), func(c *changeObject) error {
+		var b strings.Builder
+		fmt.Fprintf(&b, "remove=%v time=%v", c.Remove, c.HasTime)
+		for _, id := range c.UserIDs {
+			fmt.Fprintf(&b, " u:%s", id)
+		}
+		for _, id := range c.DeviceIDs {
+			fmt.Fprintf(&b, " d:%s", id)
+		}
+		for _, id := range c.Aliases {
+			name, label := engine.SplitAlias(id)
+			fmt.Fprintf(&b, " a:%s/%s", name, label)
+		}
+		got = append(got, b.String())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"remove=false time=false u:u1 u:u2 d:d1 a:email/1@example.com",
+		"remove=true time=false u:u3 a:email/3@example.com",
+		"remove=false time=true u:u4",
+		"remove=false time=false d:d2",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("change objects:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 // TestDecodersLeaveNoReferences decodes change bodies of each path (runs
 // of headline lines; general objects, the longer first) and a members
 // batch: whatever the fills left past the slices' lengths, the decoder
@@ -744,7 +789,7 @@ func TestDecodersLeaveNoReferences(t *testing.T) {
 		}
 	}
 	for name, body := range map[string]string{
-		"headline": strings.Repeat(`{"user_ids":["a"]}`+"\n", 6) + `{"user_ids":["b"],"should_remove":true}` + "\n",
+		"headline": strings.Repeat(`{"user_ids":["a"]}`+"\n"+`{"device_ids":["c"]}`+"\n"+`{"aliases":[{"alias_name":"n","alias_label":"l"}]}`+"\n", 6) + `{"user_ids":["b"],"should_remove":true}` + "\n",
 		"general":  `{"user_ids":["d","e","f","g"],"device_ids":["h","i","j"]}` + "\n" + `{"user_ids":["k"],"device_ids":["l"]}` + "\n",
 	} {
 		var seen *changeObject
@@ -753,6 +798,7 @@ func TestDecodersLeaveNoReferences(t *testing.T) {
 		}
 		check(name+" UserIDs", seen.UserIDs)
 		check(name+" DeviceIDs", seen.DeviceIDs)
+		check(name+" Aliases", seen.Aliases)
 	}
 	var keys [][]byte
 	if err := decodeMembersJSON(strings.NewReader(`{"user_ids":["k","l","m"]}`), func(_ engine.Kind, ks [][]byte) error { keys = ks; return nil }); err != nil {
