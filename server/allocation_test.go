@@ -15,9 +15,9 @@ import (
 // in the manner of fasthttp's allocation_test.go: every request through
 // Handler, from route match to the reply body.
 
-// allocServer is a ready server with a workspace of 100 users, cohorts
-// p/a (even users) and p/b (multiples of three), and its API key.
-func allocServer(t testing.TB) (*Server, string) {
+// workspaceServer is a ready server over an in-memory engine with one empty
+// workspace, "ws"; it returns the workspace and its API key.
+func workspaceServer(t testing.TB) (*Server, *engine.Workspace, string) {
 	t.Helper()
 	s := New(Options{AdminToken: "admin", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	e, err := engine.Open(engine.Options{})
@@ -28,7 +28,15 @@ func allocServer(t testing.TB) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := e.Workspace("ws")
+	s.SetEngine(e)
+	return s, e.Workspace("ws"), key
+}
+
+// allocServer is a ready server with a workspace of 100 users, cohorts
+// p/a (even users) and p/b (multiples of three), and its API key.
+func allocServer(t testing.TB) (*Server, string) {
+	t.Helper()
+	s, w, key := workspaceServer(t)
 	var b engine.UserBatch
 	for i := range 100 {
 		b.Add(fmt.Appendf(nil, "u%d", i), nil, nil)
@@ -45,7 +53,6 @@ func allocServer(t testing.TB) (*Server, string) {
 			t.Fatal(err)
 		}
 	}
-	s.SetEngine(e)
 	return s, key
 }
 

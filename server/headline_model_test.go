@@ -2,8 +2,6 @@ package server
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"testing"
@@ -24,15 +22,7 @@ import (
 // user wins; device ids match anonymous users only) says.
 func TestOneALineModel(t *testing.T) {
 	const users = 300
-	s := New(Options{AdminToken: "admin", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	e, err := engine.Open(engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := e.CreateWorkspace("ws")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, w, key := workspaceServer(t)
 	// User i: i%10 < 6 an external id; 6, 7 an alias; 8 anonymous with a
 	// device id; 9 an external id and a device id (identified: its device
 	// id matches no one).
@@ -50,10 +40,9 @@ func TestOneALineModel(t *testing.T) {
 			ub.Add(ext, nil, nil)
 		}
 	}
-	if _, err := e.Workspace("ws").UpsertUsers(&ub); err != nil {
+	if _, err := w.UpsertUsers(&ub); err != nil {
 		t.Fatal(err)
 	}
-	s.SetEngine(e)
 
 	var ctx fasthttp.RequestCtx
 	do := func(method, path, body string) string {
