@@ -303,10 +303,7 @@ func BenchmarkDecodeOneALine(b *testing.B) {
 	for _, flavour := range []string{"external", "mix"} {
 		var body []byte
 		r := rand.New(rand.NewPCG(5, 6))
-		block := make([]byte, 20)
-		for i := range block {
-			block[i] = "uuuuuuuuuuuuuuudddaa"[i]
-		}
+		block := []byte("uuuuuuuuuuuuuuudddaa")
 		for i := range n {
 			if i%20 == 0 {
 				r.Shuffle(len(block), func(x, y int) { block[x], block[y] = block[y], block[x] })

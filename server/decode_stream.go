@@ -396,7 +396,7 @@ const (
 // user wins, and they all say the same), with one callback instead of one
 // a line. Merging only lines of one kind, a device id or alias line every
 // few external ids (the standard user mix) broke every run: the mixed
-// flavour of BenchmarkBulkChanges ran at 63% of the pure one.
+// flavour of BenchmarkBulkChanges ran at 63% of the rate of 1,000 a line.
 func (d *streamDecoder) headlineLine(fn func(c *changeObject) error) (bool, error) {
 	s := &d.s
 	kind, id, label, remove, used := headlineRecord(s.buf[s.pos:s.end])

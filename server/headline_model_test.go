@@ -12,9 +12,9 @@ import (
 )
 
 // TestOneALineModel sends bodies of one identifier a line (external ids,
-// device ids and aliases mixed, runs of each direction, users named twice
-// under different identifiers, unknown identifiers and device ids of
-// identified users) through Handler twice: as exporters write them, which
+// device ids and aliases mixed, runs of each direction, users named again
+// and again, some of them by an external id and by an alias, unknown
+// identifiers and device ids of identified users) through Handler twice: as exporters write them, which
 // the decoder's fast path merges into runs, and with an unknown field on
 // every line, which sends each line through the general walk one object at
 // a time. The replies must be the same, both cohorts must hold the same
@@ -23,15 +23,18 @@ import (
 func TestOneALineModel(t *testing.T) {
 	const users = 300
 	s, w, key := workspaceServer(t)
-	// User i: i%10 < 6 an external id; 6, 7 an alias; 8 anonymous with a
-	// device id; 9 an external id and a device id (identified: its device
-	// id matches no one).
+	// User i: i%10 < 6 an external id; 6 an external id and an alias; 7 an
+	// alias; 8 anonymous with a device id; 9 an external id and a device id
+	// (identified: its device id matches no one).
 	var ub engine.UserBatch
 	for i := range users {
 		ext, dev := []byte("e"+strconv.Itoa(i)), []byte("d"+strconv.Itoa(i))
+		alias := [][]byte{engine.AliasKey(nil, []byte("email"), []byte(strconv.Itoa(i)+"@x"))}
 		switch i % 10 {
-		case 6, 7:
-			ub.Add(nil, nil, [][]byte{engine.AliasKey(nil, []byte("email"), []byte(strconv.Itoa(i)+"@x"))})
+		case 6:
+			ub.Add(ext, nil, alias)
+		case 7:
+			ub.Add(nil, nil, alias)
 		case 8:
 			ub.Add(nil, dev, nil)
 		case 9:
@@ -45,35 +48,24 @@ func TestOneALineModel(t *testing.T) {
 	}
 
 	var ctx fasthttp.RequestCtx
-	do := func(method, path, body string) string {
+	post := func(path, contentType, body string) string {
 		t.Helper()
 		ctx.Request.Reset()
 		ctx.Response.Reset()
-		ctx.Request.Header.SetMethod(method)
+		ctx.Request.Header.SetMethod("POST")
 		ctx.Request.SetRequestURI(path)
 		ctx.Request.Header.Set("Authorization", "Bearer "+key)
-		ctx.Request.Header.SetContentType("application/x-ndjson")
+		ctx.Request.Header.SetContentType(contentType)
 		ctx.Request.SetBodyString(body)
 		s.Handler(&ctx)
 		if ctx.Response.StatusCode() != 200 {
-			t.Fatalf("%s %s: %d %s", method, path, ctx.Response.StatusCode(), ctx.Response.Body())
+			t.Fatalf("POST %s: %d %s", path, ctx.Response.StatusCode(), ctx.Response.Body())
 		}
 		return string(ctx.Response.Body())
 	}
 	count := func(seg string) string {
 		t.Helper()
-		ctx.Request.Reset()
-		ctx.Response.Reset()
-		ctx.Request.Header.SetMethod("POST")
-		ctx.Request.SetRequestURI("/v1/segments/count")
-		ctx.Request.Header.Set("Authorization", "Bearer "+key)
-		ctx.Request.Header.SetContentType("application/json")
-		ctx.Request.SetBodyString(`{"segment":` + seg + `}`)
-		s.Handler(&ctx)
-		if ctx.Response.StatusCode() != 200 {
-			t.Fatalf("count %s: %d %s", seg, ctx.Response.StatusCode(), ctx.Response.Body())
-		}
-		return string(ctx.Response.Body())
+		return post("/v1/segments/count", "application/json", `{"segment":`+seg+`}`)
 	}
 
 	r := rand.New(rand.NewPCG(11, 12))
@@ -91,6 +83,8 @@ func TestOneALineModel(t *testing.T) {
 			switch k := r.IntN(10); {
 			case k == 0: // unknown external id
 				line, matched = `{"user_ids":["nobody`+strconv.Itoa(i)+`"]`, false
+			case i%10 == 6 && k < 5: // the same user by its external id
+				line = `{"user_ids":["e` + strconv.Itoa(i) + `"]`
 			case i%10 == 6 || i%10 == 7:
 				line = `{"aliases":[{"alias_name":"email","alias_label":"` + strconv.Itoa(i) + `@x"}]`
 			case i%10 == 8:
@@ -113,8 +107,8 @@ func TestOneALineModel(t *testing.T) {
 			fast = append(fast, line+tail...)
 			slow = append(slow, line+`,"x":1`+tail...)
 		}
-		a := do("POST", "/v1/cohorts/p/fast/changes", string(fast))
-		b := do("POST", "/v1/cohorts/p/slow/changes", string(slow))
+		a := post("/v1/cohorts/p/fast/changes", "application/x-ndjson", string(fast))
+		b := post("/v1/cohorts/p/slow/changes", "application/x-ndjson", string(slow))
 		if a != b {
 			t.Fatalf("body %d: replies differ:\nfast path %s\ngeneral   %s", body, a, b)
 		}
