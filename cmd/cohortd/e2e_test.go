@@ -782,3 +782,47 @@ func shellWords(t *testing.T, line string) []string {
 	}
 	return words
 }
+
+// TestOneALineBulk imports a body of one identifier a line, of every kind,
+// as exporters write them, through the binary: the decoder hands a run of
+// one direction over as one change object whatever its kinds, and the
+// result must be what the lines say in order (u20 and d-anon are added,
+// then removed), also after a kill -9.
+func TestOneALineBulk(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	d := startDaemon(t, dir, startOpts{})
+	tn := setupTenant(d, d.adminToken(), "acme", "amplitude")
+	users := []map[string]any{{"device_id": "d-anon"}, {"external_id": "u-alias", "aliases": []map[string]string{{"alias_name": "email", "alias_label": "a@example.com"}}}}
+	users = append(users, usersJSON(userIDs("u", 0, 30))...)
+	d.must(req{method: "POST", path: "/v1/users", token: tn.apiKey, body: map[string]any{"users": users}}, 200)
+
+	var nd bytes.Buffer
+	for _, id := range userIDs("u", 20, 25) {
+		fmt.Fprintf(&nd, "{\"user_ids\":[%q]}\n", id)
+	}
+	nd.WriteString(`{"device_ids":["d-anon"]}` + "\n" +
+		`{"aliases":[{"alias_name":"email","alias_label":"a@example.com"}],"should_remove":false}` + "\n" +
+		`{"user_ids":["nobody"]}` + "\n" +
+		`{"user_ids":["u20"],"should_remove":true}` + "\n" +
+		`{"device_ids":["d-anon"],"should_remove":true}` + "\n")
+	r := d.must(req{method: "POST", path: "/v1/cohorts/amplitude/c1/changes", token: tn.apiKey, body: nd.Bytes(), ctype: "application/x-ndjson", encoding: "zstd"}, 200).json(t)
+	if num(t, r, "matched") != 9 || num(t, r, "unmatched") != 1 || num(t, r, "added") != 5 || num(t, r, "removed") != 0 {
+		t.Fatalf("one identifier a line: %v, want matched 9, unmatched 1, added 5 (u21-u24, u-alias), removed 0", r)
+	}
+	d.stop(syscall.SIGKILL, 10*time.Second)
+
+	d = startDaemon(t, dir, startOpts{})
+	for id, want := range map[string]bool{"u20": false, "u21": true, "u24": true, "u-alias": true} {
+		r = d.must(req{method: "POST", path: "/v1/segments/contains", token: tn.apiKey,
+			body: map[string]any{"segment": map[string]any{"cohort": "amplitude/c1"}, "external_ids": []string{id}}}, 200).json(t)
+		if got, _ := r["results"].([]any); len(got) != 1 || got[0] != want {
+			t.Errorf("%s in amplitude/c1 after kill -9: %v, want %v", id, r, want)
+		}
+	}
+	r = d.must(req{method: "GET", path: "/v1/cohorts/amplitude/c1", token: tn.apiKey}, 200).json(t)
+	if num(t, r, "size") != 5 {
+		t.Fatalf("amplitude/c1 after kill -9: %v, want size 5", r)
+	}
+	d.stop(syscall.SIGTERM, 30*time.Second)
+}
