@@ -21,12 +21,23 @@
 #
 # Knobs: RESP_BENCH_ROUNDS (default 3), RESP_BENCH_SECONDS (go-redis run
 # length, default 4), RESP_BENCH_N (redis-benchmark requests for SISMEMBER,
-# default 400000).
+# default 400000), RESP_BENCH_WORKLOADS (indexes of the workloads below,
+# default all: "0 1 2 3 4 5 6 7").
+#
+# A/B of two builds: RESP_BENCH_BASELINE=<cohortd binary> runs that binary
+# too, on the same data directory (cohortd is restarted for each run), as
+# the first of the three in every round; the table then gives the tree's
+# build against it per server CPU-second as well. For example:
+#
+#   git stash; go build -o /tmp/cohortd.base ./cmd/cohortd; git stash pop
+#   RESP_BENCH_BASELINE=/tmp/cohortd.base RESP_BENCH_WORKLOADS="0 1" RESP_BENCH_ROUNDS=6 bash bench/resp.sh
 set -euo pipefail
 users=${1:-1000000}
 secs=${RESP_BENCH_SECONDS:-4}
 rounds=${RESP_BENCH_ROUNDS:-3}
 nreq=${RESP_BENCH_N:-400000}
+workloads=${RESP_BENCH_WORKLOADS:-0 1 2 3 4 5 6 7}
+baseline=${RESP_BENCH_BASELINE:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 for tool in redis-server redis-benchmark redis-cli taskset python3; do
@@ -49,11 +60,22 @@ tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{printf "%.3f", ($14+$15)/t}' "/proc/$1/stat"; }
 client() { taskset -c 1 "$@"; }
 
-GOMAXPROCS=1 taskset -c 0 bin/cohortd -addr "$http" -resp-addr "127.0.0.1:$respport" -data-dir "$tmp/data" \
-	-admin-token bench -fsync off -log-level warn 2>"$tmp/cohortd.log" &
-cpid=$!
-pids+=("$cpid")
-for _ in $(seq 100); do curl -sf "http://$http/readyz" >/dev/null && break; sleep 0.1; done
+# start_cohortd <binary>: serves $tmp/data, pid in cpid, once ready.
+start_cohortd() {
+	GOMAXPROCS=1 taskset -c 0 "$1" -addr "$http" -resp-addr "127.0.0.1:$respport" -data-dir "$tmp/data" \
+		-admin-token bench -fsync off -log-level warn 2>>"$tmp/cohortd.log" &
+	cpid=$!
+	pids+=("$cpid")
+	for _ in $(seq 300); do curl -sf "http://$http/readyz" >/dev/null && break; sleep 0.1; done
+}
+# switch_cohortd <binary>: stops the running cohortd (it writes a snapshot)
+# and starts binary on the same data.
+switch_cohortd() {
+	kill "$cpid"
+	wait "$cpid" 2>/dev/null || true
+	start_cohortd "$1"
+}
+start_cohortd bin/cohortd
 client bin/loadgen seed -addr "http://$http" -admin-token bench -workspace respbench -users "$users" -quiet 2>"$tmp/seed.log" >/dev/null
 # loadgen does not print the key it was given: issue a fresh one.
 key=$(curl -sf -X POST -H "Authorization: Bearer bench" "http://$http/v1/workspaces/respbench/api-key" |
@@ -148,8 +170,13 @@ workload() {
 	esac
 }
 
-for i in 0 1 2 3 4 5 6 7; do
+for i in $workloads; do
 	for _ in $(seq "$rounds"); do
+		if [ -n "$baseline" ]; then
+			switch_cohortd "$baseline"
+			workload "$i" baseline "$cpid" "$respport"
+			switch_cohortd bin/cohortd
+		fi
 		workload "$i" cohortd "$cpid" "$respport"
 		workload "$i" redis-server "$rpid" "$redisport"
 	done
@@ -199,6 +226,21 @@ for k in order:
     ratios = [a[1] / b[1] for a, b in zip(c, r) if b[1] > 0]
     rr = f"×{statistics.median(ratios):.2f} (×{min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
     print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {rr} |")
+base = [k for k in order if runs[k].get("baseline")]
+if base:
+    print()
+    print("A/B: the baseline binary (RESP_BENCH_BASELINE) run first in each round, on the same data.")
+    print()
+    print("| client | workload | baseline per server CPU-second | cohortd per server CPU-second | unit | cohortd ÷ baseline: median (range over rounds) | baseline ÷ Redis |")
+    print("|---|---|---:|---:|---|---|---|")
+    for k in base:
+        cl, wl, unit = k
+        b, c, r = runs[k]["baseline"], runs[k].get("cohortd", []), runs[k].get("redis-server", [])
+        med = lambda xs, i: statistics.median(x[i] for x in xs)
+        cb = [x[1] / y[1] for x, y in zip(c, b) if y[1] > 0]
+        br = [x[1] / y[1] for x, y in zip(b, r) if y[1] > 0]
+        fmt = lambda rs: f"×{statistics.median(rs):.2f} (×{min(rs):.2f}–{max(rs):.2f})" if rs else "—"
+        print(f"| {cl} | {wl} | {med(b, 1):,.0f} | {med(c, 1):,.0f} | {unit} | {fmt(cb)} | {fmt(br)} |")
 PY
 echo
 echo "| server | client | workload | p50 | p99 | p99.9 |"

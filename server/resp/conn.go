@@ -20,7 +20,6 @@ const (
 	readBufSize  = 16 << 10 // Redis's read chunk
 	flushAt      = 64 << 10 // write replies mid-batch past this
 	maxPooledOut = 1 << 20  // a larger reply buffer is dropped after use
-	writeTimeout = time.Minute
 )
 
 // conn is one client connection. Only its goroutine touches it, except
@@ -73,7 +72,7 @@ type loopConn struct {
 }
 
 // pushWriteDeadline starts the time a client has to read its replies.
-func (c *conn) pushWriteDeadline() { c.loop.deadline = time.Now().Add(writeTimeout) }
+func (c *conn) pushWriteDeadline() { c.loop.deadline = time.Now().Add(c.s.opts.WriteTimeout) }
 
 // writeOverdue reports whether the client has not read its replies in time.
 func (c *conn) writeOverdue() bool { return time.Now().After(c.loop.deadline) }
@@ -495,9 +494,9 @@ func (c *conn) flush() error {
 	}
 	if now := time.Now(); now.After(c.wdeadline) {
 		// Pushed forward once in a while, not per write: a client that
-		// stops reading is dropped after about writeTimeout.
-		_ = c.nc.SetWriteDeadline(now.Add(writeTimeout))
-		c.wdeadline = now.Add(writeTimeout / 2)
+		// stops reading is dropped after about WriteTimeout.
+		_ = c.nc.SetWriteDeadline(now.Add(c.s.opts.WriteTimeout))
+		c.wdeadline = now.Add(c.s.opts.WriteTimeout / 2)
 	}
 	_, err := c.nc.Write(c.out)
 	if cap(c.out) > maxPooledOut {

@@ -2,7 +2,9 @@ package resp
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -583,5 +585,49 @@ func TestMaxConns(t *testing.T) {
 	b := dialRaw(t, addr)
 	if got := b.reply(); got != "-ERR max number of clients reached\r\n" {
 		t.Fatal(got)
+	}
+}
+
+// TestClientNotReading: a client that sends commands and leaves their
+// replies unread is dropped after WriteTimeout, on both the event loop and
+// the goroutine path, and another client is served meanwhile.
+func TestClientNotReading(t *testing.T) {
+	f := newFixture(t)
+	s, addr := f.server(t, Options{WriteTimeout: 300 * time.Millisecond})
+	stuck := dialRaw(t, addr)
+	stuck.do("AUTH", f.keyA)
+	// 32 MiB of replies: more than loopback's socket buffers hold.
+	arg := strings.Repeat("x", 64<<10)
+	var pipe []byte
+	for range 512 {
+		pipe = append(pipe, encode("ECHO", arg)...)
+	}
+	go func() { _, _ = stuck.nc.Write(pipe) }() // blocks once the server stops reading
+	other := dialRaw(t, addr)
+	if got := other.do("PING"); got != "+PONG\r\n" {
+		t.Fatal(got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.mu.conns)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open 10 s after the client stopped reading", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := other.do("PING"); got != "+PONG\r\n" {
+		t.Fatal(got)
+	}
+	// What the server wrote before dropping it is there to read, then the end.
+	_ = stuck.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, stuck.nc)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the dropped connection is still open")
 	}
 }

@@ -34,6 +34,9 @@ type Options struct {
 	// MaxCommandBytes bounds one command as received; default 128 MiB
 	// (an SMISMEMBER of a few million members).
 	MaxCommandBytes int
+	// WriteTimeout is how long a client may leave replies unread before
+	// it is dropped; default 1 minute.
+	WriteTimeout time.Duration
 	// NoEventLoop serves every connection with a goroutine of its own,
 	// also where epoll loops would serve plain TCP ones (tests of that path).
 	NoEventLoop bool
@@ -102,6 +105,9 @@ func New(opts Options) *Server {
 	}
 	if opts.MaxCommandBytes <= 0 {
 		opts.MaxCommandBytes = defaultMaxCommand
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = time.Minute
 	}
 	s := &Server{opts: opts, log: opts.Logger, met: newServerMetrics(opts.Metrics)}
 	s.workspace = (*engine.Engine).WorkspaceByKeyDigest
