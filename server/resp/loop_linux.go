@@ -6,10 +6,8 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"runtime/pprof"
 	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -37,17 +35,6 @@ import (
 // replies is not served further, and one that never reads them is dropped
 // after Options.WriteTimeout.
 //
-// The loop waits for its epoll descriptor through Go's own poller, not in a
-// blocking epoll_wait: the descriptor is readable while it has events, so
-// the loop parks like any goroutine waiting on a socket and then takes its
-// events with epoll_wait and no timeout. A blocking epoll_wait holds the
-// goroutine's thread in a system call; sysmon then hands the P to another
-// thread, and the loop wakes on a thread without one. Profiled on one core
-// under pipelined SISMEMBERs, that moved the loop across four threads and
-// cost a fifth of the server's CPU in context switches and in sysmon
-// waking every 20 µs (it polls that often while it keeps finding a P to
-// retake).
-//
 // The net.Conn stays the owner of the descriptor (its Close closes it, and
 // Go's own poller keeps it registered but never waits on it). Only the
 // loop closes its connections, so a descriptor number is never reused
@@ -58,9 +45,7 @@ import (
 type eventLoop struct {
 	s    *Server
 	epfd int
-	ep   *os.File        // epfd, registered with Go's poller (run waits on it)
-	epc  syscall.RawConn // ep's, for waiting
-	wake int             // eventfd: new connections to add, or Shutdown
+	wake int // eventfd: new connections to add, or Shutdown
 
 	mu struct {
 		sync.Mutex
@@ -108,33 +93,8 @@ func newEventLoop(s *Server) (*eventLoop, error) {
 		return nil, err
 	}
 	l := &eventLoop{s: s, epfd: epfd, wake: wake, conns: make(map[int32]*conn)}
-	// os.NewFile registers a non-blocking descriptor with Go's poller; a
-	// deadline can be cleared only on one it registered.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.closeFDs()
-		return nil, err
-	}
-	l.ep = os.NewFile(uintptr(epfd), "epoll")
-	if err := l.ep.SetReadDeadline(time.Time{}); err != nil {
-		l.closeFDs()
-		return nil, err
-	}
-	if l.epc, err = l.ep.SyscallConn(); err != nil {
-		l.closeFDs()
-		return nil, err
-	}
 	go l.run()
 	return l, nil
-}
-
-// closeFDs closes the loop's descriptors.
-func (l *eventLoop) closeFDs() {
-	if l.ep != nil {
-		_ = l.ep.Close() // epfd's owner
-	} else {
-		unix.Close(l.epfd)
-	}
-	unix.Close(l.wake)
 }
 
 // rawFD returns the descriptor of a plain TCP connection, or -1.
@@ -179,44 +139,23 @@ func (l *eventLoop) stop() {
 }
 
 func (l *eventLoop) run() {
-	defer l.closeFDs()
+	defer func() {
+		unix.Close(l.epfd)
+		unix.Close(l.wake)
+	}()
 	events := make([]unix.EpollEvent, 256)
-	var (
-		n        int
-		werr     error
-		deadline bool // a read deadline is set on ep
-	)
-	// take runs on ep's descriptor when Go's poller says it may be ready
-	// (and once before waiting); false makes Read wait.
-	take := func(uintptr) bool {
-		n, werr = rawEpollWait(l.epfd, events)
-		return n > 0 || werr != nil
-	}
 	for {
-		// With replies waiting on clients that may have stopped reading,
-		// wake at least every writeCheckEvery to drop them.
-		if want := l.writers > 0; want != deadline {
-			var t time.Time
-			if want {
-				t = time.Now().Add(min(writeCheckEvery, l.s.opts.WriteTimeout/4))
+		timeout := -1
+		if l.writers > 0 {
+			// to drop clients that stopped reading
+			timeout = int(min(writeCheckEvery, l.s.opts.WriteTimeout/4) / time.Millisecond)
+		}
+		n, err := unix.EpollWait(l.epfd, events, timeout)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
 			}
-			_ = l.ep.SetReadDeadline(t)
-			deadline = want
-		}
-		n, werr = 0, nil
-		if err := l.epc.Read(take); err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				werr = err
-			} else {
-				_ = l.ep.SetReadDeadline(time.Time{}) // set again above if still wanted
-				deadline = false
-			}
-		}
-		if errors.Is(werr, unix.EINTR) {
-			continue
-		}
-		if werr != nil {
-			l.s.log.Error("resp: waiting for events failed, closing the loop's connections", "err", werr)
+			l.s.log.Error("resp: epoll_wait failed, closing the loop's connections", "err", err)
 			l.closeAll()
 			return
 		}
@@ -399,14 +338,18 @@ func (l *eventLoop) closeAll() {
 	}
 }
 
-// The loop's reads and writes go to non-blocking sockets and its
-// epoll_wait has no timeout, so none of them can block; they are made
-// without telling the scheduler (RawSyscall), which would otherwise see
-// the goroutine in a system call. Sysmon takes the P from a goroutine
-// that stays in one past its 20 µs tick, and a write to a loopback socket
-// that wakes the client often does: the P then went to another thread,
-// and the loop came back on it through a context switch. (The eventfd's
-// read and write stay ordinary calls: they are rare.)
+// The loop's reads and writes go to non-blocking sockets, so they never
+// block; they are made without telling the scheduler (RawSyscall), which
+// would otherwise count the goroutine as in a system call for each of them
+// and, on one core, hand its P to another thread whenever sysmon found it
+// in one for a whole tick (a write to a loopback socket that wakes the
+// client can take that long). bench/reviews/resp_rawio.md has what this
+// gained per server CPU-second (bench/resp.sh's A/B mode). The epoll_wait, which does block, stays an ordinary call, and
+// so do the eventfd's read and write (they are rare). Two variants did not
+// pay, measured against this one: waiting on the epoll descriptor through
+// Go's poller instead of in epoll_wait (5–9% fewer requests per server
+// CPU-second, and a higher median latency at 30k requests a second), and a
+// raw epoll_wait with no timeout before each blocking one (within noise).
 
 // rawIO is read(2) or write(2) (trap) on fd, a non-blocking socket.
 func rawIO(trap uintptr, fd int, p []byte) (int, error) {
@@ -414,15 +357,6 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 		return 0, nil
 	}
 	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// rawEpollWait is epoll_wait(2) on epfd with a timeout of 0.
-func rawEpollWait(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
