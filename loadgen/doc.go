@@ -17,8 +17,11 @@
 // Latency is measured from the intended send time, not from the moment a
 // request actually left (coordinated-omission correction): with an open loop
 // (Options.Rate > 0) the pacer hands out send times on a fixed schedule and a
-// slow server shows up as queueing delay in the percentiles. With a closed loop
-// (rate 0) the intended time is the moment a worker picks up the request.
+// slow server shows up as queueing delay in the percentiles. A request whose
+// worker slept until its slot counts from when the worker woke instead, so
+// that the late wake-ups of Go's timers are not charged to the server
+// (waitSlot). With a closed loop (rate 0) the intended time is the moment a
+// worker picks up the request.
 // Latencies go into HDR histograms (microsecond resolution, 3 significant
 // digits), one per operation.
 //

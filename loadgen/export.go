@@ -261,13 +261,13 @@ func (e *exporter) send(ctx context.Context, j *exportJob, raw, body []byte) ([]
 			contentType: "application/json", encoding: EncodingGzip, body: body,
 		}
 	}
-	intended := e.pacer.next(time.Now(), j.ready)
-	if sleepUntil(ctx, intended) != nil {
-		r.rec.op(opName(r.o.Shape)).record(intended, time.Now(), ids, 0, true)
+	from, err := waitSlot(ctx, e.pacer.next(time.Now(), j.ready))
+	if err != nil {
+		r.rec.op(opName(r.o.Shape)).record(from, time.Now(), ids, 0, true)
 		r.rec.fail(fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()))
 		return raw, body
 	}
-	sendAt := intended
+	sendAt := from
 	if r.o.Shape == ShapePartner {
 		// Real senders upsert the cohort before every batch.
 		up := appendCohortUpsert(nil, creds, j.c.id, j.c.created)
@@ -276,7 +276,7 @@ func (e *exporter) send(ctx context.Context, j *exportJob, raw, body []byte) ([]
 			contentType: "application/json", body: up,
 		}, nil)
 		now := time.Now()
-		r.rec.op("upsert").record(intended, now, 0, retries, err != nil)
+		r.rec.op("upsert").record(from, now, 0, retries, err != nil)
 		if err != nil {
 			r.rec.fail(err)
 		}

@@ -97,11 +97,11 @@ func (q *querier) run(ctx, tctx context.Context) {
 				path, body = q.build(body[:0], kind, rng)
 				// The schedule is fixed from the start (ready = start):
 				// an open loop does not wait for the server.
-				intended := q.pacer.next(time.Now(), start)
-				if sleepUntil(tctx, intended) != nil {
+				from, err := waitSlot(tctx, q.pacer.next(time.Now(), start))
+				if err != nil {
 					return
 				}
-				q.send(ctx, kind, path, body, intended)
+				q.send(ctx, kind, path, body, from)
 				q.done.Add(1)
 			}
 		}()

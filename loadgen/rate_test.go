@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -63,5 +64,29 @@ func TestOpStatsCorrected(t *testing.T) {
 	}
 	if o.P50Us != 1000 || o.MaxUs < 999_000 || o.MaxUs > 1_001_000 {
 		t.Errorf("p50 %dus max %dus", o.P50Us, o.MaxUs)
+	}
+}
+
+// TestWaitSlot: a slot already past counts from the slot (the request
+// queued behind busy workers); a slot ahead counts from the wake-up, after
+// the slot.
+func TestWaitSlot(t *testing.T) {
+	ctx := context.Background()
+	past := time.Now().Add(-time.Second)
+	if from, err := waitSlot(ctx, past); err != nil || !from.Equal(past) {
+		t.Fatalf("past slot: from %v (err %v), want the slot", from.Sub(past), err)
+	}
+	ahead := time.Now().Add(3 * time.Millisecond)
+	from, err := waitSlot(ctx, ahead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !from.After(ahead) {
+		t.Fatalf("slot ahead: counts from %v, want the wake-up, after the slot", from.Sub(ahead))
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := waitSlot(cctx, time.Now().Add(time.Hour)); err == nil {
+		t.Fatal("cancelled wait returned no error")
 	}
 }

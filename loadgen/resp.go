@@ -69,11 +69,11 @@ func (q *querier) runRESP(ctx, tctx context.Context) error {
 					return
 				}
 				kind := o.Mix.pick(rng)
-				intended := q.pacer.next(time.Now(), start)
-				if sleepUntil(tctx, intended) != nil {
+				from, err := waitSlot(tctx, q.pacer.next(time.Now(), start))
+				if err != nil {
 					return
 				}
-				args = q.sendRESP(ctx, rc, cohortd, kind, rng, args[:0], intended)
+				args = q.sendRESP(ctx, rc, cohortd, kind, rng, args[:0], from)
 				q.done.Add(1)
 			}
 		}()
