@@ -516,7 +516,8 @@ func closedLoopRate(b *testing.B, do containsSys, pool int, conns int, d time.Du
 }
 
 // openLoop sends requests at rate for d and returns the latency histogram
-// (ns, from each request's intended start) and the achieved rate.
+// (ns, from each request's intended start, or from its worker's wake-up if
+// the worker slept until then: loadgen.WaitSlot) and the achieved rate.
 func openLoop(do containsSys, pool int, rate float64, d time.Duration, workers int) (*hdrhistogram.Histogram, float64, error) {
 	total := int64(rate * d.Seconds())
 	interval := float64(time.Second) / rate
@@ -536,15 +537,14 @@ func openLoop(do containsSys, pool int, rate float64, d time.Duration, workers i
 				if i >= total || fail.Load() != nil {
 					break
 				}
-				intended := start.Add(time.Duration(float64(i) * interval))
-				if w := time.Until(intended); w > 0 {
-					time.Sleep(w)
-				}
+				// From the slot if it had passed (queueing counts), else
+				// from the wake-up (the timer's lateness is the client's).
+				from, _ := loadgen.WaitSlot(context.Background(), start.Add(time.Duration(float64(i)*interval)))
 				if err := do(int(i % int64(pool))); err != nil {
 					fail.Store(&err)
 					break
 				}
-				h.RecordValue(int64(time.Since(intended)))
+				h.RecordValue(int64(time.Since(from)))
 			}
 			mu.Lock()
 			all.Merge(h)

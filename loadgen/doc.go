@@ -20,7 +20,7 @@
 // slow server shows up as queueing delay in the percentiles. A request whose
 // worker slept until its slot counts from when the worker woke instead, so
 // that the late wake-ups of Go's timers are not charged to the server
-// (waitSlot). With a closed loop (rate 0) the intended time is the moment a
+// (WaitSlot). With a closed loop (rate 0) the intended time is the moment a
 // worker picks up the request.
 // Latencies go into HDR histograms (microsecond resolution, 3 significant
 // digits), one per operation.

@@ -97,7 +97,7 @@ func (q *querier) run(ctx, tctx context.Context) {
 				path, body = q.build(body[:0], kind, rng)
 				// The schedule is fixed from the start (ready = start):
 				// an open loop does not wait for the server.
-				from, err := waitSlot(tctx, q.pacer.next(time.Now(), start))
+				from, err := WaitSlot(tctx, q.pacer.next(time.Now(), start))
 				if err != nil {
 					return
 				}

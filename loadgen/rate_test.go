@@ -73,11 +73,11 @@ func TestOpStatsCorrected(t *testing.T) {
 func TestWaitSlot(t *testing.T) {
 	ctx := context.Background()
 	past := time.Now().Add(-time.Second)
-	if from, err := waitSlot(ctx, past); err != nil || !from.Equal(past) {
+	if from, err := WaitSlot(ctx, past); err != nil || !from.Equal(past) {
 		t.Fatalf("past slot: from %v (err %v), want the slot", from.Sub(past), err)
 	}
 	ahead := time.Now().Add(3 * time.Millisecond)
-	from, err := waitSlot(ctx, ahead)
+	from, err := WaitSlot(ctx, ahead)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestWaitSlot(t *testing.T) {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := waitSlot(cctx, time.Now().Add(time.Hour)); err == nil {
+	if _, err := WaitSlot(cctx, time.Now().Add(time.Hour)); err == nil {
 		t.Fatal("cancelled wait returned no error")
 	}
 }

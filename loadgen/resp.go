@@ -69,7 +69,7 @@ func (q *querier) runRESP(ctx, tctx context.Context) error {
 					return
 				}
 				kind := o.Mix.pick(rng)
-				from, err := waitSlot(tctx, q.pacer.next(time.Now(), start))
+				from, err := WaitSlot(tctx, q.pacer.next(time.Now(), start))
 				if err != nil {
 					return
 				}
