@@ -298,7 +298,8 @@ func latencyTable(w io.Writer, ms []Macro) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	p("### Single-user contains latency (open loop)\n\n")
 	p("Requests at a fixed offered rate, a share of the closed-loop maximum (8 connections) measured just before; 64 workers; ")
-	p("latency from each request's intended start (HDR histogram), so queueing counts.\n\n")
+	p("latency from each request's intended start (HDR histogram), so queueing counts; in runs of commit 874f9ec or later, a request ")
+	p("whose worker slept until its start counts from the wake-up instead, so that the late wake-ups of Go's timers (up to 1 ms) do not count.\n\n")
 	p("| users | system | shape | load | max (closed) | offered | achieved | p50 | p90 | p99 | p99.9 | max |\n")
 	p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, m := range rows {

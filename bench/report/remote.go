@@ -94,7 +94,7 @@ func remoteTable(w io.Writer, ms []Macro) {
 		}
 	}
 	if len(lat) > 0 {
-		p("Single contains, open loop at 70%% of the closed-loop maximum of 32 connections (64 workers, latency from the intended start):\n\n")
+		p("Single contains, open loop at 70%% of the closed-loop maximum of 32 connections (64 workers, latency from the intended start; in runs of commit 874f9ec or later, from the worker's wake-up when it slept until then):\n\n")
 		p("| users | system | max (closed) | offered | achieved | p50 | p90 | p99 | p99.9 | max |\n")
 		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range lat {
