@@ -339,17 +339,21 @@ func (l *eventLoop) closeAll() {
 }
 
 // The loop's reads and writes go to non-blocking sockets, so they never
-// block; they are made without telling the scheduler (RawSyscall), which
-// would otherwise count the goroutine as in a system call for each of them
-// and, on one core, hand its P to another thread whenever sysmon found it
-// in one for a whole tick (a write to a loopback socket that wakes the
-// client can take that long). bench/reviews/resp_rawio.md has what this
-// gained per server CPU-second (bench/resp.sh's A/B mode). The epoll_wait, which does block, stays an ordinary call, and
-// so do the eventfd's read and write (they are rare). Two variants did not
-// pay, measured against this one: waiting on the epoll descriptor through
-// Go's poller instead of in epoll_wait (5–9% fewer requests per server
-// CPU-second, and a higher median latency at 30k requests a second), and a
-// raw epoll_wait with no timeout before each blocking one (within noise).
+// block; they are made without telling the scheduler (RawSyscall). As
+// ordinary calls each one put the goroutine in a system call, and with one
+// P sysmon hands the P to another thread when it finds a goroutine in the
+// same call on two of its 20 µs ticks; a write to a loopback socket also
+// does the client's TCP receive work, and takes that long often enough. A
+// profile under pipelined SISMEMBERs had the loop on four threads in turn
+// and a fifth of the CPU in context switches and sysmon. What raw calls
+// gained per server CPU-second is in bench/reviews/resp_rawio.md (bench/
+// resp.sh's A/B mode). The epoll_wait, which does block, stays an ordinary
+// call, and so do the eventfd's read and write (they are rare). Two
+// variants did not pay, measured against this one: waiting on the epoll
+// descriptor through Go's poller instead of in epoll_wait (5–9% fewer
+// requests per server CPU-second, and a higher median latency at 30k
+// requests a second), and a raw epoll_wait with no timeout before each
+// blocking one (within noise).
 
 // rawIO is read(2) or write(2) (trap) on fd, a non-blocking socket.
 func rawIO(trap uintptr, fd int, p []byte) (int, error) {
