@@ -224,6 +224,13 @@ for name, cl, wl, unit, rate, per in rows:
         runs[k] = {}
         order.append(k)
     runs[k].setdefault(name, []).append((float(rate), float(per)))
+def med(xs, i):
+    return statistics.median(x[i] for x in xs)
+def ratios(num, den):
+    # per server CPU-second, round by round
+    return [a[1] / b[1] for a, b in zip(num, den) if b[1] > 0]
+def spread(rs):
+    return f"×{statistics.median(rs):.2f} (×{min(rs):.2f}–{max(rs):.2f})" if rs else "—"
 print("Medians over the rounds; count is COHORT.COUNT on cohortd, SINTERCARD on Redis.")
 print()
 print("| client | workload | cohortd per second | cohortd per server CPU-second | Redis per second | Redis per server CPU-second | unit | cohortd ÷ Redis per server CPU-second: median (range over rounds) |")
@@ -231,10 +238,7 @@ print("|---|---|---:|---:|---:|---:|---|---|")
 for k in order:
     cl, wl, unit = k
     c, r = runs[k].get("cohortd", []), runs[k].get("redis-server", [])
-    med = lambda xs, i: statistics.median(x[i] for x in xs)
-    ratios = [a[1] / b[1] for a, b in zip(c, r) if b[1] > 0]
-    rr = f"×{statistics.median(ratios):.2f} (×{min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
-    print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {rr} |")
+    print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {spread(ratios(c, r))} |")
 base = [k for k in order if runs[k].get("baseline")]
 if base:
     print()
@@ -245,11 +249,7 @@ if base:
     for k in base:
         cl, wl, unit = k
         b, c, r = runs[k]["baseline"], runs[k].get("cohortd", []), runs[k].get("redis-server", [])
-        med = lambda xs, i: statistics.median(x[i] for x in xs)
-        cb = [x[1] / y[1] for x, y in zip(c, b) if y[1] > 0]
-        br = [x[1] / y[1] for x, y in zip(b, r) if y[1] > 0]
-        fmt = lambda rs: f"×{statistics.median(rs):.2f} (×{min(rs):.2f}–{max(rs):.2f})" if rs else "—"
-        print(f"| {cl} | {wl} | {med(b, 1):,.0f} | {med(c, 1):,.0f} | {unit} | {fmt(cb)} | {fmt(br)} |")
+        print(f"| {cl} | {wl} | {med(b, 1):,.0f} | {med(c, 1):,.0f} | {unit} | {spread(ratios(c, b))} | {spread(ratios(b, r))} |")
 PY
 echo
 echo "| server | client | workload | p50 | p99 | p99.9 | steal CPU 0 / CPU 1 |"
