@@ -264,7 +264,7 @@ func (e *exporter) send(ctx context.Context, j *exportJob, raw, body []byte) ([]
 	from, err := WaitSlot(ctx, e.pacer.next(time.Now(), j.ready))
 	if err != nil {
 		r.rec.op(opName(r.o.Shape)).record(from, time.Now(), ids, 0, true)
-		r.rec.fail(fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()))
+		r.rec.fail(fmt.Errorf("%s %s: %w", c.method, c.path, err))
 		return raw, body
 	}
 	sendAt := from
