@@ -22,7 +22,7 @@
 # Knobs: RESP_BENCH_ROUNDS (default 3), RESP_BENCH_SECONDS (go-redis run
 # length, default 4), RESP_BENCH_N (redis-benchmark requests for SISMEMBER,
 # default 400000), RESP_BENCH_WORKLOADS (indexes of the workloads below,
-# default all: "0 1 2 3 4 5 6 7").
+# default all: "0 1 2 3 4 5 6 7 8 9").
 #
 # A/B of two builds: RESP_BENCH_BASELINE=<cohortd binary> runs that binary
 # too, on the same data directory (cohortd is restarted for each run), as
@@ -36,7 +36,7 @@ users=${1:-1000000}
 secs=${RESP_BENCH_SECONDS:-4}
 rounds=${RESP_BENCH_ROUNDS:-3}
 nreq=${RESP_BENCH_N:-400000}
-workloads=${RESP_BENCH_WORKLOADS:-0 1 2 3 4 5 6 7}
+workloads=${RESP_BENCH_WORKLOADS:-0 1 2 3 4 5 6 7 8 9}
 baseline=${RESP_BENCH_BASELINE:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -129,7 +129,7 @@ measure() {
 	# The CSV's test name may hold quotes (a JSON expression): the rate is
 	# the seventh field from the end of the result line.
 	redis-benchmark) rate=$(echo "$out" | tr '\r' '\n' | grep '^"' | grep -v '^"test"' | tail -1 | awk -F, '{gsub(/"/, "", $(NF-6)); print $(NF-6)}') ;;
-	go-redis) rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.json") ;;
+	go-redis | raw) rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.json") ;;
 	esac
 	python3 - "$name" "$cl" "$wl" "$unit" "$per" "$rate" "$c0" "$c1" "$t0" "$t1" >>"$tmp/raw.tsv" <<'PY'
 import sys
@@ -167,6 +167,10 @@ workload() {
 	5) measure "$name" "$pid" go-redis "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${lg[@]}" -mix contains=1 -pipeline 16 -query-concurrency 50 ;;
 	6) measure "$name" "$pid" go-redis "SMISMEMBER of 1,000, 8 conns" "ids" 1000 "${lg[@]}" -mix batch=1 -query-concurrency 8 ;;
 	7) measure "$name" "$pid" go-redis "count of A and B, 4 conns" "requests" 1 "${lg[@]}" -mix count=1 -query-concurrency 4 ;;
+	# loadgen's raw client: pre-encoded commands from one epoll thread, a
+	# few µs of client CPU a request where go-redis spends tens.
+	8) measure "$name" "$pid" raw "SISMEMBER, 50 conns" "requests" 1 "${lg[@]}" -client raw -mix contains=1 -query-concurrency 50 ;;
+	9) measure "$name" "$pid" raw "SISMEMBER, pipeline 16, 50 conns" "requests" 1 "${lg[@]}" -client raw -mix contains=1 -pipeline 16 -query-concurrency 50 ;;
 	esac
 }
 
@@ -182,32 +186,44 @@ for i in $workloads; do
 	done
 done
 
-# Open loop at 70% of the closed-loop maximum of unpipelined go-redis: the
-# latency a segment evaluator sees when the server is busy but not
-# saturated.
+# Open loop at 70% of the closed-loop maximum: the latency a segment
+# evaluator sees when the server is busy but not saturated. Twice per
+# server: with go-redis, whose own core is ~80% busy at these rates (its
+# queueing and late timers show up in its percentiles), and with loadgen's
+# raw client, which sends on time from one epoll thread; each takes its
+# maximum with the same client just before.
 latency() {
-	local name=$1 port=$2 max
+	local name=$1 port=$2 cl=$3 max
 	local lg=(lgq "$port" -mix contains=1 -query-concurrency 50)
-	"${lg[@]}" -duration 3s -json-out "$tmp/lg.sis.json" >/dev/null
-	max=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.sis.json")
+	[ "$cl" = raw ] && lg+=(-client raw)
+	"${lg[@]}" -duration 3s -json-out "$tmp/lg.max.json" >/dev/null
+	max=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.max.json")
 	local st0 st1 t0 t1
 	st0=$(steal) t0=$(date +%s.%N)
 	"${lg[@]}" -duration "${secs}s" -json-out "$tmp/lg.json" -rate "$(python3 -c "print(int(0.7*$max))")" >/dev/null 2>&1
 	st1=$(steal) t1=$(date +%s.%N)
-	python3 - "$name" "$tmp/lg.json" "$st0" "$st1" "$t0" "$t1" "$tck" >>"$tmp/latency.md" <<'PY'
-import json, sys
-name, path, st0, st1, t0, t1, tck = sys.argv[1:]
-o = json.load(open(path))["ops"][0]
+	python3 - "$name" "$cl" "$tmp/lg.json" "$st0" "$st1" "$t0" "$t1" "$tck" >>"$tmp/latency.md" <<'PY'
+import json, re, sys
+name, cl, path, st0, st1, t0, t1, tck = sys.argv[1:]
+r = json.load(open(path))
+o = r["ops"][0]
 secs = (float(t1) - float(t0)) * float(tck)
 pct = [100 * (int(b) - int(a)) / secs for a, b in zip(st0.split(","), st1.split(","))]
-print(f"| {name} | go-redis | SISMEMBER open loop at 70% of max ({o['ops_per_sec']:,.0f}/s) | {o['p50_us']} µs | {o['p99_us']} µs | {o['p999_us']} µs | {pct[0]:.1f}% / {pct[1]:.1f}% |")
+lag = "—"
+for n in r.get("notes", []):
+    m = re.search(r"sends late by p50 (\d+) µs, p99 (\d+) µs", n)
+    if m:
+        lag = f"{m.group(2)} µs"
+print(f"| {name} | {cl} | SISMEMBER open loop at 70% of max ({o['ops_per_sec']:,.0f}/s) | {o['p50_us']} µs | {o['p99_us']} µs | {o['p999_us']} µs | {lag} | {pct[0]:.1f}% / {pct[1]:.1f}% |")
 PY
 }
 # steal prints the steal ticks of CPU 0 and CPU 1 (/proc/stat): time the
 # hypervisor gave to other guests, which shows up as latency here.
 steal() { awk '/^cpu0 /{a=$9} /^cpu1 /{b=$9} END{print a "," b}' /proc/stat; }
-latency cohortd "$respport"
-latency redis-server "$redisport"
+for cl in go-redis raw; do
+	latency cohortd "$respport" "$cl"
+	latency redis-server "$redisport" "$cl"
+done
 
 echo "# RESP membership queries: $users users, cohorts at 10% density ($(wc -l <"$tmp/uniform-0000.members") and $(wc -l <"$tmp/uniform-0001.members") members)"
 echo
@@ -252,6 +268,6 @@ if base:
         print(f"| {cl} | {wl} | {med(b, 1):,.0f} | {med(c, 1):,.0f} | {unit} | {spread(ratios(c, b))} | {spread(ratios(b, r))} |")
 PY
 echo
-echo "| server | client | workload | p50 | p99 | p99.9 | steal CPU 0 / CPU 1 |"
-echo "|---|---|---|---|---|---|---|"
+echo "| server | client | workload | p50 | p99 | p99.9 | client's send lag p99 | steal CPU 0 / CPU 1 |"
+echo "|---|---|---|---|---|---|---|---|"
 cat "$tmp/latency.md"

@@ -155,6 +155,10 @@ type Options struct {
 	// Pipeline is the number of SISMEMBERs a RESP contains query sends in
 	// one pipeline. Default 1.
 	Pipeline int
+	// Client is what sends Query's requests: ClientGo (default: go-redis
+	// for RESP, the run's HTTP client for HTTP, every query kind) or
+	// ClientRaw (RunRaw: single contains only, for latency; Linux).
+	Client string
 
 	// Dial, when set, replaces TCP dialing (tests use an in-memory
 	// listener).
@@ -220,6 +224,7 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.Protocol, ProtocolHTTP)
 	setDefault(&o.RESPAddr, "127.0.0.1:6380")
 	setDefault(&o.Pipeline, 1)
+	setDefault(&o.Client, ClientGo)
 	setDefault(&o.Interval, time.Second)
 	setDefault(&o.ChurnLeave, 0.01)
 	setDefault(&o.UsersPerBody, 100_000)
@@ -274,6 +279,12 @@ func (o Options) check() error {
 	}
 	if o.Protocol != ProtocolHTTP && o.Protocol != ProtocolRESP {
 		return fmt.Errorf("loadgen: unknown protocol %q (http or resp)", o.Protocol)
+	}
+	if o.Client != ClientGo && o.Client != ClientRaw {
+		return fmt.Errorf("loadgen: unknown client %q (go or raw)", o.Client)
+	}
+	if o.Client == ClientRaw && (o.Mix.Batch != 0 || o.Mix.Compact != 0 || o.Mix.Count != 0 || o.Mix.Page != 0 || o.Requests != 0) {
+		return fmt.Errorf("loadgen: the raw client sends single contains for a duration: -mix contains=1, no -requests")
 	}
 	if o.Pipeline < 1 {
 		return fmt.Errorf("loadgen: pipeline must be positive")

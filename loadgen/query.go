@@ -33,9 +33,12 @@ func Query(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	tctx, cancel := r.timed(ctx, 10*time.Second)
 	q := r.newQuerier(r.o.Rate)
 	r.prog.start("query", -1, q.done.Load)
-	if r.o.Protocol == ProtocolRESP {
+	switch {
+	case r.o.Client == ClientRaw:
+		err = q.runRaw(ctx)
+	case r.o.Protocol == ProtocolRESP:
 		err = q.runRESP(ctx, tctx)
-	} else {
+	default:
 		q.run(ctx, tctx)
 	}
 	r.prog.stop()

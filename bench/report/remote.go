@@ -24,7 +24,7 @@ func remoteTable(w io.Writer, ms []Macro) {
 	var systems []string
 	for i := range ms {
 		m := &ms[i]
-		if m.Op != "Remote" || strings.HasSuffix(m.Rest, "latency_70") {
+		if _, lat := latencyClient(m.Rest); m.Op != "Remote" || lat {
 			continue
 		}
 		k := row{m.Users, m.Rest}
@@ -89,20 +89,41 @@ func remoteTable(w io.Writer, ms []Macro) {
 	p("\n")
 	var lat []*Macro
 	for i := range ms {
-		if ms[i].Op == "Remote" && strings.HasSuffix(ms[i].Rest, "latency_70") {
+		if _, ok := latencyClient(ms[i].Rest); ms[i].Op == "Remote" && ok {
 			lat = append(lat, &ms[i])
 		}
 	}
 	if len(lat) > 0 {
-		p("Single contains, open loop at 70%% of the closed-loop maximum of 32 connections (64 workers, latency from the intended start; in runs of commit 874f9ec or later, from the worker's wake-up when it slept until then):\n\n")
-		p("| users | system | max (closed) | offered | achieved | p50 | p90 | p99 | p99.9 | max |\n")
-		p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("Single contains, open loop at 70%% of the closed-loop maximum of 32 connections, latency from the intended start. ")
+		p("Client *go*: the bench's Go clients (fasthttp, go-redis), 64 workers; in runs of commit 874f9ec or later a request ")
+		p("whose worker slept until its slot counts from the wake-up. Client *raw*: loadgen's raw client (`-client raw`), ")
+		p("pre-encoded requests sent on time from one epoll thread over the same 32 connections, its maximum taken with ")
+		p("itself; *send lag* is how late it wrote (p99).\n\n")
+		p("| users | system | client | max (closed) | offered | achieved | p50 | p90 | p99 | p99.9 | max | send lag |\n")
+		p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, m := range lat {
 			g := func(unit string) (benchmath.Summary, bool) { return m.Summary(unit) }
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", count(float64(m.Users)), m.System,
+			cl, _ := latencyClient(m.Rest)
+			lag := "—"
+			if v, ok := g("send-lag-p99-us"); ok {
+				lag = micros(v, ok)
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", count(float64(m.Users)), m.System, cl,
 				rate(g("max-req/s")), rate(g("offered-req/s")), rate(g("req/s")),
-				micros(g("p50-us")), micros(g("p90-us")), micros(g("p99-us")), micros(g("p99.9-us")), micros(g("max-us")))
+				micros(g("p50-us")), micros(g("p90-us")), micros(g("p99-us")), micros(g("p99.9-us")), micros(g("max-us")), lag)
 		}
 		p("\n")
 	}
+}
+
+// latencyClient tells whether a Remote benchmark is an open-loop latency
+// run and with which client.
+func latencyClient(rest string) (string, bool) {
+	switch {
+	case strings.HasSuffix(rest, "latency_70"):
+		return "go", true
+	case strings.HasSuffix(rest, "latency_70_raw"):
+		return "raw", true
+	}
+	return "", false
 }

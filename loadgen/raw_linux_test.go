@@ -1,0 +1,155 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cohortd/cohortd/engine"
+	"github.com/cohortd/cohortd/server"
+	"github.com/cohortd/cohortd/server/resp"
+)
+
+// rawServers runs the real HTTP and RESP listeners over loopback TCP (the
+// raw client makes its own sockets) on a universe exported to two cohorts.
+func rawServers(t *testing.T) (Options, string) {
+	t.Helper()
+	const admin = "t"
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e, err := engine.Open(engine.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := server.New(server.Options{AdminToken: admin, Logger: quiet})
+	hs.SetEngine(e)
+	hln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = hs.Serve(hln) }()
+	rs := resp.New(resp.Options{Logger: quiet})
+	rs.SetEngine(e)
+	rln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = rs.Serve(rln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rs.Shutdown(ctx)
+		_ = hs.Shutdown(ctx)
+	})
+	var log bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	o := Options{Addr: "http://" + hln.Addr().String(), AdminToken: admin,
+		Users: 2_000, Cohorts: 2, Flavour: FlavourUniform, Shape: ShapeBulk}
+	var created Credentials
+	o.OnCredentials = func(c Credentials) error { created = c; return nil }
+	rep, err := Seed(ctx, o, &log)
+	if err != nil {
+		t.Fatalf("Seed: %v\n%s", err, log.String())
+	}
+	o.OnCredentials = nil
+	o.Credentials = Credentials{Workspace: rep.Workload.Workspace, APIKey: created.APIKey}
+	if _, err := Export(ctx, o, &log); err != nil {
+		t.Fatalf("Export: %v\n%s", err, log.String())
+	}
+	return o, rln.Addr().String()
+}
+
+// TestQueryRaw sends single contains through the raw client over both
+// protocols, open and closed loop: every request scheduled is answered, and
+// the report counts them as the Go clients' runs do.
+func TestQueryRaw(t *testing.T) {
+	base, respAddr := rawServers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		protocol string
+		pipeline int
+		rate     float64
+		op       string
+	}{
+		{ProtocolRESP, 1, 2_000, opSISMEMBER},
+		{ProtocolRESP, 4, 500, opSISMEMBER},
+		{ProtocolRESP, 1, 0, opSISMEMBER},
+		{ProtocolHTTP, 1, 1_000, opContains},
+		{ProtocolHTTP, 1, 0, opContains},
+	} {
+		o := base
+		o.Client, o.Protocol, o.RESPAddr, o.Pipeline, o.Rate = ClientRaw, tc.protocol, respAddr, tc.pipeline, tc.rate
+		o.Mix, o.QueryConcurrency, o.Duration = Mix{Contains: 1}, 8, 500*time.Millisecond
+		var log bytes.Buffer
+		rep, err := Query(ctx, o, &log)
+		if err != nil {
+			t.Fatalf("%s pipeline %d rate %v: %v\n%s", tc.protocol, tc.pipeline, tc.rate, err, log.String())
+		}
+		if len(rep.Ops) != 1 || rep.Ops[0].Name != tc.op || rep.Errors != 0 {
+			t.Fatalf("%s: ops %+v, errors %d %v", tc.protocol, rep.Ops, rep.Errors, rep.ErrorSamples)
+		}
+		op := rep.Ops[0]
+		want := int64(tc.rate*o.Duration.Seconds()) * int64(tc.pipeline)
+		if tc.rate == 0 {
+			want = op.Count // closed loop: as many as the time allowed
+			if op.Count < int64(o.QueryConcurrency) {
+				t.Errorf("%s closed loop: %d requests", tc.protocol, op.Count)
+			}
+		}
+		if op.Count != want || op.IDs != want || op.P50Us <= 0 || op.P99Us < op.P50Us {
+			t.Errorf("%s pipeline %d rate %v: %+v, want %d", tc.protocol, tc.pipeline, tc.rate, op, want)
+		}
+		if lag := strings.Join(rep.Notes, "; "); tc.rate > 0 && !strings.Contains(lag, "sends late by") {
+			t.Errorf("%s: no send lag in the notes %q", tc.protocol, lag)
+		}
+	}
+}
+
+// TestRunRawFailures: a refused hello fails the run before it starts;
+// error replies are counted as failures, not latencies.
+func TestRunRawFailures(t *testing.T) {
+	base, respAddr := rawServers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sis := AppendRESPCommand(nil, "SISMEMBER", "nope", "x")
+	_, err := RunRaw(ctx, RawLoad{Addr: respAddr, Hello: AppendRESPCommand(nil, "AUTH", "wrong"),
+		Requests: [][]byte{sis}, Frame: FrameRESP, Duration: 100 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "hello refused") {
+		t.Fatalf("wrong key: %v", err)
+	}
+	// Unauthenticated, every SISMEMBER gets NOAUTH.
+	res, err := RunRaw(ctx, RawLoad{Addr: respAddr, Conns: 2, Rate: 1_000, Requests: [][]byte{sis}, Frame: FrameRESP,
+		Duration: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 100 || res.Failed != 100 || res.Done != 0 || res.Latency.TotalCount() != 0 {
+		t.Errorf("NOAUTH run: sent %d, failed %d, done %d", res.Sent, res.Failed, res.Done)
+	}
+	// HTTP with a wrong key: 401s.
+	host := strings.TrimPrefix(base.Addr, "http://")
+	req := AppendHTTPPost(nil, host, "/v1/segments/contains", "wrong", []byte(`{"segment":{"cohort":"a/b"},"users":[{"external_id":"x"}]}`))
+	res, err = RunRaw(ctx, RawLoad{Addr: host, Rate: 500, Requests: [][]byte{req}, Frame: FrameHTTP, Duration: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 50 || res.Failed != 50 {
+		t.Errorf("HTTP 401 run: sent %d, failed %d, done %d", res.Sent, res.Failed, res.Done)
+	}
+	// Nothing listening.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if _, err := RunRaw(ctx, RawLoad{Addr: addr, Requests: [][]byte{sis}, Frame: FrameRESP}); err == nil {
+		t.Error("no server: no error")
+	}
+}
