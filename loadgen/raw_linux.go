@@ -36,12 +36,20 @@ type rawRun struct {
 	closed  bool  // closed loop
 	end     int64 // closed loop: no new request after this
 	flights int   // requests awaiting replies over all connections
+
+	noPwait2 bool // the kernel has no epoll_pwait2
 }
 
 // RunRaw sends l's requests and measures their latency (see RawLoad). It
 // runs on its own locked OS thread, which it keeps busy or asleep in
 // epoll_pwait2 until the last reply arrives.
 func RunRaw(ctx context.Context, l RawLoad) (*RawResult, error) {
+	return runRaw(ctx, l, false)
+}
+
+// runRaw is RunRaw; noPwait2 makes it wait as on a kernel without
+// epoll_pwait2 (tests).
+func runRaw(ctx context.Context, l RawLoad, noPwait2 bool) (*RawResult, error) {
 	l.setDefaults()
 	if len(l.Requests) == 0 || l.Frame == nil || l.Rate < 0 {
 		return nil, errors.New("loadgen: raw load needs requests, a framer and a rate ≥ 0")
@@ -59,7 +67,7 @@ func RunRaw(ctx context.Context, l RawLoad) (*RawResult, error) {
 		return nil, fmt.Errorf("loadgen: epoll: %w", err)
 	}
 	defer unix.Close(epfd)
-	r := &rawRun{l: l, closed: l.Rate == 0}
+	r := &rawRun{l: l, closed: l.Rate == 0, noPwait2: noPwait2}
 	r.res.Latency = hdrhistogram.New(histMin, histMax, histSigFigs)
 	r.res.SendLag = hdrhistogram.New(histMin, histMax, histSigFigs)
 	defer func() {
@@ -139,7 +147,7 @@ func (r *rawRun) loop(ctx context.Context, epfd int) error {
 		case !r.closed && r.res.Sent < total:
 			wait = min(wait, slot(r.res.Sent)-now)
 		}
-		n, err := epollWaitRaw(epfd, events, max(wait, 0))
+		n, err := r.wait(epfd, events, max(wait, 0))
 		if err != nil {
 			return fmt.Errorf("loadgen: epoll_pwait2: %w", err)
 		}
@@ -377,12 +385,26 @@ func rawSys(trap uintptr, fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// epollWaitRaw waits up to timeout nanoseconds; EINTR (a signal, such as
-// the runtime's preemption) is a wait that found nothing.
-func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout int64) (int, error) {
-	ts := unix.NsecToTimespec(timeout)
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+// wait waits up to timeout nanoseconds; EINTR (a signal, such as the
+// runtime's preemption) is a wait that found nothing. Without
+// epoll_pwait2 (Linux before 5.11) it falls back to epoll_wait, whose
+// timeout is whole milliseconds: the send lag shows it.
+func (r *rawRun) wait(epfd int, events []unix.EpollEvent, timeout int64) (int, error) {
+	var n uintptr
+	var e unix.Errno
+	if !r.noPwait2 {
+		ts := unix.NsecToTimespec(timeout)
+		n, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		if e == unix.ENOSYS {
+			r.noPwait2 = true
+		}
+	}
+	if r.noPwait2 {
+		ms := (timeout + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+		n, _, e = unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), uintptr(ms), 0, 0)
+	}
 	if e == unix.EINTR {
 		return 0, nil
 	}

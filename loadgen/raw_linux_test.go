@@ -132,6 +132,15 @@ func TestRunRawFailures(t *testing.T) {
 	if res.Sent != 100 || res.Failed != 100 || res.Done != 0 || res.Latency.TotalCount() != 0 {
 		t.Errorf("NOAUTH run: sent %d, failed %d, done %d", res.Sent, res.Failed, res.Done)
 	}
+	// The same on a kernel without epoll_pwait2: millisecond waits.
+	res, err = runRaw(ctx, RawLoad{Addr: respAddr, Conns: 2, Rate: 1_000, Requests: [][]byte{sis}, Frame: FrameRESP,
+		Duration: 100 * time.Millisecond}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 100 || res.Failed != 100 {
+		t.Errorf("NOAUTH run with epoll_wait: sent %d, failed %d, done %d", res.Sent, res.Failed, res.Done)
+	}
 	// HTTP with a wrong key: 401s.
 	host := strings.TrimPrefix(base.Addr, "http://")
 	req := AppendHTTPPost(nil, host, "/v1/segments/contains", "wrong", []byte(`{"segment":{"cohort":"a/b"},"users":[{"external_id":"x"}]}`))
