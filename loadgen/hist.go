@@ -39,12 +39,7 @@ func (s *opStats) record(intended, done time.Time, ids, retries int, failed bool
 	us = min(max(us, histMin), histMax)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.first.IsZero() || intended.Before(s.mu.first) {
-		s.mu.first = intended
-	}
-	if done.After(s.mu.last) {
-		s.mu.last = done
-	}
+	s.spanLocked(intended, done)
 	s.mu.retries += int64(retries)
 	if failed {
 		s.mu.errors++
@@ -53,6 +48,16 @@ func (s *opStats) record(intended, done time.Time, ids, retries int, failed bool
 	s.mu.count++
 	s.mu.ids += int64(ids)
 	_ = s.mu.h.RecordValue(us) // clamped into range above
+}
+
+// spanLocked widens the stats' time span to cover first and last.
+func (s *opStats) spanLocked(first, last time.Time) {
+	if s.mu.first.IsZero() || first.Before(s.mu.first) {
+		s.mu.first = first
+	}
+	if last.After(s.mu.last) {
+		s.mu.last = last
+	}
 }
 
 // recorder holds the stats of every operation of a run, plus samples of

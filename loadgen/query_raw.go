@@ -82,12 +82,7 @@ func (q *querier) runRaw(ctx context.Context) error {
 func (s *opStats) merge(h *hdrhistogram.Histogram, n int64, first, last time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.first.IsZero() || first.Before(s.mu.first) {
-		s.mu.first = first
-	}
-	if last.After(s.mu.last) {
-		s.mu.last = last
-	}
+	s.spanLocked(first, last)
 	for _, b := range h.Distribution() {
 		if b.Count > 0 {
 			_ = s.mu.h.RecordValues(b.From, b.Count*n)

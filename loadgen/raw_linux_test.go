@@ -3,72 +3,17 @@ package loadgen
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cohortd/cohortd/engine"
-	"github.com/cohortd/cohortd/server"
-	"github.com/cohortd/cohortd/server/resp"
 )
-
-// rawServers runs the real HTTP and RESP listeners over loopback TCP (the
-// raw client makes its own sockets) on a universe exported to two cohorts.
-func rawServers(t *testing.T) (Options, string) {
-	t.Helper()
-	const admin = "t"
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e, err := engine.Open(engine.Options{Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := server.New(server.Options{AdminToken: admin, Logger: quiet})
-	hs.SetEngine(e)
-	hln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = hs.Serve(hln) }()
-	rs := resp.New(resp.Options{Logger: quiet})
-	rs.SetEngine(e)
-	rln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = rs.Serve(rln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = rs.Shutdown(ctx)
-		_ = hs.Shutdown(ctx)
-	})
-	var log bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	o := Options{Addr: "http://" + hln.Addr().String(), AdminToken: admin,
-		Users: 2_000, Cohorts: 2, Flavour: FlavourUniform, Shape: ShapeBulk}
-	var created Credentials
-	o.OnCredentials = func(c Credentials) error { created = c; return nil }
-	rep, err := Seed(ctx, o, &log)
-	if err != nil {
-		t.Fatalf("Seed: %v\n%s", err, log.String())
-	}
-	o.OnCredentials = nil
-	o.Credentials = Credentials{Workspace: rep.Workload.Workspace, APIKey: created.APIKey}
-	if _, err := Export(ctx, o, &log); err != nil {
-		t.Fatalf("Export: %v\n%s", err, log.String())
-	}
-	return o, rln.Addr().String()
-}
 
 // TestQueryRaw sends single contains through the raw client over both
 // protocols, open and closed loop: every request scheduled is answered, and
 // the report counts them as the Go clients' runs do.
 func TestQueryRaw(t *testing.T) {
-	base, respAddr := rawServers(t)
+	base, respAddr := queryServers(t, 2_000)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, tc := range []struct {
@@ -114,7 +59,7 @@ func TestQueryRaw(t *testing.T) {
 // TestRunRawFailures: a refused hello fails the run before it starts;
 // error replies are counted as failures, not latencies.
 func TestRunRawFailures(t *testing.T) {
-	base, respAddr := rawServers(t)
+	base, respAddr := queryServers(t, 2_000)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sis := AppendRESPCommand(nil, "SISMEMBER", "nope", "x")

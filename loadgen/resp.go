@@ -145,12 +145,7 @@ func (s *opStats) recordMany(intended, done time.Time, n, ids int) {
 	us := min(max(latency(intended, done).Microseconds(), histMin), histMax)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.first.IsZero() || intended.Before(s.mu.first) {
-		s.mu.first = intended
-	}
-	if done.After(s.mu.last) {
-		s.mu.last = done
-	}
+	s.spanLocked(intended, done)
 	s.mu.count += int64(n)
 	s.mu.ids += int64(ids)
 	_ = s.mu.h.RecordValues(us, int64(n))
