@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 
@@ -340,16 +341,24 @@ func (rt *remote) benchLatency(b *testing.B) {
 	for b.Loop() {
 		// The figures are the open loop's, measured above.
 	}
+	rt.reportLatency(b, h, 1e3, maxRate, rate, done, cpu)
+}
+
+// reportLatency reports an open loop's figures: h holds its latencies in
+// units of 1/usPer µs (nanoseconds: 1e3; microseconds: 1); cpu is the
+// server's CPU seconds over the loop. Call it after b.Loop, which would
+// delete metrics reported before it.
+func (rt *remote) reportLatency(b *testing.B, h *hdrhistogram.Histogram, usPer, maxRate, offered, done, cpu float64) {
 	b.ReportMetric(maxRate, "max-req/s")
-	b.ReportMetric(rate, "offered-req/s")
+	b.ReportMetric(offered, "offered-req/s")
 	b.ReportMetric(done, "req/s")
 	for _, p := range []struct {
 		unit string
 		q    float64
 	}{{"p50-us", 50}, {"p90-us", 90}, {"p99-us", 99}, {"p99.9-us", 99.9}} {
-		b.ReportMetric(float64(h.ValueAtQuantile(p.q))/1e3, p.unit)
+		b.ReportMetric(float64(h.ValueAtQuantile(p.q))/usPer, p.unit)
 	}
-	b.ReportMetric(float64(h.Max())/1e3, "max-us")
+	b.ReportMetric(float64(h.Max())/usPer, "max-us")
 	if rt.pid > 0 && cpu > 0 {
 		b.ReportMetric(float64(h.TotalCount())/cpu, "req/server-cpu-s")
 	}
@@ -397,22 +406,8 @@ func (rt *remote) benchLatencyRaw(b *testing.B) {
 	for b.Loop() {
 		// The figures are the open loop's, measured above.
 	}
-	h := res.Latency
-	b.ReportMetric(closed.PerSecond(), "max-req/s")
-	b.ReportMetric(l.Rate, "offered-req/s")
-	b.ReportMetric(res.PerSecond(), "req/s")
-	for _, p := range []struct {
-		unit string
-		q    float64
-	}{{"p50-us", 50}, {"p90-us", 90}, {"p99-us", 99}, {"p99.9-us", 99.9}} {
-		b.ReportMetric(float64(h.ValueAtQuantile(p.q)), p.unit)
-	}
-	b.ReportMetric(float64(h.Max()), "max-us")
+	rt.reportLatency(b, res.Latency, 1, closed.PerSecond(), l.Rate, res.PerSecond(), cpu)
 	b.ReportMetric(float64(res.SendLag.ValueAtQuantile(99)), "send-lag-p99-us")
-	if rt.pid > 0 && cpu > 0 {
-		b.ReportMetric(float64(h.TotalCount())/cpu, "req/server-cpu-s")
-	}
-	b.ReportMetric(0, "ns/op")
 }
 
 // externalUsers returns count users that have an external id (the compact

@@ -55,14 +55,13 @@ func (q *querier) runRaw(ctx context.Context) error {
 		}
 	}
 	q.r.notes = append(q.r.notes, fmt.Sprintf("raw client: %s at %s, %d connections", o.Protocol, l.Addr, l.Conns))
-	started := time.Now()
 	res, err := RunRaw(ctx, l)
 	if err != nil {
 		return err
 	}
 	q.done.Add(res.Done)
 	st := q.r.rec.op(op)
-	st.merge(res.Latency, int64(n), started.Add(10*time.Millisecond), started.Add(10*time.Millisecond+res.Elapsed))
+	st.merge(res.Latency, int64(n), res.Start, res.Start.Add(res.Elapsed))
 	if res.Failed > 0 {
 		st.mu.Lock()
 		st.mu.errors += res.Failed

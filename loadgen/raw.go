@@ -47,7 +47,8 @@ type RawResult struct {
 	Sent    int64         // requests written
 	Done    int64         // requests whose replies all arrived and none failed
 	Failed  int64         // requests with a failed reply
-	Elapsed time.Duration // first send to last reply
+	Start   time.Time     // the first slot (open loop) or send (closed loop)
+	Elapsed time.Duration // from Start to the last reply
 }
 
 // PerSecond is the rate of requests done.

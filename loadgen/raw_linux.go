@@ -89,6 +89,7 @@ func runRaw(ctx context.Context, l RawLoad, noPwait2 bool) (*RawResult, error) {
 	if err := r.loop(ctx, epfd); err != nil {
 		return nil, err
 	}
+	r.res.Start = r.base.Add(time.Duration(r.first))
 	r.res.Elapsed = time.Duration(r.last - r.first)
 	return &r.res, nil
 }
