@@ -115,30 +115,41 @@ for id in uniform-0000 uniform-0001; do
 done
 
 # measure <server> <pid> <client> <workload> <unit> <ids per request> command...
-# appends "server<TAB>client<TAB>workload<TAB>unit<TAB>rate<TAB>per-cpu-s" to raw.tsv.
+# appends "server<TAB>client<TAB>workload<TAB>unit<TAB>rate<TAB>per-cpu-s<TAB>
+# server busy<TAB>client core busy" to raw.tsv. The two busy fractions show
+# which side set the pace: a server under ~95% busy while the client's core
+# is full was waiting for its client, and a server's CPU per request is
+# higher when it is not saturated (it sleeps and wakes, and each wake-up
+# finds fewer connections ready), so per server CPU-second figures only
+# compare like with like when both servers were saturated.
 measure() {
 	local name=$1 pid=$2 cl=$3 wl=$4 unit=$5 per=$6
 	shift 6
-	local c0 c1 t0 t1 out rate
-	c0=$(cpu "$pid")
+	local c0 c1 t0 t1 k0 k1 out rate
+	c0=$(cpu "$pid") k0=$(core1)
 	t0=$(date +%s.%N)
 	out=$("$@" 2>&1) || { echo "$name $wl failed: $out" >&2; return 1; }
 	t1=$(date +%s.%N)
-	c1=$(cpu "$pid")
+	c1=$(cpu "$pid") k1=$(core1)
 	case $cl in
 	# The CSV's test name may hold quotes (a JSON expression): the rate is
 	# the seventh field from the end of the result line.
 	redis-benchmark) rate=$(echo "$out" | tr '\r' '\n' | grep '^"' | grep -v '^"test"' | tail -1 | awk -F, '{gsub(/"/, "", $(NF-6)); print $(NF-6)}') ;;
 	go-redis | raw) rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["ops_per_sec"] for o in r["ops"]))' "$tmp/lg.json") ;;
 	esac
-	python3 - "$name" "$cl" "$wl" "$unit" "$per" "$rate" "$c0" "$c1" "$t0" "$t1" >>"$tmp/raw.tsv" <<'PY'
+	python3 - "$name" "$cl" "$wl" "$unit" "$per" "$rate" "$c0" "$c1" "$t0" "$t1" "$k0" "$k1" >>"$tmp/raw.tsv" <<'PY'
 import sys
-name, cl, wl, unit, per, rate, c0, c1, t0, t1 = sys.argv[1:]
+name, cl, wl, unit, per, rate, c0, c1, t0, t1, k0, k1 = sys.argv[1:]
 rate = float(rate) * float(per)
 cpu = float(c1) - float(c0)
-print(f"{name}\t{cl}\t{wl}\t{unit}\t{rate}\t{rate * (float(t1) - float(t0)) / cpu if cpu > 0 else float('nan')}")
+wall = float(t1) - float(t0)
+(b0, a0), (b1, a1) = (map(int, k.split(",")) for k in (k0, k1))
+client = (b1 - b0) / (a1 - a0) if a1 > a0 else float("nan")
+print(f"{name}\t{cl}\t{wl}\t{unit}\t{rate}\t{rate * wall / cpu if cpu > 0 else float('nan')}\t{cpu / wall}\t{client}")
 PY
 }
+# core1 prints CPU 1's busy and total ticks (/proc/stat): the client's core.
+core1() { awk '/^cpu1 /{print $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 
 # lgq <port> <flags…>: loadgen's RESP query client (go-redis) against port.
 lgq() {
@@ -234,12 +245,12 @@ import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 runs = {}
 order = []
-for name, cl, wl, unit, rate, per in rows:
+for name, cl, wl, unit, rate, per, busy, client in rows:
     k = (cl, wl, unit)
     if k not in runs:
         runs[k] = {}
         order.append(k)
-    runs[k].setdefault(name, []).append((float(rate), float(per)))
+    runs[k].setdefault(name, []).append((float(rate), float(per), float(busy), float(client)))
 def med(xs, i):
     return statistics.median(x[i] for x in xs)
 def ratios(num, den):
@@ -247,14 +258,19 @@ def ratios(num, den):
     return [a[1] / b[1] for a, b in zip(num, den) if b[1] > 0]
 def spread(rs):
     return f"×{statistics.median(rs):.2f} (×{min(rs):.2f}–{max(rs):.2f})" if rs else "—"
-print("Medians over the rounds; count is COHORT.COUNT on cohortd, SINTERCARD on Redis.")
+def pct(xs, i):
+    return f"{100 * med(xs, i):.0f}%" if xs else "—"
+print("Medians over the rounds; count is COHORT.COUNT on cohortd, SINTERCARD on Redis. Busy: the")
+print("server's CPU time over the run's wall time, and the client core's (CPU 1) non-idle share, in")
+print("the cohortd run / the Redis run. A server well under 100% busy while the client's core is full")
+print("was held back by its client, and its per CPU-second figure includes the cost of idling.")
 print()
-print("| client | workload | cohortd per second | cohortd per server CPU-second | Redis per second | Redis per server CPU-second | unit | cohortd ÷ Redis per server CPU-second: median (range over rounds) |")
-print("|---|---|---:|---:|---:|---:|---|---|")
+print("| client | workload | cohortd per second | cohortd per server CPU-second | Redis per second | Redis per server CPU-second | unit | cohortd ÷ Redis per server CPU-second: median (range over rounds) | server busy, cohortd / Redis | client core busy, cohortd / Redis run |")
+print("|---|---|---:|---:|---:|---:|---|---|---|---|")
 for k in order:
     cl, wl, unit = k
     c, r = runs[k].get("cohortd", []), runs[k].get("redis-server", [])
-    print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {spread(ratios(c, r))} |")
+    print(f"| {cl} | {wl} | {med(c, 0):,.0f} | {med(c, 1):,.0f} | {med(r, 0):,.0f} | {med(r, 1):,.0f} | {unit} | {spread(ratios(c, r))} | {pct(c, 2)} / {pct(r, 2)} | {pct(c, 3)} / {pct(r, 3)} |")
 base = [k for k in order if runs[k].get("baseline")]
 if base:
     print()
