@@ -28,7 +28,24 @@ type Segment struct {
 	nkids int
 	gate  int       // flat index of a cohort every member is in (the root, or a clause of a root "and"), or -1
 	pool  sync.Pool // *BoundSegment
+
+	// The root's clauses when it is an "and" of cohorts and negated
+	// cohorts (one cohort at least) or an "or" of cohorts, of
+	// minCountViews to maxCountViews clauses: such a count may run over
+	// the cohorts' dense views (BoundSegment.Count). Flat indexes of the
+	// cohorts, and whether each is negated.
+	countSets []int
+	countNeg  []bool
 }
+
+// The counts that may run over dense views: roaring counts one or two
+// sets without building anything, and builds an intermediate for three or
+// more (index/dense.go, "Counts"). The upper bound keeps the views on the
+// stack.
+const (
+	minCountViews = 3
+	maxCountViews = 8
+)
 
 // SegmentExpr is one node of a segment expression, made by CohortExpr,
 // NotExpr, AndExpr, OrExpr or AllExpr. Expressions form trees: a node is
@@ -104,6 +121,7 @@ func (s *Segment) flatten() {
 		}
 	}
 	walk(s.root)
+	s.flatCount()
 	s.gate = -1
 	switch s.root.op {
 	case index.OpSet:
@@ -116,6 +134,31 @@ func (s *Segment) flatten() {
 			}
 		}
 	}
+}
+
+// flatCount sets countSets and countNeg when the root has the shape a
+// count over dense views handles.
+func (s *Segment) flatCount() {
+	r := s.root
+	if (r.op != index.OpAnd && r.op != index.OpOr) || len(r.kids) < minCountViews || len(r.kids) > maxCountViews {
+		return
+	}
+	var sets []int
+	var neg []bool
+	for _, k := range r.kids {
+		switch {
+		case k.op == index.OpSet:
+			sets, neg = append(sets, slices.Index(s.flat, k)), append(neg, false)
+		case r.op == index.OpAnd && k.op == index.OpNot && k.kids[0].op == index.OpSet:
+			sets, neg = append(sets, slices.Index(s.flat, k.kids[0])), append(neg, true)
+		default:
+			return
+		}
+	}
+	if slices.Index(neg, false) < 0 {
+		return // "and" of negations only: relative to the live users
+	}
+	s.countSets, s.countNeg = sets, neg
 }
 
 // newBound builds the expression tree of s for pooling.
@@ -235,7 +278,47 @@ func (b *BoundSegment) Contains(id index.UserID) bool {
 }
 
 // Count returns the number of live users in the segment.
-func (b *BoundSegment) Count() uint64 { return b.expr.Count(b.live) }
+func (b *BoundSegment) Count() uint64 {
+	if n, ok := b.countViews(); ok {
+		return n
+	}
+	return b.expr.Count(b.live)
+}
+
+// countViews counts the segment in one pass over its cohorts' dense views
+// when its shape allows (Segment.countSets) and every cohort has a count
+// view (index.Members.CountView); ok is false otherwise. Every cohort is
+// asked, even after one had none, since asking is what earns a view.
+func (b *BoundSegment) countViews() (n uint64, ok bool) {
+	s := b.seg
+	if len(s.countSets) == 0 {
+		return 0, false
+	}
+	var inb, outb [maxCountViews]*index.Dense
+	in, out := inb[:0], outb[:0]
+	ok = true
+	for j, i := range s.countSets {
+		var v *index.Dense
+		if m := b.sets[i]; m != nil {
+			v = m.CountView(b.nodes[i].Set)
+		}
+		switch {
+		case v == nil:
+			ok = false
+		case s.countNeg[j]:
+			out = append(out, v)
+		default:
+			in = append(in, v)
+		}
+	}
+	if !ok {
+		return 0, false
+	}
+	if s.root.op == index.OpOr {
+		return index.CountOr(in), true
+	}
+	return index.CountAndNot(in, out), true
+}
 
 // Bitmap materialises the segment as a new bitmap owned by the caller.
 func (b *BoundSegment) Bitmap() *roaring.Bitmap { return b.expr.Bitmap(b.live) }

@@ -1,6 +1,8 @@
 package index
 
 import (
+	"math"
+	"math/bits"
 	"runtime"
 	"sync/atomic"
 
@@ -78,6 +80,7 @@ type denseSlot struct {
 	view    atomic.Pointer[Dense]
 
 	card    atomic.Uint64 // src's cardinality + 1; 0 until a filter asks it
+	shape   atomic.Uint32 // countable or not (countShaped); 0 until a count asks
 	keysErn earning
 	keys    atomic.Pointer[KeyFilter]
 }
@@ -143,6 +146,200 @@ func (c *denseCache) view(src *roaring.Bitmap, n int) *Dense {
 	}
 	s.view.Store(v)
 	return v
+}
+
+// # Counts
+//
+// A count of "A and B and not C" over cohorts whose members are spread
+// over the whole universe reads every container of each set. Roaring's
+// public API counts two sets without building anything (AndCardinality),
+// but any operation on three builds its intermediate: at 10M-member
+// uniform cohorts in 100M users, building A∩B (~1M members, in array
+// containers) is most of a 12–13 ms count. The same sets as dense views
+// are counted in one pass that builds nothing, |a & b &^ c| word by word:
+// 1.8 ms there, the memory traffic of reading three 12.5 MB bitsets
+// (BenchmarkCountBound). A view costs a bit per id of the universe, what
+// bitmap containers cost anyway, so counts ask views only of sets held
+// mostly in bitmap containers (countShaped); a clustered cohort (runs) or
+// a sparse one (arrays) is cheaper for roaring to count as it is. Counts
+// earn views as lookups do (view), DenseCountsToEarn counts a version.
+
+const (
+	// DenseCountsToEarn is how many counts asking for a set's view at
+	// one version build it. A build writes the view once (WriteDenseTo,
+	// a few ms at 100M users, less than a count that builds through
+	// roaring), so two counts pay for it.
+	DenseCountsToEarn = 2
+
+	shapeCountable   = 1
+	shapeUncountable = 2
+)
+
+// countView returns the view of src for a count, or nil; src is the
+// version the caller loaded. It is view, asked for as many lookups as
+// make DenseCountsToEarn counts build it, for countable sets only.
+func (c *denseCache) countView(src *roaring.Bitmap) *Dense {
+	s := c.slot.Load()
+	if s == nil || s.src != src || !s.countShaped() {
+		return nil
+	}
+	bits := int64(src.DenseSize()) * 64
+	return c.view(src, int(bits/denseAskPerBit/DenseCountsToEarn)+1)
+}
+
+// countShaped reports whether s's version is held mostly in bitmap
+// containers, its roaring size at least half its dense view's: then a pass
+// over the view reads at most twice the bytes roaring's own count would.
+func (s *denseSlot) countShaped() bool {
+	switch s.shape.Load() {
+	case shapeCountable:
+		return true
+	case shapeUncountable:
+		return false
+	}
+	ok := s.src.GetSizeInBytes()*2 >= s.src.DenseSize()*8
+	if ok {
+		s.shape.Store(shapeCountable)
+	} else {
+		s.shape.Store(shapeUncountable)
+	}
+	return ok
+}
+
+// CountAndNot returns how many ids are in every view of in and in no view
+// of out; in must not be empty. Views of member sets hold live users only,
+// so this is |in[0] ∩ … \ (out[0] ∪ …)| relative to the live users too.
+//
+// Three views, the usual count ("A and B and not C"), go through one loop
+// that reads each word once: the general fold (countBlocks) costs 2.2–3.1
+// ms against 1.8 for the fused loop at 10M of 100M users
+// (BenchmarkCountBound, impl=count_views before this).
+func CountAndNot(in, out []*Dense) uint64 {
+	n := len(in[0].words)
+	for _, d := range in[1:] {
+		n = min(n, len(d.words))
+	}
+	m := n // where every view has words: the fused loops' stretch
+	for _, d := range out {
+		m = min(m, len(d.words))
+	}
+	var total int
+	switch {
+	case len(in) == 2 && len(out) == 1:
+		total = countAnd2Not1(in[0].words[:m], in[1].words[:m], out[0].words[:m])
+	case len(in) == 3 && len(out) == 0:
+		total = countAnd3(in[0].words[:m], in[1].words[:m], in[2].words[:m])
+	case len(in) == 1 && len(out) == 2:
+		total = countAnd1Not2(in[0].words[:m], out[0].words[:m], out[1].words[:m])
+	default:
+		m = 0
+	}
+	return uint64(total + countBlocks(in, out, false, m, n))
+}
+
+// CountOr returns how many ids are in any view of in.
+func CountOr(in []*Dense) uint64 {
+	n, m := 0, math.MaxInt
+	for _, d := range in {
+		n, m = max(n, len(d.words)), min(m, len(d.words))
+	}
+	var total int
+	if len(in) == 3 {
+		total = countOr3(in[0].words[:m], in[1].words[:m], in[2].words[:m])
+	} else {
+		m = 0
+	}
+	return uint64(total + countBlocks(in, nil, true, m, n))
+}
+
+func countAnd2Not1(a, b, c []uint64) int {
+	b, c = b[:len(a)], c[:len(a)] // lets the compiler drop the bounds checks
+	n := 0
+	for i, x := range a {
+		n += bits.OnesCount64(x & b[i] &^ c[i])
+	}
+	return n
+}
+
+func countAnd3(a, b, c []uint64) int {
+	b, c = b[:len(a)], c[:len(a)]
+	n := 0
+	for i, x := range a {
+		n += bits.OnesCount64(x & b[i] & c[i])
+	}
+	return n
+}
+
+func countAnd1Not2(a, b, c []uint64) int {
+	b, c = b[:len(a)], c[:len(a)]
+	n := 0
+	for i, x := range a {
+		n += bits.OnesCount64(x &^ (b[i] | c[i]))
+	}
+	return n
+}
+
+func countOr3(a, b, c []uint64) int {
+	b, c = b[:len(a)], c[:len(a)]
+	n := 0
+	for i, x := range a {
+		n += bits.OnesCount64(x | b[i] | c[i])
+	}
+	return n
+}
+
+// countBlock is how many words countBlocks folds at a time: the fold stays
+// in L1 while each view's stretch streams in.
+const countBlock = 256
+
+// countBlocks counts words [from, to) of any number of views of any
+// lengths, a block at a time: the union of in when or is set, else the
+// intersection of in minus the union of out. Words past the end of a view
+// are zero; the caller bounds to by the shortest of in for an intersection.
+func countBlocks(in, out []*Dense, or bool, from, to int) int {
+	var acc [countBlock]uint64
+	total := 0
+	for base := from; base < to; base += countBlock {
+		end := min(base+countBlock, to)
+		a := acc[:end-base]
+		rest := in
+		if or {
+			clear(a)
+		} else {
+			copy(a, in[0].words[base:end])
+			rest = in[1:]
+		}
+		for _, d := range rest {
+			if base >= len(d.words) {
+				continue // a shorter view (union only): no id of it this far
+			}
+			w := d.words[base:min(end, len(d.words))]
+			a := a[:len(w)] // lets the compiler drop the bounds checks
+			if or {
+				for i := range a {
+					a[i] |= w[i]
+				}
+			} else {
+				for i := range a {
+					a[i] &= w[i]
+				}
+			}
+		}
+		for _, d := range out {
+			if base >= len(d.words) {
+				continue
+			}
+			w := d.words[base:min(end, len(d.words))]
+			a := a[:len(w)]
+			for i := range a {
+				a[i] &^= w[i]
+			}
+		}
+		for _, x := range a {
+			total += bits.OnesCount64(x)
+		}
+	}
+	return total
 }
 
 // keyFilter returns the filter of the keys of kind that src's members

@@ -193,3 +193,115 @@ func TestDenseViewConcurrent(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestCountDenseExact compares CountAndNot and CountOr with roaring's own
+// operations over sets of different lengths (views end at each set's
+// maximum), for every arity the fused loops handle and more.
+func TestCountDenseExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	randomSet := func() *roaring.Bitmap {
+		bm := roaring.New()
+		universe := 1 + r.IntN(300_000)
+		switch r.IntN(4) {
+		case 0: // empty
+		case 1: // a run
+			lo := r.IntN(universe)
+			bm.AddRange(uint64(lo), uint64(lo+r.IntN(universe-lo)+1))
+		default:
+			for range r.IntN(universe / 4) {
+				bm.Add(uint32(r.IntN(universe)))
+			}
+		}
+		return bm
+	}
+	view := func(bm *roaring.Bitmap) *Dense {
+		d := &Dense{words: make([]uint64, bm.DenseSize())}
+		bm.WriteDenseTo(d.words)
+		return d
+	}
+	for round := range 300 {
+		nin, nout := 1+round%3, (round/3)%3
+		if round%50 == 49 {
+			nin, nout = 4, 3 // past the fused loops
+		}
+		var in, out []*Dense
+		want := roaring.New()
+		var union *roaring.Bitmap
+		for i := range nin {
+			bm := randomSet()
+			in = append(in, view(bm))
+			if i == 0 {
+				want = bm.Clone()
+				union = bm.Clone()
+			} else {
+				want.And(bm)
+				union.Or(bm)
+			}
+		}
+		for range nout {
+			bm := randomSet()
+			out = append(out, view(bm))
+			want.AndNot(bm)
+		}
+		if got := CountAndNot(in, out); got != want.GetCardinality() {
+			t.Fatalf("round %d: CountAndNot of %d and %d views = %d, roaring says %d", round, nin, nout, got, want.GetCardinality())
+		}
+		if got := CountOr(in); got != union.GetCardinality() {
+			t.Fatalf("round %d: CountOr of %d views = %d, roaring says %d", round, nin, got, union.GetCardinality())
+		}
+	}
+}
+
+// TestCountViewEarnedForBitmapShapedSets checks which sets counts ask
+// views of, and that DenseCountsToEarn counts of a version build one.
+func TestCountViewEarnedForBitmapShapedSets(t *testing.T) {
+	b := NewDenseBudget(1 << 30)
+	r := rand.New(rand.NewPCG(5, 6))
+	uniform, clustered, sparse := NewMembers(b), NewMembers(b), NewMembers(b)
+	add := roaring.New()
+	for range 100_000 {
+		add.Add(uint32(r.IntN(1_000_000))) // ~10%: bitmap containers
+	}
+	uniform.Apply(add, roaring.New())
+	runs := roaring.New()
+	for blk := range 100 {
+		runs.AddRange(uint64(blk*10_000), uint64(blk*10_000+1_000))
+	}
+	runs.RunOptimize()
+	clustered.Apply(runs, roaring.New())
+	few := roaring.New()
+	for range 10_000 {
+		few.Add(uint32(r.IntN(1_000_000))) // ~1%: array containers
+	}
+	sparse.Apply(few, roaring.New())
+
+	pub := uniform.Load()
+	for i := 1; i < DenseCountsToEarn; i++ {
+		if uniform.CountView(pub) != nil {
+			t.Fatalf("a view after %d counts, want it after %d", i, DenseCountsToEarn)
+		}
+	}
+	d := uniform.CountView(pub)
+	if d == nil {
+		t.Fatalf("no view after %d counts of a set in bitmap containers", DenseCountsToEarn)
+	}
+	if got, want := CountAndNot([]*Dense{d}, nil), pub.GetCardinality(); got != want {
+		t.Fatalf("count over the view %d, set has %d", got, want)
+	}
+	for name, m := range map[string]*Members{"clustered": clustered, "sparse": sparse} {
+		for range 10 * DenseCountsToEarn {
+			if m.CountView(m.Load()) != nil {
+				t.Fatalf("a %s set got a count view: roaring counts it for less", name)
+			}
+		}
+	}
+	// A view the set earned by lookups is not used for counts of a set
+	// that is not bitmap-shaped.
+	cp := clustered.Load()
+	if clustered.Dense(cp, earn(cp)) == nil {
+		t.Fatal("no lookup view for the clustered set")
+	}
+	if clustered.CountView(cp) != nil {
+		t.Fatal("a count used the clustered set's lookup view")
+	}
+}

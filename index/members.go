@@ -71,6 +71,12 @@ func (m *Members) KeyFilter(bm *roaring.Bitmap, u *Users, kind Kind, n int) *Key
 	return m.dense.keyFilter(bm, u, kind, n)
 }
 
+// CountView returns the dense view of bm, a version Load returned, for a
+// count over it (CountAndNot, CountOr), or nil. Only a set held mostly in
+// bitmap containers gets one this way, once DenseCountsToEarn counts have
+// asked for it at its version (dense.go, "Counts").
+func (m *Members) CountView(bm *roaring.Bitmap) *Dense { return m.dense.countView(bm) }
+
 // DenseBytes returns the size of the published version's dense view and
 // key filter, or 0.
 func (m *Members) DenseBytes() int64 { return m.dense.bytes() }
