@@ -1,6 +1,8 @@
 package index
 
 import (
+	"slices"
+
 	"github.com/RoaringBitmap/roaring/v2"
 )
 
@@ -86,6 +88,9 @@ func (e *Expr) Count(live *roaring.Bitmap) uint64 {
 			smallestFirst(pos, posOwned)
 			return countMinus(pos, posOwned, negs)
 		}
+		if e.Op == OpOr && len(negs) == 0 && len(pos) >= 2 {
+			return countUnion(pos)
+		}
 		if e.Op == OpOr && len(negs) > 0 {
 			// live \ (∩negs \ ∪pos); ∩negs \ ∪pos holds live users only.
 			smallestFirst(negs, negOwned)
@@ -135,6 +140,28 @@ func countMinus(ins []*roaring.Bitmap, insOwned []bool, outs []*roaring.Bitmap) 
 	}
 	acc := intersectMinus(ins, insOwned, outs[:len(outs)-1])
 	return acc.GetCardinality() - acc.AndCardinality(outs[len(outs)-1])
+}
+
+// countUnion returns |∪sets| (len(sets) ≥ 2). With run containers in any
+// set it builds every union but the last pairwise, and counts the last:
+// pairwise Or keeps runs as runs, where FastOr's lazy union makes every
+// container it touches an 8 KiB bitmap (12 MB built, 4.1 ms, for a count of
+// three clustered cohorts in 100M users; 0.64 ms pairwise,
+// BenchmarkSegmentCount or_or). Without runs FastOr is the cheaper: 25
+// against 40 µs for three uniform cohorts of 100k in 1M users.
+func countUnion(sets []*roaring.Bitmap) uint64 {
+	last := len(sets) - 1
+	if last == 1 {
+		return sets[0].OrCardinality(sets[1])
+	}
+	if !slices.ContainsFunc(sets, (*roaring.Bitmap).HasRunCompression) {
+		return roaring.FastOr(sets...).GetCardinality()
+	}
+	acc := roaring.Or(sets[0], sets[1])
+	for _, s := range sets[2:last] {
+		acc.Or(s)
+	}
+	return acc.OrCardinality(sets[last])
 }
 
 // Bitmap materialises the expression as a new bitmap owned by the caller.
