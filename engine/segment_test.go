@@ -83,7 +83,7 @@ func TestSegmentExprCohortSplit(t *testing.T) {
 // views are earned, and that the other shapes keep counting through
 // roaring.
 func TestSegmentCountOverDenseViews(t *testing.T) {
-	const universe = 600_000 // large enough that denseCountsToEarn counts earn a view
+	const universe = 600_000 // large enough that index.DenseCountsToEarn counts earn a view
 	w := syntheticWorkspace(universe)
 	now := time.Now()
 	for i, name := range []string{"A", "B", "C", "D", "E"} {
