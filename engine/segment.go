@@ -32,10 +32,14 @@ type Segment struct {
 	// The root's clauses when it is an "and" of cohorts and negated
 	// cohorts (one cohort at least) or an "or" of cohorts, of
 	// minCountViews to maxCountViews clauses: such a count may run over
-	// the cohorts' dense views (BoundSegment.Count). Flat indexes of the
-	// cohorts, and whether each is negated.
-	countSets []int
-	countNeg  []bool
+	// the cohorts' dense views (BoundSegment.Count).
+	countSets []countSet
+}
+
+// countSet is a cohort clause of a count over dense views.
+type countSet struct {
+	node int  // flat index of the cohort
+	neg  bool // the clause is its negation
 }
 
 // The counts that may run over dense views: roaring counts one or two
@@ -136,29 +140,28 @@ func (s *Segment) flatten() {
 	}
 }
 
-// flatCount sets countSets and countNeg when the root has the shape a
-// count over dense views handles.
+// flatCount sets countSets when the root has the shape a count over dense
+// views handles.
 func (s *Segment) flatCount() {
 	r := s.root
 	if (r.op != index.OpAnd && r.op != index.OpOr) || len(r.kids) < minCountViews || len(r.kids) > maxCountViews {
 		return
 	}
-	var sets []int
-	var neg []bool
+	var sets []countSet
 	for _, k := range r.kids {
 		switch {
 		case k.op == index.OpSet:
-			sets, neg = append(sets, slices.Index(s.flat, k)), append(neg, false)
+			sets = append(sets, countSet{node: slices.Index(s.flat, k)})
 		case r.op == index.OpAnd && k.op == index.OpNot && k.kids[0].op == index.OpSet:
-			sets, neg = append(sets, slices.Index(s.flat, k.kids[0])), append(neg, true)
+			sets = append(sets, countSet{node: slices.Index(s.flat, k.kids[0]), neg: true})
 		default:
 			return
 		}
 	}
-	if slices.Index(neg, false) < 0 {
+	if !slices.ContainsFunc(sets, func(c countSet) bool { return !c.neg }) {
 		return // "and" of negations only: relative to the live users
 	}
-	s.countSets, s.countNeg = sets, neg
+	s.countSets = sets
 }
 
 // newBound builds the expression tree of s for pooling.
@@ -297,15 +300,15 @@ func (b *BoundSegment) countViews() (n uint64, ok bool) {
 	var inb, outb [maxCountViews]*index.Dense
 	in, out := inb[:0], outb[:0]
 	ok = true
-	for j, i := range s.countSets {
+	for _, c := range s.countSets {
 		var v *index.Dense
-		if m := b.sets[i]; m != nil {
-			v = m.CountView(b.nodes[i].Set)
+		if m := b.sets[c.node]; m != nil {
+			v = m.CountView(b.nodes[c.node].Set)
 		}
 		switch {
 		case v == nil:
 			ok = false
-		case s.countNeg[j]:
+		case c.neg:
 			out = append(out, v)
 		default:
 			in = append(in, v)
