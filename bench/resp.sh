@@ -22,7 +22,10 @@
 # Knobs: RESP_BENCH_ROUNDS (default 3), RESP_BENCH_SECONDS (go-redis run
 # length, default 4), RESP_BENCH_N (redis-benchmark requests for SISMEMBER,
 # default 400000), RESP_BENCH_WORKLOADS (indexes of the workloads below,
-# default all: "0 1 2 3 4 5 6 7 8 9").
+# default all: "0 1 2 3 4 5 6 7 8 9"), RESP_BENCH_LATENCY_ROUNDS (open-loop
+# latency runs per server and client, alternating, default 3: one 4-second
+# run's p99 moves with whatever else the host did in those seconds, so the
+# summary gives the median p99 over the rounds).
 #
 # A/B of two builds: RESP_BENCH_BASELINE=<cohortd binary> runs that binary
 # too, on the same data directory (cohortd is restarted for each run), as
@@ -37,6 +40,7 @@ secs=${RESP_BENCH_SECONDS:-4}
 rounds=${RESP_BENCH_ROUNDS:-3}
 nreq=${RESP_BENCH_N:-400000}
 workloads=${RESP_BENCH_WORKLOADS:-0 1 2 3 4 5 6 7 8 9}
+latrounds=${RESP_BENCH_LATENCY_ROUNDS:-3}
 baseline=${RESP_BENCH_BASELINE:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -213,9 +217,9 @@ latency() {
 	st0=$(steal) t0=$(date +%s.%N)
 	"${lg[@]}" -duration "${secs}s" -json-out "$tmp/lg.json" -rate "$(python3 -c "print(int(0.7*$max))")" >/dev/null 2>&1
 	st1=$(steal) t1=$(date +%s.%N)
-	python3 - "$name" "$cl" "$tmp/lg.json" "$st0" "$st1" "$t0" "$t1" "$tck" >>"$tmp/latency.md" <<'PY'
+	python3 - "$name" "$cl" "$tmp/lg.json" "$st0" "$st1" "$t0" "$t1" "$tck" "$tmp/latency.tsv" >>"$tmp/latency.md" <<'PY'
 import json, re, sys
-name, cl, path, st0, st1, t0, t1, tck = sys.argv[1:]
+name, cl, path, st0, st1, t0, t1, tck, tsv = sys.argv[1:]
 r = json.load(open(path))
 o = r["ops"][0]
 secs = (float(t1) - float(t0)) * float(tck)
@@ -226,14 +230,18 @@ for n in r.get("notes", []):
     if m:
         lag = f"{m.group(2)} µs"
 print(f"| {name} | {cl} | SISMEMBER open loop at 70% of max ({o['ops_per_sec']:,.0f}/s) | {o['p50_us']} µs | {o['p99_us']} µs | {o['p999_us']} µs | {lag} | {pct[0]:.1f}% / {pct[1]:.1f}% |")
+with open(tsv, "a") as f:
+    print(name, cl, o["ops_per_sec"], o["p50_us"], o["p99_us"], o["p999_us"], sep="\t", file=f)
 PY
 }
 # steal prints the steal ticks of CPU 0 and CPU 1 (/proc/stat): time the
 # hypervisor gave to other guests, which shows up as latency here.
 steal() { awk '/^cpu0 /{a=$9} /^cpu1 /{b=$9} END{print a "," b}' /proc/stat; }
-for cl in go-redis raw; do
-	latency cohortd "$respport" "$cl"
-	latency redis-server "$redisport" "$cl"
+for _ in $(seq "$latrounds"); do
+	for cl in go-redis raw; do
+		latency cohortd "$respport" "$cl"
+		latency redis-server "$redisport" "$cl"
+	done
 done
 
 echo "# RESP membership queries: $users users, cohorts at 10% density ($(wc -l <"$tmp/uniform-0000.members") and $(wc -l <"$tmp/uniform-0001.members") members)"
@@ -287,3 +295,22 @@ echo
 echo "| server | client | workload | p50 | p99 | p99.9 | client's send lag p99 | steal CPU 0 / CPU 1 |"
 echo "|---|---|---|---|---|---|---|---|"
 cat "$tmp/latency.md"
+echo
+python3 - "$tmp/latency.tsv" "$latrounds" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+print(f"Open loop at 70%: medians over {sys.argv[2]} rounds (range of the p99 in brackets).")
+print()
+print("| server | client | offered rate | p50 | p99 | p99.9 |")
+print("|---|---|---:|---|---|---|")
+keys = []
+for r in rows:
+    if (r[0], r[1]) not in keys:
+        keys.append((r[0], r[1]))
+for name, cl in sorted(keys, key=lambda k: (k[1], k[0])):
+    rs = [r for r in rows if (r[0], r[1]) == (name, cl)]
+    col = lambda i: [float(r[i]) for r in rs]
+    med = lambda i: statistics.median(col(i))
+    p99 = col(4)
+    print(f"| {name} | {cl} | {med(2):,.0f}/s | {med(3):.0f} µs | {med(4):.0f} µs ({min(p99):.0f}–{max(p99):.0f}) | {med(5):.0f} µs |")
+PY
