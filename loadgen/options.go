@@ -157,7 +157,8 @@ type Options struct {
 	Pipeline int
 	// Client is what sends Query's requests: ClientGo (default: go-redis
 	// for RESP, the run's HTTP client for HTTP, every query kind) or
-	// ClientRaw (RunRaw: single contains only, for latency; Linux).
+	// ClientRaw (RunRaw, Linux: single contains, or over RESP SMISMEMBER
+	// of 1,000 users; the client to saturate a server with).
 	Client string
 
 	// Dial, when set, replaces TCP dialing (tests use an in-memory
@@ -283,8 +284,13 @@ func (o Options) check() error {
 	if o.Client != ClientGo && o.Client != ClientRaw {
 		return fmt.Errorf("loadgen: unknown client %q (go or raw)", o.Client)
 	}
-	if o.Client == ClientRaw && (o.Mix.Batch != 0 || o.Mix.Compact != 0 || o.Mix.Count != 0 || o.Mix.Page != 0 || o.Requests != 0) {
-		return fmt.Errorf("loadgen: the raw client sends single contains for a duration: -mix contains=1, no -requests")
+	if o.Client == ClientRaw {
+		m := o.Mix
+		contains := m.Contains > 0 && m.Batch == 0
+		batch := o.Protocol == ProtocolRESP && m.Batch > 0 && m.Contains == 0 && o.Pipeline == 1
+		if (!contains && !batch) || m.Compact != 0 || m.Count != 0 || m.Page != 0 || o.Requests != 0 {
+			return fmt.Errorf("loadgen: the raw client sends one kind of query for a duration: -mix contains=1, or over RESP -mix batch=1 (SMISMEMBER, no -pipeline); no -requests")
+		}
 	}
 	if o.Pipeline < 1 {
 		return fmt.Errorf("loadgen: pipeline must be positive")

@@ -38,6 +38,14 @@ func TestDefaultOptionsExactZeros(t *testing.T) {
 		t.Errorf("validate: %v", err)
 	}
 
+	for _, m := range []Mix{{Contains: 1}, {Batch: 1}} {
+		o := DefaultOptions()
+		o.Client, o.Protocol, o.Mix = ClientRaw, ProtocolRESP, m
+		if err := o.withDefaults().validate(); err != nil {
+			t.Errorf("raw client over RESP, mix %+v: %v", m, err)
+		}
+	}
+
 	// Without Exact, a zero still means the default (the library contract
 	// its callers rely on).
 	if got := (Options{}).withDefaults(); got.Seed != 1 || got.ChurnLeave != 0.01 || got.MaxRetries != 8 {
@@ -53,6 +61,12 @@ func TestDefaultOptionsExactZeros(t *testing.T) {
 		"users per body":  func(o *Options) { o.UsersPerBody = 0 },
 		"negative retry":  func(o *Options) { o.MaxRetries = -1 },
 		"churn above one": func(o *Options) { o.ChurnLeave = 1.5 },
+		// The raw client sends one kind of query: contains, or SMISMEMBER over RESP.
+		"raw mixed":       func(o *Options) { o.Client, o.Mix = ClientRaw, Mix{Contains: 1, Batch: 1} },
+		"raw batch http":  func(o *Options) { o.Client, o.Mix = ClientRaw, Mix{Batch: 1} },
+		"raw batch piped": func(o *Options) { o.Client, o.Protocol, o.Mix, o.Pipeline = ClientRaw, ProtocolRESP, Mix{Batch: 1}, 16 },
+		"raw count":       func(o *Options) { o.Client, o.Protocol, o.Mix = ClientRaw, ProtocolRESP, Mix{Count: 1} },
+		"raw requests":    func(o *Options) { o.Client, o.Mix, o.Requests = ClientRaw, Mix{Contains: 1}, 10 },
 	} {
 		o := DefaultOptions()
 		set(&o)

@@ -18,19 +18,38 @@ const (
 
 // rawPool is the number of distinct requests the raw client cycles
 // through: encoded before the run, so that sending costs a write.
-const rawPool = 1 << 14
+// SMISMEMBERs of 1,000 users (~28 kB each) cycle through rawBatchPool.
+const (
+	rawPool      = 1 << 14
+	rawBatchPool = 1 << 8
+)
 
-// runRaw is Query's single contains through the raw client (RunRaw): over
-// RESP a pipeline of Options.Pipeline SISMEMBERs (after AUTH with the API
-// key), over HTTP a POST /v1/segments/contains of one user, each drawn as
-// the Go clients draw them.
+// runRaw is Query through the raw client (RunRaw). Over RESP a contains is
+// a pipeline of Options.Pipeline SISMEMBERs and a batch one SMISMEMBER of
+// 1,000 users (after AUTH with the API key); over HTTP a contains is a
+// POST /v1/segments/contains of one user. Each is drawn as the Go clients
+// draw them; Options.Validate allows one kind a run.
 func (q *querier) runRaw(ctx context.Context) error {
 	o := q.r.o
 	rng := newRand(o.Seed, streamQuery, 0)
 	l := RawLoad{Conns: o.QueryConcurrency, Rate: o.Rate, Duration: o.Duration, Requests: make([][]byte, rawPool)}
-	op, n := opContains, 1
-	if o.Protocol == ProtocolRESP {
-		op, n = opSISMEMBER, o.Pipeline
+	op, n, ids := opContains, 1, 1 // per request: operations, identifiers
+	switch {
+	case o.Protocol == ProtocolRESP && o.Mix.Batch > 0:
+		op, ids = opSMISMEMBER, batchUsers
+		l.Addr, l.Frame, l.Requests = o.RESPAddr, FrameRESP, l.Requests[:rawBatchPool]
+		l.Hello = AppendRESPCommand(nil, "AUTH", q.r.creds.APIKey)
+		args := make([]string, 2+batchUsers)
+		args[0] = "SMISMEMBER"
+		for i := range l.Requests {
+			args[1] = q.refs[rng.IntN(len(q.refs))]
+			for j := range batchUsers {
+				args[2+j] = ExternalID(1 + rng.IntN(o.Users))
+			}
+			l.Requests[i] = AppendRESPCommand(nil, args...)
+		}
+	case o.Protocol == ProtocolRESP:
+		op, n, ids = opSISMEMBER, o.Pipeline, o.Pipeline
 		l.Addr, l.Frame, l.Replies = o.RESPAddr, FrameRESP, n
 		l.Hello = AppendRESPCommand(nil, "AUTH", q.r.creds.APIKey)
 		for i := range l.Requests {
@@ -40,7 +59,7 @@ func (q *querier) runRaw(ctx context.Context) error {
 			}
 			l.Requests[i] = req
 		}
-	} else {
+	default:
 		bases := o.bases()
 		u, err := url.Parse(bases[0])
 		if err != nil || u.Scheme != "http" || len(bases) != 1 {
@@ -61,7 +80,7 @@ func (q *querier) runRaw(ctx context.Context) error {
 	}
 	q.done.Add(res.Done)
 	st := q.r.rec.op(op)
-	st.merge(res.Latency, int64(n), res.Start, res.Start.Add(res.Elapsed))
+	st.merge(res.Latency, int64(n), int64(ids), res.Start, res.Start.Add(res.Elapsed))
 	if res.Failed > 0 {
 		st.mu.Lock()
 		st.mu.errors += res.Failed
@@ -76,9 +95,9 @@ func (q *querier) runRaw(ctx context.Context) error {
 }
 
 // merge adds the requests of h (latencies in µs) that finished between
-// first and last, each carrying n operations of one identifier (the
-// commands of a pipeline).
-func (s *opStats) merge(h *hdrhistogram.Histogram, n int64, first, last time.Time) {
+// first and last, each carrying n operations (the commands of a pipeline)
+// and ids identifiers in all.
+func (s *opStats) merge(h *hdrhistogram.Histogram, n, ids int64, first, last time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.spanLocked(first, last)
@@ -86,7 +105,7 @@ func (s *opStats) merge(h *hdrhistogram.Histogram, n int64, first, last time.Tim
 		if b.Count > 0 {
 			_ = s.mu.h.RecordValues(b.From, b.Count*n)
 			s.mu.count += b.Count * n
-			s.mu.ids += b.Count * n
+			s.mu.ids += b.Count * ids
 		}
 	}
 }

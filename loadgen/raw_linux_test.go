@@ -10,8 +10,9 @@ import (
 )
 
 // TestQueryRaw sends single contains through the raw client over both
-// protocols, open and closed loop: every request scheduled is answered, and
-// the report counts them as the Go clients' runs do.
+// protocols, and SMISMEMBERs of 1,000 over RESP, open and closed loop:
+// every request scheduled is answered, and the report counts requests and
+// identifiers as the Go clients' runs do.
 func TestQueryRaw(t *testing.T) {
 	base, respAddr := queryServers(t, 2_000)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -25,12 +26,18 @@ func TestQueryRaw(t *testing.T) {
 		{ProtocolRESP, 1, 2_000, opSISMEMBER},
 		{ProtocolRESP, 4, 500, opSISMEMBER},
 		{ProtocolRESP, 1, 0, opSISMEMBER},
+		{ProtocolRESP, 1, 200, opSMISMEMBER},
+		{ProtocolRESP, 1, 0, opSMISMEMBER},
 		{ProtocolHTTP, 1, 1_000, opContains},
 		{ProtocolHTTP, 1, 0, opContains},
 	} {
 		o := base
 		o.Client, o.Protocol, o.RESPAddr, o.Pipeline, o.Rate = ClientRaw, tc.protocol, respAddr, tc.pipeline, tc.rate
 		o.Mix, o.QueryConcurrency, o.Duration = Mix{Contains: 1}, 8, 500*time.Millisecond
+		perRequest := int64(tc.pipeline)
+		if tc.op == opSMISMEMBER {
+			o.Mix, perRequest = Mix{Batch: 1}, batchUsers
+		}
 		var log bytes.Buffer
 		rep, err := Query(ctx, o, &log)
 		if err != nil {
@@ -47,8 +54,9 @@ func TestQueryRaw(t *testing.T) {
 				t.Errorf("%s closed loop: %d requests", tc.protocol, op.Count)
 			}
 		}
-		if op.Count != want || op.IDs != want || op.P50Us <= 0 || op.P99Us < op.P50Us {
-			t.Errorf("%s pipeline %d rate %v: %+v, want %d", tc.protocol, tc.pipeline, tc.rate, op, want)
+		wantIDs := want / int64(tc.pipeline) * perRequest
+		if op.Count != want || op.IDs != wantIDs || op.P50Us <= 0 || op.P99Us < op.P50Us {
+			t.Errorf("%s %s pipeline %d rate %v: %+v, want %d requests, %d ids", tc.protocol, tc.op, tc.pipeline, tc.rate, op, want, wantIDs)
 		}
 		if lag := strings.Join(rep.Notes, "; "); tc.rate > 0 && !strings.Contains(lag, "sends late by") {
 			t.Errorf("%s: no send lag in the notes %q", tc.protocol, lag)

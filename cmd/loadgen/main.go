@@ -256,8 +256,9 @@ func defineFlags(fs *flag.FlagSet, command string) (*loadgen.Options, *outputs) 
 			"(SINTERCARD against a redis-server); page = SSCAN COUNT 1000)")
 		fs.StringVar(&o.RESPAddr, "resp-addr", "127.0.0.1:6380", "-protocol resp: host:port of cohortd's -resp-addr or of a redis-server with the same sets")
 		fs.IntVar(&o.Pipeline, "pipeline", 1, "-protocol resp: SISMEMBERs per pipeline")
-		fs.StringVar(&o.Client, "client", loadgen.ClientGo, "go (go-redis or the HTTP client, every query kind) or raw (single contains only,\n"+
-			"from one epoll thread sending pre-encoded requests on time: the client for latency; Linux)")
+		fs.StringVar(&o.Client, "client", loadgen.ClientGo, "go (go-redis or the HTTP client, every query kind) or raw (-mix contains=1, or\n"+
+			"-mix batch=1 over RESP: SMISMEMBER of 1,000; from one epoll thread sending pre-encoded\n"+
+			"requests on time: the client for latency, and one that saturates a server; Linux)")
 	}
 	if in("query", "mixed") {
 		fs.IntVar(&o.QueryConcurrency, "query-concurrency", o.QueryConcurrency, "concurrent query workers")
