@@ -33,7 +33,7 @@ test: ## the default test suite (short mode, what CI runs)
 	# The heap fallback of the identity tables' regions, forced on Linux too.
 	$(GO) test -short -count=1 -tags cohortd_heapmem ./index/ ./engine/
 	# Smoke of the memory-layer benchmarks (resolve, snapshot load) at a small size.
-	COHORTD_BENCH_USERS=100000 $(GO) test -run '^$$' -bench 'ResolveMany|SnapshotLoad' -benchtime 2x ./index/ ./engine/
+	COHORTD_BENCH_USERS=100000 $(GO) test -run '^$$' -bench 'ResolveMany|ResolveInline|SnapshotLoad' -benchtime 2x ./index/ ./engine/
 	# Smoke of the replication benchmarks (a group on kfake) at a small size.
 	COHORTD_BENCH_REPL_USERS=5000 COHORTD_BENCH_LAG_SECONDS=1 $(GO) test -run '^$$' -bench 'ReplicatedImport|ReplicationLag|CatchUp|ReadGroup' -benchtime 1x ./bench/
 
