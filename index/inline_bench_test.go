@@ -77,7 +77,7 @@ func BenchmarkResolveInline(b *testing.B) {
 
 const (
 	inlineSlot    = 32
-	inlineBucket  = 64
+	inlineBucket  = 64 // 128 for the four-slot variant above
 	inlineSlots   = inlineBucket / inlineSlot
 	inlineMaxKey  = inlineSlot - 6
 	inlineHdrByte = 4

@@ -28,7 +28,7 @@ const (
 // a pipeline of Options.Pipeline SISMEMBERs and a batch one SMISMEMBER of
 // 1,000 users (after AUTH with the API key); over HTTP a contains is a
 // POST /v1/segments/contains of one user. Each is drawn as the Go clients
-// draw them; Options.Validate allows one kind a run.
+// draw them; Options.check allows one kind a run.
 func (q *querier) runRaw(ctx context.Context) error {
 	o := q.r.o
 	rng := newRand(o.Seed, streamQuery, 0)
