@@ -66,7 +66,6 @@ type conn struct {
 // loopConn is the event-loop state of a conn.
 type loopConn struct {
 	fd       int
-	owned    bool      // fd is the loop's own descriptor: nc is closed (detach)
 	writing  bool      // waiting for EPOLLOUT; not reading
 	written  int       // bytes of out already written
 	deadline time.Time // the client must have read its replies by then
@@ -82,11 +81,7 @@ func (c *conn) writeOverdue() bool { return time.Now().After(c.loop.deadline) }
 // goroutine or its loop).
 func (c *conn) close() {
 	c.s.met.open.Add(-1)
-	if c.loop.owned {
-		c.closeFD()
-	} else {
-		_ = c.nc.Close()
-	}
+	_ = c.nc.Close()
 	c.s.mu.Lock()
 	delete(c.s.mu.conns, c)
 	c.s.mu.Unlock()

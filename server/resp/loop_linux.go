@@ -35,18 +35,11 @@ import (
 // replies is not served further, and one that never reads them is dropped
 // after Options.WriteTimeout.
 //
-// A loop takes the socket out of Go's hands when it adopts a connection
-// (detach): it keeps a duplicate descriptor of its own and closes the
-// net.Conn, which removes the original from the runtime's poller. Left
-// registered there, every request woke two threads on the server's one
-// core: the loop's in epoll_wait and the runtime's network poller, which
-// Go starts whenever the only P is handed off from a goroutine blocked in
-// a system call, and which found nothing to run. At 70,000 SISMEMBERs a
-// second the loop then ran on two threads in turn, with 17,000 context
-// switches a second (bench/reviews/resp_detach.md). Only the loop closes
-// its connections, so a descriptor number is never reused while the loop
-// may still act on it; Shutdown asks the loops to close them through an
-// eventfd.
+// The net.Conn stays the owner of the descriptor (its Close closes it, and
+// Go's own poller keeps it registered but never waits on it). Only the
+// loop closes its connections, so a descriptor number is never reused
+// while the loop may still act on it; Shutdown asks the loops to close
+// them through an eventfd.
 
 // eventLoop is one epoll loop.
 type eventLoop struct {
@@ -121,30 +114,6 @@ func rawFD(nc net.Conn) int {
 	return fd
 }
 
-// detach gives c a descriptor of its own for c.nc's socket, and closes
-// c.nc: the duplicate keeps the socket open, and closing the original
-// takes it out of the runtime's poller (see "The event loop"). From then
-// on c.close closes the duplicate.
-func (c *conn) detach() error {
-	fd := rawFD(c.nc)
-	if fd < 0 {
-		return errors.New("resp: no descriptor")
-	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	if err := c.nc.Close(); err != nil {
-		unix.Close(dup)
-		return err
-	}
-	c.loop.fd, c.loop.owned = dup, true
-	return nil
-}
-
-// closeFD closes the descriptor detach gave c.
-func (c *conn) closeFD() { _ = unix.Close(c.loop.fd) }
-
 // adopt hands an accepted connection to the loop.
 func (l *eventLoop) adopt(c *conn) {
 	l.mu.Lock()
@@ -215,11 +184,9 @@ func (l *eventLoop) housekeeping() bool {
 	l.mu.add = nil
 	l.mu.Unlock()
 	for _, c := range add {
-		err := c.detach()
-		if err == nil {
-			err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.loop.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(c.loop.fd)})
-		}
-		if err != nil {
+		c.loop.fd = rawFD(c.nc)
+		err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.loop.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(c.loop.fd)})
+		if c.loop.fd < 0 || err != nil {
 			l.s.log.Warn("resp: cannot watch a connection", "err", err)
 			c.close()
 			continue

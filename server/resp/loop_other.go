@@ -13,4 +13,3 @@ func (l *eventLoop) adopt(*conn)                 {}
 func (l *eventLoop) poke()                       {}
 func (l *eventLoop) stop()                       {}
 func rawFD(net.Conn) int                         { return -1 }
-func (c *conn) closeFD()                         {}
