@@ -54,14 +54,6 @@ type eventLoop struct {
 	}
 	conns   map[int32]*conn // loop goroutine only
 	writers int             // conns waiting for EPOLLOUT
-	replies []replyDue      // conns whose replies wait for the end of the wake-up
-}
-
-// replyDue is a connection served in this wake-up, with the error its batch
-// ended with (see finish).
-type replyDue struct {
-	c    *conn
-	berr error
 }
 
 // writeCheckEvery is how often a loop with stalled writers checks them
@@ -175,14 +167,9 @@ func (l *eventLoop) run() {
 				continue
 			}
 			if c := l.conns[ev.Fd]; c != nil {
-				l.handle(c, ev.Events, true)
+				l.handle(c, ev.Events)
 			}
 		}
-		for i, r := range l.replies {
-			l.finish(r.c, r.berr)
-			l.replies[i] = replyDue{}
-		}
-		l.replies = l.replies[:0]
 		if l.housekeeping() {
 			return
 		}
@@ -207,7 +194,7 @@ func (l *eventLoop) housekeeping() bool {
 		l.conns[int32(c.loop.fd)] = c
 		if l.s.closing.Load() {
 			// Accepted as Shutdown began: answer what it sent, then go.
-			l.handle(c, unix.EPOLLIN, false)
+			l.handle(c, unix.EPOLLIN)
 		}
 	}
 	if force {
@@ -234,10 +221,8 @@ func (l *eventLoop) housekeeping() bool {
 	return false
 }
 
-// handle serves one connection's events. With later, the replies of what it
-// read are written by finish once every ready connection has been read, as
-// Redis writes its replies before it sleeps again.
-func (l *eventLoop) handle(c *conn, events uint32, later bool) {
+// handle serves one connection's events.
+func (l *eventLoop) handle(c *conn, events uint32) {
 	if events&unix.EPOLLOUT != 0 && c.loop.writing {
 		if err := l.writeOut(c); err != nil {
 			l.drop(c)
@@ -276,16 +261,6 @@ func (l *eventLoop) handle(c *conn, events uint32, later bool) {
 	if berr == nil && c.quit {
 		berr = errClose
 	}
-	if later && len(c.out) < flushAt {
-		// Large replies go at once: what waits stays under 64 KiB a connection.
-		l.replies = append(l.replies, replyDue{c, berr})
-		return
-	}
-	l.finish(c, berr)
-}
-
-// finish writes c's replies and acts on berr, the error its batch ended with.
-func (l *eventLoop) finish(c *conn, berr error) {
 	if err := l.writeOut(c); err != nil || (berr != nil && !c.loop.writing) {
 		l.drop(c)
 		return
