@@ -3,7 +3,6 @@ package index
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"testing"
 	"unsafe"
 
@@ -49,25 +48,14 @@ func BenchmarkResolveInline(b *testing.B) {
 					buf = benchExternalID(buf[:0], i)
 					t.insert(buf, f.users.Resolve(KindExternal, buf))
 				}
-				nb := len(f.queries) / benchBatch
 				dst := make([]UserID, benchBatch)
-				i := 0
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				cpu := threadCPUNanos()
-				for b.Loop() {
-					t.resolve(f.queries[(i%nb)*benchBatch:][:benchBatch], dst)
-					i++
-				}
-				cpu = threadCPUNanos() - cpu
-				last := f.queries[((i-1)%nb)*benchBatch:][:benchBatch]
+				last := f.resolveBatches(b, func(q [][]byte) { t.resolve(q, dst) })
 				want := f.users.ResolveMany(KindExternal, last, nil)
 				for j, id := range dst {
 					if id == NoUser || id != want[j] {
 						b.Fatalf("query %d (%s): %d, the identity table has %d", j, last[j], id, want[j])
 					}
 				}
-				reportResolved(b, i, cpu)
 				b.ReportMetric(float64(len(t.r.b))/float64(n), "table-B/key")
 				b.ReportMetric(t.displaced(), "displaced-share")
 			})

@@ -34,11 +34,14 @@ func (q *querier) runRaw(ctx context.Context) error {
 	rng := newRand(o.Seed, streamQuery, 0)
 	l := RawLoad{Conns: o.QueryConcurrency, Rate: o.Rate, Duration: o.Duration, Requests: make([][]byte, rawPool)}
 	op, n, ids := opContains, 1, 1 // per request: operations, identifiers
+	if o.Protocol == ProtocolRESP {
+		l.Addr, l.Frame = o.RESPAddr, FrameRESP
+		l.Hello = AppendRESPCommand(nil, "AUTH", q.r.creds.APIKey)
+	}
 	switch {
 	case o.Protocol == ProtocolRESP && o.Mix.Batch > 0:
 		op, ids = opSMISMEMBER, batchUsers
-		l.Addr, l.Frame, l.Requests = o.RESPAddr, FrameRESP, l.Requests[:rawBatchPool]
-		l.Hello = AppendRESPCommand(nil, "AUTH", q.r.creds.APIKey)
+		l.Requests = l.Requests[:rawBatchPool]
 		args := make([]string, 2+batchUsers)
 		args[0] = "SMISMEMBER"
 		for i := range l.Requests {
@@ -50,8 +53,7 @@ func (q *querier) runRaw(ctx context.Context) error {
 		}
 	case o.Protocol == ProtocolRESP:
 		op, n, ids = opSISMEMBER, o.Pipeline, o.Pipeline
-		l.Addr, l.Frame, l.Replies = o.RESPAddr, FrameRESP, n
-		l.Hello = AppendRESPCommand(nil, "AUTH", q.r.creds.APIKey)
+		l.Replies = n
 		for i := range l.Requests {
 			var req []byte
 			for range n {
